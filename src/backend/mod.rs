@@ -1,0 +1,40 @@
+//! Where counters live: the [`Backend`] trait and its two implementations.
+//!
+//! - [`RedisBackend`]: shared by every instance of the application, one
+//!   atomic Lua script call per decision.
+//! - [`MemoryBackend`]: in-process, the same algorithms and outcomes; the
+//!   embedded default when no Redis is configured.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::decision::Decision;
+use crate::error::BackendError;
+use crate::key::Key;
+use crate::policy::Policy;
+
+mod memory;
+mod redis;
+
+pub use self::memory::MemoryBackend;
+pub use self::redis::{RedisBackend, RedisBackendBuilder};
+
+/// The future returned by [`Backend::check`].
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;
+
+/// Stores counters and makes decisions.
+///
+/// `check` must be atomic per (policy, key): either every quota of the policy
+/// admits `cost` units and all are consumed, or the request is denied and
+/// nothing is consumed. The returned future must not borrow `self` or the
+/// arguments (copy what it needs), so that the layer can bound it with a deadline.
+pub trait Backend: Send + Sync + 'static {
+    /// Checks and consumes `cost` units of every quota of `policy` for `key`.
+    fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture;
+}
+
+impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
+    fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
+        (**self).check(policy, key, cost)
+    }
+}

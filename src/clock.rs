@@ -1,0 +1,63 @@
+//! Time sources for the in-process backend.
+//!
+//! The Redis backend always uses the Redis server's clock (`TIME` inside the
+//! script), so that application servers with skewed clocks agree.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of the current time in microseconds since some fixed origin.
+pub trait Clock: Send + Sync + 'static {
+    /// Microseconds since the clock's origin.
+    fn now_micros(&self) -> u64;
+}
+
+/// The system clock (microseconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told to; clones share the same time.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_ratelimit::clock::{Clock, FakeClock};
+///
+/// let clock = FakeClock::new(1_000);
+/// clock.advance(Duration::from_millis(2));
+/// assert_eq!(clock.now_micros(), 3_000);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct FakeClock(Arc<AtomicU64>);
+
+impl FakeClock {
+    /// A clock reading `start_micros`.
+    pub fn new(start_micros: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(start_micros)))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Sets the clock.
+    pub fn set(&self, micros: u64) {
+        self.0.store(micros, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_micros(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,145 @@
+//! Error types.
+
+use std::time::Duration;
+
+/// Invalid configuration, reported when a layer, policy or backend is built.
+///
+/// Configuration mistakes never surface at request time: a [`crate::RateLimitLayer`]
+/// that was built successfully only ever produces responses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A policy has no quota.
+    #[error("policy `{policy}` has no quota")]
+    NoQuota {
+        /// The policy name.
+        policy: String,
+    },
+    /// A quota allows zero requests.
+    #[error("policy `{policy}`: quota {index} has a limit of 0")]
+    ZeroLimit {
+        /// The policy name.
+        policy: String,
+        /// The quota index within the policy.
+        index: usize,
+    },
+    /// A quota window is shorter than one millisecond.
+    #[error("policy `{policy}`: quota {index} has a window of {window:?}, below the 1 ms minimum")]
+    WindowTooShort {
+        /// The policy name.
+        policy: String,
+        /// The quota index within the policy.
+        index: usize,
+        /// The window that was given.
+        window: Duration,
+    },
+    /// A quota window is longer than the supported maximum (one year).
+    #[error(
+        "policy `{policy}`: quota {index} has a window of {window:?}, above the one-year maximum"
+    )]
+    WindowTooLong {
+        /// The policy name.
+        policy: String,
+        /// The quota index within the policy.
+        index: usize,
+        /// The window that was given.
+        window: Duration,
+    },
+    /// A quota limit is above the supported maximum.
+    #[error("policy `{policy}`: quota {index} has a limit of {limit}, above the maximum of {max}")]
+    LimitTooLarge {
+        /// The policy name.
+        policy: String,
+        /// The quota index within the policy.
+        index: usize,
+        /// The limit that was given.
+        limit: u64,
+        /// The largest supported limit.
+        max: u64,
+    },
+    /// The same quota appears twice in one policy.
+    #[error("policy `{policy}`: quotas {first} and {second} are identical")]
+    DuplicateQuota {
+        /// The policy name.
+        policy: String,
+        /// Index of the first occurrence.
+        first: usize,
+        /// Index of the duplicate.
+        second: usize,
+    },
+    /// A fixed cost of zero, or a fixed cost above the smallest limit of the policy
+    /// (such a request could never be admitted).
+    #[error("policy `{policy}`: cost {cost} is outside 1..={max}")]
+    InvalidCost {
+        /// The policy name.
+        policy: String,
+        /// The cost that was given.
+        cost: u64,
+        /// The smallest quota limit of the policy.
+        max: u64,
+    },
+    /// A policy name is empty, too long or uses characters outside `[A-Za-z0-9._-]`.
+    #[error(
+        "invalid policy name {name:?}: use 1 to 64 characters from A-Z, a-z, 0-9, `.`, `_`, `-`"
+    )]
+    InvalidPolicyName {
+        /// The name that was given.
+        name: String,
+    },
+    /// Two different policies share one name (their counters would collide).
+    ///
+    /// Reusing one policy value (a clone) for several routes is fine: those routes
+    /// then share the client's counters.
+    #[error("two different policies are named `{name}`; give each policy its own name")]
+    DuplicatePolicyName {
+        /// The duplicated name.
+        name: String,
+    },
+    /// The Redis key prefix is empty, too long or contains unsafe characters.
+    #[error(
+        "invalid key prefix {prefix:?}: use 1 to 64 characters from A-Z, a-z, 0-9, `.`, `_`, `-`, `:`"
+    )]
+    InvalidPrefix {
+        /// The prefix that was given.
+        prefix: String,
+    },
+    /// A route pattern could not be parsed.
+    #[error("invalid route pattern {pattern:?}: {reason}")]
+    InvalidRoute {
+        /// The pattern that was given.
+        pattern: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The backend deadline is zero.
+    #[error("the backend deadline must be greater than zero")]
+    ZeroDeadline,
+    /// The Redis connection URL could not be parsed.
+    #[error("invalid Redis URL: {0}")]
+    RedisUrl(String),
+    /// A capacity of zero was given to the memory backend.
+    #[error("the memory backend capacity must be greater than zero")]
+    ZeroCapacity,
+}
+
+/// A backend could not reach a decision.
+///
+/// The layer never returns this to the caller: it applies the policy's
+/// [`crate::FailureMode`] instead. It is public so that custom [`crate::Backend`]s
+/// can report failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The Redis command failed (connection refused or lost, server error...).
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The backend answered with something the crate does not understand.
+    #[error("unexpected backend reply: {0}")]
+    Protocol(String),
+    /// The decision did not arrive before the deadline.
+    #[error("backend deadline of {0:?} exceeded")]
+    Timeout(Duration),
+    /// Any other failure of a custom backend.
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}

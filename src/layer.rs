@@ -1,0 +1,298 @@
+//! [`RateLimitLayer`]: configuration and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tower_layer::Layer;
+
+use crate::backend::{Backend, MemoryBackend};
+use crate::error::ConfigError;
+use crate::headers::{HeaderStyle, PolicyHeaders};
+use crate::policy::Policy;
+use crate::response::DefaultRejection;
+use crate::routes::{Action, Pattern, RouteTable, Rule};
+use crate::service::RateLimit;
+
+/// The default deadline for one backend decision.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(50);
+
+/// Everything the service needs, shared by all clones.
+pub(crate) struct Shared {
+    pub backend: Arc<dyn Backend>,
+    pub routes: RouteTable,
+    pub policies: Vec<(Policy, PolicyHeaders)>,
+    pub deadline: Duration,
+    pub style: HeaderStyle,
+}
+
+/// Applies rate limiting to a service: `.layer(layer)` in axum, tonic or tower.
+///
+/// Built with [`RateLimitLayer::builder`]; cloning is cheap (one `Arc`).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_ratelimit::{Policy, RateLimitLayer, RedisBackend};
+///
+/// # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
+/// let layer = RateLimitLayer::builder()
+///     .backend(RedisBackend::new("redis://127.0.0.1:6379")?) // connects lazily
+///     .default_policy(Policy::default_api())
+///     .route_method(http::Method::POST, "/auth/login", Policy::auth())
+///     .exempt("/health")
+///     .deadline(Duration::from_millis(50))
+///     .build()?;
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+pub struct RateLimitLayer<R = DefaultRejection> {
+    shared: Arc<Shared>,
+    on_rejection: R,
+}
+
+impl<R: Clone> Clone for RateLimitLayer<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            on_rejection: self.on_rejection.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for RateLimitLayer<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let policies: Vec<&str> = self.shared.policies.iter().map(|(p, _)| p.name()).collect();
+        f.debug_struct("RateLimitLayer")
+            .field("policies", &policies)
+            .field("deadline", &self.shared.deadline)
+            .field("headers", &self.shared.style)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// Starts a configuration.
+    pub fn builder() -> RateLimitLayerBuilder {
+        RateLimitLayerBuilder::default()
+    }
+
+    /// A layer limiting every request with one policy on one backend.
+    pub fn new(backend: impl Backend, policy: Policy) -> Result<Self, ConfigError> {
+        Self::builder()
+            .backend(backend)
+            .default_policy(policy)
+            .build()
+    }
+}
+
+impl<R> RateLimitLayer<R> {
+    /// Replaces the rejection response (see [`OnRejection`](crate::OnRejection)).
+    #[must_use]
+    pub fn on_rejection<R2>(self, on_rejection: R2) -> RateLimitLayer<R2> {
+        RateLimitLayer {
+            shared: self.shared,
+            on_rejection,
+        }
+    }
+}
+
+impl<S, R: Clone> Layer<S> for RateLimitLayer<R> {
+    type Service = RateLimit<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, Arc::clone(&self.shared), self.on_rejection.clone())
+    }
+}
+
+enum Target {
+    Limit(Policy),
+    Exempt,
+}
+
+/// Configures a [`RateLimitLayer`]. Nothing is checked until
+/// [`build`](Self::build), which reports every mistake as a [`ConfigError`].
+#[must_use]
+pub struct RateLimitLayerBuilder {
+    backend: Option<Arc<dyn Backend>>,
+    default: Option<Policy>,
+    rules: Vec<(Option<Method>, String, Target)>,
+    deadline: Duration,
+    style: HeaderStyle,
+    case_insensitive: bool,
+}
+
+impl Default for RateLimitLayerBuilder {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            default: None,
+            rules: Vec::new(),
+            deadline: DEFAULT_DEADLINE,
+            style: HeaderStyle::default(),
+            case_insensitive: false,
+        }
+    }
+}
+
+impl fmt::Debug for RateLimitLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayerBuilder")
+            .field("default", &self.default)
+            .field("rules", &self.rules.len())
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayerBuilder {
+    /// Where counters live (default: a fresh [`MemoryBackend`]).
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// The policy for requests that match no route rule. Without one, such
+    /// requests are not limited.
+    pub fn default_policy(mut self, policy: Policy) -> Self {
+        self.default = Some(policy);
+        self
+    }
+
+    /// Limits requests of any method whose path matches `pattern` with `policy`.
+    /// Rules are tried in the order they are added.
+    pub fn route(mut self, pattern: impl Into<String>, policy: Policy) -> Self {
+        self.rules
+            .push((None, pattern.into(), Target::Limit(policy)));
+        self
+    }
+
+    /// Limits requests with this method (`GET` also covers `HEAD`) whose path
+    /// matches `pattern` with `policy`.
+    pub fn route_method(
+        mut self,
+        method: Method,
+        pattern: impl Into<String>,
+        policy: Policy,
+    ) -> Self {
+        self.rules
+            .push((Some(method), pattern.into(), Target::Limit(policy)));
+        self
+    }
+
+    /// Never limits requests whose path matches `pattern` (e.g. `/health`).
+    pub fn exempt(mut self, pattern: impl Into<String>) -> Self {
+        self.rules.push((None, pattern.into(), Target::Exempt));
+        self
+    }
+
+    /// The longest a request waits for the backend (default 50 ms); past it the
+    /// policy's [`FailureMode`](crate::FailureMode) applies.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Which rate-limit headers to send (default IETF).
+    pub fn headers(mut self, style: HeaderStyle) -> Self {
+        self.style = style;
+        self
+    }
+
+    /// Compares paths case-insensitively (for apps that route that way).
+    pub fn case_insensitive_paths(mut self, yes: bool) -> Self {
+        self.case_insensitive = yes;
+        self
+    }
+
+    /// Checks everything and builds the layer.
+    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
+        if self.deadline.is_zero() {
+            return Err(ConfigError::ZeroDeadline);
+        }
+        let mut policies: Vec<(Policy, PolicyHeaders)> = Vec::new();
+        let mut intern = |policy: Policy| -> Result<usize, ConfigError> {
+            if let Some(i) = policies.iter().position(|(p, _)| p.name() == policy.name()) {
+                if policies[i].0.same_as(&policy) {
+                    return Ok(i);
+                }
+                return Err(ConfigError::DuplicatePolicyName {
+                    name: policy.name().to_owned(),
+                });
+            }
+            policy.validate()?;
+            let headers = PolicyHeaders::new(&policy);
+            policies.push((policy, headers));
+            Ok(policies.len() - 1)
+        };
+        let default = self.default.map(&mut intern).transpose()?;
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (method, pattern, target) in self.rules {
+            let pattern = Pattern::parse(&pattern, self.case_insensitive)?;
+            let action = match target {
+                Target::Limit(policy) => Action::Limit(intern(policy)?),
+                Target::Exempt => Action::Exempt,
+            };
+            rules.push(Rule {
+                method,
+                pattern,
+                action,
+            });
+        }
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                backend,
+                routes: RouteTable {
+                    rules,
+                    default,
+                    case_insensitive: self.case_insensitive,
+                },
+                policies,
+                deadline: self.deadline,
+                style: self.style,
+            }),
+            on_rejection: DefaultRejection,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Quota;
+
+    #[test]
+    fn build_errors() {
+        let err = RateLimitLayer::builder()
+            .default_policy(Policy::auth())
+            .route("/x", Policy::auth())
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::DuplicatePolicyName { .. }));
+        let auth = Policy::auth();
+        RateLimitLayer::builder()
+            .route("/a", auth.clone())
+            .route("/b", auth)
+            .build()
+            .unwrap();
+        let err = RateLimitLayer::builder()
+            .deadline(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(err, ConfigError::ZeroDeadline);
+        let err = RateLimitLayer::builder()
+            .route("no-slash", Policy::auth())
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidRoute { .. }));
+        let err = RateLimitLayer::builder()
+            .default_policy(Policy::new("x").quota(Quota::per_second(0)))
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::ZeroLimit { .. }));
+    }
+}

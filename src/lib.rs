@@ -1,0 +1,78 @@
+//! Distributed rate limiting for [tower] services — axum, tonic, hyper —
+//! backed by Redis.
+//!
+//! Add one [`RateLimitLayer`]. For each request it picks a [`Policy`] (a
+//! default, per-route ones, exempt routes), derives the client's [`Key`]
+//! (peer IP, an API-key header, anything), and asks the [`Backend`] for a
+//! [`Decision`]: with Redis, ONE atomic Lua script call that checks and
+//! consumes every quota of the policy, on Redis' clock. Admitted requests get
+//! `RateLimit-Policy`/`RateLimit` headers; denied ones a 429 with
+//! `Retry-After` (gRPC: `RESOURCE_EXHAUSTED`). If Redis is slow or down, the
+//! decision is abandoned after a short deadline and the policy's
+//! [`FailureMode`] applies (open by default): a dead Redis never breaks the app.
+//!
+//! # Quick start
+//!
+//! ```
+//! use axum::{Router, routing::{get, post}};
+//! use tower_redis_ratelimit::{MemoryBackend, Policy, RateLimitLayer};
+//!
+//! # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
+//! let limits = RateLimitLayer::builder()
+//!     .backend(MemoryBackend::new()) // or RedisBackend::new("redis://127.0.0.1")?
+//!     .default_policy(Policy::default_api()) // 100/min per client IP
+//!     .route("/auth/login", Policy::auth()) // 5/min, exact
+//!     .exempt("/health")
+//!     .build()?;
+//!
+//! let app: Router = Router::new()
+//!     .route("/api/hello", get(|| async { "hello" }))
+//!     .route("/auth/login", post(|| async { "welcome" }))
+//!     .route("/health", get(|| async { "ok" }))
+//!     .layer(limits);
+//! // Serve with `app.into_make_service_with_connect_info::<SocketAddr>()` so the
+//! // peer IP is known.
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Modules
+//!
+//! - [`policy`](Policy): quotas, algorithms, presets, failure modes.
+//! - [`key`]: who the client is.
+//! - [`backend`]: Redis and in-process counters.
+//! - [`headers`]: the response headers.
+//!
+//! [tower]: https://docs.rs/tower
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs, missing_debug_implementations)]
+#![deny(unsafe_code)]
+
+mod algorithm;
+pub mod backend;
+pub mod clock;
+mod decision;
+mod error;
+mod future;
+pub mod headers;
+pub mod key;
+mod layer;
+mod policy;
+mod response;
+mod routes;
+mod service;
+
+pub use crate::backend::{Backend, CheckFuture, MemoryBackend, RedisBackend, RedisBackendBuilder};
+pub use crate::decision::{Decision, QuotaStatus};
+pub use crate::error::{BackendError, ConfigError};
+pub use crate::future::ResponseFuture;
+pub use crate::headers::HeaderStyle;
+pub use crate::key::{Key, KeyExtractor};
+pub use crate::layer::{DEFAULT_DEADLINE, RateLimitLayer, RateLimitLayerBuilder};
+pub use crate::policy::{
+    Algorithm, FailureMode, MAX_LIMIT, MAX_WINDOW, MIN_WINDOW, MissingKey, Policy, Quota,
+};
+pub use crate::response::{DefaultRejection, OnRejection, RejectReason, Rejection};
+pub use crate::routes::normalize_path;
+pub use crate::service::RateLimit;

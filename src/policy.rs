@@ -1,0 +1,478 @@
+//! Policies: what is limited, how much, by which algorithm and for whom.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+
+use crate::error::ConfigError;
+use crate::key::{Key, KeyExtractor, PeerIp};
+
+/// The largest limit a quota may have.
+pub const MAX_LIMIT: u64 = 1_000_000_000;
+/// The longest window a quota may have (365 days).
+pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The shortest window a quota may have.
+pub const MIN_WINDOW: Duration = Duration::from_millis(1);
+
+/// A limit per window: at most `limit` units in any window of length `window`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_ratelimit::Quota;
+///
+/// let q = Quota::per_minute(100);
+/// assert_eq!(q.limit(), 100);
+/// assert_eq!(q.window(), Duration::from_secs(60));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    limit: u64,
+    window: Duration,
+}
+
+impl Quota {
+    /// `limit` units per `window`. Checked when the layer is built.
+    pub const fn new(limit: u64, window: Duration) -> Self {
+        Self { limit, window }
+    }
+
+    /// `limit` units per second.
+    pub const fn per_second(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(1))
+    }
+
+    /// `limit` units per minute.
+    pub const fn per_minute(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(60))
+    }
+
+    /// `limit` units per hour.
+    pub const fn per_hour(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(3600))
+    }
+
+    /// `limit` units per day.
+    pub const fn per_day(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(86_400))
+    }
+
+    /// The number of units allowed per window.
+    pub const fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The window length.
+    pub const fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The window in whole microseconds (the unit the algorithms work in).
+    pub(crate) fn window_us(&self) -> u64 {
+        self.window.as_micros() as u64
+    }
+}
+
+/// How requests are counted within a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// Exact sliding log: every admitted unit is remembered until it leaves the
+    /// window. Never admits more than the limit in any window; memory grows with
+    /// the limit (one sorted-set member per admitted unit in Redis).
+    SlidingLog,
+    /// Approximate sliding window counter: the previous fixed window's count,
+    /// weighted by how much of it still overlaps the sliding window, plus the
+    /// current window's count. O(1) memory per client. Exact under smooth
+    /// traffic; adversarial bursts at a window boundary can admit up to about
+    /// twice the limit within some window of length W.
+    #[default]
+    SlidingWindow,
+}
+
+/// What to do when the backend cannot decide (Redis down, slow, or erroring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum FailureMode {
+    /// Allow the request, without rate-limit headers, and log a warning.
+    /// A dead Redis never breaks the application.
+    #[default]
+    Open,
+    /// Deny the request: HTTP `503 Service Unavailable` with `Retry-After: 1`
+    /// (gRPC: `UNAVAILABLE`). 503 rather than 429 because the client did nothing
+    /// wrong: the limiter could not vouch for the request.
+    Closed,
+}
+
+/// What to do with a request from which the key extractor gets no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Count the request in one bucket shared by every keyless request of the
+    /// policy. Keyless requests stay limited, together.
+    #[default]
+    SharedBucket,
+    /// Reject the request (HTTP 403, gRPC `PERMISSION_DENIED`) without asking the backend.
+    Deny,
+}
+
+type CostFn = dyn Fn(&Parts) -> u64 + Send + Sync;
+
+#[derive(Clone)]
+enum Cost {
+    Fixed(u64),
+    PerRequest(Arc<CostFn>),
+}
+
+#[derive(Clone)]
+struct PolicyInner {
+    name: Arc<str>,
+    quotas: Vec<Quota>,
+    algorithm: Algorithm,
+    key: Arc<dyn KeyExtractor>,
+    cost: Cost,
+    failure_mode: FailureMode,
+    missing_key: MissingKey,
+}
+
+/// A named rate-limit policy: one or more quotas, an algorithm, a key extractor,
+/// a cost per request and a failure mode.
+///
+/// Cloning is cheap and the clone *is* the same policy: routes that share a clone
+/// share each client's counters. The policy is checked when the layer is built.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_ratelimit::{Algorithm, FailureMode, Policy, Quota};
+/// use tower_redis_ratelimit::key::Header;
+///
+/// // 10 per second AND 1000 per hour per API key, checked atomically.
+/// let policy = Policy::new("partner-api")
+///     .quota(Quota::per_second(10))
+///     .quota(Quota::per_hour(1000))
+///     .algorithm(Algorithm::SlidingWindow)
+///     .key(Header::new("x-api-key"))
+///     .failure_mode(FailureMode::Closed);
+/// assert_eq!(policy.quotas().len(), 2);
+/// ```
+#[derive(Clone)]
+pub struct Policy {
+    inner: Arc<PolicyInner>,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cost: &dyn fmt::Debug = match &self.inner.cost {
+            Cost::Fixed(c) => c,
+            Cost::PerRequest(_) => &"per-request",
+        };
+        f.debug_struct("Policy")
+            .field("name", &self.inner.name)
+            .field("quotas", &self.inner.quotas)
+            .field("algorithm", &self.inner.algorithm)
+            .field("cost", cost)
+            .field("failure_mode", &self.inner.failure_mode)
+            .field("missing_key", &self.inner.missing_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// A policy with no quota yet (add at least one with [`Policy::quota`]),
+    /// the sliding window counter, the peer IP as key, cost 1 and
+    /// [`FailureMode::Open`].
+    ///
+    /// The name appears in `RateLimit-Policy` headers and in Redis keys: use
+    /// 1–64 characters from `A-Z a-z 0-9 . _ -`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(PolicyInner {
+                name: name.into().into(),
+                quotas: Vec::new(),
+                algorithm: Algorithm::default(),
+                key: Arc::new(PeerIp::new()),
+                cost: Cost::Fixed(1),
+                failure_mode: FailureMode::default(),
+                missing_key: MissingKey::default(),
+            }),
+        }
+    }
+
+    /// The preset for ordinary API traffic: `"api"`, 100 requests per minute per
+    /// client IP, approximate sliding window, failing open.
+    pub fn default_api() -> Self {
+        Self::new("api").quota(Quota::per_minute(100))
+    }
+
+    /// The preset for authentication endpoints: `"auth"`, 5 requests per minute
+    /// per client IP, exact sliding log (brute force needs exactness), failing open.
+    ///
+    /// Consider `.failure_mode(FailureMode::Closed)` if an unlimited login endpoint
+    /// during a Redis outage is worse for you than a refused one.
+    pub fn auth() -> Self {
+        Self::new("auth")
+            .quota(Quota::per_minute(5))
+            .algorithm(Algorithm::SlidingLog)
+    }
+
+    fn edit(&mut self) -> &mut PolicyInner {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// Adds a quota. All quotas of a policy are checked and consumed together,
+    /// all-or-nothing, in one backend call.
+    #[must_use]
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.edit().quotas.push(quota);
+        self
+    }
+
+    /// Sets the counting algorithm.
+    #[must_use]
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.edit().algorithm = algorithm;
+        self
+    }
+
+    /// Sets how the client is identified (default: [`PeerIp`]).
+    #[must_use]
+    pub fn key(mut self, key: impl KeyExtractor) -> Self {
+        self.edit().key = Arc::new(key);
+        self
+    }
+
+    /// Sets a fixed cost per request (default 1). Must be between 1 and the
+    /// smallest limit of the policy.
+    #[must_use]
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.edit().cost = Cost::Fixed(cost);
+        self
+    }
+
+    /// Computes the cost of each request from its head (e.g. from a header or
+    /// the method). A cost above a quota's limit is always denied; a cost of 0
+    /// only reads the current state.
+    #[must_use]
+    pub fn cost_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> u64 + Send + Sync + 'static,
+    {
+        self.edit().cost = Cost::PerRequest(Arc::new(f));
+        self
+    }
+
+    /// Sets what happens when the backend cannot decide.
+    #[must_use]
+    pub fn failure_mode(mut self, mode: FailureMode) -> Self {
+        self.edit().failure_mode = mode;
+        self
+    }
+
+    /// Sets what happens to requests without a key.
+    #[must_use]
+    pub fn on_missing_key(mut self, missing: MissingKey) -> Self {
+        self.edit().missing_key = missing;
+        self
+    }
+
+    /// The policy name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The quotas.
+    pub fn quotas(&self) -> &[Quota] {
+        &self.inner.quotas
+    }
+
+    /// The algorithm.
+    pub fn algorithm_kind(&self) -> Algorithm {
+        self.inner.algorithm
+    }
+
+    /// The failure mode.
+    pub fn failure_mode_kind(&self) -> FailureMode {
+        self.inner.failure_mode
+    }
+
+    /// The missing-key behaviour.
+    pub fn missing_key(&self) -> MissingKey {
+        self.inner.missing_key
+    }
+
+    /// Whether two values are the same policy (clones of one another).
+    pub fn same_as(&self, other: &Policy) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The client key for a request, after the missing-key rule.
+    /// `None` means the request must be rejected.
+    pub(crate) fn key_for(&self, parts: &Parts) -> Option<Key> {
+        match self.inner.key.extract(parts) {
+            Some(key) => Some(key),
+            None => match self.inner.missing_key {
+                MissingKey::SharedBucket => Some(Key::missing()),
+                MissingKey::Deny => None,
+            },
+        }
+    }
+
+    /// The cost of a request.
+    pub(crate) fn cost_for(&self, parts: &Parts) -> u64 {
+        match &self.inner.cost {
+            Cost::Fixed(c) => *c,
+            Cost::PerRequest(f) => f(parts),
+        }
+    }
+
+    /// Checks the policy; called by the layer builder.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let inner = &*self.inner;
+        let policy = || inner.name.to_string();
+        if !valid_name(&inner.name) {
+            return Err(ConfigError::InvalidPolicyName { name: policy() });
+        }
+        if inner.quotas.is_empty() {
+            return Err(ConfigError::NoQuota { policy: policy() });
+        }
+        for (index, q) in inner.quotas.iter().enumerate() {
+            if q.limit == 0 {
+                return Err(ConfigError::ZeroLimit {
+                    policy: policy(),
+                    index,
+                });
+            }
+            if q.limit > MAX_LIMIT {
+                return Err(ConfigError::LimitTooLarge {
+                    policy: policy(),
+                    index,
+                    limit: q.limit,
+                    max: MAX_LIMIT,
+                });
+            }
+            if q.window < MIN_WINDOW {
+                return Err(ConfigError::WindowTooShort {
+                    policy: policy(),
+                    index,
+                    window: q.window,
+                });
+            }
+            if q.window > MAX_WINDOW {
+                return Err(ConfigError::WindowTooLong {
+                    policy: policy(),
+                    index,
+                    window: q.window,
+                });
+            }
+            if let Some(first) = inner.quotas[..index]
+                .iter()
+                .position(|o| o.window_us() == q.window_us())
+            {
+                return Err(ConfigError::DuplicateQuota {
+                    policy: policy(),
+                    first,
+                    second: index,
+                });
+            }
+        }
+        if let Cost::Fixed(cost) = inner.cost {
+            let max = inner.quotas.iter().map(|q| q.limit).min().unwrap_or(0);
+            if cost == 0 || cost > max {
+                return Err(ConfigError::InvalidCost {
+                    policy: policy(),
+                    cost,
+                    max,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Policy names: 1-64 characters from `[A-Za-z0-9._-]` (safe in Redis keys and
+/// in structured-field strings).
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid() {
+        let api = Policy::default_api();
+        api.validate().unwrap();
+        assert_eq!(api.name(), "api");
+        assert_eq!(api.quotas(), &[Quota::per_minute(100)]);
+        assert_eq!(api.algorithm_kind(), Algorithm::SlidingWindow);
+        let auth = Policy::auth();
+        auth.validate().unwrap();
+        assert_eq!(auth.quotas(), &[Quota::per_minute(5)]);
+        assert_eq!(auth.algorithm_kind(), Algorithm::SlidingLog);
+    }
+
+    #[test]
+    fn invalid_policies_are_config_errors() {
+        let cases: Vec<(Policy, &str)> = vec![
+            (Policy::new("x"), "no quota"),
+            (Policy::new("x").quota(Quota::per_second(0)), "limit of 0"),
+            (
+                Policy::new("x").quota(Quota::new(1, Duration::from_micros(999))),
+                "below the 1 ms",
+            ),
+            (
+                Policy::new("x").quota(Quota::new(1, Duration::from_secs(400 * 86_400))),
+                "one-year",
+            ),
+            (
+                Policy::new("x").quota(Quota::per_second(MAX_LIMIT + 1)),
+                "maximum",
+            ),
+            (
+                Policy::new("x")
+                    .quota(Quota::per_second(1))
+                    .quota(Quota::per_second(2)),
+                "identical",
+            ),
+            (
+                Policy::new("x").quota(Quota::per_second(3)).cost(0),
+                "cost 0",
+            ),
+            (
+                Policy::new("x").quota(Quota::per_second(3)).cost(4),
+                "cost 4",
+            ),
+            (
+                Policy::new("").quota(Quota::per_second(3)),
+                "invalid policy name",
+            ),
+            (
+                Policy::new("a{b}").quota(Quota::per_second(3)),
+                "invalid policy name",
+            ),
+            (
+                Policy::new("x".repeat(65)).quota(Quota::per_second(3)),
+                "invalid policy name",
+            ),
+        ];
+        for (policy, needle) in cases {
+            let err = policy.validate().expect_err(needle).to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn clones_are_the_same_policy_and_edits_are_not() {
+        let a = Policy::auth();
+        let b = a.clone();
+        assert!(a.same_as(&b));
+        let c = b.clone().cost(2);
+        assert!(!a.same_as(&c));
+        assert_eq!(a.cost_for(&http::Request::new(()).into_parts().0), 1);
+    }
+}

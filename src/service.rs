@@ -1,0 +1,103 @@
+//! [`RateLimit`]: the middleware service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::layer::Shared;
+use crate::response::OnRejection;
+use crate::routes::Action;
+
+/// The rate-limiting service made by [`RateLimitLayer`](crate::RateLimitLayer).
+///
+/// `poll_ready` only asks the inner service; the rate-limit check happens in
+/// the response future, so the service is always as ready as the one it wraps.
+/// The inner service's error type passes through unchanged: rejections are
+/// responses.
+pub struct RateLimit<S, R> {
+    inner: S,
+    shared: Arc<Shared>,
+    on_rejection: R,
+}
+
+impl<S, R> RateLimit<S, R> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, on_rejection: R) -> Self {
+        Self {
+            inner,
+            shared,
+            on_rejection,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Clone, R: Clone> Clone for RateLimit<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+            on_rejection: self.on_rejection.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, R> fmt::Debug for RateLimit<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    R: OnRejection<ResBody>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Take the service that was made ready; leave a clone for next time.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = &self.shared;
+        let ix = match shared.routes.select(request.method(), request.uri().path()) {
+            Some(Action::Limit(ix)) => ix,
+            Some(Action::Exempt) | None => return ResponseFuture::passthrough(inner.call(request)),
+        };
+        let policy = &shared.policies[ix].0;
+        let (parts, body) = request.into_parts();
+        let Some(key) = policy.key_for(&parts) else {
+            return ResponseFuture::missing_key(
+                Arc::clone(shared),
+                ix,
+                self.on_rejection.clone(),
+                parts,
+            );
+        };
+        let cost = policy.cost_for(&parts);
+        let check = shared.backend.check(policy, &key, cost);
+        ResponseFuture::checking(
+            tokio::time::timeout(shared.deadline, check),
+            Request::from_parts(parts, body),
+            inner,
+            Arc::clone(shared),
+            ix,
+            self.on_rejection.clone(),
+        )
+    }
+}
