@@ -47,18 +47,21 @@ fn layer_overhead(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("layer");
     group.bench_function("without_layer", |b| {
-        b.to_async(&rt).iter(|| inner.clone().oneshot(request(1)))
+        b.to_async(&rt).iter(|| inner.oneshot(request(1)))
     });
     for alg in [Algorithm::SlidingWindow, Algorithm::SlidingLog] {
         let layer = RateLimitLayer::new(MemoryBackend::new(), policy(alg)).unwrap();
-        let svc = layer.layer(inner.clone());
+        let svc = layer.layer(inner);
         let mut i = 0u64;
-        group.bench_function(BenchmarkId::new("memory_backend", format!("{alg:?}")), |b| {
-            b.to_async(&rt).iter(|| {
-                i = (i + 1) % 1024;
-                svc.clone().oneshot(request(i))
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new("memory_backend", format!("{alg:?}")),
+            |b| {
+                b.to_async(&rt).iter(|| {
+                    i = (i + 1) % 1024;
+                    svc.clone().oneshot(request(i))
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -93,7 +96,8 @@ fn redis_decision(c: &mut Criterion) {
     for alg in [Algorithm::SlidingWindow, Algorithm::SlidingLog] {
         let p = policy(alg);
         // Warm the connection and the script cache.
-        rt.block_on(backend.check(&p, &Key::new("warm"), 1)).unwrap();
+        rt.block_on(backend.check(&p, &Key::new("warm"), 1))
+            .unwrap();
         let mut i = 0u64;
         group.bench_function(BenchmarkId::new("one_decision", format!("{alg:?}")), |b| {
             b.to_async(&rt).iter(|| {

@@ -117,6 +117,12 @@ pub enum ConfigError {
     /// The Redis connection URL could not be parsed.
     #[error("invalid Redis URL: {0}")]
     RedisUrl(String),
+    /// A trusted-proxy network could not be parsed.
+    #[error("invalid trusted network {network:?}: expected CIDR like 10.0.0.0/8 or an address")]
+    InvalidNetwork {
+        /// The text that was given.
+        network: String,
+    },
     /// A capacity of zero was given to the memory backend.
     #[error("the memory backend capacity must be greater than zero")]
     ZeroCapacity,

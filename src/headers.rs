@@ -139,11 +139,11 @@ pub(crate) fn set_retry_after(headers: &mut HeaderMap, after: Duration) {
 fn window_label(q: &Quota) -> String {
     let us = q.window_us();
     match us {
-        _ if us % 86_400_000_000 == 0 => format!("{}d", us / 86_400_000_000),
-        _ if us % 3_600_000_000 == 0 => format!("{}h", us / 3_600_000_000),
-        _ if us % 60_000_000 == 0 => format!("{}m", us / 60_000_000),
-        _ if us % 1_000_000 == 0 => format!("{}s", us / 1_000_000),
-        _ if us % 1_000 == 0 => format!("{}ms", us / 1_000),
+        _ if us.is_multiple_of(86_400_000_000) => format!("{}d", us / 86_400_000_000),
+        _ if us.is_multiple_of(3_600_000_000) => format!("{}h", us / 3_600_000_000),
+        _ if us.is_multiple_of(60_000_000) => format!("{}m", us / 60_000_000),
+        _ if us.is_multiple_of(1_000_000) => format!("{}s", us / 1_000_000),
+        _ if us.is_multiple_of(1_000) => format!("{}ms", us / 1_000),
         _ => format!("{us}us"),
     }
 }

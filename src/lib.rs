@@ -51,6 +51,7 @@
 
 mod algorithm;
 pub mod backend;
+pub mod client_ip;
 pub mod clock;
 mod decision;
 mod error;

@@ -178,7 +178,10 @@ fn assert_no_rate_limit_headers(headers: &HeaderMap) {
         "x-ratelimit-reset",
         "retry-after",
     ] {
-        assert!(!headers.contains_key(name), "unexpected {name}: {headers:?}");
+        assert!(
+            !headers.contains_key(name),
+            "unexpected {name}: {headers:?}"
+        );
     }
 }
 
@@ -227,7 +230,10 @@ async fn main_scenario(backend: impl Backend) {
     let retry = retry_after(&sent.headers);
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
     let (p, s) = ietf(&sent.headers).expect("429 carries RateLimit headers");
-    assert_eq!((p.name.as_str(), p.param("q"), p.param("w")), ("auth", 5, 60));
+    assert_eq!(
+        (p.name.as_str(), p.param("q"), p.param("w")),
+        ("auth", 5, 60)
+    );
     assert_eq!((s.name.as_str(), s.param("r")), ("auth", 0));
     assert!((1..=60).contains(&s.param("t")));
     assert_eq!(
@@ -250,10 +256,7 @@ async fn main_scenario(backend: impl Backend) {
     }
     assert_eq!(remaining[0], 99, "{remaining:?}");
     // A fixed-window boundary between two requests may keep r equal once.
-    assert!(
-        remaining.windows(2).all(|w| w[1] <= w[0]),
-        "{remaining:?}"
-    );
+    assert!(remaining.windows(2).all(|w| w[1] <= w[0]), "{remaining:?}");
     assert!(remaining[9] <= 91, "{remaining:?}");
 
     // Health: exempt, never limited, never any rate-limit header.
@@ -301,7 +304,11 @@ async fn path_variants_share_the_auth_bucket() {
         let sent = send(&client, Method::POST, &format!("{base}{path}")).await;
         assert_ne!(sent.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
         let (p, s) = ietf(&sent.headers).unwrap_or_else(|| panic!("{path}: no headers"));
-        assert_eq!((p.name.as_str(), s.name.as_str()), ("auth", "auth"), "{path}");
+        assert_eq!(
+            (p.name.as_str(), s.name.as_str()),
+            ("auth", "auth"),
+            "{path}"
+        );
         assert_eq!(s.param("r"), expected_r, "{path}");
         expected_r -= 1;
     }
@@ -366,7 +373,10 @@ async fn legacy_headers() {
         let sent = send(&client, Method::POST, &format!("{base}/auth/login")).await;
         assert!(!sent.headers.contains_key("ratelimit"));
         assert_eq!(int(&sent.headers, "x-ratelimit-limit"), 5);
-        assert_eq!(int(&sent.headers, "x-ratelimit-remaining"), 4u64.saturating_sub(i));
+        assert_eq!(
+            int(&sent.headers, "x-ratelimit-remaining"),
+            4u64.saturating_sub(i)
+        );
         if i < 5 {
             assert_eq!(sent.status, StatusCode::OK);
         } else {

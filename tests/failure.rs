@@ -16,9 +16,7 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use tower::{Layer, Service, ServiceExt};
 use tower_redis_ratelimit::headers::{RATELIMIT, RATELIMIT_POLICY};
 use tower_redis_ratelimit::key::Global;
-use tower_redis_ratelimit::{
-    Algorithm, FailureMode, Policy, Quota, RateLimitLayer, RedisBackend,
-};
+use tower_redis_ratelimit::{Algorithm, FailureMode, Policy, Quota, RateLimitLayer, RedisBackend};
 
 use support::RedisServer;
 
@@ -117,7 +115,11 @@ impl Harness {
                 assert_eq!(response.status(), StatusCode::OK, "{path} fails open");
                 assert_eq!(response.body(), "ok");
                 assert_no_rate_limit_headers(response.headers());
-                assert_eq!(self.calls(), before + 1, "fail open calls the inner service");
+                assert_eq!(
+                    self.calls(),
+                    before + 1,
+                    "fail open calls the inner service"
+                );
             }
             "/closed" => {
                 assert_eq!(
@@ -127,7 +129,11 @@ impl Harness {
                 );
                 assert_eq!(response.headers()[header::RETRY_AFTER], "1");
                 assert!(!response.headers().contains_key(RATELIMIT));
-                assert_eq!(self.calls(), before, "fail closed never calls the inner service");
+                assert_eq!(
+                    self.calls(),
+                    before,
+                    "fail closed never calls the inner service"
+                );
             }
             _ => unreachable!(),
         }
@@ -164,7 +170,11 @@ impl Harness {
                 // have consumed a unit in Redis.
                 StatusCode::OK => {}
                 StatusCode::TOO_MANY_REQUESTS => {
-                    assert_eq!(self.calls(), before, "a denied request never reaches the inner service");
+                    assert_eq!(
+                        self.calls(),
+                        before,
+                        "a denied request never reaches the inner service"
+                    );
                     let retry: u64 = response.headers()[header::RETRY_AFTER]
                         .to_str()
                         .unwrap()
@@ -226,7 +236,11 @@ async fn redis_unreachable_fails_open_within_deadline_or_closed_per_policy() {
     for _ in 0..10 {
         h.send_failing("/closed").await;
     }
-    assert_eq!(h.calls(), 20, "no fail-closed request reached the inner service");
+    assert_eq!(
+        h.calls(),
+        20,
+        "no fail-closed request reached the inner service"
+    );
     eprintln!("unreachable: max latency {:?}", h.max_latency);
 }
 
@@ -241,7 +255,10 @@ async fn redis_killed_then_restarted() {
     // Normal operation: the first decisions come from Redis, then the limit bites.
     h.wait_until_limiting("/open").await;
     let admitted = h.exhaust_open().await;
-    assert!(admitted >= 1, "no request was admitted with headers before the limit");
+    assert!(
+        admitted >= 1,
+        "no request was admitted with headers before the limit"
+    );
     let (response, _) = h.send("/closed").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().contains_key(RATELIMIT));
@@ -262,7 +279,11 @@ async fn redis_killed_then_restarted() {
     let admitted = h.exhaust_open().await;
     assert!(admitted >= 1);
     let (response, _) = h.send("/closed").await;
-    assert_eq!(response.status(), StatusCode::OK, "fail-closed route admits again");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "fail-closed route admits again"
+    );
     assert!(response.headers().contains_key(RATELIMIT));
     eprintln!(
         "killed: max latency while down {killed_max:?}; limiting resumed {took:?} after restart"
@@ -306,7 +327,10 @@ fn layer_built_while_redis_down_limits_once_it_is_up() {
     let start = Instant::now();
     let layer = layer_for(&server.url(), "late");
     let built_in = start.elapsed();
-    assert!(built_in < Duration::from_millis(200), "building took {built_in:?}");
+    assert!(
+        built_in < Duration::from_millis(200),
+        "building took {built_in:?}"
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -143,7 +143,7 @@ impl MemoryBackend {
         if keep > 0 {
             entry.expires_at = now + keep;
             shard.writes = shard.writes.wrapping_add(1);
-            if shard.writes % SWEEP_EVERY == 0 {
+            if shard.writes.is_multiple_of(SWEEP_EVERY) {
                 shard.map.retain(|_, e| e.expires_at > now);
             }
             if shard.map.len() >= inner.per_shard {

@@ -1,0 +1,291 @@
+//! The client IP behind trusted reverse proxies.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::request::Parts;
+use http::{HeaderName, header};
+use ipnet::IpNet;
+
+use crate::error::ConfigError;
+use crate::key::{Key, KeyExtractor, PeerIp};
+
+/// Which forwarding header the trusted proxies write.
+///
+/// Only that header is read: a proxy passes other forwarding headers through
+/// untouched, so they are entirely attacker-controlled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (default).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+/// The client IP address, trusting forwarding headers only from configured proxies.
+///
+/// - If the TCP peer is not a trusted proxy (or none is configured), the key is
+///   the peer address, exactly like [`PeerIp`]: forwarding headers are ignored.
+/// - If the peer is trusted, the forwarding header is read from right to left
+///   (the order proxies append in), skipping trusted proxies; the first
+///   address that is not a trusted proxy is the client. Entries to its left
+///   were written by the client and are never used, so prepending a fake
+///   address changes nothing.
+/// - If every address in the header is a trusted proxy, the leftmost one is
+///   the client. A malformed entry stops the walk: the last good address seen
+///   (possibly the peer) is used.
+///
+/// IPv6 clients are grouped by prefix, /64 by default.
+///
+/// ```
+/// use tower_redis_ratelimit::client_ip::ClientIp;
+///
+/// # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
+/// // Behind a load balancer in 10.0.0.0/8 that appends to X-Forwarded-For.
+/// let key = ClientIp::new().trust_proxies(["10.0.0.0/8", "127.0.0.1"])?;
+/// # let _ = key;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ClientIp {
+    trusted: Vec<IpNet>,
+    header: ForwardedHeader,
+    v6_prefix: Option<u8>,
+}
+
+impl ClientIp {
+    /// No trusted proxy: the peer address.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts these networks (CIDR such as `10.0.0.0/8`, or single addresses).
+    pub fn trust_proxies<I, S>(mut self, networks: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for net in networks {
+            let text = net.as_ref().trim();
+            let parsed = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| ConfigError::InvalidNetwork {
+                    network: text.to_owned(),
+                })?;
+            self.trusted.push(parsed.trunc());
+        }
+        Ok(self)
+    }
+
+    /// Trusts these already parsed networks.
+    #[must_use]
+    pub fn trust_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.trusted.extend(networks.into_iter().map(|n| n.trunc()));
+        self
+    }
+
+    /// Which header the trusted proxies write (default `X-Forwarded-For`).
+    #[must_use]
+    pub fn header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Groups IPv6 clients by the first `bits` bits (default 64).
+    #[must_use]
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.v6_prefix = Some(bits.min(128));
+        self
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address of a request (before prefix grouping).
+    pub fn client_addr(&self, request: &Parts) -> Option<IpAddr> {
+        let peer = canonical(PeerIp::peer_addr(request)?.ip());
+        if self.trusted.is_empty() || !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let name: HeaderName = match self.header {
+            ForwardedHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
+            ForwardedHeader::Forwarded => header::FORWARDED,
+        };
+        // Every value of the header, in order, split into hops.
+        let hops: Vec<&[u8]> = request
+            .headers
+            .get_all(&name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .collect();
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            let parsed = match self.header {
+                ForwardedHeader::XForwardedFor => parse_node(hop),
+                ForwardedHeader::Forwarded => forwarded_for(hop).and_then(parse_node),
+            };
+            let Some(ip) = parsed.map(canonical) else {
+                break;
+            };
+            client = ip;
+            if !self.is_trusted(ip) {
+                break;
+            }
+        }
+        Some(client)
+    }
+}
+
+impl KeyExtractor for ClientIp {
+    fn extract(&self, request: &Parts) -> Option<Key> {
+        let ip = self.client_addr(request)?;
+        Some(Key::from_ip(ip, self.v6_prefix.unwrap_or(64)))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The `for=` value of one `Forwarded` element (`for=1.2.3.4;proto=https`).
+fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
+    element.split(|&b| b == b';').find_map(|pair| {
+        let pair = trim(pair);
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        name.eq_ignore_ascii_case(b"for").then_some(value)
+    })
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
+/// `[2001:db8::1]:80`, optionally in double quotes.
+fn parse_node(raw: &[u8]) -> Option<IpAddr> {
+    let mut s = std::str::from_utf8(trim(raw)).ok()?;
+    if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
+        s = &s[1..s.len() - 1];
+    }
+    if s.len() > 64 {
+        return None;
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    // `[v6]` without a port.
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse().ok())
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(peer: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder();
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (mut parts, ()) = b.body(()).unwrap().into_parts();
+        parts.extensions.insert(peer.parse::<SocketAddr>().unwrap());
+        parts
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peer_ignores_headers() {
+        let k = ClientIp::new();
+        let r = req("203.0.113.7:1000", &[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(k.client_addr(&r), Some(ip("203.0.113.7")));
+        let k = ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
+        assert_eq!(k.client_addr(&r), Some(ip("203.0.113.7")));
+    }
+
+    #[test]
+    fn rightmost_untrusted_wins() {
+        let k = ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
+        let r = req(
+            "10.0.0.1:1000",
+            &[("x-forwarded-for", "6.6.6.6, 198.51.100.4, 10.1.1.1")],
+        );
+        assert_eq!(k.client_addr(&r), Some(ip("198.51.100.4")));
+        // Split across two header lines, ports, brackets.
+        let r = req(
+            "10.0.0.1:1000",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-for", "[2001:db8::9]:443, 10.2.2.2:80"),
+            ],
+        );
+        assert_eq!(k.client_addr(&r), Some(ip("2001:db8::9")));
+        // All trusted: leftmost.
+        let r = req(
+            "10.0.0.1:1000",
+            &[("x-forwarded-for", "10.9.9.9, 10.1.1.1")],
+        );
+        assert_eq!(k.client_addr(&r), Some(ip("10.9.9.9")));
+        // Garbage stops the walk at the last good hop.
+        let r = req(
+            "10.0.0.1:1000",
+            &[("x-forwarded-for", "1.2.3.4, garbage, 10.1.1.1")],
+        );
+        assert_eq!(k.client_addr(&r), Some(ip("10.1.1.1")));
+        // No header: the proxy itself.
+        let r = req("10.0.0.1:1000", &[]);
+        assert_eq!(k.client_addr(&r), Some(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn forwarded_header() {
+        let k = ClientIp::new()
+            .trust_proxies(["127.0.0.1"])
+            .unwrap()
+            .header(ForwardedHeader::Forwarded);
+        let r = req(
+            "127.0.0.1:1",
+            &[
+                (
+                    "forwarded",
+                    "for=6.6.6.6, for=\"[2001:db8::1]:4711\";proto=https",
+                ),
+                ("x-forwarded-for", "7.7.7.7"),
+            ],
+        );
+        assert_eq!(k.client_addr(&r), Some(ip("2001:db8::1")));
+        assert_eq!(k.extract(&r).unwrap().as_str(), "2001:db8::/64");
+    }
+
+    #[test]
+    fn bad_network_is_config_error() {
+        assert!(matches!(
+            ClientIp::new().trust_proxies(["10.0.0.0/33"]),
+            Err(ConfigError::InvalidNetwork { .. })
+        ));
+    }
+}

@@ -1,0 +1,873 @@
+//! Backend conformance: every scenario is written once against a small
+//! [`Harness`] (a backend, a clock reading and a `sleep`) and runs against
+//! both backends and, where meaningful, both algorithms.
+//!
+//! - `memory::*`: [`MemoryBackend`] on a [`FakeClock`]; `sleep` advances the
+//!   clock, so every number is checked exactly, to the microsecond.
+//! - `redis::*`: [`RedisBackend`] against a throwaway `redis-server`; `sleep`
+//!   is a real sleep and the clock is Redis' own `TIME`. Timing assertions are
+//!   brackets: a value the script computed at an unknown instant between two
+//!   `TIME` readings must lie between the values for those two readings.
+//!
+//! Plus a randomized comparison of the memory backend's sliding log with a
+//! brute-force reference model.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tower_redis_ratelimit::clock::{Clock, FakeClock};
+use tower_redis_ratelimit::{
+    Algorithm, Backend, Decision, Key, MemoryBackend, Policy, Quota, QuotaStatus, RedisBackend,
+};
+
+const MS: u64 = 1_000;
+const SEC: u64 = 1_000_000;
+/// The window of the timing scenarios (short so the Redis runs stay fast).
+const W: u64 = SEC;
+/// The fake clock's origin: a multiple of every window used here.
+const FAKE_START: u64 = 86_400_000 * SEC;
+
+fn dur(us: u64) -> Duration {
+    Duration::from_micros(us)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap()
+}
+
+fn policy(name: &str, alg: Algorithm) -> Policy {
+    let tag = match alg {
+        Algorithm::SlidingLog => "log",
+        _ => "win",
+    };
+    Policy::new(format!("{name}-{tag}")).algorithm(alg)
+}
+
+fn quota(limit: u64, window_us: u64) -> Quota {
+    Quota::new(limit, dur(window_us))
+}
+
+fn is_log(alg: Algorithm) -> bool {
+    alg == Algorithm::SlidingLog
+}
+
+enum Time {
+    Fake(FakeClock),
+    Redis(::redis::aio::MultiplexedConnection),
+}
+
+/// A backend plus a clock: the fake one for memory, Redis `TIME` for Redis.
+struct Harness {
+    backend: Box<dyn Backend>,
+    time: Time,
+    _server: Option<support::RedisServer>,
+}
+
+impl Harness {
+    fn memory() -> Self {
+        let clock = FakeClock::new(FAKE_START);
+        Self {
+            backend: Box::new(MemoryBackend::with_clock(clock.clone())),
+            time: Time::Fake(clock),
+            _server: None,
+        }
+    }
+
+    async fn redis(test: &str) -> Self {
+        let (url, server) = support::redis_url();
+        let backend = RedisBackend::builder(url.as_str())
+            .prefix(support::unique_prefix(test))
+            .build()
+            .expect("valid backend configuration");
+        let conn = ::redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis-server");
+        Self {
+            backend: Box::new(backend),
+            time: Time::Redis(conn),
+            _server: server,
+        }
+    }
+
+    /// Whether time is exact (fake clock): exact equalities are asserted.
+    fn exact(&self) -> bool {
+        matches!(self.time, Time::Fake(_))
+    }
+
+    /// Extra time slept past a computed instant on a real clock.
+    fn margin(&self) -> u64 {
+        if self.exact() { 0 } else { 50 * MS }
+    }
+
+    /// The backend's notion of now, in microseconds.
+    async fn now(&self) -> u64 {
+        match &self.time {
+            Time::Fake(clock) => clock.now_micros(),
+            Time::Redis(conn) => {
+                let (s, us): (u64, u64) = ::redis::cmd("TIME")
+                    .query_async(&mut conn.clone())
+                    .await
+                    .expect("redis TIME");
+                s * SEC + us
+            }
+        }
+    }
+
+    async fn sleep(&self, us: u64) {
+        match &self.time {
+            Time::Fake(clock) => clock.advance(dur(us)),
+            Time::Redis(_) => tokio::time::sleep(dur(us)).await,
+        }
+    }
+
+    /// Sleeps until the backend's clock reads at least `t`.
+    async fn sleep_until(&self, t: u64) {
+        for _ in 0..1_000 {
+            let now = self.now().await;
+            if now >= t {
+                return;
+            }
+            self.sleep(t - now).await;
+        }
+        panic!("clock never reached {t}");
+    }
+
+    /// Waits until the clock is at the very start of a fixed window of length
+    /// `w` (exactly on the boundary for the fake clock, within its first 5 %
+    /// for Redis) and returns that window's start.
+    async fn align(&self, w: u64) -> u64 {
+        for _ in 0..10 {
+            let now = self.now().await;
+            let e = now % w;
+            if e == 0 || (!self.exact() && e <= w / 20) {
+                return now - e;
+            }
+            self.sleep_until(now - e + w).await;
+        }
+        panic!("could not align to a window of {w} us");
+    }
+
+    /// Waits, if needed, so that no boundary of a fixed window of length `w`
+    /// falls within the next `guard` microseconds.
+    async fn avoid_boundary(&self, w: u64, guard: u64) {
+        let now = self.now().await;
+        if w - now % w < guard {
+            self.sleep_until(now - now % w + w).await;
+        }
+    }
+
+    async fn check(&self, policy: &Policy, key: &Key, cost: u64) -> Decision {
+        self.backend
+            .check(policy, key, cost)
+            .await
+            .unwrap_or_else(|e| panic!("backend error: {e}"))
+    }
+
+    /// The decision and the clock just before and just after it: the backend
+    /// decided at an instant in `[before, after]`.
+    async fn check_timed(&self, policy: &Policy, key: &Key, cost: u64) -> (Decision, u64, u64) {
+        let before = self.now().await;
+        let decision = self.check(policy, key, cost).await;
+        let after = self.now().await;
+        (decision, before, after)
+    }
+}
+
+fn retry_us(d: &Decision) -> u64 {
+    micros(d.retry_after().expect("denied decision has a retry-after"))
+}
+
+#[track_caller]
+fn assert_allowed(d: &Decision, what: &str) {
+    assert!(d.is_allowed(), "{what}: expected admission, got {d:?}");
+    assert_eq!(d.denied_by(), None, "{what}");
+    assert_eq!(d.retry_after(), None, "{what}");
+}
+
+#[track_caller]
+fn assert_denied(d: &Decision, by: usize, what: &str) {
+    assert!(!d.is_allowed(), "{what}: expected denial, got {d:?}");
+    assert_eq!(d.denied_by(), Some(by), "{what}: wrong quota: {d:?}");
+    assert!(retry_us(d) > 0, "{what}: zero retry-after: {d:?}");
+}
+
+#[track_caller]
+fn assert_between(value: u64, lo: u64, hi: u64, what: &str) {
+    assert!(
+        (lo..=hi).contains(&value),
+        "{what}: {value} not in [{lo}, {hi}]"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------
+
+/// Limit N admits exactly N, then denies; other clients are unaffected.
+async fn limit_reached_exactly(h: &Harness, alg: Algorithm) {
+    let limits = [1u64, 5, 20];
+    if !is_log(alg) {
+        // The counter is exact within one fixed window.
+        h.align(W).await;
+    }
+    for limit in limits {
+        let p = policy(&format!("exact{limit}"), alg).quota(quota(limit, W));
+        let key = Key::new("client-a");
+        for i in 1..=limit {
+            let d = h.check(&p, &key, 1).await;
+            let what = format!("{alg:?} limit {limit} request {i}");
+            assert_allowed(&d, &what);
+            let q = d.quotas()[0];
+            assert_eq!(q.limit, limit, "{what}");
+            assert_eq!(q.window, dur(W), "{what}");
+            assert_eq!(q.remaining, limit - i, "{what}");
+            let reset = micros(q.reset_after);
+            if is_log(alg) {
+                // The newest entry is this request: the log empties one window later.
+                assert_eq!(reset, W, "{what}");
+            } else if h.exact() {
+                assert_eq!(reset, 2 * W, "{what}");
+            } else {
+                assert_between(reset, W + 1, 2 * W, &what);
+            }
+        }
+        for i in 0..3 {
+            let d = h.check(&p, &key, 1).await;
+            let what = format!("{alg:?} limit {limit} extra request {i}");
+            assert_denied(&d, 0, &what);
+            assert_eq!(d.quotas()[0].remaining, 0, "{what}");
+            let r = retry_us(&d);
+            let max = if is_log(alg) { W } else { 2 * W };
+            assert_between(r, 1, max, &what);
+        }
+        let d = h.check(&p, &Key::new("client-b"), 1).await;
+        assert_allowed(&d, "another client");
+        assert_eq!(d.quotas()[0].remaining, limit - 1);
+    }
+}
+
+/// A denied decision's retry-after is positive, bounded, and sufficient:
+/// after waiting it the request is admitted. For the log it is exact to the
+/// timestamp of the oldest entry.
+async fn retry_after_is_correct(h: &Harness, alg: Algorithm) {
+    let p = policy("retry", alg).quota(quota(3, W));
+    let key = Key::new("retry-client");
+    if is_log(alg) {
+        let (d, a0, b0) = h.check_timed(&p, &key, 1).await;
+        assert_allowed(&d, "1st");
+        let t0 = a0;
+        h.sleep_until(t0 + 300 * MS).await;
+        let (d, a1, b1) = h.check_timed(&p, &key, 1).await;
+        assert_allowed(&d, "2nd");
+        h.sleep_until(t0 + 600 * MS).await;
+        assert_allowed(&h.check(&p, &key, 1).await, "3rd");
+        h.sleep_until(t0 + 700 * MS).await;
+        let (d, c, e) = h.check_timed(&p, &key, 1).await;
+        assert_denied(&d, 0, "4th");
+        let r = retry_us(&d);
+        assert_between(r, 1, W, "log retry-after within the window");
+        // The oldest entry was written in [a0, b0] and the denial happened in
+        // [c, e]: the oldest entry leaves at its timestamp + W.
+        assert_between(
+            r,
+            a0 + W - e,
+            b0 + W - c,
+            "log retry-after = oldest + W - now",
+        );
+        if h.exact() {
+            assert_eq!(r, 300 * MS);
+            h.sleep(r - 1).await;
+            let d = h.check(&p, &key, 1).await;
+            assert_denied(&d, 0, "1 us before retry-after");
+            assert_eq!(retry_us(&d), 1);
+            h.sleep(1).await;
+        } else {
+            h.sleep(r + h.margin()).await;
+        }
+        let d = h.check(&p, &key, 1).await;
+        assert_allowed(&d, "after retry-after");
+        assert_eq!(d.quotas()[0].remaining, 0);
+        // Now the next-oldest entry (the 2nd request) is the one to wait for.
+        let (d, c, e) = h.check_timed(&p, &key, 1).await;
+        if e < a1 + W {
+            assert_denied(&d, 0, "the 2nd entry is still in the window");
+            assert_between(
+                retry_us(&d),
+                a1 + W - e,
+                b1 + W - c,
+                "retry to the 2nd entry",
+            );
+            if h.exact() {
+                assert_eq!(retry_us(&d), 300 * MS);
+            }
+        }
+    } else {
+        // Fill in the second half of a fixed window: the wait is the rest of
+        // this window plus the previous count's decay below the limit.
+        let s = h.align(W).await;
+        h.sleep_until(s + W / 2).await;
+        for i in 0..3 {
+            assert_allowed(&h.check(&p, &key, 1).await, &format!("fill {i}"));
+        }
+        let (d, c, e) = h.check_timed(&p, &key, 1).await;
+        assert_denied(&d, 0, "4th");
+        let r = retry_us(&d);
+        assert_between(r, 1, W, "counter retry-after within the window");
+        // cur = 3: in the next window, floor(3 * (W - x) / W) + 1 <= 3 once
+        // x >= W - floor(2 W / 3).
+        let target = W - 2 * W / 3;
+        let (e_lo, e_hi) = (c - s, e - s);
+        assert_between(
+            r,
+            W - e_hi + target,
+            W - e_lo + target,
+            "counter retry formula",
+        );
+        if h.exact() {
+            assert_eq!(r, W / 2 + target);
+            // Conservative by less than one unit's worth of decay (W / cur).
+            h.sleep(r - W / 3 - 1).await;
+            assert_denied(&h.check(&p, &key, 1).await, 0, "well before retry-after");
+            h.sleep(W / 3 + 1).await;
+        } else {
+            h.sleep(r + h.margin()).await;
+        }
+        assert_allowed(&h.check(&p, &key, 1).await, "after retry-after");
+    }
+}
+
+/// After a window everything is admitted again; log entries leave one by one
+/// and the counter's previous window decays progressively.
+async fn window_slides(h: &Harness, alg: Algorithm) {
+    let m = h.margin();
+    if is_log(alg) {
+        let p = policy("slide", alg).quota(quota(3, W));
+        let key = Key::new("slider");
+        let t0 = h.now().await;
+        for (i, offset) in [0, 250 * MS, 500 * MS].into_iter().enumerate() {
+            h.sleep_until(t0 + offset).await;
+            let d = h.check(&p, &key, 1).await;
+            assert_allowed(&d, &format!("fill {i}"));
+            assert_eq!(d.quotas()[0].remaining, 2 - i as u64);
+        }
+        h.sleep_until(t0 + 750 * MS).await;
+        assert_denied(&h.check(&p, &key, 1).await, 0, "full");
+        // Entries leave one at a time, each exactly one window after it came.
+        for (i, offset) in [0, 250 * MS, 500 * MS].into_iter().enumerate() {
+            if h.exact() {
+                h.sleep_until(t0 + offset + W - 1).await;
+                let d = h.check(&p, &key, 1).await;
+                assert_denied(&d, 0, &format!("entry {i}, 1 us before it leaves"));
+                assert_eq!(retry_us(&d), 1);
+            }
+            h.sleep_until(t0 + offset + W + m).await;
+            let d = h.check(&p, &key, 1).await;
+            assert_allowed(&d, &format!("entry {i} left"));
+            assert_eq!(d.quotas()[0].remaining, 0);
+            assert_denied(
+                &h.check(&p, &key, 1).await,
+                0,
+                &format!("only entry {i} left"),
+            );
+        }
+        // A full window after the last admission, the whole limit is back.
+        h.sleep_until(t0 + 500 * MS + W + m + W + m).await;
+        for i in 0..3 {
+            let d = h.check(&p, &key, 1).await;
+            assert_allowed(&d, &format!("refill {i}"));
+            assert_eq!(d.quotas()[0].remaining, 2 - i);
+        }
+        assert_denied(&h.check(&p, &key, 1).await, 0, "full again");
+    } else {
+        let p = policy("slide", alg).quota(quota(10, W));
+        let key = Key::new("slider");
+        let s = h.align(W).await;
+        for i in 0..10 {
+            assert_allowed(&h.check(&p, &key, 1).await, &format!("fill {i}"));
+        }
+        assert_denied(&h.check(&p, &key, 1).await, 0, "full");
+        // 41 % into the next window the previous 10 weigh floor(10 * 0.59) = 5
+        // (the same up to 50 %): exactly 5 more fit.
+        h.sleep_until(s + W + 410 * MS).await;
+        for i in 0..5 {
+            let d = h.check(&p, &key, 1).await;
+            assert_allowed(&d, &format!("decayed slot {i}"));
+            assert_eq!(d.quotas()[0].remaining, 4 - i);
+        }
+        let (d, c, e) = h.check_timed(&p, &key, 1).await;
+        assert_denied(&d, 0, "decayed slots used up");
+        // cur = 5, prev = 10: the previous window must weigh at most 4,
+        // i.e. elapsed >= W - floor(4 W / 10) = 600 ms.
+        let r = retry_us(&d);
+        assert_between(
+            r,
+            600 * MS - (e - s - W),
+            600 * MS - (c - s - W),
+            "retry while the previous window decays",
+        );
+        if h.exact() {
+            assert_eq!(r, 190 * MS);
+        }
+        h.sleep(r + m).await;
+        assert_allowed(&h.check(&p, &key, 1).await, "after the decay");
+        // Two windows after the last admission nothing is remembered.
+        h.sleep_until(s + 3 * W + m).await;
+        for i in 0..10 {
+            let d = h.check(&p, &key, 1).await;
+            assert_allowed(&d, &format!("refill {i}"));
+            assert_eq!(d.quotas()[0].remaining, 9 - i);
+        }
+        assert_denied(&h.check(&p, &key, 1).await, 0, "full again");
+    }
+}
+
+/// Two quotas (2 per second and 3 per minute) are checked together: a
+/// request denied by one consumes nothing from the other, and `denied_by`
+/// names the quota with the longest wait.
+async fn multi_quota_all_or_nothing(h: &Harness, alg: Algorithm) {
+    let p = policy("multi", alg)
+        .quota(quota(2, W))
+        .quota(Quota::per_minute(3));
+    let key = Key::new("multi-client");
+    let m = h.margin();
+    let t0 = if is_log(alg) {
+        h.now().await
+    } else {
+        // Keep the minute window's boundary out of the way, then start a second.
+        h.avoid_boundary(60 * SEC, 8 * SEC).await;
+        h.align(W).await
+    };
+    let (d, a0, b0) = h.check_timed(&p, &key, 1).await;
+    assert_allowed(&d, "1st");
+    assert_eq!(remaining(&d), [1, 2]);
+    let d = h.check(&p, &key, 1).await;
+    assert_allowed(&d, "2nd");
+    assert_eq!(remaining(&d), [0, 1]);
+    let mut retry = 0;
+    for i in 0..5 {
+        let (d, c, e) = h.check_timed(&p, &key, 1).await;
+        let what = format!("denied by the second quota, try {i}");
+        assert_denied(&d, 0, &what);
+        // The minute quota was not charged by any of the denials.
+        assert_eq!(remaining(&d), [0, 1], "{what}");
+        retry = retry_us(&d);
+        if is_log(alg) {
+            assert_between(retry, a0 + W - e, b0 + W - c, &what);
+            if h.exact() {
+                assert_eq!(retry, W, "{what}");
+            }
+        } else if h.exact() {
+            // cur = 2 at the window start: next window, once 2 * weight <= 1.
+            assert_eq!(retry, W + W / 2, "{what}");
+        } else {
+            assert_between(retry, W / 2, W + W / 2, &what);
+        }
+    }
+    h.sleep(retry + m).await;
+    let d = h.check(&p, &key, 1).await;
+    assert_allowed(&d, "3rd, after the second quota's retry-after");
+    assert_eq!(d.quotas()[1].remaining, 0);
+    if h.exact() {
+        let expect = if is_log(alg) { 1 } else { 0 };
+        assert_eq!(d.quotas()[0].remaining, expect);
+    }
+    // Now both quotas deny a cost-2 request; the minute quota waits longest.
+    let d = h.check(&p, &key, 2).await;
+    assert_denied(&d, 1, "both quotas deny");
+    assert_between(retry_us(&d), 30 * SEC, 120 * SEC, "the minute quota's wait");
+    // Once the second quota has emptied, only the minute quota denies...
+    if is_log(alg) {
+        h.sleep_until(t0 + 2 * W + 3 * m).await;
+    } else {
+        h.sleep_until(t0 + 3 * W + m).await;
+    }
+    for i in 0..3 {
+        let d = h.check(&p, &key, 1).await;
+        let what = format!("denied by the minute quota, try {i}");
+        assert_denied(&d, 1, &what);
+        // ...and the second quota is charged nothing: still fully available.
+        assert_eq!(remaining(&d), [2, 0], "{what}");
+        if is_log(alg) && h.exact() {
+            // The oldest entry (the 1st request, at t0) must leave.
+            assert_eq!(retry_us(&d), 60 * SEC - 2 * W, "{what}");
+        }
+    }
+}
+
+fn remaining(d: &Decision) -> Vec<u64> {
+    d.quotas().iter().map(|q| q.remaining).collect()
+}
+
+/// Cost 3 on limit 10: three admissions, then a cost-3 request is denied
+/// while a cost-1 request still fits; cost above the limit never fits.
+async fn cost_above_one(h: &Harness, alg: Algorithm) {
+    let p = policy("cost", alg).quota(quota(10, W));
+    let key = Key::new("costly");
+    let t0 = if is_log(alg) {
+        h.now().await
+    } else {
+        h.align(W).await
+    };
+    let mut brackets = Vec::new();
+    for i in 0..3u64 {
+        if is_log(alg) {
+            h.sleep_until(t0 + i * 100 * MS).await;
+        }
+        let (d, a, b) = h.check_timed(&p, &key, 3).await;
+        assert_allowed(&d, &format!("cost 3, #{i}"));
+        assert_eq!(d.quotas()[0].remaining, 7 - 3 * i);
+        brackets.push((a, b));
+    }
+    if is_log(alg) {
+        h.sleep_until(t0 + 300 * MS).await;
+    }
+    let (d, c, e) = h.check_timed(&p, &key, 3).await;
+    assert_denied(&d, 0, "cost 3 with 1 remaining");
+    assert_eq!(d.quotas()[0].remaining, 1);
+    let r = retry_us(&d);
+    if is_log(alg) {
+        // 9 + 3 - 10 = 2: the 2nd oldest unit (from the first request) must leave.
+        let (a, b) = brackets[0];
+        assert_between(r, a + W - e, b + W - c, "cost-3 retry");
+        // Cost 5 needs the 4th oldest unit, from the second request, to leave.
+        let (d, c, e) = h.check_timed(&p, &key, 5).await;
+        assert_denied(&d, 0, "cost 5");
+        let (a, b) = brackets[1];
+        assert_between(retry_us(&d), a + W - e, b + W - c, "cost-5 retry");
+        if h.exact() {
+            assert_eq!(r, 700 * MS);
+            assert_eq!(retry_us(&d), 800 * MS);
+        }
+    } else {
+        // cur = 9: next window, once floor(9 * weight) <= 7.
+        let target = W - 7 * W / 9;
+        assert_between(
+            r,
+            W - (e - t0) + target,
+            W - (c - t0) + target,
+            "cost-3 retry",
+        );
+        if h.exact() {
+            assert_eq!(r, W + target);
+        }
+    }
+    let d = h.check(&p, &key, 1).await;
+    assert_allowed(&d, "cost 1 still fits");
+    assert_eq!(d.quotas()[0].remaining, 0);
+    assert_denied(&h.check(&p, &key, 1).await, 0, "cost 1 when full");
+    // A cost above the limit can never be admitted: retry-after is one window.
+    let d = h.check(&p, &key, 11).await;
+    assert_denied(&d, 0, "cost above the limit");
+    assert_eq!(retry_us(&d), W);
+    assert_eq!(d.quotas()[0].remaining, 0);
+    // The retry-after of a cost-3 request is enough for it.
+    let d = h.check(&p, &key, 3).await;
+    assert_denied(&d, 0, "cost 3 when full");
+    h.sleep(retry_us(&d) + h.margin()).await;
+    assert_allowed(&h.check(&p, &key, 3).await, "cost 3 after its retry-after");
+}
+
+/// Denials are free: after a hundred of them, the quota comes back exactly as
+/// if they had never happened.
+async fn denied_requests_consume_nothing(h: &Harness, alg: Algorithm) {
+    let p = policy("free-denials", alg).quota(quota(5, W));
+    let key = Key::new("hammer");
+    let m = h.margin();
+    let t0 = if is_log(alg) {
+        h.now().await
+    } else {
+        h.align(W).await
+    };
+    for i in 0..5 {
+        assert_allowed(&h.check(&p, &key, 1).await, &format!("fill {i}"));
+    }
+    // Hammer half a window later, so that any unit counted by a denial would
+    // still be visible once the admitted ones have left (or decayed).
+    h.sleep_until(t0 + W / 2).await;
+    let mut last = u64::MAX;
+    for i in 0..100 {
+        let cost = if i % 10 == 9 { 4 } else { 1 };
+        let d = h.check(&p, &key, cost).await;
+        assert_denied(&d, 0, &format!("denial {i}"));
+        assert_eq!(d.quotas()[0].remaining, 0);
+        if cost == 1 {
+            let r = retry_us(&d);
+            assert!(r <= last, "retry-after grew after denials: {r} > {last}");
+            last = r;
+        }
+    }
+    if is_log(alg) {
+        // The 5 admitted units have left; denied ones (had they counted)
+        // would still be in the window.
+        h.sleep_until(t0 + W + m).await;
+        for i in 0..5 {
+            let d = h.check(&p, &key, 1).await;
+            assert_allowed(&d, &format!("after the window, {i}"));
+            assert_eq!(d.quotas()[0].remaining, 4 - i);
+        }
+        assert_denied(&h.check(&p, &key, 1).await, 0, "full again");
+    } else {
+        // 45 % into the next window the previous count weighs
+        // floor(5 * 0.55) = 2 (for 40..60 %); denials would have added 100+.
+        h.sleep_until(t0 + W + 450 * MS).await;
+        for i in 0..3 {
+            let d = h.check(&p, &key, 1).await;
+            assert_allowed(&d, &format!("next window, {i}"));
+            assert_eq!(d.quotas()[0].remaining, 2 - i);
+        }
+        assert_denied(&h.check(&p, &key, 1).await, 0, "next window full");
+        h.sleep_until(t0 + 3 * W + m).await;
+        for i in 0..5 {
+            let d = h.check(&p, &key, 1).await;
+            assert_allowed(&d, &format!("two windows later, {i}"));
+            assert_eq!(d.quotas()[0].remaining, 4 - i);
+        }
+        assert_denied(&h.check(&p, &key, 1).await, 0, "full again");
+    }
+}
+
+/// The counter's estimate around window boundaries matches
+/// `floor(prev * (W - elapsed) / W) + cur`: exactly with the fake clock,
+/// within one unit on Redis' clock.
+async fn counter_estimate_at_window_boundaries(h: &Harness, alg: Algorithm) {
+    assert!(!is_log(alg));
+    const LIMIT: u64 = 10;
+    let p = policy("estimate", alg).quota(quota(LIMIT, W));
+    let key = Key::new("estimated");
+    let s = h.align(W).await;
+    // Admitted counts per fixed window start (the reference model).
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    for i in 0..8 {
+        let (d, _, b) = h.check_timed(&p, &key, 1).await;
+        assert_allowed(&d, &format!("fill {i}"));
+        assert_eq!(d.quotas()[0].remaining, LIMIT - 1 - i);
+        *counts.entry(b - b % W).or_default() += 1;
+    }
+    let estimate = |counts: &HashMap<u64, u64>, now: u64| {
+        let (start, e) = (now - now % W, now % W);
+        let prev = counts.get(&(start - W)).copied().unwrap_or(0);
+        let cur = counts.get(&start).copied().unwrap_or(0);
+        (prev as f64 * ((W - e) as f64 / W as f64)).floor() as u64 + cur
+    };
+    let points: &[u64] = if h.exact() {
+        // Both sides of each boundary, a quarter in, and after a long gap.
+        &[W - 1, W, W + W / 4, 2 * W - 1, 2 * W, 3 * W + W / 2, 6 * W]
+    } else {
+        &[W + W / 4, W + 3 * W / 4, 2 * W + W / 10, 2 * W + 6 * W / 10]
+    };
+    for &offset in points {
+        h.sleep_until(s + offset).await;
+        let (d, a, b) = h.check_timed(&p, &key, 1).await;
+        let what = format!("at window start + {offset} us");
+        assert_allowed(&d, &what);
+        let q = d.quotas()[0];
+        // The decision counts this request too.
+        let at_a = LIMIT - (estimate(&counts, a) + 1);
+        let at_b = LIMIT - (estimate(&counts, b) + 1);
+        if h.exact() {
+            assert_eq!(q.remaining, at_a, "{what}");
+            // Reset: the estimate reaches 0 at the end of the next window.
+            assert_eq!(micros(q.reset_after), 2 * W - a % W, "{what}");
+        } else {
+            assert_between(
+                q.remaining,
+                at_a.min(at_b).saturating_sub(1),
+                at_a.max(at_b) + 1,
+                &what,
+            );
+            assert_between(micros(q.reset_after), W + 1, 2 * W, &what);
+        }
+        *counts.entry(b - b % W).or_default() += 1;
+    }
+    if h.exact() {
+        // Spot-check the model itself against hand-computed values.
+        let remaining_at = [1, 0, 2, 7, 6, 9, 9];
+        let mut model: HashMap<u64, u64> = HashMap::from([(s, 8)]);
+        for (&offset, expect) in points.iter().zip(remaining_at) {
+            let t = s + offset;
+            assert_eq!(
+                LIMIT - (estimate(&model, t) + 1),
+                expect,
+                "model at {offset}"
+            );
+            *model.entry(t - t % W).or_default() += 1;
+        }
+    }
+}
+
+macro_rules! scenarios {
+    ($($name:ident: [$($alg:ident),+];)*) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    // A fresh backend and clock per algorithm.
+                    $( super::$name(&Harness::memory(), Algorithm::$alg).await; )+
+                }
+            )*
+        }
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let h = Harness::redis(stringify!($name)).await;
+                    // Different policy names per algorithm: run them side by side.
+                    tokio::join!($( super::$name(&h, Algorithm::$alg) ),+);
+                }
+            )*
+        }
+    };
+}
+
+scenarios! {
+    limit_reached_exactly: [SlidingLog, SlidingWindow];
+    retry_after_is_correct: [SlidingLog, SlidingWindow];
+    window_slides: [SlidingLog, SlidingWindow];
+    multi_quota_all_or_nothing: [SlidingLog, SlidingWindow];
+    cost_above_one: [SlidingLog, SlidingWindow];
+    denied_requests_consume_nothing: [SlidingLog, SlidingWindow];
+    counter_estimate_at_window_boundaries: [SlidingWindow];
+}
+
+// ---------------------------------------------------------------------------
+// Randomized: memory sliding log vs a brute-force reference
+// ---------------------------------------------------------------------------
+
+/// A tiny deterministic generator (64-bit LCG, high bits).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The sliding log by definition: every admitted unit's timestamp; a quota
+/// `(limit, w)` at `now` counts the units with `t > now - w`.
+fn reference_check(units: &mut Vec<u64>, quotas: &[(u64, u64)], now: u64, cost: u64) -> Decision {
+    let in_window = |units: &[u64], w: u64| -> Vec<u64> {
+        let mut v: Vec<u64> = units.iter().copied().filter(|&t| t + w > now).collect();
+        v.sort_unstable();
+        v
+    };
+    let mut denied: Option<(usize, u64)> = None;
+    for (i, &(limit, w)) in quotas.iter().enumerate() {
+        let live = in_window(units, w);
+        if live.len() as u64 + cost <= limit {
+            continue;
+        }
+        let retry = if cost > limit {
+            w
+        } else {
+            // The first instant, by brute force over the departure times of
+            // the live units, at which `cost` more units fit.
+            live.iter()
+                .map(|&t| t + w - now)
+                .find(|&d| live.iter().filter(|&&t| t + w > now + d).count() as u64 + cost <= limit)
+                .expect("the limit fits once every unit has left")
+        };
+        // The longest wait decides; the first quota wins ties.
+        if denied.is_none_or(|(_, best)| retry > best) {
+            denied = Some((i, retry));
+        }
+    }
+    if denied.is_none() {
+        units.extend(std::iter::repeat_n(now, cost as usize));
+    }
+    let statuses = quotas
+        .iter()
+        .map(|&(limit, w)| {
+            let live = in_window(units, w);
+            QuotaStatus {
+                limit,
+                window: dur(w),
+                remaining: limit.saturating_sub(live.len() as u64),
+                reset_after: dur(live.last().map_or(0, |&t| t + w - now)),
+            }
+        })
+        .collect();
+    // Forget units that left every window (keeps the model small).
+    let longest = quotas.iter().map(|&(_, w)| w).max().unwrap();
+    units.retain(|&t| t + longest > now);
+    match denied {
+        None => Decision::allowed(statuses),
+        Some((i, r)) => Decision::denied(statuses, i, dur(r)),
+    }
+}
+
+#[test]
+fn memory_sliding_log_matches_reference_model_randomized() {
+    let policies: Vec<(Policy, Vec<(u64, u64)>)> = [
+        vec![(7, SEC)],
+        vec![(5, SEC), (12, 4 * SEC)],
+        vec![(3, 250 * MS), (6, SEC), (20, 10 * SEC)],
+        // Equal windows: both quotas often wait for the same unit (ties).
+        vec![(2, 500 * MS), (3, 500 * MS)],
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, qs)| {
+        let p = qs.iter().fold(
+            Policy::new(format!("random{i}")).algorithm(Algorithm::SlidingLog),
+            |p, &(limit, w)| p.quota(quota(limit, w)),
+        );
+        (p, qs)
+    })
+    .collect();
+    let keys = [Key::new("k0"), Key::new("k1"), Key::new("k2")];
+    let clock = FakeClock::new(FAKE_START);
+    let backend = MemoryBackend::with_clock(clock.clone());
+    let mut rng = Lcg(0x5eed_1234_abcd_0001);
+    let mut models: HashMap<(usize, usize), Vec<u64>> = HashMap::new();
+    let (mut admitted, mut denied) = (0, 0);
+    for step in 0..6_000 {
+        // Mostly small steps on a 10 ms grid (so that units often leave a
+        // window exactly at the instant of a check), bursts at one instant,
+        // odd microsecond steps, and sometimes a long gap.
+        let advance = match rng.below(100) {
+            0..=19 => 0,
+            20..=79 => rng.below(7) * 10 * MS,
+            80..=97 => rng.below(60 * MS),
+            _ => rng.below(12 * SEC),
+        };
+        clock.advance(dur(advance));
+        let (pi, ki) = (rng.below(4) as usize, rng.below(3) as usize);
+        let (p, qs) = &policies[pi];
+        let smallest = qs.iter().map(|&(l, _)| l).min().unwrap();
+        let cost = match rng.below(20) {
+            0 => smallest + 1 + rng.below(3),
+            1..=12 => 1,
+            _ => 1 + rng.below(4),
+        };
+        let now = clock.now_micros();
+        let got = backend.check_now(p, &keys[ki], cost);
+        let expected = reference_check(models.entry((pi, ki)).or_default(), qs, now, cost);
+        assert_eq!(
+            got,
+            expected,
+            "step {step}: policy {pi} key {ki} cost {cost} at +{} us",
+            now - FAKE_START
+        );
+        if got.is_allowed() {
+            admitted += 1;
+        } else {
+            denied += 1;
+        }
+    }
+    // The sequence exercised both outcomes substantially.
+    assert!(admitted > 1_000 && denied > 1_000, "{admitted} / {denied}");
+}
