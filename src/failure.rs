@@ -149,7 +149,8 @@ impl Breaker {
                 let max = self.config.max_cooldown.as_micros() as u64;
                 let next = (self.cooldown_us.load(Ordering::Acquire) * 2).min(max);
                 self.cooldown_us.store(next, Ordering::Release);
-                self.open_until.store(self.now_us() + next, Ordering::Release);
+                self.open_until
+                    .store(self.now_us() + next, Ordering::Release);
                 self.probing.store(false, Ordering::Release);
                 tracing::debug!(cooldown_ms = next / 1000, "rate limiter probe failed");
             }

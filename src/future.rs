@@ -8,13 +8,13 @@ use std::task::{Context, Poll, ready};
 use http::request::Parts;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Timeout;
 use tower_service::Service;
 
 use crate::backend::CheckFuture;
 use crate::decision::Decision;
 use crate::error::BackendError;
 use crate::headers::set_retry_after;
+use crate::key::Key;
 use crate::layer::Shared;
 use crate::policy::FailureMode;
 use crate::response::{OnRejection, RejectReason, Rejection};
@@ -37,6 +37,14 @@ struct Ctx<R> {
     on_rejection: R,
 }
 
+/// What a pending check is about.
+pub(crate) struct Checked {
+    pub shared: Arc<Shared>,
+    pub policy: usize,
+    pub key: Key,
+    pub cost: u64,
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<S, ReqBody>
@@ -44,10 +52,12 @@ pin_project! {
         S: Service<Request<ReqBody>>,
     {
         Checking {
-            #[pin]
-            check: Timeout<CheckFuture>,
+            // Already bounded by the deadline and the circuit breaker.
+            check: CheckFuture,
             request: Option<Request<ReqBody>>,
             inner: Option<S>,
+            key: Key,
+            cost: u64,
         },
         Calling {
             #[pin]
@@ -75,11 +85,10 @@ where
     }
 
     pub(crate) fn checking(
-        check: Timeout<CheckFuture>,
+        check: CheckFuture,
         request: Request<ReqBody>,
         inner: S,
-        shared: Arc<Shared>,
-        policy: usize,
+        checked: Checked,
         on_rejection: R,
     ) -> Self {
         Self {
@@ -87,10 +96,12 @@ where
                 check,
                 request: Some(request),
                 inner: Some(inner),
+                key: checked.key,
+                cost: checked.cost,
             },
             ctx: Some(Ctx {
-                shared,
-                policy,
+                shared: checked.shared,
+                policy: checked.policy,
                 on_rejection,
             }),
         }
@@ -166,14 +177,33 @@ where
                     check,
                     request,
                     inner,
+                    key,
+                    cost,
                 } => {
-                    let outcome = ready!(check.poll(cx));
+                    let outcome = ready!(check.as_mut().poll(cx));
                     let ctx = this.ctx.as_ref().expect("checking state has a context");
                     let request = request.take().expect("polled after completion");
                     let mut inner = inner.take().expect("polled after completion");
-                    let outcome =
-                        outcome.unwrap_or_else(|_| Err(BackendError::Timeout(ctx.shared.deadline)));
                     let (policy, _) = &ctx.shared.policies[ctx.policy];
+                    let outcome = match outcome {
+                        Ok(decision) => Ok(decision),
+                        Err(error) => {
+                            if !matches!(error, BackendError::CircuitOpen) {
+                                tracing::warn!(
+                                    policy = policy.name(),
+                                    %error,
+                                    mode = ?policy.failure_mode_kind(),
+                                    "rate limiter backend failed; applying the failure mode"
+                                );
+                            }
+                            match policy.failure_mode_kind() {
+                                FailureMode::Local => {
+                                    Ok(ctx.shared.local.check_now(policy, key, *cost))
+                                }
+                                mode => Err(mode),
+                            }
+                        }
+                    };
                     let next = match outcome {
                         Ok(decision) if decision.is_allowed() => State::Calling {
                             future: inner.call(request),
@@ -181,33 +211,23 @@ where
                         },
                         Ok(decision) => {
                             let (parts, _body) = request.into_parts();
+                            let response =
+                                ctx.reject(&parts, RejectReason::Limited, Some(&decision));
                             State::Rejected {
-                                response: Some(ctx.reject(
-                                    &parts,
-                                    RejectReason::Limited,
-                                    Some(&decision),
-                                )),
+                                response: Some(response),
                             }
                         }
-                        Err(error) => match policy.failure_mode_kind() {
-                            FailureMode::Closed => {
-                                tracing::warn!(policy = policy.name(), %error, "rate limiter unavailable; failing closed");
-                                let (parts, _body) = request.into_parts();
-                                State::Rejected {
-                                    response: Some(ctx.reject(
-                                        &parts,
-                                        RejectReason::Unavailable,
-                                        None,
-                                    )),
-                                }
+                        Err(FailureMode::Closed) => {
+                            let (parts, _body) = request.into_parts();
+                            let response = ctx.reject(&parts, RejectReason::Unavailable, None);
+                            State::Rejected {
+                                response: Some(response),
                             }
-                            FailureMode::Open => {
-                                tracing::warn!(policy = policy.name(), %error, "rate limiter unavailable; failing open");
-                                State::Calling {
-                                    future: inner.call(request),
-                                    decision: None,
-                                }
-                            }
+                        }
+                        // Open (and any future non-denying mode): serve without headers.
+                        Err(_) => State::Calling {
+                            future: inner.call(request),
+                            decision: None,
                         },
                     };
                     this.state.set(next);

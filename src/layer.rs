@@ -9,6 +9,7 @@ use tower_layer::Layer;
 
 use crate::backend::{Backend, MemoryBackend};
 use crate::error::ConfigError;
+use crate::failure::{Breaker, CircuitBreaker};
 use crate::headers::{HeaderStyle, PolicyHeaders};
 use crate::policy::Policy;
 use crate::response::DefaultRejection;
@@ -25,6 +26,9 @@ pub(crate) struct Shared {
     pub policies: Vec<(Policy, PolicyHeaders)>,
     pub deadline: Duration,
     pub style: HeaderStyle,
+    pub breaker: Arc<Breaker>,
+    /// Decides for policies with `FailureMode::Local` while the backend is down.
+    pub local: MemoryBackend,
 }
 
 /// Applies rate limiting to a service: `.layer(layer)` in axum, tonic or tower.
@@ -121,6 +125,7 @@ pub struct RateLimitLayerBuilder {
     deadline: Duration,
     style: HeaderStyle,
     case_insensitive: bool,
+    breaker: CircuitBreaker,
 }
 
 impl Default for RateLimitLayerBuilder {
@@ -132,6 +137,7 @@ impl Default for RateLimitLayerBuilder {
             deadline: DEFAULT_DEADLINE,
             style: HeaderStyle::default(),
             case_insensitive: false,
+            breaker: CircuitBreaker::new(),
         }
     }
 }
@@ -191,6 +197,12 @@ impl RateLimitLayerBuilder {
     /// policy's [`FailureMode`](crate::FailureMode) applies.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// The circuit breaker around the backend (see [`CircuitBreaker`]).
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = breaker;
         self
     }
 
@@ -254,6 +266,8 @@ impl RateLimitLayerBuilder {
                 policies,
                 deadline: self.deadline,
                 style: self.style,
+                breaker: Arc::new(Breaker::new(self.breaker)),
+                local: MemoryBackend::new(),
             }),
             on_rejection: DefaultRejection,
         })

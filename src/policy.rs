@@ -103,6 +103,11 @@ pub enum FailureMode {
     /// (gRPC: `UNAVAILABLE`). 503 rather than 429 because the client did nothing
     /// wrong: the limiter could not vouch for the request.
     Closed,
+    /// Decide in-process with the same policy (an in-memory limiter per
+    /// application instance) until the backend answers again; then the backend
+    /// decides again. With N instances the effective limit during an outage is
+    /// up to N times the policy's limit, but never unlimited.
+    Local,
 }
 
 /// What to do with a request from which the key extractor gets no key.

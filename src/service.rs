@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::future::ResponseFuture;
+use crate::error::BackendError;
+use crate::failure;
+use crate::future::{Checked, ResponseFuture};
 use crate::layer::Shared;
 use crate::response::OnRejection;
 use crate::routes::Action;
@@ -90,13 +92,20 @@ where
             );
         };
         let cost = policy.cost_for(&parts);
-        let check = shared.backend.check(policy, &key, cost);
+        let check = failure::guarded(&shared.breaker, shared.deadline, || {
+            shared.backend.check(policy, &key, cost)
+        })
+        .unwrap_or_else(|| Box::pin(std::future::ready(Err(BackendError::CircuitOpen))));
         ResponseFuture::checking(
-            tokio::time::timeout(shared.deadline, check),
+            check,
             Request::from_parts(parts, body),
             inner,
-            Arc::clone(shared),
-            ix,
+            Checked {
+                shared: Arc::clone(shared),
+                policy: ix,
+                key,
+                cost,
+            },
             self.on_rejection.clone(),
         )
     }

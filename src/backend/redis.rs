@@ -161,16 +161,18 @@ impl RedisBackend {
             key.as_str()
         )
     }
+}
 
+impl Inner {
+    /// The shared connection, created on first use. Must run inside the Tokio
+    /// runtime (the connection manager spawns a task), hence only in futures.
     fn connection(&self) -> Result<ConnectionManager, BackendError> {
-        if let Some(conn) = self.inner.conn.get() {
+        if let Some(conn) = self.conn.get() {
             return Ok(conn.clone());
         }
-        let conn = ConnectionManager::new_lazy_with_config(
-            self.inner.client.clone(),
-            self.inner.config.clone(),
-        )?;
-        Ok(self.inner.conn.get_or_init(|| conn).clone())
+        let conn =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+        Ok(self.conn.get_or_init(|| conn).clone())
     }
 }
 
@@ -192,9 +194,9 @@ impl Backend for RedisBackend {
                 .arg(q.limit())
                 .arg(q.window_us());
         }
-        let conn = self.connection();
+        let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let mut conn = conn?;
+            let mut conn = inner.connection()?;
             let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
             decode(&reply, &quotas)
         })
