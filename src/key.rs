@@ -134,9 +134,17 @@ where
 
 /// The peer IP address of the connection.
 ///
-/// Reads axum's `ConnectInfo<SocketAddr>` (feature `axum`, on by default; serve
-/// with `into_make_service_with_connect_info::<SocketAddr>()`) or a plain
-/// `SocketAddr` request extension (insert it yourself with hyper).
+/// Reads, in this order:
+///
+/// - axum's `ConnectInfo<SocketAddr>` (feature `axum`, on by default; serve
+///   with `into_make_service_with_connect_info::<SocketAddr>()`);
+/// - tonic's `TcpConnectInfo` (feature `tonic`), which tonic's
+///   `transport::Server` adds to every request it accepts over plain TCP. With
+///   tonic's built-in TLS the extension is `TlsConnectInfo<TcpConnectInfo>`,
+///   which is not read (naming it would pull in rustls): use a closure
+///   extractor there;
+/// - a plain `SocketAddr` request extension (insert it yourself with hyper).
+///
 /// IPv6 addresses are grouped by prefix, /64 by default.
 ///
 /// Forwarding headers (`X-Forwarded-For`, `Forwarded`) are ignored: they are
@@ -167,6 +175,14 @@ impl PeerIp {
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
         {
             return Some(info.0);
+        }
+        #[cfg(feature = "tonic")]
+        if let Some(addr) = request
+            .extensions
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+        {
+            return Some(addr);
         }
         request.extensions.get::<SocketAddr>().copied()
     }
@@ -222,6 +238,97 @@ pub struct Global;
 impl KeyExtractor for Global {
     fn extract(&self, _request: &Parts) -> Option<Key> {
         Some(Key("global".into()))
+    }
+}
+
+/// One bucket per client *per route*: the key is the matched route template
+/// plus the inner extractor's key.
+///
+/// With axum (feature `axum`) the route is the template of axum's
+/// `axum::extract::MatchedPath`, e.g. `/users/{id}`: requests to
+/// `/users/1` and `/users/2` from one client share one bucket, rather than one
+/// bucket per id (which would let a client multiply its quota by varying the
+/// id). Without a `MatchedPath` the route is the request path normalised with
+/// [`normalize_path`](crate::normalize_path), so each distinct path gets its
+/// own bucket.
+///
+/// axum inserts `MatchedPath` when a request matches a route, before the
+/// route's middleware runs, so it is there for layers added with
+/// `Router::route_layer` and with `Router::layer` (axum applies both to every
+/// route). It is absent, and the normalised path is used, for requests that
+/// end in the 404 fallback (which `Router::layer` limits and
+/// `Router::route_layer` does not) and when the layer wraps the whole `Router`
+/// as a tower service, where it runs before routing.
+///
+/// All methods of a route share its bucket; use separate policies (e.g.
+/// [`route_method`](crate::RateLimitLayerBuilder::route_method)) to limit
+/// methods apart. If the inner extractor has no key, neither has `PerRoute`.
+/// The resulting key is a digest (route templates contain braces, which are
+/// not kept readable).
+///
+/// ```
+/// use tower_redis_ratelimit::Policy;
+/// use tower_redis_ratelimit::key::{PeerIp, PerRoute};
+///
+/// // 30 per minute per client and route.
+/// let policy = Policy::new("per-route")
+///     .quota(tower_redis_ratelimit::Quota::per_minute(30))
+///     .key(PerRoute::new(PeerIp::new()));
+/// # let _ = policy;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerRoute<K> {
+    inner: K,
+    case_insensitive: bool,
+}
+
+impl<K> PerRoute<K> {
+    /// Keys requests by their route and `inner`'s key.
+    pub const fn new(inner: K) -> Self {
+        Self {
+            inner,
+            case_insensitive: false,
+        }
+    }
+
+    /// Lower-cases the fallback path (for apps that route case-insensitively).
+    #[must_use]
+    pub const fn case_insensitive_paths(mut self, yes: bool) -> Self {
+        self.case_insensitive = yes;
+        self
+    }
+
+    /// The route part of the key: axum's matched route template if present,
+    /// else the normalised request path.
+    pub fn route(&self, request: &Parts) -> String {
+        #[cfg(feature = "axum")]
+        if let Some(matched) = request.extensions.get::<axum::extract::MatchedPath>() {
+            return matched.as_str().to_owned();
+        }
+        let segments = crate::routes::normalize_path(request.uri.path(), self.case_insensitive);
+        let mut route = String::with_capacity(request.uri.path().len());
+        for segment in &segments {
+            route.push('/');
+            route.push_str(segment);
+        }
+        if route.is_empty() {
+            route.push('/');
+        }
+        route
+    }
+}
+
+impl<K: KeyExtractor> KeyExtractor for PerRoute<K> {
+    fn extract(&self, request: &Parts) -> Option<Key> {
+        let inner = self.inner.extract(request)?;
+        let route = self.route(request);
+        // A NUL byte appears in neither part (paths cannot contain one, key
+        // text never does), so the pair is encoded without ambiguity.
+        let mut raw = Vec::with_capacity(route.len() + 1 + inner.as_str().len());
+        raw.extend_from_slice(route.as_bytes());
+        raw.push(0);
+        raw.extend_from_slice(inner.as_str().as_bytes());
+        Some(Key::new(raw))
     }
 }
 
@@ -284,6 +391,48 @@ mod tests {
         assert_eq!(Global.extract(&p), Some(Key::new("global")));
         let f = |_: &Parts| Some(Key::new("c"));
         assert_eq!(f.extract(&p), Some(Key::new("c")));
+    }
+
+    #[test]
+    fn per_route_fallback_normalises_the_path() {
+        let req = |path: &str| {
+            let mut p = http::Request::get(path).body(()).unwrap().into_parts().0;
+            p.extensions
+                .insert("9.8.7.6:1234".parse::<SocketAddr>().unwrap());
+            p
+        };
+        let k = PerRoute::new(PeerIp::new());
+        assert_eq!(k.route(&req("//users/1/")), "/users/1");
+        assert_eq!(k.route(&req("/")), "/");
+        assert_eq!(k.extract(&req("/users/1")), k.extract(&req("/users//1/")));
+        assert_ne!(k.extract(&req("/users/1")), k.extract(&req("/users/2")));
+        assert_ne!(k.extract(&req("/Users/1")), k.extract(&req("/users/1")));
+        let ci = k.case_insensitive_paths(true);
+        assert_eq!(ci.extract(&req("/Users/1")), ci.extract(&req("/users/1")));
+        // The inner key matters, and no inner key means no key.
+        let other = PerRoute::new(|_: &Parts| Some(Key::new("1.1.1.1")));
+        assert_ne!(k.extract(&req("/a")), other.extract(&req("/a")));
+        let none = PerRoute::new(|_: &Parts| None::<Key>);
+        assert_eq!(none.extract(&req("/a")), None);
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn tonic_connect_info() {
+        let mut p = parts();
+        p.extensions
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some("10.1.2.3:5000".parse().unwrap()),
+            });
+        assert_eq!(PeerIp::new().extract(&p), Some(Key::new("10.1.2.3")));
+        let mut p = parts();
+        p.extensions
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: None,
+            });
+        assert_eq!(PeerIp::new().extract(&p), None);
     }
 
     #[cfg(feature = "axum")]

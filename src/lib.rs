@@ -37,6 +37,24 @@
 //! # }
 //! ```
 //!
+//! # Frameworks
+//!
+//! - **axum**: `Router::layer` limits every request, including those that end
+//!   in the 404 fallback; `Router::route_layer` limits only requests that
+//!   matched a route, so per-group layers (`.route_layer(...)` on merged
+//!   routers) are an alternative to the layer's own route table.
+//!   [`key::PerRoute`] keys by axum's `MatchedPath` (`/users/{id}`, one bucket
+//!   per client and route rather than per id).
+//! - **tonic**: `Server::builder().layer(layer.on_rejection(GrpcRejection))`
+//!   (tonic's body cannot be made from a `String`); per-method policies are
+//!   routes such as `/helloworld.Greeter/SayHello`; with feature `tonic`,
+//!   [`key::PeerIp`] reads tonic's `TcpConnectInfo`. Denials are
+//!   `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`.
+//! - **hyper**: insert the connection's `SocketAddr` as a request extension
+//!   and adapt the tower service with `hyper_util::service::TowerToHyperService`.
+//!
+//! See `examples/` for a complete server of each.
+//!
 //! # Modules
 //!
 //! - [`policy`](Policy): quotas, algorithms, presets, failure modes.
@@ -76,6 +94,8 @@ pub use crate::layer::{DEFAULT_DEADLINE, RateLimitLayer, RateLimitLayerBuilder};
 pub use crate::policy::{
     Algorithm, FailureMode, MAX_LIMIT, MAX_WINDOW, MIN_WINDOW, MissingKey, Policy, Quota,
 };
-pub use crate::response::{DefaultRejection, OnRejection, RejectReason, Rejection};
+pub use crate::response::{
+    DefaultRejection, GrpcRejection, OnRejection, ProblemJson, RejectReason, Rejection,
+};
 pub use crate::routes::normalize_path;
 pub use crate::service::RateLimit;

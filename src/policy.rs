@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::request::Parts;
@@ -139,6 +140,8 @@ struct PolicyInner {
     cost: Cost,
     failure_mode: FailureMode,
     missing_key: MissingKey,
+    /// Set once a keyless request has been logged (logged once per policy).
+    warned_missing_key: Arc<AtomicBool>,
 }
 
 /// A named rate-limit policy: one or more quotas, an algorithm, a key extractor,
@@ -200,6 +203,7 @@ impl Policy {
                 cost: Cost::Fixed(1),
                 failure_mode: FailureMode::default(),
                 missing_key: MissingKey::default(),
+                warned_missing_key: Arc::default(),
             }),
         }
     }
@@ -316,10 +320,24 @@ impl Policy {
     pub(crate) fn key_for(&self, parts: &Parts) -> Option<Key> {
         match self.inner.key.extract(parts) {
             Some(key) => Some(key),
-            None => match self.inner.missing_key {
-                MissingKey::SharedBucket => Some(Key::missing()),
-                MissingKey::Deny => None,
-            },
+            None => {
+                if !self.inner.warned_missing_key.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        policy = %self.inner.name,
+                        action = ?self.inner.missing_key,
+                        "request without a client key (is the peer address available, e.g. \
+                         into_make_service_with_connect_info?); logged once per policy"
+                    );
+                }
+                self.keyless()
+            }
+        }
+    }
+
+    fn keyless(&self) -> Option<Key> {
+        match self.inner.missing_key {
+            MissingKey::SharedBucket => Some(Key::missing()),
+            MissingKey::Deny => None,
         }
     }
 

@@ -91,57 +91,204 @@ where
 /// gRPC rejections are HTTP 200 with the status in the headers and an empty
 /// body, as gRPC requires: a plain 429 would reach gRPC clients as
 /// `UNAVAILABLE` and be retried at once.
+///
+/// It needs a response body that can be made from a `String` (axum's, hyper
+/// with `http_body_util::Full<Bytes>`, ...). tonic's body cannot: behind
+/// `tonic::transport::Server` use [`GrpcRejection`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultRejection;
 
 impl<B: From<String>> OnRejection<B> for DefaultRejection {
     fn response(&self, r: &Rejection<'_>) -> Response<B> {
-        let retry = r.retry_after();
-        let message = match (r.reason, retry) {
-            (RejectReason::Limited, Some(after)) => format!(
-                "rate limit exceeded for policy {}; retry in {} s",
-                r.policy.name(),
-                ceil_secs(after).max(1)
-            ),
-            (RejectReason::Limited, None) => "rate limit exceeded".to_owned(),
-            (RejectReason::Unavailable, _) => "rate limiter unavailable; retry shortly".to_owned(),
-            (RejectReason::MissingKey, _) => "request has no client identity".to_owned(),
-        };
+        let message = message(r);
         if r.is_grpc() {
-            let code = match r.reason {
-                RejectReason::Limited => "8",
-                RejectReason::Unavailable => "14",
-                RejectReason::MissingKey => "7",
-            };
-            let mut res = Response::new(B::from(String::new()));
-            let h = res.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            h.insert("grpc-status", HeaderValue::from_static(code));
-            if let Ok(v) = HeaderValue::try_from(grpc_percent_encode(&message)) {
-                h.insert("grpc-message", v);
-            }
-            if let (RejectReason::Limited, Some(after)) = (r.reason, retry) {
-                let ms = after.as_micros().div_ceil(1000).max(1) as u64;
-                h.insert("grpc-retry-pushback-ms", ms.into());
-            }
-            return res;
+            return grpc_response(r, &message, B::from(String::new()));
         }
-        let status = match r.reason {
-            RejectReason::Limited => StatusCode::TOO_MANY_REQUESTS,
-            RejectReason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            RejectReason::MissingKey => StatusCode::FORBIDDEN,
-        };
         let mut res = Response::new(B::from(message + "\n"));
-        *res.status_mut() = status;
+        *res.status_mut() = http_status(r.reason);
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         res
     }
+}
+
+/// The rejection for gRPC servers whose response body has no text form, such
+/// as tonic's (`tonic::body::Body` is `Default` but not `From<String>`):
+///
+/// ```
+/// use tower_redis_ratelimit::{GrpcRejection, Policy, RateLimitLayer};
+///
+/// # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
+/// let limits = RateLimitLayer::builder()
+///     .route("/helloworld.Greeter/SayHello", Policy::auth())
+///     .build()?
+///     .on_rejection(GrpcRejection);
+/// let server = tonic::transport::Server::builder().layer(limits);
+/// // server.add_service(GreeterServer::new(greeter)).serve(addr).await?;
+/// # let _ = server;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// gRPC requests get the same trailers-only response as with
+/// [`DefaultRejection`] (`grpc-status` 8, 14 or 7, `grpc-message`,
+/// `grpc-retry-pushback-ms`); anything else gets the HTTP status (429, 503,
+/// 403) with an empty body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcRejection;
+
+impl<B: Default> OnRejection<B> for GrpcRejection {
+    fn response(&self, r: &Rejection<'_>) -> Response<B> {
+        if r.is_grpc() {
+            return grpc_response(r, &message(r), B::default());
+        }
+        let mut res = Response::new(B::default());
+        *res.status_mut() = http_status(r.reason);
+        res
+    }
+}
+
+/// RFC 9457 problem details (`application/problem+json`) for HTTP rejections;
+/// gRPC requests still get the trailers-only response of [`DefaultRejection`].
+///
+/// The body has the standard members `type`, `title`, `status` and `detail`,
+/// and the extension member `retry_after` (whole seconds, the same value as
+/// the `Retry-After` header) when a retry time is known:
+///
+/// ```json
+/// {"type":"about:blank","title":"Too Many Requests","status":429,
+///  "detail":"rate limit exceeded for policy auth; retry in 42 s","retry_after":42}
+/// ```
+///
+/// ```
+/// use tower_redis_ratelimit::{Policy, ProblemJson, RateLimitLayer};
+///
+/// # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
+/// let layer = RateLimitLayer::builder()
+///     .default_policy(Policy::default_api())
+///     .build()?
+///     .on_rejection(ProblemJson::new().type_uri("https://example.com/problems/rate-limited"));
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ProblemJson {
+    type_uri: Option<std::sync::Arc<str>>,
+}
+
+impl ProblemJson {
+    /// Problem details with `"type": "about:blank"` (the status says it all).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the `type` member, a URI identifying the problem type.
+    #[must_use]
+    pub fn type_uri(mut self, uri: impl Into<String>) -> Self {
+        self.type_uri = Some(uri.into().into());
+        self
+    }
+
+    /// The JSON document for a rejection.
+    pub fn body(&self, r: &Rejection<'_>) -> String {
+        let status = http_status(r.reason);
+        let mut out = String::with_capacity(192);
+        out.push_str("{\"type\":");
+        json_string(&mut out, self.type_uri.as_deref().unwrap_or("about:blank"));
+        out.push_str(",\"title\":");
+        json_string(&mut out, status.canonical_reason().unwrap_or("Error"));
+        let _ = write!(out, ",\"status\":{}", status.as_u16());
+        out.push_str(",\"detail\":");
+        json_string(&mut out, &message(r));
+        if let Some(after) = r.retry_after() {
+            let _ = write!(out, ",\"retry_after\":{}", ceil_secs(after).max(1));
+        }
+        out.push('}');
+        out
+    }
+}
+
+impl<B: From<String>> OnRejection<B> for ProblemJson {
+    fn response(&self, r: &Rejection<'_>) -> Response<B> {
+        if r.is_grpc() {
+            return grpc_response(r, &message(r), B::from(String::new()));
+        }
+        let mut res = Response::new(B::from(self.body(r)));
+        *res.status_mut() = http_status(r.reason);
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        res
+    }
+}
+
+/// The human-readable explanation of a rejection.
+fn message(r: &Rejection<'_>) -> String {
+    match (r.reason, r.retry_after()) {
+        (RejectReason::Limited, Some(after)) => format!(
+            "rate limit exceeded for policy {}; retry in {} s",
+            r.policy.name(),
+            ceil_secs(after).max(1)
+        ),
+        (RejectReason::Limited, None) => "rate limit exceeded".to_owned(),
+        (RejectReason::Unavailable, _) => "rate limiter unavailable; retry shortly".to_owned(),
+        (RejectReason::MissingKey, _) => "request has no client identity".to_owned(),
+    }
+}
+
+fn http_status(reason: RejectReason) -> StatusCode {
+    match reason {
+        RejectReason::Limited => StatusCode::TOO_MANY_REQUESTS,
+        RejectReason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        RejectReason::MissingKey => StatusCode::FORBIDDEN,
+    }
+}
+
+/// A gRPC trailers-only response: HTTP 200, the status in the headers.
+fn grpc_response<B>(r: &Rejection<'_>, message: &str, body: B) -> Response<B> {
+    let code = match r.reason {
+        RejectReason::Limited => "8",
+        RejectReason::Unavailable => "14",
+        RejectReason::MissingKey => "7",
+    };
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static(code));
+    if let Ok(v) = HeaderValue::try_from(grpc_percent_encode(message)) {
+        h.insert("grpc-message", v);
+    }
+    if let (RejectReason::Limited, Some(after)) = (r.reason, r.retry_after()) {
+        let ms = after.as_micros().div_ceil(1000).max(1) as u64;
+        h.insert("grpc-retry-pushback-ms", ms.into());
+    }
+    res
+}
+
+/// Appends `s` as a JSON string literal (RFC 8259 escapes).
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Percent-encodes a `grpc-message` (bytes outside visible ASCII and `%`).
@@ -160,6 +307,100 @@ fn grpc_percent_encode(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    use crate::decision::QuotaStatus;
+
+    fn limited(parts: &Parts, policy: &Policy, decision: &Decision) -> String {
+        let r = Rejection {
+            request: parts,
+            policy,
+            reason: RejectReason::Limited,
+            decision: Some(decision),
+        };
+        ProblemJson::new().body(&r)
+    }
+
+    #[test]
+    fn problem_json() {
+        let parts = http::Request::new(()).into_parts().0;
+        let policy = Policy::auth();
+        let status = QuotaStatus {
+            limit: 5,
+            window: Duration::from_secs(60),
+            remaining: 0,
+            reset_after: Duration::from_millis(41_200),
+        };
+        let decision = Decision::denied(vec![status], 0, Duration::from_millis(41_200));
+        assert_eq!(
+            limited(&parts, &policy, &decision),
+            "{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":429,\
+             \"detail\":\"rate limit exceeded for policy auth; retry in 42 s\",\"retry_after\":42}"
+        );
+        let r = Rejection {
+            request: &parts,
+            policy: &policy,
+            reason: RejectReason::MissingKey,
+            decision: None,
+        };
+        let custom = ProblemJson::new().type_uri("urn:x:\"quoted\"\\");
+        assert_eq!(
+            custom.body(&r),
+            "{\"type\":\"urn:x:\\\"quoted\\\"\\\\\",\"title\":\"Forbidden\",\"status\":403,\
+             \"detail\":\"request has no client identity\"}"
+        );
+        let res: Response<String> = custom.response(&r);
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+
+    #[test]
+    fn json_escapes() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\nd\u{1}e\u{7f}é\u{2028}");
+        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001e\u{7f}é\\u2028\"");
+    }
+
+    #[test]
+    fn grpc_rejection_with_a_default_only_body() {
+        #[derive(Default, Debug, PartialEq)]
+        struct Empty;
+        let policy = Policy::auth();
+        let decision = Decision::denied(Vec::new(), 0, Duration::from_micros(1500));
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        let r = Rejection {
+            request: &parts,
+            policy: &policy,
+            reason: RejectReason::Limited,
+            decision: Some(&decision),
+        };
+        let res: Response<Empty> = GrpcRejection.response(&r);
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["grpc-status"], "8");
+        assert_eq!(res.headers()["grpc-retry-pushback-ms"], "2");
+        assert_eq!(
+            res.headers()["grpc-message"],
+            "rate limit exceeded for policy auth; retry in 1 s"
+        );
+        parts.headers.remove(header::CONTENT_TYPE);
+        let r = Rejection {
+            request: &parts,
+            policy: &policy,
+            reason: RejectReason::Unavailable,
+            decision: None,
+        };
+        let res: Response<Empty> = GrpcRejection.response(&r);
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!res.headers().contains_key("grpc-status"));
+    }
 
     #[test]
     fn percent_encoding() {

@@ -8,7 +8,8 @@
 //! Request paths are normalised before matching so that variants of one path
 //! cannot dodge its policy: empty segments (`//`), `.` and `..` segments,
 //! trailing slashes and `;parameters` are removed, and percent-encoded
-//! unreserved characters (`%6C` → `l`) are decoded. With
+//! unreserved characters (`%6C` → `l`) are decoded (a `%` that starts no
+//! escape is spelled `%25`). With
 //! [`case_insensitive`](crate::RateLimitLayerBuilder::case_insensitive_paths)
 //! paths are also compared in lower case.
 
@@ -176,6 +177,14 @@ fn decode_unreserved(seg: &str) -> String {
             i += 3;
             continue;
         }
+        // A `%` that starts no escape is a literal `%`: spell it `%25`, so
+        // that `%` and `%25` compare equal and decoding the result again
+        // cannot form a new escape (`%%36%31` must not become `%61`, then `a`).
+        if bytes[i] == b'%' {
+            out.push_str("%25");
+            i += 1;
+            continue;
+        }
         // Paths in `http::Uri` are ASCII; anything else is kept byte for byte.
         let ch_len = seg[i..].chars().next().map_or(1, char::len_utf8);
         out.push_str(&seg[i..i + ch_len]);
@@ -216,8 +225,9 @@ mod tests {
         assert_eq!(normalize_path("/AUTH/Login", true), want);
         assert_ne!(normalize_path("/AUTH/Login", false), want);
         assert_eq!(normalize_path("/a%2fb", false), vec!["a%2Fb".to_owned()]);
-        assert_eq!(normalize_path("/%", false), vec!["%".to_owned()]);
-        assert_eq!(normalize_path("/%4", false), vec!["%4".to_owned()]);
+        assert_eq!(normalize_path("/%", false), vec!["%25".to_owned()]);
+        assert_eq!(normalize_path("/%4", false), vec!["%254".to_owned()]);
+        assert_eq!(normalize_path("/%%36%31", false), vec!["%2561".to_owned()]);
         assert_eq!(normalize_path("/../..", false), Vec::<String>::new());
     }
 

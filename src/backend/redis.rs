@@ -197,7 +197,16 @@ impl Backend for RedisBackend {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let mut conn = inner.connection()?;
-            let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+            let reply: Vec<i64> = match invocation.invoke_async(&mut conn).await {
+                // A refused connection is the failed reconnect attempt the
+                // manager kept from the outage (nothing was sent); it has just
+                // started a fresh one, so try once more (still bounded by the
+                // layer's deadline) instead of failing the breaker's probe.
+                Err(error) if error.is_connection_refusal() => {
+                    invocation.invoke_async(&mut conn).await?
+                }
+                other => other?,
+            };
             decode(&reply, &quotas)
         })
     }

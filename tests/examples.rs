@@ -1,0 +1,220 @@
+//! The examples: all four build (`cargo build --examples --all-features`, a
+//! no-op when `cargo test` has just built them), and the load-test server
+//! checks its environment at start-up, serves `/api/ping` and limits it.
+
+#[path = "support/headers.rs"]
+mod headers;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+/// `target/<profile>`, from this test binary's path (`target/<profile>/deps/..`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Builds every example once (all features, so the tonic one too) and returns
+/// the directory holding them.
+fn examples_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile = profile_dir();
+            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cargo
+                .args(["build", "--quiet", "--examples", "--all-features"])
+                .arg("--manifest-path")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(profile.parent().unwrap());
+            if profile.file_name().is_some_and(|n| n == "release") {
+                cargo.arg("--release");
+            }
+            let out = cargo.output().expect("run cargo");
+            assert!(
+                out.status.success(),
+                "cargo build --examples failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            profile.join("examples")
+        })
+        .clone()
+}
+
+#[test]
+fn all_four_examples_build() {
+    let dir = examples_dir();
+    for name in ["axum", "tonic", "hyper", "loadtest_server"] {
+        let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.is_file(), "{} was not built", bin.display());
+    }
+}
+
+/// The load-test server as a child process, killed on drop.
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn loadtest_server(env: &[(&str, &str)]) -> Command {
+    let bin = examples_dir().join(format!("loadtest_server{}", std::env::consts::EXE_SUFFIX));
+    let mut cmd = Command::new(bin);
+    for var in [
+        "BIND",
+        "REDIS_URL",
+        "WORKERS",
+        "KEY",
+        "ALGORITHM",
+        "LIMIT",
+        "WINDOW_SECS",
+        "DEADLINE_MS",
+        "LIMITER",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("BIND", "127.0.0.1:0");
+    cmd.envs(env.iter().copied());
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Starts the server and returns it with its base URL (read from stdout).
+fn start(env: &[(&str, &str)]) -> (Server, String) {
+    let mut child = loadtest_server(env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server { child };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server prints its address");
+    (server, url)
+}
+
+#[test]
+fn loadtest_server_rejects_bad_values_naming_the_variable() {
+    for (var, value) in [
+        ("LIMIT", "0"),
+        ("LIMIT", "ten"),
+        ("LIMIT", "1000000001"),
+        ("WINDOW_SECS", "0"),
+        ("WINDOW_SECS", "-5"),
+        ("WORKERS", "0"),
+        ("KEY", "not a header"),
+        ("ALGORITHM", "fixed"),
+        ("LIMITER", "maybe"),
+        ("REDIS_URL", "http://127.0.0.1:1"),
+    ] {
+        let mut child = loadtest_server(&[(var, value)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{var}={value:?} was accepted: the server kept running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{var}={value:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{var}=")),
+            "{var}={value:?}: the message does not name {var}: {stderr}"
+        );
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn ping(
+    client: &reqwest::Client,
+    url: &str,
+    api_key: Option<&str>,
+) -> (StatusCode, http::HeaderMap) {
+    let mut request = client.get(format!("{url}/api/ping"));
+    if let Some(key) = api_key {
+        request = request.header("x-api-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    headers::ietf(&headers);
+    (status, headers)
+}
+
+#[tokio::test]
+async fn loadtest_server_limits_per_ip_and_per_header() {
+    let client = client();
+
+    let (_server, url) = start(&[("LIMIT", "2"), ("ALGORITHM", "log"), ("WORKERS", "2")]);
+    for r in [1, 0] {
+        let (status, h) = ping(&client, &url, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h["ratelimit-policy"], "\"loadtest\";q=2;w=60");
+        assert_eq!(headers::ietf(&h).unwrap().1.param("r"), r);
+    }
+    let (status, h) = ping(&client, &url, None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!((1..=60).contains(&headers::retry_after(&h)));
+
+    let (_server, url) = start(&[
+        ("KEY", "x-api-key"),
+        ("LIMIT", "2"),
+        ("WINDOW_SECS", "30"),
+        ("ALGORITHM", "counter"),
+    ]);
+    for _ in 0..2 {
+        assert_eq!(ping(&client, &url, Some("a")).await.0, StatusCode::OK);
+    }
+    let (status, h) = ping(&client, &url, Some("a")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h["ratelimit-policy"], "\"loadtest\";q=2;w=30");
+    assert_eq!(ping(&client, &url, Some("b")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn loadtest_server_without_the_limiter() {
+    let client = client();
+    let (_server, url) = start(&[("LIMITER", "off"), ("LIMIT", "1")]);
+    for _ in 0..5 {
+        let (status, h) = ping(&client, &url, None).await;
+        assert_eq!(status, StatusCode::OK);
+        headers::assert_no_rate_limit_headers(&h);
+    }
+}
