@@ -113,18 +113,22 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     R: OnRejection<ResBody>,
 {
-    pub(crate) fn missing_key(
+    /// A request rejected before any backend call (no key, or a client the
+    /// blocked cache already knows is denied).
+    pub(crate) fn rejected(
         shared: Arc<Shared>,
         policy: usize,
         on_rejection: R,
         parts: Parts,
+        reason: RejectReason,
+        decision: Option<&Decision>,
     ) -> Self {
         let ctx = Ctx {
             shared,
             policy,
             on_rejection,
         };
-        let response = ctx.reject(&parts, RejectReason::MissingKey, None);
+        let response = ctx.reject(&parts, reason, decision);
         Self {
             state: State::Rejected {
                 response: Some(response),
@@ -186,7 +190,14 @@ where
                     let mut inner = inner.take().expect("polled after completion");
                     let (policy, _) = &ctx.shared.policies[ctx.policy];
                     let outcome = match outcome {
-                        Ok(decision) => Ok(decision),
+                        Ok(decision) => {
+                            if !decision.is_allowed() {
+                                // Only the backend's denials are remembered: a
+                                // local fallback's must end when the backend returns.
+                                ctx.shared.blocked.insert(ctx.policy, key, *cost, &decision);
+                            }
+                            Ok(decision)
+                        }
                         Err(error) => {
                             if !matches!(error, BackendError::CircuitOpen) {
                                 tracing::warn!(

@@ -8,6 +8,7 @@ use http::Method;
 use tower_layer::Layer;
 
 use crate::backend::{Backend, MemoryBackend};
+use crate::blocked::BlockedCache;
 use crate::error::ConfigError;
 use crate::failure::{Breaker, CircuitBreaker};
 use crate::headers::{HeaderStyle, PolicyHeaders};
@@ -15,6 +16,9 @@ use crate::policy::Policy;
 use crate::response::DefaultRejection;
 use crate::routes::{Action, Pattern, RouteTable, Rule};
 use crate::service::RateLimit;
+
+/// The default capacity of the blocked-client cache.
+pub const DEFAULT_BLOCKED_CAPACITY: usize = 10_000;
 
 /// The default deadline for one backend decision.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(50);
@@ -29,6 +33,8 @@ pub(crate) struct Shared {
     pub breaker: Arc<Breaker>,
     /// Decides for policies with `FailureMode::Local` while the backend is down.
     pub local: MemoryBackend,
+    /// Clients denied moments ago, answered without a backend call.
+    pub blocked: BlockedCache,
 }
 
 /// Applies rate limiting to a service: `.layer(layer)` in axum, tonic or tower.
@@ -126,6 +132,7 @@ pub struct RateLimitLayerBuilder {
     style: HeaderStyle,
     case_insensitive: bool,
     breaker: CircuitBreaker,
+    blocked_capacity: usize,
 }
 
 impl Default for RateLimitLayerBuilder {
@@ -138,6 +145,7 @@ impl Default for RateLimitLayerBuilder {
             style: HeaderStyle::default(),
             case_insensitive: false,
             breaker: CircuitBreaker::new(),
+            blocked_capacity: DEFAULT_BLOCKED_CAPACITY,
         }
     }
 }
@@ -206,6 +214,16 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// How many denied clients to remember locally (default 10 000; 0 turns
+    /// the cache off). A client the backend has denied is denied again by
+    /// this instance, without a backend call, until its retry time: floods
+    /// from blocked clients never reach Redis. Safe because a denial can only
+    /// last longer than the backend said, never shorter.
+    pub fn blocked_cache(mut self, capacity: usize) -> Self {
+        self.blocked_capacity = capacity;
+        self
+    }
+
     /// Which rate-limit headers to send (default IETF).
     pub fn headers(mut self, style: HeaderStyle) -> Self {
         self.style = style;
@@ -268,6 +286,7 @@ impl RateLimitLayerBuilder {
                 style: self.style,
                 breaker: Arc::new(Breaker::new(self.breaker)),
                 local: MemoryBackend::new(),
+                blocked: BlockedCache::new(self.blocked_capacity),
             }),
             on_rejection: DefaultRejection,
         })

@@ -69,6 +69,7 @@
 
 mod algorithm;
 pub mod backend;
+mod blocked;
 pub mod client_ip;
 pub mod clock;
 mod decision;

@@ -11,7 +11,7 @@ use crate::error::BackendError;
 use crate::failure;
 use crate::future::{Checked, ResponseFuture};
 use crate::layer::Shared;
-use crate::response::OnRejection;
+use crate::response::{OnRejection, RejectReason};
 use crate::routes::Action;
 
 /// The rate-limiting service made by [`RateLimitLayer`](crate::RateLimitLayer).
@@ -84,14 +84,27 @@ where
         let policy = &shared.policies[ix].0;
         let (parts, body) = request.into_parts();
         let Some(key) = policy.key_for(&parts) else {
-            return ResponseFuture::missing_key(
+            return ResponseFuture::rejected(
                 Arc::clone(shared),
                 ix,
                 self.on_rejection.clone(),
                 parts,
+                RejectReason::MissingKey,
+                None,
             );
         };
         let cost = policy.cost_for(&parts);
+        // A client denied moments ago is denied again without a backend call.
+        if let Some(decision) = shared.blocked.get(ix, &key, cost) {
+            return ResponseFuture::rejected(
+                Arc::clone(shared),
+                ix,
+                self.on_rejection.clone(),
+                parts,
+                RejectReason::Limited,
+                Some(&decision),
+            );
+        }
         let check = failure::guarded(&shared.breaker, shared.deadline, || {
             shared.backend.check(policy, &key, cost)
         })

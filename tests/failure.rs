@@ -64,6 +64,10 @@ fn layer_for(url: &str, test: &str) -> RateLimitLayer {
         .route("/open", open)
         .route("/closed", closed)
         .deadline(DEADLINE)
+        // These tests are about the backend failing; the blocked-client cache
+        // would keep denying the client Redis denied before the kill (see
+        // tests/blocked_cache.rs).
+        .blocked_cache(0)
         .build()
         .expect("valid configuration")
 }

@@ -168,6 +168,9 @@ async fn start_app(url: &str, test: &str) -> App {
         .route("/small", small_policy())
         .route("/local", local_policy())
         .deadline(DEADLINE)
+        // Recovery is detected by Redis' 429s on /small; the blocked-client
+        // cache would answer those locally (tests/blocked_cache.rs covers it).
+        .blocked_cache(0)
         .build()
         .unwrap();
     let patient = RateLimitLayer::builder()

@@ -41,19 +41,33 @@ fn redis_server_binary() -> String {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("trr-redis-{}-{port}", std::process::id()));
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "trr-redis-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self {
             child: None,
-            port,
+            port: 0,
             dir,
         };
-        server.spawn();
-        server
+        // A port found free can be taken by a parallel test before our server
+        // binds it: then try another one.
+        for _ in 0..20 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+            server.kill();
+        }
+        panic!("could not start redis-server on a free port after 20 attempts");
     }
 
-    fn spawn(&mut self) {
+    /// Spawns the server on `self.port`; false if another process holds the port.
+    fn spawn(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
         let child = Command::new(redis_server_binary())
             .args(["--port", &self.port.to_string()])
@@ -66,16 +80,27 @@ impl RedisServer {
             .spawn()
             .expect("spawn redis-server");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&self) {
+    /// Waits until *our* server answers (its `process_id` is our child's).
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = self.child.as_ref().unwrap().id();
         while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.as_mut().unwrap().try_wait() {
+                return false; // exited: the port was taken
+            }
             if let Ok(mut conn) = self.client().get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+                && let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut conn)
             {
-                return;
+                let ours = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .is_some_and(|p| p.trim() == pid.to_string());
+                if ours {
+                    return true;
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -107,7 +132,11 @@ impl RedisServer {
     /// Starts the server again on the same port (empty dataset).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "port {} was taken by another process while the server was down",
+            self.port
+        );
     }
 
     /// Sends a signal to the server process (e.g. "STOP", "CONT").

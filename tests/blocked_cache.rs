@@ -1,0 +1,193 @@
+//! The blocked-client cache: once Redis has denied a client, the layer denies
+//! that client's further requests locally, with zero Redis calls, until the
+//! retry time — and asks Redis again afterwards.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode, header};
+use tower::{Layer, ServiceExt};
+use tower_redis_ratelimit::key::Header;
+use tower_redis_ratelimit::{Algorithm, Policy, Quota, RateLimitLayer, RedisBackend};
+
+fn evalsha_calls(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+async fn send(layer: &RateLimitLayer, client: &str, cost: &str) -> Response<String> {
+    let svc = layer.layer(tower::service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new("ok".to_owned()))
+    }));
+    let req = Request::builder()
+        .uri("/x")
+        .header("x-client", client)
+        .header("x-cost", cost)
+        .body(String::new())
+        .unwrap();
+    svc.oneshot(req).await.unwrap()
+}
+
+fn layer(url: &str, capacity: usize) -> RateLimitLayer {
+    let backend = RedisBackend::builder(url)
+        .prefix(support::unique_prefix("blocked"))
+        .build()
+        .unwrap();
+    let policy = Policy::new("p")
+        .quota(Quota::new(3, Duration::from_millis(1500)))
+        .algorithm(Algorithm::SlidingLog)
+        .key(Header::new("x-client"))
+        .cost_fn(|parts| {
+            parts
+                .headers
+                .get("x-cost")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1)
+        });
+    RateLimitLayer::builder()
+        .backend(backend)
+        .default_policy(policy)
+        .deadline(Duration::from_secs(2))
+        .blocked_cache(capacity)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn denied_clients_are_answered_locally_until_their_retry_time() {
+    let server = support::RedisServer::start();
+    let mut conn = server.conn();
+    let layer = layer(&server.url(), 1000);
+
+    // Use up the quota (cost 1 each) and get the first denial from Redis.
+    // (The very first call also loads the script: measure from after it.)
+    assert_eq!(send(&layer, "a", "1").await.status(), StatusCode::OK);
+    let start = evalsha_calls(&mut conn);
+    for _ in 0..2 {
+        assert_eq!(send(&layer, "a", "1").await.status(), StatusCode::OK);
+    }
+    let first = send(&layer, "a", "2").await;
+    assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
+    let calls = evalsha_calls(&mut conn);
+    assert_eq!(calls, start + 3);
+
+    // Same or higher cost: denied locally, with headers, no Redis call.
+    for cost in ["2", "3", "2"] {
+        let res = send(&layer, "a", cost).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = res.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry), "retry-after {retry}");
+        assert!(res.headers().contains_key("ratelimit"));
+    }
+    assert_eq!(
+        evalsha_calls(&mut conn),
+        calls,
+        "no Redis call for blocked client"
+    );
+
+    // A cheaper request and another client still ask Redis.
+    assert_eq!(
+        send(&layer, "a", "1").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(send(&layer, "b", "1").await.status(), StatusCode::OK);
+    assert_eq!(evalsha_calls(&mut conn), calls + 2);
+
+    // After the window, Redis decides again and admits.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(send(&layer, "a", "2").await.status(), StatusCode::OK);
+    assert_eq!(evalsha_calls(&mut conn), calls + 3);
+}
+
+#[tokio::test]
+async fn capacity_zero_turns_the_cache_off() {
+    let server = support::RedisServer::start();
+    let mut conn = server.conn();
+    let layer = layer(&server.url(), 0);
+    send(&layer, "a", "1").await;
+    let start = evalsha_calls(&mut conn);
+    for _ in 0..2 {
+        send(&layer, "a", "1").await;
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            send(&layer, "a", "1").await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    assert_eq!(evalsha_calls(&mut conn), start + 5);
+}
+
+#[tokio::test]
+async fn a_blocked_client_stays_denied_when_redis_dies() {
+    let mut server = support::RedisServer::start();
+    let layer = layer(&server.url(), 1000);
+    for _ in 0..3 {
+        assert_eq!(send(&layer, "a", "1").await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        send(&layer, "a", "1").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    server.kill();
+    // The policy fails open, but this client is known to be over its limit.
+    assert_eq!(
+        send(&layer, "a", "1").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another client fails open (Redis is gone).
+    let other = send(&layer, "b", "1").await;
+    assert_eq!(other.status(), StatusCode::OK);
+    assert!(!other.headers().contains_key("ratelimit"));
+}
+
+#[tokio::test]
+async fn local_fallback_denials_are_not_remembered() {
+    let mut server = support::RedisServer::start();
+    let backend = RedisBackend::builder(server.url())
+        .prefix(support::unique_prefix("blocked-local"))
+        .build()
+        .unwrap();
+    let policy = Policy::new("local")
+        .quota(Quota::per_minute(2))
+        .key(Header::new("x-client"))
+        .failure_mode(tower_redis_ratelimit::FailureMode::Local);
+    let layer = RateLimitLayer::builder()
+        .backend(backend)
+        .default_policy(policy)
+        .build()
+        .unwrap();
+    server.kill();
+    // The in-process fallback limits: 2 admitted, then denied.
+    assert_eq!(send(&layer, "a", "1").await.status(), StatusCode::OK);
+    assert_eq!(send(&layer, "a", "1").await.status(), StatusCode::OK);
+    assert_eq!(
+        send(&layer, "a", "1").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Redis comes back empty: it admits again within the breaker's cool-down,
+    // because the fallback's denial was not cached.
+    server.restart();
+    let start = std::time::Instant::now();
+    loop {
+        let res = send(&layer, "a", "1").await;
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "Redis never decided again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
