@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::{Client, Script, ScriptInvocation};
 
 use super::{Backend, CheckFuture};
 use crate::decision::{Decision, QuotaStatus};
@@ -40,25 +40,46 @@ static SLIDING_WINDOW: LazyLock<Script> =
 /// The connection is made lazily, on the first check: building the backend
 /// never blocks or fails because Redis is down. The connection is multiplexed
 /// (concurrent checks are pipelined on it) and re-established automatically.
+///
+/// With the `cluster` feature, [`RedisBackend::cluster`] talks to a Redis
+/// Cluster: the one-hash-tag key layout sends every decision to the node that
+/// owns its slot, and the script is loaded on every primary when missing.
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    client: Client,
-    config: ConnectionManagerConfig,
-    conn: OnceLock<ConnectionManager>,
+    target: Target,
     prefix: String,
     instance: u64,
     seq: AtomicU64,
 }
 
+/// Where the commands go.
+enum Target {
+    Single {
+        client: Client,
+        config: ConnectionManagerConfig,
+        conn: OnceLock<ConnectionManager>,
+    },
+    #[cfg(feature = "cluster")]
+    Cluster(cluster::Cluster),
+}
+
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisBackend")
-            .field("addr", &self.inner.client.get_connection_info().addr())
-            .field("prefix", &self.inner.prefix)
+        let mut d = f.debug_struct("RedisBackend");
+        match &self.inner.target {
+            Target::Single { client, .. } => {
+                d.field("addr", &client.get_connection_info().addr());
+            }
+            #[cfg(feature = "cluster")]
+            Target::Cluster(c) => {
+                d.field("cluster", &c.nodes);
+            }
+        }
+        d.field("prefix", &self.inner.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -67,7 +88,8 @@ impl fmt::Debug for RedisBackend {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisBackendBuilder {
-    url: String,
+    urls: Vec<String>,
+    cluster: bool,
     prefix: String,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -106,18 +128,37 @@ impl RedisBackendBuilder {
                 prefix: self.prefix,
             });
         }
-        let client =
-            Client::open(self.url.as_str()).map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
+        let url_error = |e: redis::RedisError| ConfigError::RedisUrl(e.to_string());
+        let target = if self.cluster {
+            #[cfg(feature = "cluster")]
+            {
+                if self.urls.is_empty() {
+                    return Err(ConfigError::RedisUrl("no cluster node given".to_owned()));
+                }
+                let client = redis::cluster::ClusterClient::builder(self.urls.clone())
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.response_timeout)
+                    .build()
+                    .map_err(url_error)?;
+                Target::Cluster(cluster::Cluster::new(client, self.urls))
+            }
+            #[cfg(not(feature = "cluster"))]
+            unreachable!("cluster builders exist only with the `cluster` feature")
+        } else {
+            let url = self.urls.first().map_or("", String::as_str);
+            Target::Single {
+                client: Client::open(url).map_err(url_error)?,
+                config: ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1)),
+                conn: OnceLock::new(),
+            }
+        };
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                client,
-                config,
-                conn: OnceLock::new(),
+                target,
                 prefix: self.prefix,
                 instance: RandomState::new().hash_one(std::process::id()),
                 seq: AtomicU64::new(0),
@@ -136,10 +177,39 @@ impl RedisBackend {
     /// A builder for `url`.
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
         RedisBackendBuilder {
-            url: url.into(),
+            urls: vec![url.into()],
+            cluster: false,
             prefix: "rl".to_owned(),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// A backend for a Redis Cluster, given one or more of its nodes
+    /// (`redis://127.0.0.1:7000`); the rest of the topology is discovered.
+    /// Connects nothing.
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub fn cluster<I, S>(nodes: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::cluster_builder(nodes).build()
+    }
+
+    /// A builder for a Redis Cluster backend.
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub fn cluster_builder<I, S>(nodes: I) -> RedisBackendBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisBackendBuilder {
+            urls: nodes.into_iter().map(Into::into).collect(),
+            cluster: true,
+            ..Self::builder("")
         }
     }
 
@@ -164,15 +234,45 @@ impl RedisBackend {
 }
 
 impl Inner {
-    /// The shared connection, created on first use. Must run inside the Tokio
-    /// runtime (the connection manager spawns a task), hence only in futures.
-    fn connection(&self) -> Result<ConnectionManager, BackendError> {
-        if let Some(conn) = self.conn.get() {
-            return Ok(conn.clone());
+    /// Runs the script on whichever connection this backend has. Connections
+    /// are made here, inside the runtime, never at build time.
+    async fn invoke(
+        &self,
+        invocation: &ScriptInvocation<'static>,
+    ) -> Result<Vec<i64>, BackendError> {
+        match &self.target {
+            Target::Single {
+                client,
+                config,
+                conn,
+            } => {
+                let mut conn = match conn.get() {
+                    Some(conn) => conn.clone(),
+                    None => {
+                        let fresh = ConnectionManager::new_lazy_with_config(
+                            client.clone(),
+                            config.clone(),
+                        )?;
+                        conn.get_or_init(|| fresh).clone()
+                    }
+                };
+                match invocation.invoke_async(&mut conn).await {
+                    // A refused connection is the failed reconnect attempt the
+                    // manager kept from the outage (nothing was sent); it has just
+                    // started a fresh one, so try once more (still bounded by the
+                    // layer's deadline) instead of failing the breaker's probe.
+                    Err(error) if error.is_connection_refusal() => {
+                        Ok(invocation.invoke_async(&mut conn).await?)
+                    }
+                    other => Ok(other?),
+                }
+            }
+            #[cfg(feature = "cluster")]
+            Target::Cluster(cluster) => {
+                let mut conn = cluster.connection().await;
+                Ok(invocation.invoke_async(&mut conn).await?)
+            }
         }
-        let conn =
-            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
-        Ok(self.conn.get_or_init(|| conn).clone())
     }
 }
 
@@ -196,17 +296,7 @@ impl Backend for RedisBackend {
         }
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let mut conn = inner.connection()?;
-            let reply: Vec<i64> = match invocation.invoke_async(&mut conn).await {
-                // A refused connection is the failed reconnect attempt the
-                // manager kept from the outage (nothing was sent); it has just
-                // started a fresh one, so try once more (still bounded by the
-                // layer's deadline) instead of failing the breaker's probe.
-                Err(error) if error.is_connection_refusal() => {
-                    invocation.invoke_async(&mut conn).await?
-                }
-                other => other?,
-            };
+            let reply = inner.invoke(&invocation).await?;
             decode(&reply, &quotas)
         })
     }
@@ -238,5 +328,79 @@ fn decode(reply: &[i64], quotas: &[crate::Quota]) -> Result<Decision, BackendErr
             Duration::from_micros(non_neg(reply[2])?),
         )),
         _ => Err(bad()),
+    }
+}
+
+#[cfg(feature = "cluster")]
+mod cluster {
+    //! The Redis Cluster connection, made once in the background.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use redis::cluster::ClusterClient;
+    use redis::cluster_async::ClusterConnection;
+    use tokio::sync::watch;
+
+    pub(super) struct Cluster {
+        pub nodes: Vec<String>,
+        client: ClusterClient,
+        ready: watch::Sender<Option<ClusterConnection>>,
+        connecting: Arc<AtomicBool>,
+    }
+
+    impl Cluster {
+        pub fn new(client: ClusterClient, nodes: Vec<String>) -> Self {
+            Self {
+                nodes,
+                client,
+                ready: watch::Sender::new(None),
+                connecting: Arc::new(AtomicBool::new(false)),
+            }
+        }
+
+        /// The connection, once made. The first caller starts a background
+        /// task that connects (retrying with back-off); callers wait for it,
+        /// bounded by the layer's deadline. The task is not cancelled when a
+        /// waiting request gives up, so a slow first connect still completes.
+        /// Once made, the cluster connection follows topology changes and
+        /// reconnects by itself.
+        pub async fn connection(&self) -> ClusterConnection {
+            let mut rx = self.ready.subscribe();
+            if let Some(conn) = rx.borrow().as_ref() {
+                return conn.clone();
+            }
+            if !self.connecting.swap(true, Ordering::AcqRel) {
+                let client = self.client.clone();
+                let ready = self.ready.clone();
+                // Stop retrying once the backend is gone.
+                let alive = Arc::downgrade(&self.connecting);
+                tokio::spawn(async move {
+                    let mut delay = Duration::from_millis(50);
+                    loop {
+                        match client.get_async_connection().await {
+                            Ok(conn) => {
+                                ready.send_replace(Some(conn));
+                                return;
+                            }
+                            Err(error) => {
+                                tracing::debug!(%error, "redis cluster connect failed; retrying");
+                                if alive.upgrade().is_none() {
+                                    return;
+                                }
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(Duration::from_secs(1));
+                            }
+                        }
+                    }
+                });
+            }
+            let conn = rx
+                .wait_for(Option::is_some)
+                .await
+                .expect("the sender lives in the backend");
+            conn.as_ref().expect("waited for Some").clone()
+        }
     }
 }
