@@ -5,78 +5,22 @@
 //! fallbacks, and the `ProblemJson` rejection.
 //! Every `RateLimit`/`RateLimit-Policy` value seen is parsed with sfv.
 
-#[path = "support/headers.rs"]
-mod headers;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{Method, StatusCode, header};
 use tower_redis_ratelimit::key::{PeerIp, PerRoute};
 use tower_redis_ratelimit::{Algorithm, MemoryBackend, Policy, ProblemJson, Quota, RateLimitLayer};
 
+use support::headers;
+use support::web::{Sent, bind_loopback, client, send, send_with, serve};
+
 /// Generous: a missed deadline would fail open and drop the headers.
 const DEADLINE: Duration = Duration::from_secs(2);
-
-/// Serves `app` on 127.0.0.1:0 with peer addresses; returns its base URL.
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    format!("http://{addr}")
-}
-
-/// A client with no proxy (the environment's proxy must not intercept loopback).
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-struct Sent {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-/// Sends a request (with optional extra headers) and checks the structured
-/// fields of whatever came back.
-async fn send_with(
-    client: &reqwest::Client,
-    method: Method,
-    url: &str,
-    extra: &[(&str, &str)],
-) -> Sent {
-    let mut request = client.request(method, url);
-    for (name, value) in extra {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap();
-    headers::ietf(&headers);
-    Sent {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn send(client: &reqwest::Client, method: Method, url: &str) -> Sent {
-    send_with(client, method, url, &[]).await
-}
 
 /// The policy name and remaining count of a limited response.
 fn state(sent: &Sent) -> (String, i64) {
@@ -239,8 +183,7 @@ async fn per_route_falls_back_to_the_normalised_path_outside_the_router() {
     use tower::Layer as _;
 
     let service = layer(per_route_policy()).layer(users_and_items());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (listener, base) = bind_loopback().await;
     tokio::spawn(async move {
         axum::serve(
             listener,

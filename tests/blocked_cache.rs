@@ -7,10 +7,10 @@ mod support;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::key::Header;
-use tower_redis_ratelimit::{Algorithm, Policy, Quota, RateLimitLayer, RedisBackend};
+use tower_redis_ratelimit::{Algorithm, Policy, Quota, RateLimitLayer};
 
 fn evalsha_calls(conn: &mut redis::Connection) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
@@ -35,10 +35,7 @@ async fn send(layer: &RateLimitLayer, client: &str, cost: &str) -> Response<Stri
 }
 
 fn layer(url: &str, capacity: usize) -> RateLimitLayer {
-    let backend = RedisBackend::builder(url)
-        .prefix(support::unique_prefix("blocked"))
-        .build()
-        .unwrap();
+    let backend = support::redis_backend(url, "blocked");
     let policy = Policy::new("p")
         .quota(Quota::new(3, Duration::from_millis(1500)))
         .algorithm(Algorithm::SlidingLog)
@@ -81,11 +78,7 @@ async fn denied_clients_are_answered_locally_until_their_retry_time() {
     for cost in ["2", "3", "2"] {
         let res = send(&layer, "a", cost).await;
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-        let retry: u64 = res.headers()[header::RETRY_AFTER]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let retry = support::headers::retry_after(res.headers());
         assert!((1..=2).contains(&retry), "retry-after {retry}");
         assert!(res.headers().contains_key("ratelimit"));
     }
@@ -154,10 +147,7 @@ async fn a_blocked_client_stays_denied_when_redis_dies() {
 #[tokio::test]
 async fn local_fallback_denials_are_not_remembered() {
     let mut server = support::RedisServer::start();
-    let backend = RedisBackend::builder(server.url())
-        .prefix(support::unique_prefix("blocked-local"))
-        .build()
-        .unwrap();
+    let backend = support::redis_backend(&server.url(), "blocked-local");
     let policy = Policy::new("local")
         .quota(Quota::per_minute(2))
         .key(Header::new("x-client"))

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tower_redis_ratelimit::clock::{Clock, FakeClock};
 use tower_redis_ratelimit::{
-    Algorithm, Backend, Decision, Key, MemoryBackend, Policy, Quota, QuotaStatus, RedisBackend,
+    Algorithm, Backend, Decision, Key, MemoryBackend, Policy, Quota, QuotaStatus,
 };
 
 const MS: u64 = 1_000;
@@ -77,10 +77,7 @@ impl Harness {
 
     async fn redis(test: &str) -> Self {
         let (url, server) = support::redis_url();
-        let backend = RedisBackend::builder(url.as_str())
-            .prefix(support::unique_prefix(test))
-            .build()
-            .expect("valid backend configuration");
+        let backend = support::redis_backend(&url, test);
         let conn = ::redis::Client::open(url.as_str())
             .unwrap()
             .get_multiplexed_async_connection()

@@ -6,18 +6,19 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, Method, StatusCode, header};
-use sfv::{BareItem, ListEntry, Parser};
 use tower_redis_ratelimit::{
     Backend, HeaderStyle, MemoryBackend, Policy, RateLimitLayer, RateLimitLayerBuilder,
     RedisBackend, Rejection,
 };
+
+use support::headers::{assert_no_rate_limit_headers, ietf, retry_after};
+use support::web::{client, send, serve};
 
 /// Generous: these tests check decisions and headers, not latency, and a
 /// missed deadline would fail open and drop the headers.
@@ -36,11 +37,7 @@ fn builder(backend: impl Backend) -> RateLimitLayerBuilder {
 /// A fresh Redis backend (own server unless `REDIS_URL`), with a unique prefix.
 fn redis_backend(test: &str) -> (RedisBackend, Option<support::RedisServer>) {
     let (url, server) = support::redis_url();
-    let backend = RedisBackend::builder(url)
-        .prefix(support::unique_prefix(test))
-        .build()
-        .unwrap();
-    (backend, server)
+    (support::redis_backend(&url, test), server)
 }
 
 fn routes() -> Router {
@@ -48,161 +45,6 @@ fn routes() -> Router {
         .route("/api/hello", get(|| async { "hello" }))
         .route("/auth/login", post(|| async { "welcome" }))
         .route("/health", get(|| async { "ok" }))
-}
-
-/// Serves `app` on 127.0.0.1:0 with peer addresses; returns its base URL.
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    format!("http://{addr}")
-}
-
-/// A client with no proxy (the environment's proxy must not intercept loopback).
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// One structured-field list member: a string item with integer parameters.
-#[derive(Debug)]
-struct SfItem {
-    name: String,
-    params: Vec<(String, i64)>,
-}
-
-impl SfItem {
-    fn param(&self, key: &str) -> i64 {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("no parameter {key} in {self:?}"))
-    }
-}
-
-/// Parses a header value as an sf-list whose members are strings carrying
-/// exactly the integer parameters `keys`.
-fn parse_sf(value: &http::HeaderValue, keys: [&str; 2]) -> Vec<SfItem> {
-    let list = Parser::parse_list(value.as_bytes())
-        .unwrap_or_else(|e| panic!("{value:?} is not an RFC 8941 list: {e}"));
-    assert!(!list.is_empty(), "empty list in {value:?}");
-    list.into_iter()
-        .map(|entry| {
-            let ListEntry::Item(item) = entry else {
-                panic!("inner list in {value:?}");
-            };
-            let BareItem::String(name) = item.bare_item else {
-                panic!("the item of {value:?} is not a string");
-            };
-            let params: Vec<(String, i64)> = item
-                .params
-                .into_iter()
-                .map(|(k, v)| {
-                    let n = v
-                        .as_int()
-                        .unwrap_or_else(|| panic!("parameter {k} of {value:?} is not an integer"));
-                    assert!(n >= 0, "negative {k} in {value:?}");
-                    (k, n)
-                })
-                .collect();
-            let mut got: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
-            got.sort_unstable();
-            let mut want = keys.to_vec();
-            want.sort_unstable();
-            assert_eq!(got, want, "parameters of {value:?}");
-            SfItem { name, params }
-        })
-        .collect()
-}
-
-/// The IETF headers of a response, if it has them, after checking that every
-/// value parses and that both headers come together.
-fn ietf(headers: &HeaderMap) -> Option<(SfItem, SfItem)> {
-    let mut policy: Vec<SfItem> = headers
-        .get_all("ratelimit-policy")
-        .iter()
-        .flat_map(|v| parse_sf(v, ["q", "w"]))
-        .collect();
-    let mut state: Vec<SfItem> = headers
-        .get_all("ratelimit")
-        .iter()
-        .flat_map(|v| parse_sf(v, ["r", "t"]))
-        .collect();
-    assert_eq!(
-        policy.len(),
-        state.len(),
-        "RateLimit and RateLimit-Policy disagree: {headers:?}"
-    );
-    match (policy.pop(), state.pop()) {
-        (None, None) => None,
-        (Some(p), Some(s)) => {
-            assert!(policy.is_empty(), "single-quota policies send one item");
-            assert_eq!(p.name, s.name, "{headers:?}");
-            assert!(
-                s.param("r") <= p.param("q"),
-                "remaining above limit: {headers:?}"
-            );
-            Some((p, s))
-        }
-        _ => unreachable!(),
-    }
-}
-
-fn retry_after(headers: &HeaderMap) -> u64 {
-    headers
-        .get(header::RETRY_AFTER)
-        .expect("Retry-After")
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("Retry-After is delay-seconds")
-}
-
-fn assert_no_rate_limit_headers(headers: &HeaderMap) {
-    for name in [
-        "ratelimit",
-        "ratelimit-policy",
-        "x-ratelimit-limit",
-        "x-ratelimit-remaining",
-        "x-ratelimit-reset",
-        "retry-after",
-    ] {
-        assert!(
-            !headers.contains_key(name),
-            "unexpected {name}: {headers:?}"
-        );
-    }
-}
-
-struct Sent {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-/// Sends a request and checks the structured fields of whatever came back.
-async fn send(client: &reqwest::Client, method: Method, url: &str) -> Sent {
-    let response = client.request(method, url).send().await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap();
-    ietf(&headers);
-    Sent {
-        status,
-        headers,
-        body,
-    }
 }
 
 /// The example app: auth 5/min exact with a 429 on the 6th, api 100/min with

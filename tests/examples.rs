@@ -2,8 +2,7 @@
 //! no-op when `cargo test` has just built them), and the load-test server
 //! checks its environment at start-up, serves `/api/ping` and limits it.
 
-#[path = "support/headers.rs"]
-mod headers;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -11,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
+use http::{Method, StatusCode};
+
+use support::headers;
+use support::web::{client, send_with};
 
 /// `target/<profile>`, from this test binary's path (`target/<profile>/deps/..`).
 fn profile_dir() -> PathBuf {
@@ -154,28 +156,16 @@ fn loadtest_server_rejects_bad_values_naming_the_variable() {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
+/// GET `/api/ping`, optionally with an `x-api-key`; the structured fields of
+/// the response are checked.
 async fn ping(
     client: &reqwest::Client,
     url: &str,
     api_key: Option<&str>,
 ) -> (StatusCode, http::HeaderMap) {
-    let mut request = client.get(format!("{url}/api/ping"));
-    if let Some(key) = api_key {
-        request = request.header("x-api-key", key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    headers::ietf(&headers);
-    (status, headers)
+    let extra: Vec<(&str, &str)> = api_key.map(|key| ("x-api-key", key)).into_iter().collect();
+    let sent = send_with(client, Method::GET, &format!("{url}/api/ping"), &extra).await;
+    (sent.status, sent.headers)
 }
 
 #[tokio::test]

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use tower::{Layer, Service, ServiceExt};
 use tower_redis_ratelimit::headers::{RATELIMIT, RATELIMIT_POLICY};
 use tower_redis_ratelimit::key::Global;
-use tower_redis_ratelimit::{Algorithm, FailureMode, Policy, Quota, RateLimitLayer, RedisBackend};
+use tower_redis_ratelimit::{Algorithm, FailureMode, Policy, Quota, RateLimitLayer};
 
 use support::RedisServer;
+use support::headers::{assert_no_rate_limit_headers, retry_after};
 
 /// The layer's deadline for one backend decision.
 const DEADLINE: Duration = Duration::from_millis(50);
@@ -47,10 +48,7 @@ fn inner(
 /// `/open`: 3 per minute, fails open. `/closed`: 1000 per minute, fails
 /// closed. Both on one global key, on one `RedisBackend`, deadline 50 ms.
 fn layer_for(url: &str, test: &str) -> RateLimitLayer {
-    let backend = RedisBackend::builder(url)
-        .prefix(support::unique_prefix(test))
-        .build()
-        .expect("a valid URL builds without connecting");
+    let backend = support::redis_backend(url, test);
     let open = Policy::new("fail-open")
         .quota(Quota::per_minute(OPEN_LIMIT))
         .algorithm(Algorithm::SlidingLog)
@@ -179,11 +177,7 @@ impl Harness {
                         before,
                         "a denied request never reaches the inner service"
                     );
-                    let retry: u64 = response.headers()[header::RETRY_AFTER]
-                        .to_str()
-                        .unwrap()
-                        .parse()
-                        .unwrap();
+                    let retry = retry_after(response.headers());
                     assert!((1..=60).contains(&retry), "Retry-After {retry}");
                     assert!(
                         response.headers()[RATELIMIT]
@@ -200,22 +194,6 @@ impl Harness {
             }
         }
         panic!("/open was never limited");
-    }
-}
-
-fn assert_no_rate_limit_headers(headers: &HeaderMap) {
-    for name in [
-        "ratelimit",
-        "ratelimit-policy",
-        "x-ratelimit-limit",
-        "x-ratelimit-remaining",
-        "x-ratelimit-reset",
-        "retry-after",
-    ] {
-        assert!(
-            !headers.contains_key(name),
-            "a fail-open response carries {name}"
-        );
     }
 }
 

@@ -25,7 +25,6 @@
 mod support;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -39,6 +38,7 @@ use tower_redis_ratelimit::key::{Global, Key};
 use tower_redis_ratelimit::{Algorithm, FailureMode, Policy, Quota, RateLimitLayer, RedisBackend};
 
 use support::RedisServer;
+use support::headers;
 
 /// The deadline of the layer under test.
 const DEADLINE: Duration = Duration::from_millis(50);
@@ -158,10 +158,7 @@ struct App {
 /// backend with a 2 s deadline, so that a missing header there can only mean
 /// a failed decision, never a slow machine.
 async fn start_app(url: &str, test: &str) -> App {
-    let backend = RedisBackend::builder(url)
-        .prefix(support::unique_prefix(test))
-        .build()
-        .unwrap();
+    let backend = support::redis_backend(url, test);
     let fast = RateLimitLayer::builder()
         .backend(backend.clone())
         .route("/load", load_policy())
@@ -195,24 +192,9 @@ async fn start_app(url: &str, test: &str) -> App {
                 .route("/count-w", get(ok))
                 .layer(patient),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
     App {
-        base: format!("http://{addr}"),
-        client,
+        base: support::web::serve(app).await,
+        client: support::web::client(),
         backend,
     }
 }
@@ -230,9 +212,7 @@ impl Got {
 
     /// `r` of the `RateLimit` header.
     fn remaining(&self) -> Option<u64> {
-        let value = self.headers.get(RATELIMIT)?.to_str().ok()?;
-        let rest = &value[value.find(";r=")? + 3..];
-        rest.split(';').next()?.parse().ok()
+        headers::remaining(&self.headers)
     }
 }
 
@@ -802,11 +782,7 @@ async fn local_failure_mode_keeps_the_limit_while_redis_is_dead() {
             "the local limiter holds the limit"
         );
         assert_eq!(got.remaining(), Some(0));
-        let retry: u64 = got.headers[header::RETRY_AFTER]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let retry = headers::retry_after(&got.headers);
         assert!((1..=60).contains(&retry), "Retry-After {retry}");
     }
 

@@ -7,9 +7,6 @@
 
 mod support;
 
-#[path = "support/headers.rs"]
-mod headers;
-
 #[path = "../examples/common/greeter.rs"]
 mod greeter;
 
@@ -26,6 +23,8 @@ use tower_redis_ratelimit::{
     Algorithm, Backend, FailureMode, MemoryBackend, MissingKey, Policy, Quota, RedisBackend,
 };
 
+use support::headers;
+
 /// Generous: a missed deadline would fail open and hide the decision.
 const DEADLINE: Duration = Duration::from_secs(2);
 
@@ -38,8 +37,7 @@ struct Running {
 /// Serves the Greeter behind the example's layer (with `policy` on SayHello).
 async fn start(backend: impl Backend, policy: Policy) -> Running {
     let limits = greeter::limits(backend, policy, DEADLINE).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, url) = support::web::bind_loopback().await;
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         greeter::serve(listener, limits, async {
@@ -48,10 +46,7 @@ async fn start(backend: impl Backend, policy: Policy) -> Running {
         .await
         .unwrap();
     });
-    Running {
-        url: format!("http://{addr}"),
-        _stop: stop,
-    }
+    Running { url, _stop: stop }
 }
 
 async fn connect(running: &Running) -> GreeterClient<Channel> {

@@ -3,55 +3,27 @@
 //! with a real HTTP client. The peer address reaches `PeerIp` as a
 //! `SocketAddr` request extension inserted per connection.
 
-#[path = "support/headers.rs"]
-mod headers;
+mod support;
 
 #[path = "../examples/common/hyper_app.rs"]
 mod hyper_app;
 
 use std::time::Duration;
 
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{Method, StatusCode, header};
 use tower_redis_ratelimit::{MemoryBackend, MissingKey, Policy, Quota, RateLimitLayer};
+
+use support::headers;
+use support::web::{bind_loopback, client, send};
 
 /// Generous: a missed deadline would fail open and drop the headers.
 const DEADLINE: Duration = Duration::from_secs(2);
 
 /// Serves the example's stack with `limits` on 127.0.0.1:0; returns its base URL.
 async fn serve(limits: RateLimitLayer) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, base) = bind_loopback().await;
     tokio::spawn(hyper_app::serve(listener, limits));
-    format!("http://{addr}")
-}
-
-/// A client with no proxy (the environment's proxy must not intercept loopback).
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-struct Sent {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-/// Sends a request and checks the structured fields of whatever came back.
-async fn send(client: &reqwest::Client, method: Method, url: &str) -> Sent {
-    let response = client.request(method, url).send().await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap();
-    headers::ietf(&headers);
-    Sent {
-        status,
-        headers,
-        body,
-    }
+    base
 }
 
 /// The example's routes and policies: auth 5/min then 429 with Retry-After and
@@ -95,7 +67,7 @@ async fn example_routes_and_429() {
 
     // A fresh client (new connection, same IP) is denied too: the key is the
     // peer IP, not the connection.
-    let sent = send(&self::client(), Method::POST, &login).await;
+    let sent = send(&support::web::client(), Method::POST, &login).await;
     assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS);
 
     // The api policy counts on its own.

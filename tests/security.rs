@@ -26,7 +26,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::client_ip::{ClientIp, ForwardedHeader};
 use tower_redis_ratelimit::headers::RATELIMIT;
@@ -36,15 +36,10 @@ use tower_redis_ratelimit::{
 };
 
 use support::RedisServer;
+use support::headers::remaining;
+use support::redis_backend;
 
 const DEADLINE: Duration = Duration::from_secs(2);
-
-fn redis_backend(url: &str, test: &str) -> RedisBackend {
-    RedisBackend::builder(url)
-        .prefix(support::unique_prefix(test))
-        .build()
-        .unwrap()
-}
 
 /// An exact (sliding log) per-minute policy that fails closed.
 fn strict(name: &str, limit: u64) -> Policy {
@@ -52,13 +47,6 @@ fn strict(name: &str, limit: u64) -> Policy {
         .quota(Quota::per_minute(limit))
         .algorithm(Algorithm::SlidingLog)
         .failure_mode(FailureMode::Closed)
-}
-
-/// `r` of the `RateLimit` header.
-fn remaining(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(RATELIMIT)?.to_str().ok()?;
-    let rest = &value[value.find(";r=")? + 3..];
-    rest.split(';').next()?.parse().ok()
 }
 
 /// Every Redis key matching the glob `pattern`.
@@ -109,23 +97,9 @@ async fn spoof_app(test: &str) -> SpoofApp {
         router = router.route(path, get(|| async { "ok" }));
     }
     let app = router.layer(builder.build().unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
     SpoofApp {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
+        base: support::web::serve(app).await,
+        client: support::web::client(),
         backend,
         url,
         _server: server,

@@ -2,7 +2,7 @@
 //! `RateLimit-Policy` value must parse as an RFC 8941 structured-field list
 //! (with `sfv`) of strings carrying exactly the expected integer parameters.
 //!
-//! Use with `#[path = "support/headers.rs"] mod headers;`.
+//! Use as `support::headers` (declared in `support/mod.rs`).
 #![allow(dead_code)]
 
 use http::{HeaderMap, HeaderValue, header};
@@ -98,6 +98,14 @@ pub fn retry_after(headers: &HeaderMap) -> u64 {
         .unwrap()
         .parse()
         .expect("Retry-After is delay-seconds")
+}
+
+/// `r` of the `RateLimit` header, read without checking the header's syntax;
+/// `None` if it is absent or has no integer `r`.
+pub fn remaining(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get("ratelimit")?.to_str().ok()?;
+    let rest = &value[value.find(";r=")? + 3..];
+    rest.split(';').next()?.parse().ok()
 }
 
 /// Asserts that a response carries none of the rate-limit headers.

@@ -4,7 +4,13 @@
 //! so tests never share state and can kill, stop or restart their server.
 //! `REDIS_URL`, when set, is used by [`redis_url`] instead, for tests that do
 //! not inject faults.
+//!
+//! Submodules: [`headers`] checks the rate-limit response headers, [`web`]
+//! serves apps on loopback and sends requests to them.
 #![allow(dead_code)]
+
+pub mod headers;
+pub mod web;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -191,4 +197,13 @@ pub fn unique_prefix(test: &str) -> String {
 /// A loopback port with nothing listening on it.
 pub fn dead_port() -> u16 {
     free_port()
+}
+
+/// A `RedisBackend` on `url` under a key prefix unique to `test` (see
+/// [`unique_prefix`]). Building never connects, so `url` may be down.
+pub fn redis_backend(url: &str, test: &str) -> tower_redis_ratelimit::RedisBackend {
+    tower_redis_ratelimit::RedisBackend::builder(url)
+        .prefix(unique_prefix(test))
+        .build()
+        .expect("a valid URL builds without connecting")
 }
