@@ -12,6 +12,9 @@
 //! Plus a randomized comparison of the memory backend's sliding log with a
 //! brute-force reference model.
 
+#[cfg(feature = "cluster")]
+#[path = "support/cluster.rs"]
+mod cluster_support;
 mod support;
 
 use std::collections::HashMap;
@@ -63,6 +66,8 @@ struct Harness {
     backend: Box<dyn Backend>,
     time: Time,
     _server: Option<support::RedisServer>,
+    #[cfg(feature = "cluster")]
+    _cluster: Option<cluster_support::RedisCluster>,
 }
 
 impl Harness {
@@ -72,6 +77,8 @@ impl Harness {
             backend: Box::new(MemoryBackend::with_clock(clock.clone())),
             time: Time::Fake(clock),
             _server: None,
+            #[cfg(feature = "cluster")]
+            _cluster: None,
         }
     }
 
@@ -87,6 +94,30 @@ impl Harness {
             backend: Box::new(backend),
             time: Time::Redis(conn),
             _server: server,
+            #[cfg(feature = "cluster")]
+            _cluster: None,
+        }
+    }
+
+    /// The Redis backend on a fresh 3-master Redis Cluster. All masters run on
+    /// this machine, so any one's `TIME` is the clock.
+    #[cfg(feature = "cluster")]
+    async fn cluster(test: &str) -> Self {
+        let cluster = cluster_support::RedisCluster::start();
+        let backend = tower_redis_ratelimit::RedisBackend::cluster_builder(cluster.urls())
+            .prefix(support::unique_prefix(test))
+            .build()
+            .expect("valid cluster configuration");
+        let conn = ::redis::Client::open(cluster.urls()[0].as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to a cluster node");
+        Self {
+            backend: Box::new(backend),
+            time: Time::Redis(conn),
+            _server: None,
+            _cluster: Some(cluster),
         }
     }
 
@@ -715,6 +746,17 @@ macro_rules! scenarios {
                 async fn $name() {
                     let h = Harness::redis(stringify!($name)).await;
                     // Different policy names per algorithm: run them side by side.
+                    tokio::join!($( super::$name(&h, Algorithm::$alg) ),+);
+                }
+            )*
+        }
+        #[cfg(feature = "cluster")]
+        mod cluster {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let h = Harness::cluster(stringify!($name)).await;
                     tokio::join!($( super::$name(&h, Algorithm::$alg) ),+);
                 }
             )*
