@@ -51,10 +51,13 @@ impl QuotaState {
 
 /// The counter as seen at `now`: rolled forward to the fixed window holding
 /// `now`. Returns the rolled state and the time elapsed in that window.
+///
+/// If the stored window starts *after* `now`'s (the clock stepped back), the
+/// stored counts are kept as they are: a clock step must not forget counts.
 pub(crate) fn roll(c: Counter, now: u64, window: u64) -> (Counter, u64) {
     let elapsed = now % window;
     let start = now - elapsed;
-    let rolled = if c.start == start {
+    let rolled = if c.start >= start {
         c
     } else if c.start + window == start {
         Counter {
@@ -76,25 +79,32 @@ pub(crate) fn roll(c: Counter, now: u64, window: u64) -> (Counter, u64) {
 /// with the sliding window, plus the current count.
 pub(crate) fn estimate(c: Counter, elapsed: u64, window: u64) -> u64 {
     let weight = (window - elapsed) as f64 / window as f64;
-    (c.prev as f64 * weight).floor() as u64 + c.cur
+    ((c.prev as f64 * weight).floor() as u64).saturating_add(c.cur)
+}
+
+/// The first offset into a window at which `decaying` (the previous window's
+/// count) weighs at most `room` units: the smallest `e` with
+/// `floor(decaying * (W - e) / W) <= room`, plus 1 µs against rounding.
+fn decayed_by(decaying: u64, room: u64, window: u64) -> u64 {
+    let overlap = ((room + 1) as f64 * window as f64 / decaying as f64).ceil() as u64;
+    (window + 2).saturating_sub(overlap)
 }
 
 /// How long until a request of `cost` fits, if nothing else is admitted.
-/// Only meaningful when the request is denied now.
+/// Only meaningful when the request is denied now. Never shorter than the
+/// real wait (the blocked-client cache relies on that) and at most 1 µs longer.
 pub(crate) fn counter_retry(c: Counter, elapsed: u64, window: u64, limit: u64, cost: u64) -> u64 {
     if cost > limit {
         return window;
     }
-    if c.cur + cost <= limit {
+    if c.cur.saturating_add(cost) <= limit {
         // Wait, within this window, for the previous window's weight to decay.
-        let room = limit - cost - c.cur;
-        let target = window - (room as f64 * window as f64 / c.prev as f64).floor() as u64;
+        let target = decayed_by(c.prev, limit - cost - c.cur, window);
         target.saturating_sub(elapsed).max(1)
     } else {
-        // Wait for the next window, where today's count becomes the decaying part.
-        let room = limit - cost;
-        let target = window - (room as f64 * window as f64 / c.cur as f64).floor() as u64;
-        window - elapsed + target
+        // Wait for the next window, where this window's count becomes the
+        // decaying part.
+        window - elapsed + decayed_by(c.cur, limit - cost, window)
     }
 }
 
@@ -136,7 +146,7 @@ pub(crate) fn check(
             QuotaState::Log(log) => {
                 trim(log, now, window);
                 let count = log.len() as u64;
-                (count + cost > limit).then(|| {
+                (count.saturating_add(cost) > limit).then(|| {
                     if cost > limit {
                         window
                     } else {
@@ -148,7 +158,7 @@ pub(crate) fn check(
             }
             QuotaState::Counter(c) => {
                 let (rolled, elapsed) = roll(*c, now, window);
-                (estimate(rolled, elapsed, window) + cost > limit)
+                (estimate(rolled, elapsed, window).saturating_add(cost) > limit)
                     .then(|| counter_retry(rolled, elapsed, window, limit, cost))
             }
         };
@@ -245,19 +255,42 @@ mod tests {
         for _ in 0..10 {
             assert!(check(&mut s, &q, t0, 1).0.is_allowed());
         }
-        // Denied in the same window: must wait for the next window plus the
-        // decay of 10 previous to 9 (0.1 s into it).
+        // Denied in the same window: must wait for the next window, where the
+        // previous 10 weigh floor(10 * (W - e) / W) = 9 from e = 1 µs on.
         let (d, _) = check(&mut s, &q, t0 + SEC / 2, 1);
         let r = d.retry_after().unwrap().as_micros() as u64;
         assert!(!d.is_allowed());
-        assert_eq!(r, 600_000);
-        // Conservative by less than one unit's worth of decay (W / prev).
-        assert!(
-            !check(&mut s, &q, t0 + SEC / 2 + r - SEC / 10 - 1, 1)
-                .0
-                .is_allowed()
-        );
+        assert_eq!(r, 500_002);
+        // Exact to the microsecond, plus 1 µs against rounding.
+        assert!(!check(&mut s, &q, t0 + SEC / 2 + r - 2, 1).0.is_allowed());
         assert!(check(&mut s, &q, t0 + SEC / 2 + r, 1).0.is_allowed());
+    }
+
+    #[test]
+    fn counter_keeps_counts_when_the_clock_steps_back() {
+        let q = [Quota::per_minute(10)];
+        let mut s = states(Algorithm::SlidingWindow, 1);
+        let t0 = 6_000 * SEC;
+        for _ in 0..10 {
+            assert!(check(&mut s, &q, t0 + SEC, 1).0.is_allowed());
+        }
+        // An NTP step 30 s back, into the previous window: still full.
+        assert!(!check(&mut s, &q, t0 - 29 * SEC, 1).0.is_allowed());
+        assert!(!check(&mut s, &q, t0 + 2 * SEC, 1).0.is_allowed());
+    }
+
+    #[test]
+    fn huge_costs_are_denied_without_overflow() {
+        for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {
+            let q = [Quota::per_second(10)];
+            let mut s = states(alg, 1);
+            for _ in 0..10 {
+                assert!(check(&mut s, &q, 5 * SEC, 1).0.is_allowed());
+            }
+            let (d, _) = check(&mut s, &q, 5 * SEC, u64::MAX);
+            assert!(!d.is_allowed(), "{alg:?}");
+            assert!(!check(&mut s, &q, 5 * SEC, 1).0.is_allowed(), "{alg:?}");
+        }
     }
 
     #[test]

@@ -45,6 +45,18 @@ pub enum ConfigError {
         /// The window that was given.
         window: Duration,
     },
+    /// A quota window is not a whole number of milliseconds.
+    #[error(
+        "policy `{policy}`: quota {index} has a window of {window:?}, not a whole number of milliseconds"
+    )]
+    WindowNotWholeMillis {
+        /// The policy name.
+        policy: String,
+        /// The quota index within the policy.
+        index: usize,
+        /// The window that was given.
+        window: Duration,
+    },
     /// A quota limit is above the supported maximum.
     #[error("policy `{policy}`: quota {index} has a limit of {limit}, above the maximum of {max}")]
     LimitTooLarge {
@@ -57,8 +69,9 @@ pub enum ConfigError {
         /// The largest supported limit.
         max: u64,
     },
-    /// The same quota appears twice in one policy.
-    #[error("policy `{policy}`: quotas {first} and {second} are identical")]
+    /// Two quotas of one policy have the same window (the larger limit would
+    /// never matter, and they would share one Redis key).
+    #[error("policy `{policy}`: quotas {first} and {second} have the same window")]
     DuplicateQuota {
         /// The policy name.
         policy: String,

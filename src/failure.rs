@@ -7,6 +7,14 @@
 //! cool-down one request *probes* the backend; success closes the breaker,
 //! failure re-opens it with a doubled cool-down (up to a maximum). Each
 //! transition is logged once (`warn` when opening, `info` when recovering).
+//! Only the probe's success closes an open breaker: a call that started
+//! before the breaker opened and succeeds afterwards proves little about a
+//! partly failing backend, and letting it close the breaker would make it
+//! flap.
+//!
+//! A failed decision is logged at `warn` at most once per `WARN_INTERVAL`
+//! (1 s) per layer, with the number of failures since the previous warning
+//! (`Breaker::failure_warning`); the others are logged at `debug`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -14,6 +22,10 @@ use std::time::{Duration, Instant};
 
 use crate::backend::CheckFuture;
 use crate::error::BackendError;
+
+/// At most one `warn` about failed decisions per this interval and layer
+/// (the others are logged at `debug` and counted as suppressed).
+pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Circuit breaker settings.
 ///
@@ -40,6 +52,9 @@ impl Default for CircuitBreaker {
 }
 
 impl CircuitBreaker {
+    /// The longest cool-down accepted; longer ones are clamped to it.
+    pub const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
+
     /// Opens after 3 consecutive failures; first cool-down 250 ms, doubling
     /// up to 1 s (so limiting resumes within about a second of Redis' return).
     pub const fn new() -> Self {
@@ -59,10 +74,14 @@ impl CircuitBreaker {
 
     /// The first cool-down and the longest one (cool-downs double after each
     /// failed probe).
+    ///
+    /// Both are clamped to between 1 ms and
+    /// [`MAX_COOLDOWN`](Self::MAX_COOLDOWN) (1 hour), and `max` is raised to
+    /// `first` when it is shorter.
     #[must_use]
     pub fn cooldown(mut self, first: Duration, max: Duration) -> Self {
-        self.cooldown = first.max(Duration::from_millis(1));
-        self.max_cooldown = max.max(self.cooldown);
+        self.cooldown = first.clamp(Duration::from_millis(1), Self::MAX_COOLDOWN);
+        self.max_cooldown = max.clamp(self.cooldown, Self::MAX_COOLDOWN);
         self
     }
 }
@@ -88,6 +107,15 @@ pub(crate) struct Breaker {
     open_until: AtomicU64,
     probing: AtomicBool,
     cooldown_us: AtomicU64,
+    /// Microseconds since `origin` of the last failure warning; 0 = never.
+    warned_at: AtomicU64,
+    /// Failed decisions not warned about since the last warning.
+    suppressed: AtomicU64,
+}
+
+/// Whole microseconds in `d`, saturating at `u64::MAX`.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Breaker {
@@ -98,13 +126,39 @@ impl Breaker {
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
-            cooldown_us: AtomicU64::new(config.cooldown.as_micros() as u64),
+            cooldown_us: AtomicU64::new(micros(config.cooldown)),
+            warned_at: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
         }
     }
 
     fn now_us(&self) -> u64 {
         // Never 0, which means "closed".
-        self.origin.elapsed().as_micros() as u64 + 1
+        micros(self.origin.elapsed()).saturating_add(1)
+    }
+
+    /// Called for every failed decision (not for skipped ones). Returns
+    /// `Some(suppressed)` when this failure should be logged at `warn`, with
+    /// the number of failures left unwarned since the previous warning;
+    /// `None` (and the failure is counted) otherwise. At most one `Some` per
+    /// [`WARN_INTERVAL`].
+    pub(crate) fn failure_warning(&self) -> Option<u64> {
+        self.failure_warning_at(self.now_us())
+    }
+
+    fn failure_warning_at(&self, now: u64) -> Option<u64> {
+        let last = self.warned_at.load(Ordering::Acquire);
+        let due = last == 0 || now >= last.saturating_add(micros(WARN_INTERVAL));
+        if due
+            && self
+                .warned_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
+        }
+        self.suppressed.fetch_add(1, Ordering::AcqRel);
+        None
     }
 
     /// Whether the breaker is open now (test and metrics helper).
@@ -136,21 +190,32 @@ impl Breaker {
             (Permit::Skip, _) => {}
             (Permit::Probe, None) => self.probing.store(false, Ordering::Release),
             (Permit::Call, None) => {}
-            (_, Some(true)) => {
+            (Permit::Call, Some(true)) => {
+                // A call that started before the breaker opened says little
+                // about a partly failing backend: only the probe closes it.
+                if !self.is_open() {
+                    self.failures.store(0, Ordering::Release);
+                }
+            }
+            (Permit::Probe, Some(true)) => {
                 self.failures.store(0, Ordering::Release);
                 if self.open_until.swap(0, Ordering::AcqRel) != 0 {
                     self.cooldown_us
-                        .store(self.config.cooldown.as_micros() as u64, Ordering::Release);
+                        .store(micros(self.config.cooldown), Ordering::Release);
                     tracing::info!("rate limiter backend recovered; circuit breaker closed");
                 }
                 self.probing.store(false, Ordering::Release);
             }
             (Permit::Probe, Some(false)) => {
-                let max = self.config.max_cooldown.as_micros() as u64;
-                let next = (self.cooldown_us.load(Ordering::Acquire) * 2).min(max);
+                let max = micros(self.config.max_cooldown);
+                let next = self
+                    .cooldown_us
+                    .load(Ordering::Acquire)
+                    .saturating_mul(2)
+                    .min(max);
                 self.cooldown_us.store(next, Ordering::Release);
                 self.open_until
-                    .store(self.now_us() + next, Ordering::Release);
+                    .store(self.now_us().saturating_add(next), Ordering::Release);
                 self.probing.store(false, Ordering::Release);
                 tracing::debug!(cooldown_ms = next / 1000, "rate limiter probe failed");
             }
@@ -162,7 +227,7 @@ impl Breaker {
                         .open_until
                         .compare_exchange(
                             0,
-                            self.now_us() + cooldown,
+                            self.now_us().saturating_add(cooldown),
                             Ordering::AcqRel,
                             Ordering::Acquire,
                         )
@@ -276,5 +341,68 @@ mod tests {
         assert_eq!(p, Permit::Probe);
         b.record(p, None, None);
         assert_eq!(b.permit(), Permit::Probe);
+    }
+
+    #[test]
+    fn a_late_call_success_does_not_close_an_open_breaker() {
+        let cfg = CircuitBreaker::new()
+            .failure_threshold(2)
+            .cooldown(Duration::from_secs(60), Duration::from_secs(60));
+        let b = Breaker::new(cfg);
+        // Three calls start while closed; two fail (opening it), one succeeds late.
+        let (p1, p2, p3) = (b.permit(), b.permit(), b.permit());
+        assert_eq!((p1, p2, p3), (Permit::Call, Permit::Call, Permit::Call));
+        fail(&b, p1);
+        fail(&b, p2);
+        assert!(b.is_open());
+        b.record(p3, Some(true), None);
+        assert!(b.is_open(), "only a probe closes the breaker");
+        assert_eq!(b.permit(), Permit::Skip);
+        // While closed, a success still resets the failure count.
+        let b = Breaker::new(cfg);
+        fail(&b, Permit::Call);
+        b.record(Permit::Call, Some(true), None);
+        fail(&b, Permit::Call);
+        assert!(!b.is_open(), "the count was reset by the success");
+    }
+
+    #[test]
+    fn huge_cooldowns_are_clamped_and_do_not_overflow() {
+        let cfg = CircuitBreaker::new()
+            .failure_threshold(1)
+            .cooldown(Duration::MAX, Duration::MAX);
+        assert_eq!(cfg.cooldown, CircuitBreaker::MAX_COOLDOWN);
+        assert_eq!(cfg.max_cooldown, CircuitBreaker::MAX_COOLDOWN);
+        let short = CircuitBreaker::new().cooldown(Duration::ZERO, Duration::ZERO);
+        assert_eq!(short.cooldown, Duration::from_millis(1));
+        assert_eq!(short.max_cooldown, Duration::from_millis(1));
+        let b = Breaker::new(cfg);
+        fail(&b, Permit::Call);
+        assert_eq!(b.permit(), Permit::Skip);
+        // A failed probe doubles the cool-down: it stays at the clamp.
+        b.record(Permit::Probe, Some(false), None);
+        assert_eq!(
+            b.cooldown_us.load(Ordering::Relaxed),
+            micros(CircuitBreaker::MAX_COOLDOWN)
+        );
+        assert_eq!(b.permit(), Permit::Skip);
+    }
+
+    #[test]
+    fn failure_warnings_are_rate_limited_and_count_the_suppressed() {
+        let b = Breaker::new(CircuitBreaker::new());
+        let second = micros(WARN_INTERVAL);
+        assert_eq!(b.failure_warning_at(10), Some(0), "the first failure warns");
+        for t in 0..5 {
+            assert_eq!(b.failure_warning_at(20 + t), None);
+        }
+        assert_eq!(b.failure_warning_at(9 + second), None, "not a second yet");
+        assert_eq!(b.failure_warning_at(10 + second), Some(6));
+        assert_eq!(b.failure_warning_at(11 + second), None);
+        assert_eq!(b.failure_warning_at(10 + 5 * second), Some(1));
+        // The real clock: one warning, then quiet.
+        let b = Breaker::new(CircuitBreaker::new());
+        assert_eq!(b.failure_warning(), Some(0));
+        assert_eq!(b.failure_warning(), None);
     }
 }

@@ -199,13 +199,28 @@ where
                             Ok(decision)
                         }
                         Err(error) => {
+                            // Skipped decisions (breaker open) are not logged:
+                            // the breaker logs its transitions. Failed ones log
+                            // at warn at most once a second per layer (with the
+                            // number of failures since the last warn), else at
+                            // debug.
                             if !matches!(error, BackendError::CircuitOpen) {
-                                tracing::warn!(
-                                    policy = policy.name(),
-                                    %error,
-                                    mode = ?policy.failure_mode_kind(),
-                                    "rate limiter backend failed; applying the failure mode"
-                                );
+                                let (name, mode) = (policy.name(), policy.failure_mode_kind());
+                                match ctx.shared.breaker.failure_warning() {
+                                    Some(suppressed) => tracing::warn!(
+                                        policy = name,
+                                        %error,
+                                        ?mode,
+                                        suppressed,
+                                        "rate limiter backend failed; applying the failure mode"
+                                    ),
+                                    None => tracing::debug!(
+                                        policy = name,
+                                        %error,
+                                        ?mode,
+                                        "rate limiter backend failed; applying the failure mode"
+                                    ),
+                                }
                             }
                             match policy.failure_mode_kind() {
                                 FailureMode::Local => {

@@ -38,15 +38,27 @@ pub struct Key(Box<str>);
 impl Key {
     /// Makes a key from any bytes, sanitising them.
     pub fn new(identity: impl AsRef<[u8]>) -> Self {
-        let raw = identity.as_ref();
-        let readable = !raw.is_empty()
-            && raw.len() <= MAX_READABLE_LEN
-            && raw.iter().all(|&b| is_safe_byte(b));
+        Self::concat(&[identity.as_ref()])
+    }
+
+    /// `Key::new` of the concatenation of `parts`, without building it: one
+    /// allocation for a readable key, a streamed digest otherwise.
+    fn concat(parts: &[&[u8]]) -> Self {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        let readable = len != 0
+            && len <= MAX_READABLE_LEN
+            && parts
+                .iter()
+                .all(|part| part.iter().all(|&b| is_safe_byte(b)));
         if readable {
-            // Safe bytes are ASCII, so this cannot fail.
-            Key(String::from_utf8_lossy(raw).into())
+            let mut text = String::with_capacity(len);
+            for part in parts {
+                // Safe bytes are ASCII, so this borrows and never replaces.
+                text.push_str(&String::from_utf8_lossy(part));
+            }
+            Key(text.into())
         } else {
-            Key(hashed(raw).into())
+            Key(hashed(parts).into())
         }
     }
 
@@ -102,9 +114,14 @@ fn is_safe_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'@' | b'-')
 }
 
-fn hashed(raw: &[u8]) -> String {
+/// `#` and the SHA-256 hex digest of the concatenation of `parts`.
+fn hashed(parts: &[&[u8]]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(raw);
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
     let mut out = String::with_capacity(1 + 2 * digest.len());
     out.push('#');
     for byte in digest {
@@ -208,14 +225,27 @@ impl KeyExtractor for PeerIp {
 pub struct Header(HeaderName);
 
 impl Header {
-    /// Keys requests by this header.
+    /// Keys requests by this header. The name is case-insensitive, as header
+    /// names are: `Header::new("X-Api-Key")` and `Header::new("x-api-key")`
+    /// are the same extractor.
+    ///
+    /// ```
+    /// use tower_redis_ratelimit::key::Header;
+    ///
+    /// assert_eq!(Header::new("X-Api-Key"), Header::new("x-api-key"));
+    /// ```
     ///
     /// # Panics
     ///
-    /// If `name` is not a valid header name; use [`Header::from_name`] with a
-    /// parsed [`HeaderName`] to handle that case yourself.
-    pub fn new(name: &'static str) -> Self {
-        Self(HeaderName::from_static(name))
+    /// If `name` is not a valid header name in any case (e.g. it is empty or
+    /// contains a space, a colon or a non-ASCII character). To handle that
+    /// yourself, parse it (`HeaderName::try_from(name)`, which accepts any
+    /// case too) and use [`Header::from_name`].
+    pub fn new(name: &str) -> Self {
+        match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+            Ok(parsed) => Self(parsed),
+            Err(_) => panic!("key::Header::new: {name:?} is not a valid HTTP header name"),
+        }
     }
 
     /// Keys requests by this header.
@@ -241,6 +271,10 @@ impl KeyExtractor for Global {
     }
 }
 
+/// The route [`PerRoute`] gives every request without axum's `MatchedPath`.
+/// Route templates start with `/`, so no template can be mistaken for it.
+pub const UNMATCHED_ROUTE: &str = "!unmatched";
+
 /// One bucket per client *per route*: the key is the matched route template
 /// plus the inner extractor's key.
 ///
@@ -248,23 +282,38 @@ impl KeyExtractor for Global {
 /// `axum::extract::MatchedPath`, e.g. `/users/{id}`: requests to
 /// `/users/1` and `/users/2` from one client share one bucket, rather than one
 /// bucket per id (which would let a client multiply its quota by varying the
-/// id). Without a `MatchedPath` the route is the request path normalised with
-/// [`normalize_path`](crate::normalize_path), so each distinct path gets its
-/// own bucket.
+/// id, and fill Redis with one key per id).
 ///
 /// axum inserts `MatchedPath` when a request matches a route, before the
 /// route's middleware runs, so it is there for layers added with
 /// `Router::route_layer` and with `Router::layer` (axum applies both to every
-/// route). It is absent, and the normalised path is used, for requests that
-/// end in the 404 fallback (which `Router::layer` limits and
-/// `Router::route_layer` does not) and when the layer wraps the whole `Router`
-/// as a tower service, where it runs before routing.
+/// route).
+///
+/// # Without `MatchedPath`
+///
+/// Every request without a `MatchedPath` gets the route
+/// [`UNMATCHED_ROUTE`] (`!unmatched`), whatever its path: all such
+/// requests of one client share **one** bucket, separate from the client's
+/// buckets of matched routes. The request path is never used, so varying it
+/// cannot multiply a client's quota or the number of Redis keys. This is the
+/// case for:
+///
+/// - requests that end in axum's 404 fallback (which `Router::layer` limits
+///   and `Router::route_layer` does not): a client probing `/a`, `/b`, ...
+///   draws from one quota;
+/// - a layer that wraps the whole `Router` as a tower service (it runs before
+///   routing), and any service outside axum, or without the `axum` feature:
+///   there *every* request is unmatched, so `PerRoute` limits exactly like
+///   its inner extractor alone. Key by route there with the layer's own
+///   route table ([`route`](crate::RateLimitLayerBuilder::route)) instead.
 ///
 /// All methods of a route share its bucket; use separate policies (e.g.
 /// [`route_method`](crate::RateLimitLayerBuilder::route_method)) to limit
 /// methods apart. If the inner extractor has no key, neither has `PerRoute`.
-/// The resulting key is a digest (route templates contain braces, which are
-/// not kept readable).
+/// The resulting key is readable (`<route>@<inner key>`) when that text is
+/// short and made of [`Key`]'s readable characters, e.g. `/api/hello@10.0.0.1`;
+/// otherwise (templates with `{param}`, unmatched requests, long keys) it is a
+/// digest, as with [`Key::new`].
 ///
 /// ```
 /// use tower_redis_ratelimit::Policy;
@@ -279,42 +328,24 @@ impl KeyExtractor for Global {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PerRoute<K> {
     inner: K,
-    case_insensitive: bool,
 }
 
 impl<K> PerRoute<K> {
     /// Keys requests by their route and `inner`'s key.
     pub const fn new(inner: K) -> Self {
-        Self {
-            inner,
-            case_insensitive: false,
-        }
-    }
-
-    /// Lower-cases the fallback path (for apps that route case-insensitively).
-    #[must_use]
-    pub const fn case_insensitive_paths(mut self, yes: bool) -> Self {
-        self.case_insensitive = yes;
-        self
+        Self { inner }
     }
 
     /// The route part of the key: axum's matched route template if present,
-    /// else the normalised request path.
-    pub fn route(&self, request: &Parts) -> String {
+    /// else [`UNMATCHED_ROUTE`].
+    pub fn route<'a>(&self, request: &'a Parts) -> &'a str {
         #[cfg(feature = "axum")]
         if let Some(matched) = request.extensions.get::<axum::extract::MatchedPath>() {
-            return matched.as_str().to_owned();
+            return matched.as_str();
         }
-        let segments = crate::routes::normalize_path(request.uri.path(), self.case_insensitive);
-        let mut route = String::with_capacity(request.uri.path().len());
-        for segment in &segments {
-            route.push('/');
-            route.push_str(segment);
-        }
-        if route.is_empty() {
-            route.push('/');
-        }
-        route
+        #[cfg(not(feature = "axum"))]
+        let _ = request;
+        UNMATCHED_ROUTE
     }
 }
 
@@ -322,13 +353,16 @@ impl<K: KeyExtractor> KeyExtractor for PerRoute<K> {
     fn extract(&self, request: &Parts) -> Option<Key> {
         let inner = self.inner.extract(request)?;
         let route = self.route(request);
-        // A NUL byte appears in neither part (paths cannot contain one, key
-        // text never does), so the pair is encoded without ambiguity.
-        let mut raw = Vec::with_capacity(route.len() + 1 + inner.as_str().len());
-        raw.extend_from_slice(route.as_bytes());
-        raw.push(0);
-        raw.extend_from_slice(inner.as_str().as_bytes());
-        Some(Key::new(raw))
+        // The pair is encoded without ambiguity: split at the first `@` when
+        // the route has none, else at the NUL. Key text never contains NUL and
+        // neither does a matched template (request paths cannot, so a template
+        // with one never matches).
+        let separator: &[u8] = if route.contains('@') { b"\0" } else { b"@" };
+        Some(Key::concat(&[
+            route.as_bytes(),
+            separator,
+            inner.as_str().as_bytes(),
+        ]))
     }
 }
 
@@ -394,26 +428,161 @@ mod tests {
     }
 
     #[test]
-    fn per_route_fallback_normalises_the_path() {
-        let req = |path: &str| {
+    fn header_names_in_any_case() {
+        let lower = Header::new("x-api-key");
+        for name in ["X-Api-Key", "X-API-KEY", "x-Api-kEy"] {
+            assert_eq!(Header::new(name), lower, "{name}");
+        }
+        assert_eq!(
+            Header::new("AUTHORIZATION"),
+            Header::from_name(http::header::AUTHORIZATION)
+        );
+        assert_eq!(
+            Header::from_name(HeaderName::from_static("x-api-key")),
+            lower
+        );
+        let mut p = parts();
+        p.headers.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(Header::new("X-Api-Key").extract(&p), Some(Key::new("k1")));
+    }
+
+    #[test]
+    fn header_new_panics_on_invalid_names() {
+        for bad in ["", "x api key", "x-api-key:", "x-ápi", "a\nb"] {
+            let panic = std::panic::catch_unwind(|| Header::new(bad)).expect_err(bad);
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .unwrap_or_default();
+            assert!(
+                message.contains("not a valid HTTP header name"),
+                "{message}"
+            );
+            assert!(message.contains(&format!("{bad:?}")), "{message}");
+        }
+    }
+
+    #[test]
+    fn concat_is_new_of_the_concatenation() {
+        for parts in [
+            &[&b"/api"[..], b"@", b"1.2.3.4"][..],
+            &[b"/users/{id}", b"@", b"1.2.3.4"],
+            &[b"/a@b", b"\0", b"k"],
+            &[b"", b"", b""],
+            &[&[b'a'; 40][..], &[b'b'; 24][..]],
+            &[&[b'a'; 40][..], &[b'b'; 25][..]],
+        ] {
+            assert_eq!(Key::concat(parts), Key::new(parts.concat()), "{parts:?}");
+        }
+    }
+
+    #[test]
+    fn per_route_without_matched_path_is_one_bucket_per_client() {
+        let req = |path: &str, ip: &str| {
             let mut p = http::Request::get(path).body(()).unwrap().into_parts().0;
             p.extensions
-                .insert("9.8.7.6:1234".parse::<SocketAddr>().unwrap());
+                .insert(format!("{ip}:1234").parse::<SocketAddr>().unwrap());
             p
         };
         let k = PerRoute::new(PeerIp::new());
-        assert_eq!(k.route(&req("//users/1/")), "/users/1");
-        assert_eq!(k.route(&req("/")), "/");
-        assert_eq!(k.extract(&req("/users/1")), k.extract(&req("/users//1/")));
-        assert_ne!(k.extract(&req("/users/1")), k.extract(&req("/users/2")));
-        assert_ne!(k.extract(&req("/Users/1")), k.extract(&req("/users/1")));
-        let ci = k.case_insensitive_paths(true);
-        assert_eq!(ci.extract(&req("/Users/1")), ci.extract(&req("/users/1")));
-        // The inner key matters, and no inner key means no key.
-        let other = PerRoute::new(|_: &Parts| Some(Key::new("1.1.1.1")));
-        assert_ne!(k.extract(&req("/a")), other.extract(&req("/a")));
+        assert_eq!(k.route(&req("/users/1", "9.8.7.6")), UNMATCHED_ROUTE);
+        assert_eq!(k.route(&req("/", "9.8.7.6")), "!unmatched");
+        // Any path, any spelling: one bucket per client.
+        let first = k.extract(&req("/users/1", "9.8.7.6")).unwrap();
+        for path in ["/users/2", "/Users/1/", "//x/../y", "/", "/%7B%7D"] {
+            assert_eq!(
+                k.extract(&req(path, "9.8.7.6")).as_ref(),
+                Some(&first),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            first,
+            Key::new(b"!unmatched@9.8.7.6"),
+            "`!` is not readable: a digest"
+        );
+        assert!(first.as_str().starts_with('#'));
+        // Another client, another bucket; the inner key alone is distinct.
+        assert_ne!(k.extract(&req("/users/1", "9.8.7.5")).unwrap(), first);
+        assert_ne!(
+            PeerIp::new().extract(&req("/users/1", "9.8.7.6")).unwrap(),
+            first
+        );
+        // No inner key means no key.
         let none = PerRoute::new(|_: &Parts| None::<Key>);
-        assert_eq!(none.extract(&req("/a")), None);
+        assert_eq!(none.extract(&req("/a", "9.8.7.6")), None);
+    }
+
+    /// Runs `PerRoute::new(inner)` inside an axum handler, which sees the
+    /// `MatchedPath` of its route, and returns the key text.
+    #[cfg(feature = "axum")]
+    async fn key_under_axum(route: &str, uri: &str, inner: impl KeyExtractor + Clone) -> String {
+        use tower::ServiceExt as _;
+
+        let extractor = PerRoute::new(inner);
+        let app = axum::Router::new().route(
+            route,
+            axum::routing::get(move |request: axum::extract::Request| async move {
+                let (parts, _) = request.into_parts();
+                assert_eq!(extractor.route(&parts), route_of(&parts));
+                extractor
+                    .extract(&parts)
+                    .map_or_else(|| "none".to_owned(), |k| k.to_string())
+            }),
+        );
+        let response = app
+            .oneshot(
+                http::Request::get(uri)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK, "{uri}");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[cfg(feature = "axum")]
+    fn route_of(parts: &Parts) -> &str {
+        parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .expect("a handler sees its MatchedPath")
+            .as_str()
+    }
+
+    #[cfg(feature = "axum")]
+    #[tokio::test]
+    async fn per_route_with_matched_path() {
+        // A readable template and key stay readable: no digest.
+        assert_eq!(
+            key_under_axum("/api/hello", "/api/hello", Global).await,
+            "/api/hello@global"
+        );
+        // Templates with parameters are digests, one per template, not per id.
+        let users = key_under_axum("/users/{id}", "/users/1", Global).await;
+        assert_eq!(users, Key::new("/users/{id}@global").as_str());
+        assert_eq!(
+            key_under_axum("/users/{id}", "/users/2", Global).await,
+            users
+        );
+        // A template with `@` is split at a NUL instead, so it cannot be
+        // confused with a shorter template and an inner key containing `@`.
+        let at = key_under_axum("/a@b", "/a@b", Global).await;
+        assert_eq!(at, Key::new(b"/a@b\0global").as_str());
+        let shorter = key_under_axum("/a", "/a", |_: &Parts| Some(Key::new("b@global"))).await;
+        assert_eq!(shorter, "/a@b@global");
+        assert_ne!(at, shorter);
+        // Long results are digests; no inner key, no key.
+        let long = "/x".repeat(40);
+        assert!(key_under_axum(&long, &long, Global).await.starts_with('#'));
+        assert_eq!(
+            key_under_axum("/n", "/n", |_: &Parts| None::<Key>).await,
+            "none"
+        );
     }
 
     #[cfg(feature = "tonic")]

@@ -280,6 +280,10 @@ impl RateLimitLayerBuilder {
                     rules,
                     default,
                     case_insensitive: self.case_insensitive,
+                    rates: policies
+                        .iter()
+                        .map(|(p, _)| crate::routes::tightest_rate(p))
+                        .collect(),
                 },
                 policies,
                 deadline: self.deadline,

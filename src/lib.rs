@@ -91,9 +91,12 @@ pub use crate::failure::CircuitBreaker;
 pub use crate::future::ResponseFuture;
 pub use crate::headers::HeaderStyle;
 pub use crate::key::{Key, KeyExtractor};
-pub use crate::layer::{DEFAULT_DEADLINE, RateLimitLayer, RateLimitLayerBuilder};
+pub use crate::layer::{
+    DEFAULT_BLOCKED_CAPACITY, DEFAULT_DEADLINE, RateLimitLayer, RateLimitLayerBuilder,
+};
 pub use crate::policy::{
-    Algorithm, FailureMode, MAX_LIMIT, MAX_WINDOW, MIN_WINDOW, MissingKey, Policy, Quota,
+    Algorithm, FailureMode, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, MissingKey, Policy,
+    Quota,
 };
 pub use crate::response::{
     DefaultRejection, GrpcRejection, OnRejection, ProblemJson, RejectReason, Rejection,

@@ -12,6 +12,11 @@ use crate::key::{Key, KeyExtractor, PeerIp};
 
 /// The largest limit a quota may have.
 pub const MAX_LIMIT: u64 = 1_000_000_000;
+/// The largest limit of a quota counted with [`Algorithm::SlidingLog`], which
+/// stores one entry per admitted unit: 10 000 entries are about 1.2 MB in Redis
+/// and one admission of that cost takes milliseconds. Use
+/// [`Algorithm::SlidingWindow`] (O(1) per client) for larger limits.
+pub const MAX_LOG_LIMIT: u64 = 10_000;
 /// The longest window a quota may have (365 days).
 pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The shortest window a quota may have.
@@ -366,12 +371,16 @@ impl Policy {
                     index,
                 });
             }
-            if q.limit > MAX_LIMIT {
+            let max = match inner.algorithm {
+                Algorithm::SlidingLog => MAX_LOG_LIMIT,
+                Algorithm::SlidingWindow => MAX_LIMIT,
+            };
+            if q.limit > max {
                 return Err(ConfigError::LimitTooLarge {
                     policy: policy(),
                     index,
                     limit: q.limit,
-                    max: MAX_LIMIT,
+                    max,
                 });
             }
             if q.window < MIN_WINDOW {
@@ -383,6 +392,13 @@ impl Policy {
             }
             if q.window > MAX_WINDOW {
                 return Err(ConfigError::WindowTooLong {
+                    policy: policy(),
+                    index,
+                    window: q.window,
+                });
+            }
+            if q.window.subsec_nanos() % 1_000_000 != 0 {
+                return Err(ConfigError::WindowNotWholeMillis {
                     policy: policy(),
                     index,
                     window: q.window,
@@ -460,7 +476,7 @@ mod tests {
                 Policy::new("x")
                     .quota(Quota::per_second(1))
                     .quota(Quota::per_second(2)),
-                "identical",
+                "same window",
             ),
             (
                 Policy::new("x").quota(Quota::per_second(3)).cost(0),

@@ -11,6 +11,7 @@ use crate::error::BackendError;
 use crate::failure;
 use crate::future::{Checked, ResponseFuture};
 use crate::layer::Shared;
+use crate::policy::MAX_LIMIT;
 use crate::response::{OnRejection, RejectReason};
 use crate::routes::Action;
 
@@ -93,7 +94,9 @@ where
                 None,
             );
         };
-        let cost = policy.cost_for(&parts);
+        // Any cost above MAX_LIMIT is denied alike; clamping keeps the
+        // arithmetic far from overflow whatever a cost function returns.
+        let cost = policy.cost_for(&parts).min(MAX_LIMIT + 1);
         // A client denied moments ago is denied again without a backend call.
         if let Some(decision) = shared.blocked.get(ix, &key, cost) {
             return ResponseFuture::rejected(

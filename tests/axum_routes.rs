@@ -1,8 +1,8 @@
 //! axum 0.8 per-route limits, end to end on loopback with a real HTTP client:
 //! `route_layer` on route groups versus the layer's own route table,
-//! `key::PerRoute` with axum's `MatchedPath` (and its fallback to the
-//! normalised path), `Router::layer` versus `Router::route_layer` on 404
-//! fallbacks, and the `ProblemJson` rejection.
+//! `key::PerRoute` with axum's `MatchedPath` (and its one shared
+//! `!unmatched` bucket per client without it), `Router::layer` versus
+//! `Router::route_layer` on 404 fallbacks, and the `ProblemJson` rejection.
 //! Every `RateLimit`/`RateLimit-Policy` value seen is parsed with sfv.
 
 mod support;
@@ -154,8 +154,10 @@ async fn per_route_uses_matched_path_under_route_layer() {
 }
 
 /// `Router::layer` also wraps each matched route (after routing), so
-/// `MatchedPath` is there too; the 404 fallback has no route template, so
-/// `PerRoute` falls back to the path there: one bucket per unmatched path.
+/// `MatchedPath` is there too. The 404 fallback has no route template, so
+/// `PerRoute` gives every unmatched path of a client one shared bucket
+/// (`!unmatched`), apart from its route buckets: probing `/nope/1`,
+/// `/nope/2`, ... cannot multiply the quota.
 #[tokio::test]
 async fn per_route_under_router_layer_and_on_the_fallback() {
     let base = serve(users_and_items().layer(layer(per_route_policy()))).await;
@@ -168,18 +170,30 @@ async fn per_route_under_router_layer_and_on_the_fallback() {
     let sent = send(&client, Method::GET, &format!("{base}/users/4")).await;
     assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS);
 
-    for (path, r) in [("/nope/1", 2), ("/nope/2", 2), ("/nope/1", 1)] {
+    // Distinct unmatched paths draw from one fresh bucket, not the exhausted
+    // `/users/{id}` one, and not one bucket each.
+    for (path, r) in [("/nope/1", 2), ("/nope/2", 1), ("/other/3", 0)] {
         let sent = send(&client, Method::GET, &format!("{base}{path}")).await;
         assert_eq!(sent.status, StatusCode::NOT_FOUND, "{path}");
-        assert_eq!(state(&sent).1, r, "{path}");
+        assert_eq!(state(&sent), ("per-route".to_owned(), r), "{path}");
     }
+    for path in ["/nope/4", "/nope/1", "/users"] {
+        let sent = send(&client, Method::GET, &format!("{base}{path}")).await;
+        assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
+        assert_eq!(state(&sent).1, 0, "{path}");
+    }
+    // The exhausted unmatched bucket does not touch `/items/{id}`.
+    let sent = send(&client, Method::GET, &format!("{base}/items/9")).await;
+    assert_eq!(sent.status, StatusCode::OK);
+    assert_eq!(state(&sent).1, 2);
 }
 
 /// A layer wrapping the whole `Router` as a tower service runs before
-/// routing: no `MatchedPath`, so `PerRoute` keys by the normalised request
-/// path, one bucket per distinct path (spellings of one path share it).
+/// routing: no `MatchedPath`, so every request is unmatched and `PerRoute`
+/// keys by client alone. `/users/1`, `/users/2`, ... and `/items/1` share one
+/// bucket per client, so varying the id cannot multiply the quota.
 #[tokio::test]
-async fn per_route_falls_back_to_the_normalised_path_outside_the_router() {
+async fn per_route_outside_the_router_is_one_bucket_per_client() {
     use tower::Layer as _;
 
     let service = layer(per_route_policy()).layer(users_and_items());
@@ -195,21 +209,21 @@ async fn per_route_falls_back_to_the_normalised_path_outside_the_router() {
         .unwrap();
     });
     let client = client();
-    for id in 1..=4 {
-        let sent = send(&client, Method::GET, &format!("{base}/users/{id}")).await;
-        assert_eq!(sent.status, StatusCode::OK, "/users/{id}");
-        assert_eq!(state(&sent).1, 2, "a fresh bucket for /users/{id}");
-    }
-    // `/users/1/` and `//users/1` are /users/1's bucket (whatever axum answers).
-    for (path, r) in [("/users/1/", 1), ("//users/1", 0)] {
+    for (path, r) in [("/users/1", 2), ("/users/2", 1), ("/items/1", 0)] {
         let sent = send(&client, Method::GET, &format!("{base}{path}")).await;
-        assert_ne!(sent.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
-        assert_eq!(state(&sent).1, r, "{path}");
+        assert_eq!(sent.status, StatusCode::OK, "{path}");
+        assert_eq!(state(&sent), ("per-route".to_owned(), r), "{path}");
     }
-    let sent = send(&client, Method::GET, &format!("{base}/users/1")).await;
-    assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS);
-    let sent = send(&client, Method::GET, &format!("{base}/users/2")).await;
-    assert_eq!(sent.status, StatusCode::OK);
+    // Fresh ids, other spellings and 404s are all the same exhausted bucket.
+    for path in ["/users/4", "/items/2", "//users/1/", "/nope"] {
+        let sent = send(&client, Method::GET, &format!("{base}{path}")).await;
+        assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
+        assert_eq!(state(&sent).1, 0, "{path}");
+        assert!(
+            (1..=60).contains(&headers::retry_after(&sent.headers)),
+            "{path}"
+        );
+    }
 }
 
 /// `Router::layer` limits requests that end in the 404 fallback;

@@ -346,8 +346,8 @@ async fn retry_after_is_correct(h: &Harness, alg: Algorithm) {
         let r = retry_us(&d);
         assert_between(r, 1, W, "counter retry-after within the window");
         // cur = 3: in the next window, floor(3 * (W - x) / W) + 1 <= 3 once
-        // x >= W - floor(2 W / 3).
-        let target = W - 2 * W / 3;
+        // 3 * (W - x) / W < 3, i.e. from x = 1 µs (+1 µs against rounding).
+        let target = decay_target(3, 2);
         let (e_lo, e_hi) = (c - s, e - s);
         assert_between(
             r,
@@ -357,10 +357,10 @@ async fn retry_after_is_correct(h: &Harness, alg: Algorithm) {
         );
         if h.exact() {
             assert_eq!(r, W / 2 + target);
-            // Conservative by less than one unit's worth of decay (W / cur).
-            h.sleep(r - W / 3 - 1).await;
-            assert_denied(&h.check(&p, &key, 1).await, 0, "well before retry-after");
-            h.sleep(W / 3 + 1).await;
+            // Exact to the microsecond (+1 µs against rounding).
+            h.sleep(r - 2).await;
+            assert_denied(&h.check(&p, &key, 1).await, 0, "just before retry-after");
+            h.sleep(2).await;
         } else {
             h.sleep(r + h.margin()).await;
         }
@@ -429,16 +429,17 @@ async fn window_slides(h: &Harness, alg: Algorithm) {
         let (d, c, e) = h.check_timed(&p, &key, 1).await;
         assert_denied(&d, 0, "decayed slots used up");
         // cur = 5, prev = 10: the previous window must weigh at most 4,
-        // i.e. elapsed >= W - floor(4 W / 10) = 600 ms.
+        // i.e. 10 * (W - x) / W < 5: from x = 500 ms + 1 µs (+1 µs margin).
         let r = retry_us(&d);
+        let target = decay_target(10, 4);
         assert_between(
             r,
-            600 * MS - (e - s - W),
-            600 * MS - (c - s - W),
+            target - (e - s - W),
+            target - (c - s - W),
             "retry while the previous window decays",
         );
         if h.exact() {
-            assert_eq!(r, 190 * MS);
+            assert_eq!(r, target - 410 * MS);
         }
         h.sleep(r + m).await;
         assert_allowed(&h.check(&p, &key, 1).await, "after the decay");
@@ -489,8 +490,9 @@ async fn multi_quota_all_or_nothing(h: &Harness, alg: Algorithm) {
                 assert_eq!(retry, W, "{what}");
             }
         } else if h.exact() {
-            // cur = 2 at the window start: next window, once 2 * weight <= 1.
-            assert_eq!(retry, W + W / 2, "{what}");
+            // cur = 2 at the window start: next window, once
+            // floor(2 * weight) <= 1, i.e. from 1 µs in (+1 µs margin).
+            assert_eq!(retry, W + decay_target(2, 1), "{what}");
         } else {
             assert_between(retry, W / 2, W + W / 2, &what);
         }
@@ -572,7 +574,7 @@ async fn cost_above_one(h: &Harness, alg: Algorithm) {
         }
     } else {
         // cur = 9: next window, once floor(9 * weight) <= 7.
-        let target = W - 7 * W / 9;
+        let target = decay_target(9, 7);
         assert_between(
             r,
             W - (e - t0) + target,
@@ -725,6 +727,14 @@ async fn counter_estimate_at_window_boundaries(h: &Harness, alg: Algorithm) {
             *model.entry(t - t % W).or_default() += 1;
         }
     }
+}
+
+/// The offset into a window from which a decaying count of `decaying` weighs
+/// at most `room` units: the first `x` with `floor(decaying * (W - x) / W) <=
+/// room`, i.e. `decaying * (W - x) / W < room + 1`, plus 1 µs against rounding.
+fn decay_target(decaying: u64, room: u64) -> u64 {
+    let first = W - ((room + 1) * W).div_ceil(decaying) + 1;
+    first + 1
 }
 
 macro_rules! scenarios {

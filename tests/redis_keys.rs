@@ -135,7 +135,7 @@ async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
         let (p, k) = (&policies[pi], &keys[ki]);
         let q = &p.quotas()[qi];
         let w = window_us(q);
-        // Layout: <prefix>:{<policy>:<key>}:<l|w><index>.
+        // Layout: <prefix>:{<policy>:<key>}:<l|w><window in ms>.
         let letter = if p.algorithm_kind() == SlidingLog {
             'l'
         } else {
@@ -143,7 +143,12 @@ async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
         };
         assert_eq!(
             name,
-            &format!("{prefix}:{{{}:{}}}:{letter}{qi}", p.name(), k.as_str())
+            &format!(
+                "{prefix}:{{{}:{}}}:{letter}{}",
+                p.name(),
+                k.as_str(),
+                q.window().as_millis()
+            )
         );
         // All keys of one decision hash by the same tag (one slot).
         assert_eq!(
@@ -250,10 +255,10 @@ fn hostile_identities(prefix: &str) -> Vec<Vec<u8>> {
         b"*".to_vec(),
         b"a?[b-c]\\".to_vec(),
         // Look like other keys, prefixes or the sanitised form of another identity.
-        format!("{prefix}:{{hostile-log:victim}}:l0").into_bytes(),
-        format!("{prefix}:{{hostile-win:victim}}:w0").into_bytes(),
+        format!("{prefix}:{{hostile-log:victim}}:l60000").into_bytes(),
+        format!("{prefix}:{{hostile-win:victim}}:w60000").into_bytes(),
         format!("{prefix}:victim").into_bytes(),
-        b"rl:{api:203.0.113.9}:w0".to_vec(),
+        b"rl:{api:203.0.113.9}:w60000".to_vec(),
         Key::new("{").as_str().as_bytes().to_vec(),
         Key::new("{").as_str().as_bytes()[1..].to_vec(),
         b"victim:".to_vec(),

@@ -12,8 +12,12 @@ use crate::key::Key;
 use crate::policy::Policy;
 
 const SHARDS: usize = 16;
-/// Every this many writes a shard drops its expired entries.
-const SWEEP_EVERY: u32 = 1024;
+/// A shard drops its expired entries every this many writes, or every
+/// shard-capacity writes if that is more (so a sweep costs O(1) amortised).
+const SWEEP_EVERY: usize = 1024;
+/// When a full shard needs room and no sweep is due, the entry closest to
+/// expiry among this many (the first ones the map yields) is evicted.
+const EVICTION_SAMPLE: usize = 8;
 
 /// In-process counters with the same algorithms and outcomes as
 /// [`RedisBackend`](super::RedisBackend).
@@ -21,9 +25,11 @@ const SWEEP_EVERY: u32 = 1024;
 /// State lives in a sharded map of `(policy, key)` entries. Memory is bounded:
 /// entries are dropped once their counts have left every window, and the
 /// number of tracked clients is capped ([`MemoryBackend::with_capacity`],
-/// default 100 000). When the map is full of live entries the one closest to
-/// expiry is evicted, which forgets that client's count (as Redis does under
-/// `allkeys-lru`).
+/// default 100 000). When the map is full, a new client first makes the shard
+/// drop its expired entries (at most once per shard-capacity writes); if
+/// none is due or it freed nothing, the entry closest to expiry among a small
+/// sample is evicted, which forgets that client's count (as Redis does under
+/// `allkeys-lru`). Either way a new client costs O(1) amortised.
 ///
 /// Each instance counts on its own: with several application instances, use
 /// Redis for a shared limit.
@@ -42,7 +48,43 @@ struct Inner {
 #[derive(Default)]
 struct Shard {
     map: HashMap<String, Entry>,
-    writes: u32,
+    /// Writes since the last sweep.
+    writes: usize,
+    /// Sweeps so far (a test helper).
+    sweeps: u64,
+}
+
+impl Shard {
+    /// Drops the entries expired at `now`.
+    fn sweep(&mut self, now: u64) {
+        self.map.retain(|_, e| e.expires_at > now);
+        self.writes = 0;
+        self.sweeps += 1;
+    }
+
+    /// Makes room for one new entry in a shard holding `capacity` or more:
+    /// sweeps when one is due, else evicts the entry closest to expiry among
+    /// a sample (an expired one when the sample holds any).
+    fn make_room(&mut self, capacity: usize, now: u64) {
+        if self.map.len() < capacity {
+            return;
+        }
+        if self.writes >= capacity {
+            self.sweep(now);
+        }
+        while self.map.len() >= capacity {
+            let Some(victim) = self
+                .map
+                .iter()
+                .take(EVICTION_SAMPLE)
+                .min_by_key(|(_, e)| e.expires_at)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            self.map.remove(&victim);
+        }
+    }
 }
 
 struct Entry {
@@ -129,38 +171,56 @@ impl MemoryBackend {
 
         let algorithm = policy.algorithm_kind();
         let quotas = policy.quotas();
-        let mut entry = shard.map.remove(&id).unwrap_or_else(|| Entry {
-            quotas: Vec::new(),
-            expires_at: 0,
-        });
-        let fresh = entry.expires_at <= now
-            || entry.quotas.len() != quotas.len()
-            || !entry.quotas.iter().all(|q| q.matches(algorithm));
-        if fresh {
-            entry.quotas = quotas.iter().map(|_| QuotaState::new(algorithm)).collect();
-        }
-        let (decision, keep) = algorithm::check(&mut entry.quotas, quotas, now, cost);
-        if keep > 0 {
-            entry.expires_at = now + keep;
-            shard.writes = shard.writes.wrapping_add(1);
-            if shard.writes.is_multiple_of(SWEEP_EVERY) {
-                shard.map.retain(|_, e| e.expires_at > now);
-            }
-            if shard.map.len() >= inner.per_shard {
-                shard.map.retain(|_, e| e.expires_at > now);
-                if shard.map.len() >= inner.per_shard
-                    && let Some(victim) = shard
-                        .map
-                        .iter()
-                        .min_by_key(|(_, e)| e.expires_at)
-                        .map(|(k, _)| k.clone())
-                {
-                    shard.map.remove(&victim);
+        let fresh_quotas = || quotas.iter().map(|_| QuotaState::new(algorithm)).collect();
+        let shard = &mut *shard;
+        let (decision, keep) = match shard.map.get_mut(id.as_str()) {
+            Some(entry) => {
+                let stale = entry.expires_at <= now
+                    || entry.quotas.len() != quotas.len()
+                    || !entry.quotas.iter().all(|q| q.matches(algorithm));
+                if stale {
+                    entry.quotas = fresh_quotas();
                 }
+                let (decision, keep) = algorithm::check(&mut entry.quotas, quotas, now, cost);
+                if keep > 0 {
+                    entry.expires_at = now.saturating_add(keep);
+                } else {
+                    // Nothing counts any more: the entry would only take room.
+                    shard.map.remove(id.as_str());
+                }
+                (decision, keep)
             }
-            shard.map.insert(id, entry);
+            None => {
+                let mut entry = Entry {
+                    quotas: fresh_quotas(),
+                    expires_at: 0,
+                };
+                let (decision, keep) = algorithm::check(&mut entry.quotas, quotas, now, cost);
+                if keep > 0 {
+                    entry.expires_at = now.saturating_add(keep);
+                    shard.make_room(inner.per_shard, now);
+                    shard.map.insert(id, entry);
+                }
+                (decision, keep)
+            }
+        };
+        if keep > 0 {
+            shard.writes += 1;
+            if shard.writes >= SWEEP_EVERY.max(inner.per_shard) {
+                shard.sweep(now);
+            }
         }
         decision
+    }
+
+    /// Sweeps done so far, over all shards (a test helper).
+    #[cfg(test)]
+    fn sweeps(&self) -> u64 {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).sweeps)
+            .sum()
     }
 }
 
@@ -197,6 +257,59 @@ mod tests {
             MemoryBackend::with_capacity(clock, 0).unwrap_err(),
             ConfigError::ZeroCapacity
         );
+    }
+
+    #[test]
+    fn a_full_backend_answers_new_keys_in_o1_and_stays_bounded() {
+        let clock = FakeClock::new(1_000_000_000);
+        let capacity = 1024;
+        let backend = MemoryBackend::with_capacity(clock.clone(), capacity).unwrap();
+        let policy = Policy::new("p").quota(Quota::per_minute(2));
+        // Fill it with live entries, then rotate through many more keys.
+        for i in 0..capacity {
+            assert!(
+                backend
+                    .check_now(&policy, &Key::new(format!("a{i}")), 1)
+                    .is_allowed()
+            );
+        }
+        let sweeps_when_full = backend.sweeps();
+        let rotated = 20_000;
+        for i in 0..rotated {
+            let key = Key::new(format!("b{i}"));
+            let decision = backend.check_now(&policy, &key, 1);
+            assert!(decision.is_allowed(), "a new key is answered: {i}");
+            assert_eq!(decision.quotas()[0].remaining, 1);
+            assert!(backend.len() <= capacity, "len {}", backend.len());
+            // The newest client is tracked: its second request counts.
+            if i % 1000 == 0 {
+                assert_eq!(backend.check_now(&policy, &key, 1).quotas()[0].remaining, 0);
+            }
+        }
+        assert_eq!(backend.len(), capacity, "full, not over-evicted");
+        // Sweeps (O(shard) each) happen at most once per shard-capacity
+        // writes per shard: far fewer than one per new key.
+        let per_shard = capacity / SHARDS;
+        let sweeps = backend.sweeps() - sweeps_when_full;
+        let bound = (rotated + rotated / 1000) / per_shard as u64 + SHARDS as u64;
+        assert!(
+            sweeps <= bound,
+            "{sweeps} sweeps for {rotated} new keys (bound {bound})"
+        );
+        // Once everything has expired, new keys reuse the room.
+        clock.advance(Duration::from_secs(61));
+        for i in 0..2 * capacity {
+            assert!(
+                backend
+                    .check_now(&policy, &Key::new(format!("c{i}")), 1)
+                    .is_allowed()
+            );
+            assert!(backend.len() <= capacity);
+        }
+        // The last client is tracked: its second request counts.
+        let key = Key::new(format!("c{}", 2 * capacity - 1));
+        assert_eq!(backend.check_now(&policy, &key, 1).quotas()[0].remaining, 0);
+        assert_eq!(backend.len(), capacity);
     }
 
     #[test]

@@ -30,9 +30,9 @@ static SLIDING_WINDOW: LazyLock<Script> =
 /// Key layout, one key per quota, all keys of one decision in one hash slot:
 ///
 /// ```text
-/// <prefix>:{<policy>:<client key>}:<l|w><quota index>
-/// rl:{auth:203.0.113.9}:l0        sliding log, sorted set
-/// rl:{api:203.0.113.9}:w0         sliding window counter, hash {s, c, p}
+/// <prefix>:{<policy>:<client key>}:<l|w><window in ms>
+/// rl:{auth:203.0.113.9}:l60000    sliding log, sorted set
+/// rl:{api:203.0.113.9}:w60000     sliding window counter, hash {s, c, p}
 /// ```
 ///
 /// Every key written carries a TTL no longer than its data matters.
@@ -218,17 +218,27 @@ impl RedisBackend {
         &self.inner.prefix
     }
 
-    /// The Redis key of quota `index` of `policy` for `key`.
+    /// The Redis key of quota `index` of `policy` for `key`:
+    /// `<prefix>:{<policy>:<key>}:<l|w><window in ms>`.
+    ///
+    /// The algorithm letter and the window are part of the key, so two
+    /// policies that share a name (in different layers or deployments) but
+    /// count differently never read each other's data.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not a quota index of `policy`.
     pub fn redis_key(&self, policy: &Policy, key: &Key, index: usize) -> String {
         let tag = match policy.algorithm_kind() {
             Algorithm::SlidingLog => 'l',
             Algorithm::SlidingWindow => 'w',
         };
         format!(
-            "{}:{{{}:{}}}:{tag}{index}",
+            "{}:{{{}:{}}}:{tag}{}",
             self.inner.prefix,
             policy.name(),
-            key.as_str()
+            key.as_str(),
+            policy.quotas()[index].window().as_millis()
         )
     }
 }

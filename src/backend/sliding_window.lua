@@ -21,8 +21,9 @@ for i = 1, n do
   local start = now - e
   local h = redis.call('HMGET', KEYS[i], 's', 'c', 'p')
   local s, c, p = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
-  if s == start then
-    -- same fixed window
+  if s ~= nil and s >= start then
+    -- same fixed window (or a later one: the clock stepped back; keep counts)
+    start = s
   elseif s ~= nil and s + window == start then
     p, c = c, 0
   else
@@ -35,11 +36,12 @@ for i = 1, n do
     if cost > limit then
       r = window
     elseif c + cost <= limit then
-      local target = window - math.floor((limit - cost - c) * window / p)
+      local overlap = math.ceil((limit - cost - c + 1) * window / p)
+      local target = math.max(window + 2 - overlap, 0)
       r = math.max(target - e, 1)
     else
-      local target = window - math.floor((limit - cost) * window / c)
-      r = window - e + target
+      local overlap = math.ceil((limit - cost + 1) * window / c)
+      r = window - e + math.max(window + 2 - overlap, 0)
     end
     if r > retry then denied, retry = i, r end
   end
