@@ -288,15 +288,21 @@ impl Inner {
 
 impl Backend for RedisBackend {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
-        let script: &'static Script = match policy.algorithm_kind() {
-            Algorithm::SlidingLog => &SLIDING_LOG,
-            Algorithm::SlidingWindow => &SLIDING_WINDOW,
+        let mut invocation = match policy.algorithm_kind() {
+            Algorithm::SlidingLog => {
+                // Log members must be unique per admitted unit across instances.
+                let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+                let mut inv = SLIDING_LOG.prepare_invoke();
+                inv.arg(cost)
+                    .arg(format!("{:x}.{seq:x}", self.inner.instance));
+                inv
+            }
+            Algorithm::SlidingWindow => {
+                let mut inv = SLIDING_WINDOW.prepare_invoke();
+                inv.arg(cost).arg(""); // the counter needs no nonce
+                inv
+            }
         };
-        let mut invocation = script.prepare_invoke();
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        invocation
-            .arg(cost)
-            .arg(format!("{:x}.{seq:x}", self.inner.instance));
         let quotas: Vec<_> = policy.quotas().to_vec();
         for (i, q) in quotas.iter().enumerate() {
             invocation
