@@ -17,29 +17,18 @@
 //! `hyper_util::service::TowerToHyperService` turns the tower service into a
 //! hyper one.
 
+#[path = "common/env.rs"]
+mod env;
 #[path = "common/hyper_app.rs"]
 mod hyper_app;
 
-use tower_redis_ratelimit::{DEFAULT_DEADLINE, MemoryBackend, RedisBackend};
+use tower_redis_ratelimit::DEFAULT_DEADLINE;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    env::init_tracing();
 
-    let limits = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => {
-            println!("backend: redis at {url}");
-            hyper_app::limits(RedisBackend::new(&url)?, DEFAULT_DEADLINE)?
-        }
-        _ => {
-            println!("backend: in-memory (set REDIS_URL to share limits through Redis)");
-            hyper_app::limits(MemoryBackend::new(), DEFAULT_DEADLINE)?
-        }
-    };
+    let limits = hyper_app::limits(env::backend_from_env()?, DEFAULT_DEADLINE)?;
 
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3001".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;

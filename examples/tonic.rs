@@ -16,30 +16,19 @@
 //! crate's `tonic` feature. The service code is in `examples/common/greeter.rs`;
 //! the protobuf code in `examples/proto/helloworld.rs` is generated (no build.rs).
 
+#[path = "common/env.rs"]
+mod env;
 #[path = "common/greeter.rs"]
 mod greeter;
 
-use tower_redis_ratelimit::{DEFAULT_DEADLINE, MemoryBackend, RedisBackend};
+use tower_redis_ratelimit::DEFAULT_DEADLINE;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    env::init_tracing();
 
     let policy = greeter::say_hello_policy();
-    let limits = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => {
-            println!("backend: redis at {url}");
-            greeter::limits(RedisBackend::new(&url)?, policy, DEFAULT_DEADLINE)?
-        }
-        _ => {
-            println!("backend: in-memory (set REDIS_URL to share limits through Redis)");
-            greeter::limits(MemoryBackend::new(), policy, DEFAULT_DEADLINE)?
-        }
-    };
+    let limits = greeter::limits(env::backend_from_env()?, policy, DEFAULT_DEADLINE)?;
 
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:50051".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
