@@ -25,27 +25,30 @@ struct Entry {
     at: Instant,
 }
 
-/// Denied `(policy, key)` pairs and when they may retry.
+/// Denied `(policy, key)` pairs and when they may retry: `SHARDS` maps per
+/// policy, keyed by the client key alone, so lookups borrow the key.
 #[derive(Debug)]
 pub(crate) struct BlockedCache {
-    shards: Vec<Mutex<HashMap<(usize, Key), Entry>>>,
+    shards: Vec<Mutex<HashMap<Key, Entry>>>,
     per_shard: usize,
     hasher: RandomState,
 }
 
 impl BlockedCache {
-    /// A cache of at most about `capacity` blocked clients (0 disables it).
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A cache of at most about `capacity` blocked clients over `policies`
+    /// policies (capacity 0 disables it).
+    pub(crate) fn new(capacity: usize, policies: usize) -> Self {
+        let shards = SHARDS * policies.max(1);
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            per_shard: capacity.div_ceil(SHARDS),
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            per_shard: capacity.div_ceil(shards),
             hasher: RandomState::new(),
         }
     }
 
-    fn shard(&self, policy: usize, key: &Key) -> &Mutex<HashMap<(usize, Key), Entry>> {
-        let ix = self.hasher.hash_one((policy, key)) as usize % SHARDS;
-        &self.shards[ix]
+    fn shard(&self, policy: usize, key: &Key) -> &Mutex<HashMap<Key, Entry>> {
+        let ix = policy * SHARDS + self.hasher.hash_one(key) as usize % SHARDS;
+        &self.shards[ix % self.shards.len()]
     }
 
     /// The denial to repeat for this request, if the client is still blocked.
@@ -58,10 +61,9 @@ impl BlockedCache {
             .shard(policy, key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let map_key = (policy, key.clone());
-        let entry = shard.get(&map_key)?;
+        let entry = shard.get(key)?;
         if entry.until <= now {
-            shard.remove(&map_key);
+            shard.remove(key);
             return None;
         }
         if cost < entry.cost {
@@ -110,7 +112,7 @@ impl BlockedCache {
             }
         }
         shard.insert(
-            (policy, key.clone()),
+            key.clone(),
             Entry {
                 until: now + retry,
                 cost,
@@ -140,7 +142,7 @@ mod tests {
 
     #[test]
     fn repeats_denials_until_retry_time_for_same_or_higher_cost() {
-        let cache = BlockedCache::new(100);
+        let cache = BlockedCache::new(100, 2);
         let k = Key::new("a");
         assert!(cache.get(0, &k, 1).is_none());
         cache.insert(0, &k, 2, &denied(40));
@@ -159,13 +161,13 @@ mod tests {
 
     #[test]
     fn bounded_and_disableable() {
-        let cache = BlockedCache::new(32);
+        let cache = BlockedCache::new(32, 1);
         for i in 0..1000 {
             cache.insert(0, &Key::new(format!("k{i}")), 1, &denied(10_000));
         }
         let len: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(len <= 32, "{len}");
-        let off = BlockedCache::new(0);
+        let off = BlockedCache::new(0, 1);
         off.insert(0, &Key::new("a"), 1, &denied(10_000));
         assert!(off.get(0, &Key::new("a"), 1).is_none());
     }

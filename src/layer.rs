@@ -273,6 +273,7 @@ impl RateLimitLayerBuilder {
         let backend = self
             .backend
             .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let blocked = BlockedCache::new(self.blocked_capacity, policies.len());
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 backend,
@@ -290,7 +291,7 @@ impl RateLimitLayerBuilder {
                 style: self.style,
                 breaker: Arc::new(Breaker::new(self.breaker)),
                 local: MemoryBackend::new(),
-                blocked: BlockedCache::new(self.blocked_capacity),
+                blocked,
             }),
             on_rejection: DefaultRejection,
         })
