@@ -124,6 +124,27 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// Two rules have the same pattern and method: the second could never
+    /// decide anything.
+    #[error(
+        "route {pattern:?} is configured twice for the same method (first as {first:?}); \
+         keep one rule per pattern and method"
+    )]
+    DuplicateRoute {
+        /// The later pattern.
+        pattern: String,
+        /// The earlier pattern it repeats.
+        first: String,
+    },
+    /// A route pattern conflicts with another one (e.g. `/users/{id}` and
+    /// `/users/{name}`: the router cannot tell them apart).
+    #[error("route {pattern:?} conflicts with another route: {reason}")]
+    ConflictingRoute {
+        /// The pattern that could not be added.
+        pattern: String,
+        /// The router's explanation.
+        reason: String,
+    },
     /// The backend deadline is zero.
     #[error("the backend deadline must be greater than zero")]
     ZeroDeadline,

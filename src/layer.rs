@@ -14,7 +14,7 @@ use crate::failure::{Breaker, CircuitBreaker};
 use crate::headers::{HeaderStyle, PolicyHeaders};
 use crate::policy::Policy;
 use crate::response::DefaultRejection;
-use crate::routes::{Action, Pattern, RouteTable, Rule};
+use crate::routes::{Action, RouteTable, Rule, tightest_rate};
 use crate::service::RateLimit;
 
 /// The default capacity of the blocked-client cache.
@@ -175,7 +175,12 @@ impl RateLimitLayerBuilder {
     }
 
     /// Limits requests of any method whose path matches `pattern` with `policy`.
-    /// Rules are tried in the order they are added.
+    ///
+    /// Patterns use axum's syntax (`/users/{id}`, `/files/{*rest}`) and are
+    /// matched as axum matches them: the most specific pattern wins, whatever
+    /// the order of the rules. Every spelling of a path that some router or
+    /// proxy could read differently is matched too, and the strictest answer
+    /// applies (see the crate's "Security" section in the README).
     pub fn route(mut self, pattern: impl Into<String>, policy: Policy) -> Self {
         self.rules
             .push((None, pattern.into(), Target::Limit(policy)));
@@ -196,6 +201,11 @@ impl RateLimitLayerBuilder {
     }
 
     /// Never limits requests whose path matches `pattern` (e.g. `/health`).
+    ///
+    /// Only requests that are exempt under every reading of their path are
+    /// exempt: `/health/`, `//health` or `/%68ealth`, which axum routes
+    /// elsewhere (a 404 fallback, a `/{slug}` route), are limited by the
+    /// default policy.
     pub fn exempt(mut self, pattern: impl Into<String>) -> Self {
         self.rules.push((None, pattern.into(), Target::Exempt));
         self
@@ -259,7 +269,6 @@ impl RateLimitLayerBuilder {
         let default = self.default.map(&mut intern).transpose()?;
         let mut rules = Vec::with_capacity(self.rules.len());
         for (method, pattern, target) in self.rules {
-            let pattern = Pattern::parse(&pattern, self.case_insensitive)?;
             let action = match target {
                 Target::Limit(policy) => Action::Limit(intern(policy)?),
                 Target::Exempt => Action::Exempt,
@@ -273,19 +282,17 @@ impl RateLimitLayerBuilder {
         let backend = self
             .backend
             .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let routes = RouteTable::new(
+            rules,
+            default,
+            self.case_insensitive,
+            policies.iter().map(|(p, _)| tightest_rate(p)).collect(),
+        )?;
         let blocked = BlockedCache::new(self.blocked_capacity, policies.len());
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 backend,
-                routes: RouteTable {
-                    rules,
-                    default,
-                    case_insensitive: self.case_insensitive,
-                    rates: policies
-                        .iter()
-                        .map(|(p, _)| crate::routes::tightest_rate(p))
-                        .collect(),
-                },
+                routes,
                 policies,
                 deadline: self.deadline,
                 style: self.style,

@@ -1,34 +1,47 @@
-//! The per-route policy table and the path normalisation behind it.
+//! The per-route policy table, and the readings of a request path it matches.
 //!
-//! Patterns use axum's syntax: literal segments, `{param}` for one segment and
-//! `{*rest}` for the rest of the path. Rules are tried in the order they were
-//! added; the first match wins. A rule with a method matches only that method
-//! (`GET` also matches `HEAD`, as in axum).
+//! Patterns use axum 0.8's syntax: literal segments, `{param}` for one
+//! segment and `{*rest}` for the rest of the path (at least one character, as
+//! in axum: `/files/{*rest}` does not match `/files`). Matching is done by
+//! [matchit], the router inside axum, so the most specific pattern wins
+//! whatever the order the rules were added in: a literal segment beats a
+//! `{param}`, which beats a `{*rest}`. A rule with a method applies to that
+//! method only (`GET` also to `HEAD`, as in axum) and, on the same pattern,
+//! wins over a rule for any method.
 //!
-//! Request paths are normalised before matching so that variants of one path
-//! cannot dodge its policy: empty segments (`//`), trailing slashes and
-//! `;parameters` are removed, and percent-encoded unreserved characters
-//! (`%6C` → `l`) are decoded (a `%` that starts no escape is spelled `%25`).
-//! With [`case_insensitive`](crate::RateLimitLayerBuilder::case_insensitive_paths)
-//! paths are also compared in lower case.
+//! # Never more lenient than the router
 //!
-//! # Dot segments
+//! The handler that runs is chosen by the application's router from the raw,
+//! still percent-encoded path; a proxy in front of it, or a lenient app, may
+//! read the same path differently (`//auth/login`, `/auth/login/`,
+//! `/auth/./login`, `/auth/%6Cogin`, `/auth/login;x` all mean `/auth/login`
+//! to someone). So every request path is read several ways:
 //!
-//! Whether `.` and `..` segments (also spelled `%2e`, `%2E%2E`, `..;x`) are
-//! resolved depends on the stack: a proxy or a lenient app may resolve them
-//! (`/x/../auth/login` is `/auth/login`), while axum and hyper route by the
-//! literal path (`/files/../health` reaches `/files/{*path}`, not `/health`).
-//! A path with dot segments is therefore matched twice, once with them
-//! resolved ([`normalize_path`]) and once with them kept as literal segments,
-//! and the two answers are combined so that neither reading escapes:
+//! 1. **raw**: exactly as the router reads it (lower-cased too when
+//!    [`case_insensitive_paths`](crate::RateLimitLayerBuilder::case_insensitive_paths)
+//!    is on, for apps that lower-case paths before routing);
+//! 2. **normalised**: empty segments, a trailing slash and `;parameters`
+//!    removed, percent-encoded unreserved characters decoded (`%6C` → `l`;
+//!    a `%` that starts no escape is spelled `%25`), dot segments (also
+//!    spelled `%2e`, `%2E%2E`, `..;x`) kept as literal segments;
+//! 3. **resolved**: the normalised reading with `.` and `..` resolved, as a
+//!    proxy or a file server would (only when the path has dot segments).
 //!
-//! - the request is exempt (or not limited) only if **both** readings say so;
-//! - if only one reading is limited, its policy applies;
-//! - if both are limited by different policies, the **stricter** one applies:
-//!   the policy whose tightest quota has the lowest rate (the minimum over its
-//!   quotas of limit ÷ window in seconds); on a tie, the resolved reading's.
+//! Each reading is matched against the rules (a reading no rule matches gets
+//! the default policy), and the answers are combined so that no reading
+//! escapes:
 //!
-//! A path without dot segments has a single reading and is matched once.
+//! - the request is exempt (or unlimited) only if **every** reading is;
+//! - otherwise the **strictest** limited policy of any reading applies: the
+//!   one whose tightest quota has the lowest rate (the minimum over its quotas
+//!   of limit ÷ window in seconds); on a tie, the earliest reading's in the
+//!   order above, so the router's own reading wins ties.
+//!
+//! A path that is already in normal form (no `//`, trailing `/`, `;`, `%`,
+//! dot segment, or upper case under case-insensitive matching) has one
+//! reading and is matched once, without allocating.
+//!
+//! [matchit]: https://docs.rs/matchit
 
 use std::borrow::Cow;
 
@@ -36,80 +49,6 @@ use http::Method;
 
 use crate::error::ConfigError;
 use crate::policy::Policy;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Param,
-    Rest,
-}
-
-/// A parsed route pattern.
-#[derive(Debug, Clone)]
-pub(crate) struct Pattern {
-    segments: Vec<Segment>,
-}
-
-impl Pattern {
-    pub(crate) fn parse(pattern: &str, case_insensitive: bool) -> Result<Self, ConfigError> {
-        let err = |reason| ConfigError::InvalidRoute {
-            pattern: pattern.to_owned(),
-            reason,
-        };
-        if !pattern.starts_with('/') {
-            return Err(err("must start with `/`"));
-        }
-        let mut segments = Vec::new();
-        let raw: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
-        for (i, seg) in raw.iter().enumerate() {
-            if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                if let Some(name) = inner.strip_prefix('*') {
-                    if name.is_empty() {
-                        return Err(err("`{*}` needs a name"));
-                    }
-                    if i + 1 != raw.len() {
-                        return Err(err("`{*rest}` must be the last segment"));
-                    }
-                    segments.push(Segment::Rest);
-                } else if inner.is_empty() || inner.contains(['{', '}']) {
-                    return Err(err("bad `{param}`"));
-                } else {
-                    segments.push(Segment::Param);
-                }
-            } else if seg.contains(['{', '}']) {
-                return Err(err("braces are only allowed around a whole segment"));
-            } else {
-                let mut norm = normalize_path(&format!("/{seg}"), case_insensitive);
-                if norm.len() != 1 {
-                    return Err(err("`.` and `..` segments are not allowed in patterns"));
-                }
-                segments.push(Segment::Literal(norm.remove(0)));
-            }
-        }
-        Ok(Self { segments })
-    }
-
-    fn matches<S: AsRef<str>>(&self, path: &[S]) -> bool {
-        let mut i = 0;
-        for seg in &self.segments {
-            match seg {
-                Segment::Rest => return true,
-                Segment::Param => {
-                    if i >= path.len() {
-                        return false;
-                    }
-                }
-                Segment::Literal(lit) => {
-                    if path.get(i).map(AsRef::as_ref) != Some(lit.as_str()) {
-                        return false;
-                    }
-                }
-            }
-            i += 1;
-        }
-        i == path.len()
-    }
-}
 
 /// What a rule does with the requests it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,71 +59,280 @@ pub(crate) enum Action {
     Exempt,
 }
 
+/// A rule as configured: an optional method, a pattern, an action.
 #[derive(Debug, Clone)]
 pub(crate) struct Rule {
     pub method: Option<Method>,
-    pub pattern: Pattern,
+    pub pattern: String,
     pub action: Action,
 }
 
+/// A pattern in the two spellings the table matches: as written (for the raw
+/// reading) and with its literal segments normalised (for the others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pattern {
+    raw: String,
+    normalized: String,
+    /// Written in normal form: the two spellings match the same paths.
+    canonical: bool,
+}
+
+impl Pattern {
+    fn parse(pattern: &str, case_insensitive: bool) -> Result<Self, ConfigError> {
+        let err = |reason| ConfigError::InvalidRoute {
+            pattern: pattern.to_owned(),
+            reason,
+        };
+        if !pattern.starts_with('/') {
+            return Err(err("must start with `/`"));
+        }
+        let raw = if case_insensitive {
+            pattern.to_ascii_lowercase()
+        } else {
+            pattern.to_owned()
+        };
+        let raw_segments: Vec<&str> = raw.split('/').filter(|s| !s.is_empty()).collect();
+        // In normal form: no empty segment, no trailing slash, and literal
+        // segments that normalisation leaves as they are.
+        let mut canonical = join(&raw_segments) == raw;
+        let mut normalized = String::with_capacity(pattern.len());
+        let mut params = 0;
+        for (i, seg) in raw_segments.iter().enumerate() {
+            normalized.push('/');
+            if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                params += 1;
+                if let Some(name) = inner.strip_prefix('*') {
+                    if name.is_empty() {
+                        return Err(err("`{*}` needs a name"));
+                    }
+                    if i + 1 != raw_segments.len() {
+                        return Err(err("`{*rest}` must be the last segment"));
+                    }
+                    normalized.push_str(&format!("{{*p{params}}}"));
+                } else if inner.is_empty() || inner.contains(['{', '}', '*']) {
+                    return Err(err("bad `{param}`"));
+                } else {
+                    normalized.push_str(&format!("{{p{params}}}"));
+                }
+            } else if seg.contains(['{', '}']) {
+                return Err(err("braces are only allowed around a whole segment"));
+            } else {
+                let literal = literal_segments(seg, case_insensitive);
+                match literal.as_slice() {
+                    [one] if !is_dot(one) => {
+                        canonical &= one.as_ref() == *seg;
+                        normalized.push_str(one);
+                    }
+                    _ => return Err(err("`.` and `..` segments are not allowed in patterns")),
+                }
+            }
+        }
+        if normalized.is_empty() {
+            normalized.push('/');
+        }
+        Ok(Self {
+            raw,
+            normalized,
+            canonical,
+        })
+    }
+}
+
+/// The rules that apply to one method, in both spellings.
+#[derive(Debug, Clone, Default)]
+struct Routes {
+    raw: matchit::Router<Action>,
+    normalized: matchit::Router<Action>,
+}
+
+/// The route table: per-method routers plus the default policy.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RouteTable {
-    pub rules: Vec<Rule>,
-    pub default: Option<usize>,
-    pub case_insensitive: bool,
+    /// Routers for the methods that some rule names (`HEAD` too when a rule
+    /// names `GET`).
+    by_method: Vec<(Method, Routes)>,
+    /// The router for every other method: rules without a method.
+    any_method: Routes,
+    /// No rule at all: every request gets the default.
+    empty: bool,
+    /// Every pattern is spelled in normal form, so a path in normal form has
+    /// one reading.
+    canonical_patterns: bool,
+    default: Option<usize>,
+    case_insensitive: bool,
     /// The [`tightest_rate`] of each policy, by policy index: lower is
-    /// stricter. Decides between two policies when the readings of a path
-    /// with dot segments disagree (see the module docs).
-    pub rates: Vec<f64>,
+    /// stricter.
+    rates: Vec<f64>,
 }
 
 impl RouteTable {
+    /// Builds the table; `rates` holds the [`tightest_rate`] of each policy.
+    pub(crate) fn new(
+        rules: Vec<Rule>,
+        default: Option<usize>,
+        case_insensitive: bool,
+        rates: Vec<f64>,
+    ) -> Result<Self, ConfigError> {
+        let patterns = rules
+            .iter()
+            .map(|r| Pattern::parse(&r.pattern, case_insensitive))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The same pattern twice for the same method: the second rule could
+        // never decide anything.
+        for (j, (rule, pattern)) in rules.iter().zip(&patterns).enumerate() {
+            let earlier = rules[..j]
+                .iter()
+                .zip(&patterns)
+                .find(|(r, p)| r.method == rule.method && p.raw == pattern.raw);
+            if let Some((first, _)) = earlier {
+                return Err(ConfigError::DuplicateRoute {
+                    pattern: rule.pattern.clone(),
+                    first: first.pattern.clone(),
+                });
+            }
+        }
+        let mut methods: Vec<Method> = Vec::new();
+        for m in rules.iter().filter_map(|r| r.method.clone()) {
+            if !methods.contains(&m) {
+                methods.push(m);
+            }
+        }
+        if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
+            methods.push(Method::HEAD);
+        }
+        let routes_for = |method: Option<&Method>| Self::routes(&rules, &patterns, method, &rates);
+        let by_method = methods
+            .iter()
+            .map(|m| Ok((m.clone(), routes_for(Some(m))?)))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(Self {
+            by_method,
+            any_method: routes_for(None)?,
+            empty: rules.is_empty(),
+            canonical_patterns: patterns.iter().all(|p| p.canonical),
+            default,
+            case_insensitive,
+            rates,
+        })
+    }
+
+    /// The routers for `method` (`None`: a method no rule names). On one
+    /// pattern the most specific rule applies: the method's own, then `GET`'s
+    /// (for `HEAD`), then one for any method; where several spellings of a
+    /// pattern normalise alike, the strictest of them.
+    fn routes(
+        rules: &[Rule],
+        patterns: &[Pattern],
+        method: Option<&Method>,
+        rates: &[f64],
+    ) -> Result<Routes, ConfigError> {
+        let rank = |rule: &Rule| match (&rule.method, method) {
+            (None, _) => Some(0),
+            (Some(m), Some(want)) if m == want => Some(2),
+            (Some(m), Some(want)) if *m == Method::GET && *want == Method::HEAD => Some(1),
+            _ => None,
+        };
+        let mut raw: Vec<(&str, u8, Action, &str)> = Vec::new();
+        let mut normalized: Vec<(&str, u8, Action, &str)> = Vec::new();
+        for (rule, pattern) in rules.iter().zip(patterns) {
+            let Some(rank) = rank(rule) else { continue };
+            for (list, key) in [
+                (&mut raw, &pattern.raw),
+                (&mut normalized, &pattern.normalized),
+            ] {
+                match list.iter_mut().find(|(k, ..)| k == key) {
+                    None => list.push((key, rank, rule.action, &rule.pattern)),
+                    Some(slot) => {
+                        let replace = rank > slot.1
+                            || (rank == slot.1 && stricter(rates, slot.2, rule.action) != slot.2);
+                        if replace {
+                            *slot = (key, rank, rule.action, &rule.pattern);
+                        }
+                    }
+                }
+            }
+        }
+        let build = |list: Vec<(&str, u8, Action, &str)>| {
+            let mut router = matchit::Router::new();
+            for (key, _, action, written) in list {
+                router
+                    .insert(key, action)
+                    .map_err(|e| ConfigError::ConflictingRoute {
+                        pattern: written.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+            }
+            Ok(router)
+        };
+        Ok(Routes {
+            raw: build(raw)?,
+            normalized: build(normalized)?,
+        })
+    }
+
+    fn routes_for(&self, method: &Method) -> &Routes {
+        self.by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map_or(&self.any_method, |(_, r)| r)
+    }
+
     /// The action for a request; `None` means "not limited" (no rule matched
-    /// and there is no default policy).
+    /// any reading and there is no default policy).
     pub(crate) fn select(&self, method: &Method, path: &str) -> Option<Action> {
-        if self.rules.is_empty() {
+        if self.empty {
             return self.default.map(Action::Limit);
         }
-        let literal = literal_segments(path, self.case_insensitive);
-        if !literal.iter().any(|s| is_dot(s)) {
-            // One reading: resolving dot segments would change nothing.
-            return self.lookup(method, &literal);
-        }
-        let resolved = resolve(&literal);
-        self.combine(
-            self.lookup(method, &resolved),
-            self.lookup(method, &literal),
-        )
-    }
-
-    /// The first matching rule's action for these segments, else the default.
-    fn lookup<S: AsRef<str>>(&self, method: &Method, segments: &[S]) -> Option<Action> {
-        for rule in &self.rules {
-            let method_ok = match &rule.method {
-                None => true,
-                Some(m) => m == method || (m == Method::GET && method == Method::HEAD),
+        let routes = self.routes_for(method);
+        let raw: Cow<'_, str> =
+            if self.case_insensitive && path.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(path.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(path)
             };
-            if method_ok && rule.pattern.matches(segments) {
-                return Some(rule.action);
-            }
+        let mut verdict = self.lookup(&routes.raw, &raw);
+        if self.canonical_patterns && is_normal(&raw) {
+            // The other readings are this one.
+            return verdict;
         }
-        self.default.map(Action::Limit)
+        let literal = literal_segments(path, self.case_insensitive);
+        let joined = join(&literal);
+        verdict = self.combine(verdict, self.lookup(&routes.normalized, &joined));
+        if literal.iter().any(|s| is_dot(s)) {
+            let resolved = join(&resolve(&literal));
+            verdict = self.combine(verdict, self.lookup(&routes.normalized, &resolved));
+        }
+        verdict
     }
 
-    /// Combines the actions of the resolved and the literal reading of one
-    /// path: not limited only if both say so; otherwise the limited one, or
-    /// the stricter of two policies (ties: the resolved reading's).
-    fn combine(&self, resolved: Option<Action>, literal: Option<Action>) -> Option<Action> {
-        match (resolved, literal) {
-            (Some(Action::Limit(r)), Some(Action::Limit(l))) => {
-                let rate = |ix: usize| self.rates.get(ix).copied().unwrap_or(f64::INFINITY);
-                Some(Action::Limit(if rate(l) < rate(r) { l } else { r }))
-            }
-            (Some(Action::Limit(r)), _) => Some(Action::Limit(r)),
-            (_, Some(Action::Limit(l))) => Some(Action::Limit(l)),
-            (Some(Action::Exempt), _) | (_, Some(Action::Exempt)) => Some(Action::Exempt),
-            (None, None) => None,
+    /// One reading's action: the matching rule's, else the default.
+    fn lookup(&self, router: &matchit::Router<Action>, path: &str) -> Option<Action> {
+        match router.at(path) {
+            Ok(matched) => Some(*matched.value),
+            Err(_) => self.default.map(Action::Limit),
         }
+    }
+
+    /// Combines the answers of two readings, `first` being the earlier:
+    /// unlimited only if both are; otherwise the limited one, or the stricter
+    /// of two policies (ties: `first`).
+    fn combine(&self, first: Option<Action>, second: Option<Action>) -> Option<Action> {
+        match (first, second) {
+            (Some(a), Some(b)) => Some(stricter(&self.rates, a, b)),
+            (a, None) => a,
+            (None, b) => b,
+        }
+    }
+}
+
+/// The stricter of two actions: a limit over an exemption, and of two
+/// policies the one with the lower [`tightest_rate`] (ties: `a`).
+fn stricter(rates: &[f64], a: Action, b: Action) -> Action {
+    let rate = |ix: usize| rates.get(ix).copied().unwrap_or(f64::INFINITY);
+    match (a, b) {
+        (Action::Limit(x), Action::Limit(y)) if rate(y) < rate(x) => b,
+        (Action::Exempt, Action::Limit(_)) => b,
+        _ => a,
     }
 }
 
@@ -202,11 +350,9 @@ pub(crate) fn tightest_rate(policy: &Policy) -> f64 {
 /// trailing slash and `;parameters` removed, percent-encoded unreserved
 /// characters decoded, optionally lower-cased, and `.` and `..` resolved.
 ///
-/// This is the *resolved* reading of a path. For a path with dot segments
-/// the route table also matches the *literal* reading (dot segments kept, as
-/// axum and hyper route) and applies the stricter answer of the two: exempt
-/// only if both are, else the limited one, else the policy with the lowest
-/// per-second rate in its tightest quota.
+/// This is the *resolved* reading of a path (see the module docs); the route
+/// table also matches the raw and the unresolved readings and applies the
+/// strictest answer.
 pub fn normalize_path(path: &str, case_insensitive: bool) -> Vec<String> {
     resolve(&literal_segments(path, case_insensitive))
         .into_iter()
@@ -218,7 +364,30 @@ fn is_dot(segment: &str) -> bool {
     segment == "." || segment == ".."
 }
 
-/// The literal reading of a path: normalised segments, with `.` and `..`
+/// Whether a (possibly lower-cased) raw path is its own normalised reading.
+fn is_normal(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.first() == Some(&b'/')
+        && (bytes.len() == 1 || bytes.last() != Some(&b'/'))
+        && !bytes.iter().any(|b| matches!(b, b';' | b'%'))
+        && !path.contains("//")
+        && !path.split('/').any(is_dot)
+}
+
+/// `/a/b` from `["a", "b"]`; `/` from no segment.
+fn join<S: AsRef<str>>(segments: &[S]) -> String {
+    if segments.is_empty() {
+        return "/".to_owned();
+    }
+    let mut out = String::with_capacity(segments.iter().map(|s| s.as_ref().len() + 1).sum());
+    for seg in segments {
+        out.push('/');
+        out.push_str(seg.as_ref());
+    }
+    out
+}
+
+/// The normalised reading of a path: normalised segments, with `.` and `..`
 /// kept as segments. Borrows from `path` where nothing needs rewriting.
 fn literal_segments(path: &str, case_insensitive: bool) -> Vec<Cow<'_, str>> {
     path.split('/')
@@ -227,7 +396,7 @@ fn literal_segments(path: &str, case_insensitive: bool) -> Vec<Cow<'_, str>> {
         .collect()
 }
 
-/// The resolved reading of a literal one: `.` dropped, `..` removes the
+/// The resolved reading of a normalised one: `.` dropped, `..` removes the
 /// segment before it (if any).
 fn resolve<'a>(literal: &'a [Cow<'_, str>]) -> Vec<&'a str> {
     let mut out: Vec<&str> = Vec::with_capacity(literal.len());
@@ -308,6 +477,21 @@ fn hex(b: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
+    /// Policies: 0 = lenient default, 1 = strict, 2 = as strict as 1.
+    const RATES: [f64; 3] = [100.0, 0.1, 0.1];
+
+    fn rule(method: Option<Method>, pattern: &str, action: Action) -> Rule {
+        Rule {
+            method,
+            pattern: pattern.to_owned(),
+            action,
+        }
+    }
+
+    fn table(rules: Vec<Rule>, default: Option<usize>) -> RouteTable {
+        RouteTable::new(rules, default, false, RATES.to_vec()).unwrap()
+    }
+
     #[test]
     fn variants_normalise_to_one_path() {
         let want = vec!["auth".to_owned(), "login".to_owned()];
@@ -336,50 +520,116 @@ mod tests {
     #[test]
     fn patterns() {
         let p = Pattern::parse("/users/{id}", false).unwrap();
-        assert!(p.matches(&normalize_path("/users/1", false)));
-        assert!(!p.matches(&normalize_path("/users", false)));
-        assert!(!p.matches(&normalize_path("/users/1/x", false)));
-        let p = Pattern::parse("/static/{*rest}", false).unwrap();
-        assert!(p.matches(&normalize_path("/static/a/b", false)));
-        assert!(p.matches(&normalize_path("/static", false)));
-        let root = Pattern::parse("/", false).unwrap();
-        assert!(root.matches(&normalize_path("/", false)));
-        for bad in ["x", "/{*}", "/{*a}/b", "/{}", "/a{b}", "/a/../b"] {
+        assert_eq!(p.raw, "/users/{id}");
+        assert_eq!(p.normalized, "/users/{p1}");
+        assert!(p.canonical);
+        let p = Pattern::parse("//Static/%6Cib/{*rest}", true).unwrap();
+        assert_eq!(p.raw, "//static/%6cib/{*rest}");
+        assert_eq!(p.normalized, "/static/lib/{*p1}");
+        assert!(!p.canonical);
+        assert_eq!(Pattern::parse("/", false).unwrap().normalized, "/");
+        assert!(!Pattern::parse("/a/", false).unwrap().canonical);
+        for bad in ["x", "/{*}", "/{*a}/b", "/{}", "/a{b}", "/a/../b", "/{a*}"] {
             assert!(Pattern::parse(bad, false).is_err(), "{bad}");
         }
+        let t = table(
+            vec![
+                rule(None, "/users/{id}", Action::Limit(1)),
+                rule(None, "/static/{*rest}", Action::Limit(2)),
+            ],
+            None,
+        );
+        let get = |p| t.select(&Method::GET, p);
+        assert_eq!(get("/users/1"), Some(Action::Limit(1)));
+        assert_eq!(get("/users"), None);
+        assert_eq!(get("/users/1/x"), None);
+        assert_eq!(get("/static/a/b"), Some(Action::Limit(2)));
+        // As in axum, a catch-all needs at least one character.
+        assert_eq!(get("/static"), None);
+        let root = table(vec![rule(None, "/", Action::Limit(1))], None);
+        assert_eq!(root.select(&Method::GET, "/"), Some(Action::Limit(1)));
     }
 
     #[test]
-    fn first_match_wins_and_get_covers_head() {
-        let table = RouteTable {
-            rules: vec![
-                Rule {
-                    method: Some(Method::GET),
-                    pattern: Pattern::parse("/health", false).unwrap(),
-                    action: Action::Exempt,
-                },
-                Rule {
-                    method: None,
-                    pattern: Pattern::parse("/{*rest}", false).unwrap(),
-                    action: Action::Limit(1),
-                },
+    fn most_specific_wins_and_get_covers_head() {
+        let t = table(
+            vec![
+                rule(None, "/{*rest}", Action::Limit(1)),
+                rule(Some(Method::GET), "/health", Action::Exempt),
+                rule(None, "/users/{id}", Action::Limit(1)),
+                rule(None, "/users/me", Action::Limit(0)),
             ],
-            default: Some(0),
-            case_insensitive: false,
-            rates: vec![1.0, 1.0],
-        };
-        assert_eq!(table.select(&Method::HEAD, "/health"), Some(Action::Exempt));
-        assert_eq!(
-            table.select(&Method::POST, "/health"),
-            Some(Action::Limit(1))
+            Some(0),
+        );
+        assert_eq!(t.select(&Method::GET, "/health"), Some(Action::Exempt));
+        assert_eq!(t.select(&Method::HEAD, "/health"), Some(Action::Exempt));
+        // No rule for POST on /health: the next most specific rule that
+        // applies to POST.
+        assert_eq!(t.select(&Method::POST, "/health"), Some(Action::Limit(1)));
+        // Literal segments beat parameters, whatever the order of the rules.
+        assert_eq!(t.select(&Method::GET, "/users/me"), Some(Action::Limit(0)));
+        assert_eq!(t.select(&Method::GET, "/users/7"), Some(Action::Limit(1)));
+        // On one pattern, the method's own rule beats a rule for any method.
+        let t = table(
+            vec![
+                rule(None, "/login", Action::Limit(0)),
+                rule(Some(Method::POST), "/login", Action::Limit(1)),
+            ],
+            None,
+        );
+        assert_eq!(t.select(&Method::POST, "/login"), Some(Action::Limit(1)));
+        assert_eq!(t.select(&Method::GET, "/login"), Some(Action::Limit(0)));
+        assert_eq!(t.select(&Method::PUT, "/login"), Some(Action::Limit(0)));
+    }
+
+    #[test]
+    fn dead_and_conflicting_rules_are_config_errors() {
+        let err = RouteTable::new(
+            vec![
+                rule(None, "/a", Action::Limit(0)),
+                rule(None, "/a", Action::Limit(1)),
+            ],
+            None,
+            false,
+            RATES.to_vec(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::DuplicateRoute { .. }), "{err}");
+        let err = RouteTable::new(
+            vec![
+                rule(None, "/users/{id}", Action::Limit(0)),
+                rule(None, "/users/{name}", Action::Limit(1)),
+            ],
+            None,
+            false,
+            RATES.to_vec(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::ConflictingRoute { .. }), "{err}");
+        // Other methods, other spellings: fine.
+        table(
+            vec![
+                rule(Some(Method::GET), "/a", Action::Limit(0)),
+                rule(Some(Method::POST), "/a", Action::Limit(1)),
+                rule(None, "/a/", Action::Exempt),
+            ],
+            None,
         );
     }
-    fn rule(method: Option<Method>, pattern: &str, action: Action) -> Rule {
-        Rule {
-            method,
-            pattern: Pattern::parse(pattern, false).unwrap(),
-            action,
-        }
+
+    #[test]
+    fn spellings_that_normalise_alike_take_the_stricter_rule() {
+        let t = table(
+            vec![
+                rule(None, "/a/", Action::Exempt),
+                rule(None, "/a", Action::Limit(1)),
+            ],
+            Some(0),
+        );
+        // The raw reading of `/a/` is exempt, its normalised reading `/a` is
+        // limited: limited.
+        assert_eq!(t.select(&Method::GET, "/a/"), Some(Action::Limit(1)));
+        assert_eq!(t.select(&Method::GET, "/a"), Some(Action::Limit(1)));
     }
 
     #[test]
@@ -402,6 +652,18 @@ mod tests {
     }
 
     #[test]
+    fn normal_form() {
+        for p in ["/", "/a", "/a/b", "/a.b/c-d", "/..a/b.."] {
+            assert!(is_normal(p), "{p}");
+        }
+        for p in [
+            "", "a", "//", "/a/", "//a", "/a//b", "/a;x", "/%61", "/.", "/a/..", "/a/./b",
+        ] {
+            assert!(!is_normal(p), "{p}");
+        }
+    }
+
+    #[test]
     fn tightest_rate_is_the_lowest_quota_rate() {
         use crate::Quota;
         use std::time::Duration;
@@ -414,18 +676,34 @@ mod tests {
         assert!(tightest_rate(&Policy::auth()) < tightest_rate(&Policy::default_api()));
     }
 
-    /// Policies: 0 = lenient default, 1 = strict, 2 = as strict as 1.
-    fn table(rules: Vec<Rule>, default: Option<usize>) -> RouteTable {
-        RouteTable {
-            rules,
-            default,
-            case_insensitive: false,
-            rates: vec![100.0, 0.1, 0.1],
+    /// The spellings of the security report: axum sends each of them to a
+    /// handler other than the exempt one, or into a `{param}`.
+    #[test]
+    fn router_readings_are_never_more_lenient() {
+        let t = table(
+            vec![
+                rule(None, "/health", Action::Exempt),
+                rule(None, "/reports/{id}", Action::Limit(1)),
+                rule(Some(Method::POST), "/t/{tenant}/login", Action::Limit(2)),
+            ],
+            Some(0),
+        );
+        for p in ["/health/", "//health", "/health;x", "/%68ealth", "/HEALTH"] {
+            assert_eq!(t.select(&Method::GET, p), Some(Action::Limit(0)), "{p}");
+        }
+        assert_eq!(t.select(&Method::GET, "/health"), Some(Action::Exempt));
+        // matchit puts `;x` into `{id}`; normalised, the path is `/reports`.
+        assert_eq!(
+            t.select(&Method::GET, "/reports/;x"),
+            Some(Action::Limit(1))
+        );
+        for p in ["/t//login", "/t/;acme/login", "/t/acme/login"] {
+            assert_eq!(t.select(&Method::POST, p), Some(Action::Limit(2)), "{p}");
         }
     }
 
     #[test]
-    fn exempt_only_if_both_readings_are_exempt() {
+    fn exempt_only_if_every_reading_is_exempt() {
         let t = table(vec![rule(None, "/health", Action::Exempt)], Some(0));
         let get = |p| t.select(&Method::GET, p);
         assert_eq!(get("/health"), Some(Action::Exempt));
@@ -450,7 +728,7 @@ mod tests {
             t.select(&Method::GET, "/static/../api"),
             Some(Action::Limit(0))
         );
-        // No default: not limited only if neither reading is.
+        // No default: not limited only if no reading is.
         let t = table(vec![rule(None, "/admin", Action::Limit(1))], None);
         assert_eq!(t.select(&Method::GET, "/x/../y"), None);
         assert_eq!(
@@ -490,8 +768,8 @@ mod tests {
             Some(Action::Limit(1))
         );
         assert_eq!(t.select(&Method::GET, "/reports"), Some(Action::Limit(0)));
-        // A lenient rule on the literal reading does not win over a strict
-        // resolved one, nor the other way round.
+        // A lenient rule on one reading does not win over a strict one on
+        // another, whichever reading is which.
         let t = table(
             vec![
                 rule(None, "/auth/login", Action::Limit(1)),
@@ -507,7 +785,7 @@ mod tests {
             t.select(&Method::POST, "/auth/x/../login"),
             Some(Action::Limit(1))
         );
-        // Ties go to the resolved reading.
+        // Ties go to the router's own (raw) reading: axum runs `/b/{*rest}`.
         let t = table(
             vec![
                 rule(None, "/a", Action::Limit(2)),
@@ -515,7 +793,7 @@ mod tests {
             ],
             None,
         );
-        assert_eq!(t.select(&Method::GET, "/b/../a"), Some(Action::Limit(2)));
+        assert_eq!(t.select(&Method::GET, "/b/../a"), Some(Action::Limit(1)));
         assert_eq!(
             t.combine(Some(Action::Limit(1)), Some(Action::Limit(2))),
             Some(Action::Limit(1))
@@ -528,12 +806,16 @@ mod tests {
             t.combine(Some(Action::Limit(1)), Some(Action::Limit(0))),
             Some(Action::Limit(1))
         );
+        assert_eq!(
+            t.combine(Some(Action::Exempt), Some(Action::Limit(0))),
+            Some(Action::Limit(0))
+        );
         assert_eq!(t.combine(Some(Action::Exempt), None), Some(Action::Exempt));
         assert_eq!(t.combine(None, None), None);
     }
 
     #[test]
-    fn methods_apply_to_both_readings() {
+    fn methods_apply_to_every_reading() {
         let t = table(
             vec![rule(Some(Method::POST), "/auth/login", Action::Limit(1))],
             Some(0),
@@ -546,5 +828,22 @@ mod tests {
             t.select(&Method::GET, "/auth/login/."),
             Some(Action::Limit(0))
         );
+    }
+
+    #[test]
+    fn case_insensitive_reads_the_raw_path_in_lower_case() {
+        let t = RouteTable::new(
+            vec![
+                rule(None, "/Health", Action::Exempt),
+                rule(None, "/auth/{*rest}", Action::Limit(1)),
+            ],
+            Some(0),
+            true,
+            RATES.to_vec(),
+        )
+        .unwrap();
+        assert_eq!(t.select(&Method::GET, "/HEALTH"), Some(Action::Exempt));
+        assert_eq!(t.select(&Method::GET, "/health"), Some(Action::Exempt));
+        assert_eq!(t.select(&Method::GET, "/AUTH/x"), Some(Action::Limit(1)));
     }
 }
