@@ -35,8 +35,9 @@ pub fn limits(backend: impl Backend, deadline: Duration) -> Result<RateLimitLaye
         .build()
 }
 
-/// The application: a `service_fn` handler, unaware of rate limiting.
-pub async fn app(request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// The application: a `service_fn` handler, unaware of rate limiting (generic
+/// over the body, which it never reads).
+pub async fn app<B>(request: Request<B>) -> Result<Response<Body>, Infallible> {
     let text = |status: StatusCode, body: &'static str| {
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
