@@ -2,6 +2,9 @@
 //!
 //! - `layer/*`: a request through `RateLimit` on the memory backend vs. the
 //!   same service without the layer (the layer's own overhead);
+//! - `routes/*`: the same through a layer with a route table, for a path in
+//!   normal form (one reading) and a hostile one (raw, normalised and
+//!   resolved readings), plus an exempt path (no decision at all);
 //! - `memory/*`: one in-process decision per algorithm;
 //! - `redis/*`: one decision against a real `redis-server` spawned on a free
 //!   loopback port (one round trip), and 64 concurrent decisions pipelined on
@@ -71,6 +74,47 @@ fn layer_overhead(c: &mut Criterion) {
     group.finish();
 }
 
+fn route_selection(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let inner = service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::from("ok")))
+    });
+    let strict = Policy::new("strict")
+        .quota(Quota::per_second(1_000_000_000))
+        .quota(Quota::per_hour(1_000_000_000));
+    let layer = RateLimitLayer::builder()
+        .backend(MemoryBackend::new())
+        .default_policy(policy(Algorithm::SlidingWindow))
+        .exempt("/health")
+        .route_method(http::Method::POST, "/auth/login", strict.clone())
+        .route("/reports/{id}", strict.clone())
+        .route("/files/{*rest}", strict.clone())
+        .route("/admin/{*rest}", strict)
+        .build()
+        .unwrap();
+    let svc = layer.layer(inner);
+    let mut group = c.benchmark_group("routes");
+    for (name, path) in [
+        ("exempt", "/health"),
+        ("normal_form", "/reports/7"),
+        ("hostile", "//Reports/./%37;x/../7/"),
+    ] {
+        let mut i = 0u64;
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                i = (i + 1) % 1024;
+                let mut req = request(i);
+                *req.uri_mut() = http::Uri::from_static(path);
+                svc.clone().oneshot(req)
+            })
+        });
+    }
+    group.finish();
+}
+
 fn memory_decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory");
     for alg in [Algorithm::SlidingWindow, Algorithm::SlidingLog] {
@@ -134,5 +178,11 @@ fn redis_decision(c: &mut Criterion) {
     drop(server);
 }
 
-criterion_group!(benches, layer_overhead, memory_decision, redis_decision);
+criterion_group!(
+    benches,
+    layer_overhead,
+    route_selection,
+    memory_decision,
+    redis_decision
+);
 criterion_main!(benches);
