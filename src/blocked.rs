@@ -6,11 +6,19 @@
 //! sliding log's retry-after is exact, and the counter's is rounded so that a
 //! retry then succeeds. A cached denial covers requests of the same or a
 //! higher cost; a cheaper request still asks the backend.
+//!
+//! Each shard is an LRU cache: when it is full, a new denial evicts the least
+//! recently used entry in O(1), so a flood of new clients (many IPv6 /64s,
+//! many API keys) costs the same per denial as a quiet day. Forgetting a
+//! blocked client only costs one backend call for that client. Expired
+//! entries are dropped when they are looked up or reach the LRU end.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::num::NonZeroUsize;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use lru::LruCache;
 
 use crate::decision::{Decision, QuotaStatus};
 use crate::key::Key;
@@ -25,12 +33,16 @@ struct Entry {
     at: Instant,
 }
 
-/// Denied `(policy, key)` pairs and when they may retry: `SHARDS` maps per
-/// policy, keyed by the client key alone, so lookups borrow the key.
+/// One shard: SipHash with its own random keys (client keys are
+/// attacker-chosen), independent of the hash that picked the shard.
+type Shard = LruCache<Key, Entry, RandomState>;
+
+/// Denied `(policy, key)` pairs and when they may retry: `SHARDS` LRU caches
+/// per policy, keyed by the client key alone, so lookups borrow the key.
 #[derive(Debug)]
 pub(crate) struct BlockedCache {
-    shards: Vec<Mutex<HashMap<Key, Entry>>>,
-    per_shard: usize,
+    /// Empty when the cache is disabled.
+    shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
 }
 
@@ -38,32 +50,45 @@ impl BlockedCache {
     /// A cache of at most about `capacity` blocked clients over `policies`
     /// policies (capacity 0 disables it).
     pub(crate) fn new(capacity: usize, policies: usize) -> Self {
-        let shards = SHARDS * policies.max(1);
+        let count = SHARDS * policies.max(1);
+        let shards = match NonZeroUsize::new(capacity.div_ceil(count)) {
+            Some(per_shard) => (0..count)
+                .map(|_| {
+                    // Unbounded then resized: the same bound as `with_hasher`,
+                    // but the map grows on demand instead of allocating every
+                    // slot up front.
+                    let mut shard = LruCache::unbounded_with_hasher(RandomState::new());
+                    shard.resize(per_shard);
+                    Mutex::new(shard)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         Self {
-            shards: (0..shards).map(|_| Mutex::default()).collect(),
-            per_shard: capacity.div_ceil(shards),
+            shards,
             hasher: RandomState::new(),
         }
     }
 
-    fn shard(&self, policy: usize, key: &Key) -> &Mutex<HashMap<Key, Entry>> {
+    /// The shard of `(policy, key)`, `None` when the cache is disabled.
+    fn shard(&self, policy: usize, key: &Key) -> Option<&Mutex<Shard>> {
+        if self.shards.is_empty() {
+            return None;
+        }
         let ix = policy * SHARDS + self.hasher.hash_one(key) as usize % SHARDS;
-        &self.shards[ix % self.shards.len()]
+        Some(&self.shards[ix % self.shards.len()])
     }
 
     /// The denial to repeat for this request, if the client is still blocked.
     pub(crate) fn get(&self, policy: usize, key: &Key, cost: u64) -> Option<Decision> {
-        if self.per_shard == 0 {
-            return None;
-        }
         let now = Instant::now();
         let mut shard = self
-            .shard(policy, key)
+            .shard(policy, key)?
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(key)?;
         if entry.until <= now {
-            shard.remove(key);
+            shard.pop(key);
             return None;
         }
         if cost < entry.cost {
@@ -88,38 +113,29 @@ impl BlockedCache {
         ))
     }
 
-    /// Remembers a denial.
+    /// Remembers a denial. O(1): when the shard is full, its least recently
+    /// used entry makes room.
     pub(crate) fn insert(&self, policy: usize, key: &Key, cost: u64, decision: &Decision) {
         let Some(retry) = decision.retry_after() else {
             return;
         };
-        if self.per_shard == 0 || retry < Duration::from_millis(1) {
+        if retry < Duration::from_millis(1) {
             return;
         }
+        let Some(shard) = self.shard(policy, key) else {
+            return;
+        };
         let now = Instant::now();
-        let mut shard = self
-            .shard(policy, key)
+        let entry = Entry {
+            until: now + retry,
+            cost,
+            decision: decision.clone(),
+            at: now,
+        };
+        shard
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if shard.len() >= self.per_shard {
-            shard.retain(|_, e| e.until > now);
-            if shard.len() >= self.per_shard {
-                // Still full of live entries: forgetting one only costs a
-                // backend call for that client.
-                if let Some(victim) = shard.keys().next().cloned() {
-                    shard.remove(&victim);
-                }
-            }
-        }
-        shard.insert(
-            key.clone(),
-            Entry {
-                until: now + retry,
-                cost,
-                decision: decision.clone(),
-                at: now,
-            },
-        );
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(key.clone(), entry);
     }
 }
 
@@ -140,6 +156,10 @@ mod tests {
         )
     }
 
+    fn len(cache: &BlockedCache) -> usize {
+        cache.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+    }
+
     #[test]
     fn repeats_denials_until_retry_time_for_same_or_higher_cost() {
         let cache = BlockedCache::new(100, 2);
@@ -157,6 +177,7 @@ mod tests {
         assert!(cache.get(0, &Key::new("b"), 2).is_none(), "other key");
         std::thread::sleep(Duration::from_millis(45));
         assert!(cache.get(0, &k, 5).is_none(), "expired");
+        assert_eq!(len(&cache), 0, "the expired entry was dropped");
     }
 
     #[test]
@@ -165,10 +186,46 @@ mod tests {
         for i in 0..1000 {
             cache.insert(0, &Key::new(format!("k{i}")), 1, &denied(10_000));
         }
-        let len: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
-        assert!(len <= 32, "{len}");
+        assert!(len(&cache) <= 32, "{}", len(&cache));
         let off = BlockedCache::new(0, 1);
         off.insert(0, &Key::new("a"), 1, &denied(10_000));
         assert!(off.get(0, &Key::new("a"), 1).is_none());
+    }
+
+    #[test]
+    fn full_of_live_entries_keeps_the_newest() {
+        // 16 shards of 4: every shard overflows many times over.
+        let cache = BlockedCache::new(64, 1);
+        let keys: Vec<Key> = (0..2000).map(|i| Key::new(format!("k{i}"))).collect();
+        for key in &keys {
+            cache.insert(0, key, 1, &denied(60_000));
+        }
+        assert_eq!(len(&cache), 64, "every shard full, none over");
+        // In each shard, exactly the 4 last-inserted clients are remembered.
+        let mut seen = vec![0; cache.shards.len()];
+        for key in keys.iter().rev() {
+            let shard = cache.shard(0, key).unwrap();
+            let ix = cache
+                .shards
+                .iter()
+                .position(|s| std::ptr::eq(s, shard))
+                .unwrap();
+            let newest = seen[ix] < 4;
+            seen[ix] += 1;
+            assert_eq!(cache.get(0, key, 1).is_some(), newest, "{key:?}");
+        }
+        assert!(cache.get(0, &keys[1999], 1).is_some());
+        assert!(cache.get(0, &keys[0], 1).is_none());
+    }
+
+    #[test]
+    fn a_blocked_client_asking_again_stays_cached() {
+        let cache = BlockedCache::new(SHARDS * 2, 1);
+        let hammering = Key::new("hammering");
+        cache.insert(0, &hammering, 1, &denied(60_000));
+        for i in 0..1000 {
+            assert!(cache.get(0, &hammering, 1).is_some(), "after {i} inserts");
+            cache.insert(0, &Key::new(format!("k{i}")), 1, &denied(60_000));
+        }
     }
 }

@@ -103,3 +103,30 @@ pub use crate::response::{
 };
 pub use crate::routes::normalize_path;
 pub use crate::service::RateLimit;
+
+// Exists only so `benches/blocked.rs` can reach the blocked cache: not API.
+#[doc(hidden)]
+pub mod __bench {
+    use crate::{Decision, Key};
+
+    /// The crate's blocked-client cache, for benches only.
+    #[derive(Debug)]
+    pub struct BlockedCache(crate::blocked::BlockedCache);
+
+    impl BlockedCache {
+        /// A cache of about `capacity` clients over `policies` policies.
+        pub fn new(capacity: usize, policies: usize) -> Self {
+            Self(crate::blocked::BlockedCache::new(capacity, policies))
+        }
+
+        /// The denial to repeat for this request, if any.
+        pub fn get(&self, policy: usize, key: &Key, cost: u64) -> Option<Decision> {
+            self.0.get(policy, key, cost)
+        }
+
+        /// Remembers a denial.
+        pub fn insert(&self, policy: usize, key: &Key, cost: u64, decision: &Decision) {
+            self.0.insert(policy, key, cost, decision)
+        }
+    }
+}
