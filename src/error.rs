@@ -136,6 +136,18 @@ pub enum ConfigError {
         /// The text that was given.
         network: String,
     },
+    /// A trusted-proxy network is written in IPv4-mapped IPv6 form
+    /// (`::ffff:a.b.c.d/n`) with a prefix below /96: it would span addresses
+    /// that are not IPv4-mapped too. Write the IPv4 network instead.
+    #[error(
+        "trusted network {network:?} is IPv4-mapped IPv6 with a prefix below /96, so it also \
+         spans addresses that are not IPv4-mapped; write the IPv4 network instead (`::ffff:a.b.c.d/n` \
+         with n >= 96 is `a.b.c.d/(n-96)`, e.g. `::ffff:10.0.0.0/104` is `10.0.0.0/8`)"
+    )]
+    MappedNetworkTooWide {
+        /// The network as it was given.
+        network: String,
+    },
     /// A capacity of zero was given to the memory backend.
     #[error("the memory backend capacity must be greater than zero")]
     ZeroCapacity,
