@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::routing::{get, post};
 use http::Method;
+use tower_redis_ratelimit::backend::redact_url;
 use tower_redis_ratelimit::{MemoryBackend, Policy, RateLimitLayer, RedisBackend};
 
 #[tokio::main]
@@ -32,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .exempt("/health");
     let builder = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
-            println!("backend: redis at {url}");
+            println!("backend: redis at {}", redact_url(&url));
             builder.backend(RedisBackend::new(&url)?)
         }
         _ => {

@@ -30,6 +30,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use http::HeaderName;
+use tower_redis_ratelimit::backend::redact_url;
 use tower_redis_ratelimit::key::{Header, PeerIp};
 use tower_redis_ratelimit::{
     Algorithm, MAX_LIMIT, MAX_WINDOW, MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend,
@@ -110,7 +111,7 @@ fn config() -> Result<Config, String> {
             None => None,
             Some(url) => {
                 let backend = RedisBackend::new(&url)
-                    .map_err(|e| format!("REDIS_URL={url:?} is invalid: {e}"))?;
+                    .map_err(|e| format!("REDIS_URL={:?} is invalid: {e}", redact_url(&url)))?;
                 Some((url, backend))
             }
         },
@@ -160,7 +161,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             .deadline(Duration::from_millis(config.deadline_ms));
         let builder = match config.redis {
             Some((url, backend)) => {
-                println!("backend: redis at {url}");
+                println!("backend: redis at {}", redact_url(&url));
                 builder.backend(backend)
             }
             None => {

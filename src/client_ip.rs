@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::request::Parts;
 use http::{HeaderName, header};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::error::ConfigError;
 use crate::key::{Key, KeyExtractor, PeerIp};
@@ -36,7 +36,22 @@ pub enum ForwardedHeader {
 ///   the client. A malformed entry stops the walk: the last good address seen
 ///   (possibly the peer) is used.
 ///
-/// IPv6 clients are grouped by prefix, /64 by default.
+/// The key is made from the client address by [`Key::from_ip`]: IPv6
+/// clients are grouped by prefix, /64 by default, except addresses that embed
+/// an IPv4 client address (IPv4-mapped `::ffff:0:0/96`, NAT64 `64:ff9b::/96`,
+/// IPv4-compatible, 6to4 `2002::/16`, Teredo `2001::/32`), which are keyed by
+/// that IPv4 address, and NAT64 local-use `64:ff9b:1::/48`, keyed by the
+/// whole address.
+///
+/// # Matching trusted proxies
+///
+/// An IPv4-mapped address (`::ffff:10.0.0.1`, how a dual-stack socket
+/// reports an IPv4 peer) is the IPv4 address itself, both as the peer and in
+/// a forwarding header: it matches IPv4 trusted networks. Trusted networks
+/// written in IPv4-mapped form (`::ffff:10.0.0.0/104`) are read as the IPv4
+/// network (`10.0.0.0/8`). The other IPv4 embeddings (NAT64, 6to4, Teredo,
+/// IPv4-compatible) are addresses of a translator or tunnel, not of the
+/// proxy, so they never match an IPv4 trusted network.
 ///
 /// ```
 /// use tower_redis_ratelimit::client_ip::ClientIp;
@@ -62,6 +77,17 @@ impl ClientIp {
     }
 
     /// Trusts these networks (CIDR such as `10.0.0.0/8`, or single addresses).
+    ///
+    /// IPv4-mapped IPv6 networks are read as IPv4 networks:
+    /// `::ffff:10.0.0.0/104` is `10.0.0.0/8`, and matches the peer `10.1.2.3`
+    /// as well as `::ffff:10.1.2.3`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::InvalidNetwork`] for text that is neither a network nor
+    /// an address, [`ConfigError::MappedNetworkTooWide`] for an IPv4-mapped
+    /// network with a prefix below /96 (it would span addresses that are not
+    /// IPv4-mapped too).
     pub fn trust_proxies<I, S>(mut self, networks: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = S>,
@@ -75,16 +101,26 @@ impl ClientIp {
                 .map_err(|_| ConfigError::InvalidNetwork {
                     network: text.to_owned(),
                 })?;
-            self.trusted.push(parsed.trunc());
+            self.trusted.push(normalize_network(parsed, text)?);
         }
         Ok(self)
     }
 
-    /// Trusts these already parsed networks.
-    #[must_use]
-    pub fn trust_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
-        self.trusted.extend(networks.into_iter().map(|n| n.trunc()));
-        self
+    /// Trusts these already parsed networks, normalised as by
+    /// [`trust_proxies`](Self::trust_proxies).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::MappedNetworkTooWide`] for an IPv4-mapped network with
+    /// a prefix below /96.
+    pub fn trust_networks(
+        mut self,
+        networks: impl IntoIterator<Item = IpNet>,
+    ) -> Result<Self, ConfigError> {
+        for net in networks {
+            self.trusted.push(normalize_network(net, &net.to_string())?);
+        }
+        Ok(self)
     }
 
     /// Which header the trusted proxies write (default `X-Forwarded-For`).
@@ -148,7 +184,29 @@ impl KeyExtractor for ClientIp {
     }
 }
 
-/// IPv4-mapped IPv6 addresses as IPv4.
+/// A trusted network as matched against canonical addresses: truncated to
+/// its prefix, and IPv4-mapped IPv6 networks (`::ffff:a.b.c.d/n`, n >= 96)
+/// as the IPv4 network `a.b.c.d/(n-96)`. `text` is how the user wrote it.
+fn normalize_network(net: IpNet, text: &str) -> Result<IpNet, ConfigError> {
+    let IpNet::V6(v6) = net else {
+        return Ok(net.trunc());
+    };
+    let Some(v4) = v6.addr().to_ipv4_mapped() else {
+        return Ok(net.trunc());
+    };
+    let Some(v4_prefix) = v6.prefix_len().checked_sub(96) else {
+        return Err(ConfigError::MappedNetworkTooWide {
+            network: text.to_owned(),
+        });
+    };
+    let v4 = Ipv4Net::new(v4, v4_prefix).expect("an IPv6 prefix of at most 128 minus 96");
+    Ok(IpNet::V4(v4.trunc()))
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4. Only the mapped form: it is how a
+/// dual-stack socket reports an IPv4 peer, the same host. Other IPv6 forms
+/// embedding an IPv4 address (NAT64, 6to4, ...) are a translator or a tunnel,
+/// not that host, and must not match a trusted IPv4 proxy.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -279,6 +337,91 @@ mod tests {
         );
         assert_eq!(k.client_addr(&r), Some(ip("2001:db8::1")));
         assert_eq!(k.extract(&r).unwrap().as_str(), "2001:db8::/64");
+    }
+
+    #[test]
+    fn ipv4_mapped_trusted_networks_are_ipv4_networks() {
+        let by_text = ClientIp::new()
+            .trust_proxies(["::ffff:10.0.0.0/104", "::ffff:192.0.2.7"])
+            .unwrap();
+        let parsed = ClientIp::new()
+            .trust_networks(["::ffff:10.9.9.9/104".parse::<IpNet>().unwrap()])
+            .unwrap();
+        assert_eq!(by_text.trusted[0], "10.0.0.0/8".parse::<IpNet>().unwrap());
+        assert_eq!(by_text.trusted[1], "192.0.2.7/32".parse::<IpNet>().unwrap());
+        assert_eq!(parsed.trusted, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        let xff = [("x-forwarded-for", "198.51.100.4")];
+        for k in [&by_text, &parsed] {
+            assert!(k.is_trusted(ip("10.1.2.3")));
+            assert!(k.is_trusted(ip("::ffff:10.1.2.3")));
+            assert!(!k.is_trusted(ip("11.1.2.3")));
+            assert!(!k.is_trusted(ip("::ffff:11.1.2.3")));
+            for peer in ["10.1.2.3:1000", "[::ffff:10.1.2.3]:1000"] {
+                let r = req(peer, &xff);
+                assert_eq!(k.client_addr(&r), Some(ip("198.51.100.4")), "{peer}");
+            }
+            let r = req("[::ffff:11.1.2.3]:1000", &xff);
+            assert_eq!(k.client_addr(&r), Some(ip("11.1.2.3")));
+        }
+        // A mapped /96 is all of IPv4, a mapped /128 one address.
+        let all = ClientIp::new().trust_proxies(["::ffff:0:0/96"]).unwrap();
+        assert_eq!(all.trusted, ["0.0.0.0/0".parse::<IpNet>().unwrap()]);
+        let one = ClientIp::new()
+            .trust_proxies(["::ffff:10.1.2.3/128"])
+            .unwrap();
+        assert!(one.is_trusted(ip("10.1.2.3")) && !one.is_trusted(ip("10.1.2.4")));
+        // Host bits are dropped as for any network.
+        let host_bits = ClientIp::new()
+            .trust_proxies(["::ffff:10.1.2.3/104"])
+            .unwrap();
+        assert_eq!(host_bits.trusted, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        // Plain IPv6 networks are untouched.
+        let v6 = ClientIp::new().trust_proxies(["2001:db8::1/64"]).unwrap();
+        assert_eq!(v6.trusted, ["2001:db8::/64".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn ipv4_mapped_network_below_96_is_config_error() {
+        for wide in ["::ffff:10.0.0.0/95", "::ffff:0:0/80", "::ffff:10.0.0.0/0"] {
+            let err = ClientIp::new().trust_proxies([wide]).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::MappedNetworkTooWide {
+                    network: wide.to_owned()
+                }
+            );
+            let message = err.to_string();
+            assert!(message.contains(wide), "{message}");
+            assert!(message.contains("write the IPv4 network"), "{message}");
+            let parsed = ClientIp::new().trust_networks([wide.parse::<IpNet>().unwrap()]);
+            assert!(
+                matches!(parsed, Err(ConfigError::MappedNetworkTooWide { .. })),
+                "{wide}: {parsed:?}"
+            );
+        }
+        // `::/80` is an ordinary IPv6 network, not written as mapped.
+        assert!(ClientIp::new().trust_proxies(["::/80"]).is_ok());
+    }
+
+    #[test]
+    fn translated_addresses_are_not_the_trusted_proxy() {
+        let k = ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
+        for other in [
+            "64:ff9b::10.0.0.1",
+            "::10.0.0.1",
+            "2002:a00:1::1",
+            "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+        ] {
+            assert!(!k.is_trusted(ip(other)), "{other}");
+            // As the peer: not trusted, so the header is ignored, and the
+            // key is the embedded IPv4 address.
+            let r = req(
+                &format!("[{other}]:1000"),
+                &[("x-forwarded-for", "198.51.100.4")],
+            );
+            assert_eq!(k.client_addr(&r), Some(ip(other)));
+            assert_eq!(k.extract(&r).unwrap().as_str(), "10.0.0.1", "{other}");
+        }
     }
 
     #[test]

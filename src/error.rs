@@ -91,6 +91,35 @@ pub enum ConfigError {
         /// The smallest quota limit of the policy.
         max: u64,
     },
+    /// A policy's [max cost](crate::Policy::max_cost) is zero or above its
+    /// smallest quota limit.
+    #[error(
+        "policy `{policy}`: max cost {max_cost} is outside 1..={limit} (1 to its smallest quota limit)"
+    )]
+    InvalidMaxCost {
+        /// The policy name.
+        policy: String,
+        /// The max cost that was given.
+        max_cost: u64,
+        /// The smallest quota limit of the policy.
+        limit: u64,
+    },
+    /// A fixed cost above the policy's max cost (set with
+    /// [`Policy::max_cost`](crate::Policy::max_cost), or the sliding log's
+    /// default [`DEFAULT_MAX_LOG_COST`](crate::DEFAULT_MAX_LOG_COST)).
+    #[error(
+        "policy `{policy}`: cost {cost} is above its max cost of {max_cost} per request (see \
+         `Policy::max_cost`; sliding-log policies default to {default}, or their smallest limit if lower)",
+        default = crate::policy::DEFAULT_MAX_LOG_COST
+    )]
+    CostAboveMaxCost {
+        /// The policy name.
+        policy: String,
+        /// The fixed cost that was given.
+        cost: u64,
+        /// The policy's max cost.
+        max_cost: u64,
+    },
     /// A policy name is empty, too long or uses characters outside `[A-Za-z0-9._-]`.
     #[error(
         "invalid policy name {name:?}: use 1 to 64 characters from A-Z, a-z, 0-9, `.`, `_`, `-`"
@@ -155,6 +184,18 @@ pub enum ConfigError {
     #[error("invalid trusted network {network:?}: expected CIDR like 10.0.0.0/8 or an address")]
     InvalidNetwork {
         /// The text that was given.
+        network: String,
+    },
+    /// A trusted-proxy network is written in IPv4-mapped IPv6 form
+    /// (`::ffff:a.b.c.d/n`) with a prefix below /96: it would span addresses
+    /// that are not IPv4-mapped too. Write the IPv4 network instead.
+    #[error(
+        "trusted network {network:?} is IPv4-mapped IPv6 with a prefix below /96, so it also \
+         spans addresses that are not IPv4-mapped; write the IPv4 network instead (`::ffff:a.b.c.d/n` \
+         with n >= 96 is `a.b.c.d/(n-96)`, e.g. `::ffff:10.0.0.0/104` is `10.0.0.0/8`)"
+    )]
+    MappedNetworkTooWide {
+        /// The network as it was given.
         network: String,
     },
     /// A capacity of zero was given to the memory backend.

@@ -113,8 +113,9 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     R: OnRejection<ResBody>,
 {
-    /// A request rejected before any backend call (no key, or a client the
-    /// blocked cache already knows is denied).
+    /// A request rejected before any backend call (no key, a cost above the
+    /// policy's max cost, or a client the blocked cache already knows is
+    /// denied).
     pub(crate) fn rejected(
         shared: Arc<Shared>,
         policy: usize,

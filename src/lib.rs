@@ -95,8 +95,8 @@ pub use crate::layer::{
     DEFAULT_BLOCKED_CAPACITY, DEFAULT_DEADLINE, RateLimitLayer, RateLimitLayerBuilder,
 };
 pub use crate::policy::{
-    Algorithm, FailureMode, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, MissingKey, Policy,
-    Quota,
+    Algorithm, DEFAULT_MAX_LOG_COST, FailureMode, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW,
+    MissingKey, Policy, Quota,
 };
 pub use crate::response::{
     DefaultRejection, GrpcRejection, OnRejection, ProblemJson, RejectReason, Rejection,

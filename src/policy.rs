@@ -14,9 +14,20 @@ use crate::key::{Key, KeyExtractor, PeerIp};
 pub const MAX_LIMIT: u64 = 1_000_000_000;
 /// The largest limit of a quota counted with [`Algorithm::SlidingLog`], which
 /// stores one entry per admitted unit: 10 000 entries are about 1.2 MB in Redis
-/// and one admission of that cost takes milliseconds. Use
+/// and one admission of that cost takes tens of milliseconds (hence the
+/// [`DEFAULT_MAX_LOG_COST`] per request). Use
 /// [`Algorithm::SlidingWindow`] (O(1) per client) for larger limits.
 pub const MAX_LOG_LIMIT: u64 = 10_000;
+/// The default [max cost](Policy::max_cost) of an [`Algorithm::SlidingLog`]
+/// policy (or its smallest limit, if lower): the most units one request may
+/// cost.
+///
+/// The sliding log stores one sorted-set member per admitted unit, so the
+/// Redis time of one admission grows with its cost (a few microseconds per
+/// unit: tens of milliseconds for a cost of 10 000), and Redis answers nobody
+/// else meanwhile: one costly request could push every other decision past
+/// the layer's deadline. 1 000 units keep one decision to a few milliseconds.
+pub const DEFAULT_MAX_LOG_COST: u64 = 1_000;
 /// The longest window a quota may have (365 days).
 pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The shortest window a quota may have.
@@ -143,6 +154,8 @@ struct PolicyInner {
     algorithm: Algorithm,
     key: Arc<dyn KeyExtractor>,
     cost: Cost,
+    /// The largest cost of one request, if set.
+    max_cost: Option<u64>,
     failure_mode: FailureMode,
     missing_key: MissingKey,
     /// Set once a keyless request has been logged (logged once per policy).
@@ -185,6 +198,7 @@ impl fmt::Debug for Policy {
             .field("quotas", &self.inner.quotas)
             .field("algorithm", &self.inner.algorithm)
             .field("cost", cost)
+            .field("max_cost", &self.effective_max_cost())
             .field("failure_mode", &self.inner.failure_mode)
             .field("missing_key", &self.inner.missing_key)
             .finish_non_exhaustive()
@@ -206,6 +220,7 @@ impl Policy {
                 algorithm: Algorithm::default(),
                 key: Arc::new(PeerIp::new()),
                 cost: Cost::Fixed(1),
+                max_cost: None,
                 failure_mode: FailureMode::default(),
                 missing_key: MissingKey::default(),
                 warned_missing_key: Arc::default(),
@@ -257,7 +272,8 @@ impl Policy {
     }
 
     /// Sets a fixed cost per request (default 1). Must be between 1 and the
-    /// smallest limit of the policy.
+    /// smallest limit of the policy, and not above its
+    /// [max cost](Policy::max_cost).
     #[must_use]
     pub fn cost(mut self, cost: u64) -> Self {
         self.edit().cost = Cost::Fixed(cost);
@@ -266,13 +282,61 @@ impl Policy {
 
     /// Computes the cost of each request from its head (e.g. from a header or
     /// the method). A cost above a quota's limit is always denied; a cost of 0
-    /// only reads the current state.
+    /// only reads the current state. A cost above the policy's
+    /// [max cost](Policy::max_cost) is rejected without asking the backend.
     #[must_use]
     pub fn cost_fn<F>(mut self, f: F) -> Self
     where
         F: Fn(&Parts) -> u64 + Send + Sync + 'static,
     {
         self.edit().cost = Cost::PerRequest(Arc::new(f));
+        self
+    }
+
+    /// Sets the largest cost one request may have, bounding the backend work
+    /// one decision can cause.
+    ///
+    /// A request whose [per-request cost](Policy::cost_fn) is above it is
+    /// rejected without asking the backend, with
+    /// [`RejectReason::CostTooHigh`](crate::RejectReason::CostTooHigh)
+    /// (HTTP 413, gRPC `INVALID_ARGUMENT`, no `Retry-After`): it can never be
+    /// admitted. A [fixed cost](Policy::cost) above it is a configuration
+    /// error.
+    ///
+    /// Defaults:
+    ///
+    /// - [`Algorithm::SlidingLog`]: [`DEFAULT_MAX_LOG_COST`] (1 000), or the
+    ///   smallest limit if lower. The log stores one entry per admitted unit,
+    ///   so one admission costs Redis time proportional to its cost (tens of
+    ///   milliseconds for 10 000), during which every other decision waits.
+    ///   Raise it (up to the smallest limit) only if such pauses are
+    ///   acceptable.
+    /// - [`Algorithm::SlidingWindow`]: no bound. The counter does the same
+    ///   work whatever the cost; a cost above a quota's limit is sent to the
+    ///   backend and denied like an exhausted quota (HTTP 429).
+    ///
+    /// Checked when the layer is built: it must be between 1 and the
+    /// smallest limit of the policy.
+    ///
+    /// ```
+    /// use tower_redis_ratelimit::{Algorithm, Policy, Quota};
+    ///
+    /// // Exports cost one unit per exported row; at most 500 rows at once.
+    /// let policy = Policy::new("export")
+    ///     .quota(Quota::per_hour(5_000))
+    ///     .algorithm(Algorithm::SlidingLog)
+    ///     .cost_fn(|parts| {
+    ///         parts.headers.get("x-rows")
+    ///             .and_then(|v| v.to_str().ok()?.parse().ok())
+    ///             .unwrap_or(1)
+    ///     })
+    ///     .max_cost(500);
+    /// assert_eq!(policy.effective_max_cost(), Some(500));
+    /// # policy.validate().unwrap();
+    /// ```
+    #[must_use]
+    pub fn max_cost(mut self, max: u64) -> Self {
+        self.edit().max_cost = Some(max);
         self
     }
 
@@ -313,6 +377,24 @@ impl Policy {
     /// The missing-key behaviour.
     pub fn missing_key(&self) -> MissingKey {
         self.inner.missing_key
+    }
+
+    /// The largest cost one request may have: the [max cost](Policy::max_cost)
+    /// if set, else for [`Algorithm::SlidingLog`] [`DEFAULT_MAX_LOG_COST`] or
+    /// the smallest limit if lower. `None`: no bound beyond the quotas.
+    pub fn effective_max_cost(&self) -> Option<u64> {
+        match (self.inner.max_cost, self.inner.algorithm) {
+            (Some(max), _) => Some(max),
+            (None, Algorithm::SlidingLog) => Some(
+                self.smallest_limit()
+                    .map_or(DEFAULT_MAX_LOG_COST, |l| l.min(DEFAULT_MAX_LOG_COST)),
+            ),
+            (None, Algorithm::SlidingWindow) => None,
+        }
+    }
+
+    fn smallest_limit(&self) -> Option<u64> {
+        self.inner.quotas.iter().map(|q| q.limit).min()
     }
 
     /// Whether two values are the same policy (clones of one another).
@@ -415,13 +497,31 @@ impl Policy {
                 });
             }
         }
+        let smallest = self.smallest_limit().unwrap_or(0);
+        if let Some(max_cost) = inner.max_cost
+            && !(1..=smallest).contains(&max_cost)
+        {
+            return Err(ConfigError::InvalidMaxCost {
+                policy: policy(),
+                max_cost,
+                limit: smallest,
+            });
+        }
         if let Cost::Fixed(cost) = inner.cost {
-            let max = inner.quotas.iter().map(|q| q.limit).min().unwrap_or(0);
-            if cost == 0 || cost > max {
+            if cost == 0 || cost > smallest {
                 return Err(ConfigError::InvalidCost {
                     policy: policy(),
                     cost,
-                    max,
+                    max: smallest,
+                });
+            }
+            if let Some(max_cost) = self.effective_max_cost()
+                && cost > max_cost
+            {
+                return Err(ConfigError::CostAboveMaxCost {
+                    policy: policy(),
+                    cost,
+                    max_cost,
                 });
             }
         }
@@ -503,6 +603,117 @@ mod tests {
             let err = policy.validate().expect_err(needle).to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
+    }
+
+    #[test]
+    fn max_cost_defaults() {
+        let log = |limit| {
+            Policy::new("log")
+                .quota(Quota::per_hour(limit))
+                .algorithm(Algorithm::SlidingLog)
+        };
+        assert_eq!(log(10_000).effective_max_cost(), Some(DEFAULT_MAX_LOG_COST));
+        assert_eq!(log(1_000).effective_max_cost(), Some(1_000));
+        assert_eq!(Policy::auth().effective_max_cost(), Some(5));
+        assert_eq!(
+            log(10_000)
+                .quota(Quota::per_second(20))
+                .effective_max_cost(),
+            Some(20),
+            "the smallest limit of all quotas"
+        );
+        assert_eq!(
+            log(10_000).max_cost(10_000).effective_max_cost(),
+            Some(10_000)
+        );
+        assert_eq!(Policy::default_api().effective_max_cost(), None);
+        assert_eq!(
+            Policy::default_api().max_cost(7).effective_max_cost(),
+            Some(7)
+        );
+        for valid in [
+            log(10_000),
+            log(10_000).max_cost(10_000).cost(10_000),
+            log(10_000).max_cost(1),
+            log(10_000).cost(DEFAULT_MAX_LOG_COST),
+            log(3).cost(3),
+            Policy::default_api().cost(100),
+            Policy::default_api().max_cost(100).cost(100),
+            Policy::new("w")
+                .quota(Quota::per_hour(MAX_LIMIT))
+                .cost(MAX_LIMIT),
+        ] {
+            valid
+                .validate()
+                .unwrap_or_else(|e| panic!("{valid:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn invalid_max_costs_are_config_errors() {
+        let log = || {
+            Policy::new("log")
+                .quota(Quota::per_hour(5_000))
+                .quota(Quota::per_second(50))
+                .algorithm(Algorithm::SlidingLog)
+        };
+        assert_eq!(
+            log().max_cost(0).validate(),
+            Err(ConfigError::InvalidMaxCost {
+                policy: "log".into(),
+                max_cost: 0,
+                limit: 50
+            })
+        );
+        let above = log().max_cost(51).validate().unwrap_err();
+        assert_eq!(
+            above,
+            ConfigError::InvalidMaxCost {
+                policy: "log".into(),
+                max_cost: 51,
+                limit: 50
+            }
+        );
+        assert!(
+            above.to_string().contains("max cost 51 is outside 1..=50"),
+            "{above}"
+        );
+        // A fixed cost above an explicit max cost, or the log's default.
+        let fixed = Policy::default_api().max_cost(10).cost(11).validate();
+        assert_eq!(
+            fixed,
+            Err(ConfigError::CostAboveMaxCost {
+                policy: "api".into(),
+                cost: 11,
+                max_cost: 10
+            })
+        );
+        let default = Policy::new("log")
+            .quota(Quota::per_hour(5_000))
+            .algorithm(Algorithm::SlidingLog)
+            .cost(1_001)
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            default,
+            ConfigError::CostAboveMaxCost {
+                policy: "log".into(),
+                cost: 1_001,
+                max_cost: 1_000
+            }
+        );
+        let message = default.to_string();
+        assert!(
+            message.contains("cost 1001 is above its max cost of 1000")
+                && message.contains("Policy::max_cost"),
+            "{message}"
+        );
+        // A per-request cost is only known per request: no build error.
+        Policy::default_api()
+            .max_cost(10)
+            .cost_fn(|_| 1_000_000)
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -21,6 +21,16 @@ pub enum RejectReason {
     /// The request has no key and the policy denies keyless requests
     /// (HTTP 403, gRPC `PERMISSION_DENIED`).
     MissingKey,
+    /// The request costs more than the policy's
+    /// [max cost](crate::Policy::max_cost) allows: it can never be admitted,
+    /// so it is refused without asking the backend (HTTP 413, gRPC
+    /// `INVALID_ARGUMENT`, no retry time).
+    CostTooHigh {
+        /// The request's cost, as the policy's cost function computed it.
+        cost: u64,
+        /// The largest cost the policy admits for one request.
+        max_cost: u64,
+    },
 }
 
 /// Everything known about a rejected request.
@@ -44,12 +54,13 @@ impl Rejection<'_> {
     }
 
     /// The wait before a retry can succeed: the decision's retry-after, or one
-    /// second when the backend was unavailable.
+    /// second when the backend was unavailable. `None` when waiting does not
+    /// help (no key, a cost above the max cost).
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self.reason {
             RejectReason::Limited => self.decision.and_then(Decision::retry_after),
             RejectReason::Unavailable => Some(std::time::Duration::from_secs(1)),
-            RejectReason::MissingKey => None,
+            RejectReason::MissingKey | RejectReason::CostTooHigh { .. } => None,
         }
     }
 }
@@ -87,6 +98,11 @@ where
 /// | [`Limited`](RejectReason::Limited) | 429 | 8 `RESOURCE_EXHAUSTED`, with `grpc-retry-pushback-ms` |
 /// | [`Unavailable`](RejectReason::Unavailable) | 503 | 14 `UNAVAILABLE` |
 /// | [`MissingKey`](RejectReason::MissingKey) | 403 | 7 `PERMISSION_DENIED` |
+/// | [`CostTooHigh`](RejectReason::CostTooHigh) | 413 | 3 `INVALID_ARGUMENT` |
+///
+/// A request costing more than the policy's max cost can never be admitted:
+/// 413 and `INVALID_ARGUMENT` say so, where 429 and `RESOURCE_EXHAUSTED`
+/// would invite clients to wait and retry the same request forever.
 ///
 /// gRPC rejections are HTTP 200 with the status in the headers and an empty
 /// body, as gRPC requires: a plain 429 would reach gRPC clients as
@@ -133,9 +149,9 @@ impl<B: From<String>> OnRejection<B> for DefaultRejection {
 /// ```
 ///
 /// gRPC requests get the same trailers-only response as with
-/// [`DefaultRejection`] (`grpc-status` 8, 14 or 7, `grpc-message`,
+/// [`DefaultRejection`] (`grpc-status` 8, 14, 7 or 3, `grpc-message`,
 /// `grpc-retry-pushback-ms`); anything else gets the HTTP status (429, 503,
-/// 403) with an empty body.
+/// 403, 413) with an empty body.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcRejection;
 
@@ -237,6 +253,11 @@ fn message(r: &Rejection<'_>) -> String {
         (RejectReason::Limited, None) => "rate limit exceeded".to_owned(),
         (RejectReason::Unavailable, _) => "rate limiter unavailable; retry shortly".to_owned(),
         (RejectReason::MissingKey, _) => "request has no client identity".to_owned(),
+        (RejectReason::CostTooHigh { cost, max_cost }, _) => format!(
+            "request cost {cost} is above the maximum of {max_cost} per request for policy {}; \
+             it can never be admitted, retrying will not help",
+            r.policy.name()
+        ),
     }
 }
 
@@ -245,6 +266,7 @@ fn http_status(reason: RejectReason) -> StatusCode {
         RejectReason::Limited => StatusCode::TOO_MANY_REQUESTS,
         RejectReason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         RejectReason::MissingKey => StatusCode::FORBIDDEN,
+        RejectReason::CostTooHigh { .. } => StatusCode::PAYLOAD_TOO_LARGE,
     }
 }
 
@@ -254,6 +276,7 @@ fn grpc_response<B>(r: &Rejection<'_>, message: &str, body: B) -> Response<B> {
         RejectReason::Limited => "8",
         RejectReason::Unavailable => "14",
         RejectReason::MissingKey => "7",
+        RejectReason::CostTooHigh { .. } => "3",
     };
     let mut res = Response::new(body);
     let h = res.headers_mut();
@@ -400,6 +423,64 @@ mod tests {
         let res: Response<Empty> = GrpcRejection.response(&r);
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!res.headers().contains_key("grpc-status"));
+    }
+
+    #[test]
+    fn cost_too_high_can_never_be_admitted() {
+        let policy = Policy::auth();
+        let mut parts = http::Request::new(()).into_parts().0;
+        let reason = RejectReason::CostTooHigh {
+            cost: 10_000,
+            max_cost: 5,
+        };
+        let r = Rejection {
+            request: &parts,
+            policy: &policy,
+            reason,
+            decision: None,
+        };
+        assert_eq!(r.retry_after(), None, "waiting does not help");
+        let res: Response<String> = DefaultRejection.response(&r);
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            res.body(),
+            "request cost 10000 is above the maximum of 5 per request for policy auth; \
+             it can never be admitted, retrying will not help\n"
+        );
+        assert!(!res.headers().contains_key(header::RETRY_AFTER));
+        let json = ProblemJson::new().body(&r);
+        assert!(
+            json.starts_with(
+                "{\"type\":\"about:blank\",\"title\":\"Payload Too Large\",\"status\":413,"
+            ),
+            "{json}"
+        );
+        assert!(!json.contains("retry_after"), "{json}");
+        let res: Response<String> = GrpcRejection.response(&r);
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        let r = Rejection {
+            request: &parts,
+            policy: &policy,
+            reason,
+            decision: None,
+        };
+        for res in [
+            DefaultRejection.response(&r),
+            GrpcRejection.response(&r),
+            ProblemJson::new().response(&r),
+        ] {
+            let res: Response<String> = res;
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(res.headers()["grpc-status"], "3");
+            assert!(!res.headers().contains_key("grpc-retry-pushback-ms"));
+            let message = res.headers()["grpc-message"].to_str().unwrap();
+            assert!(message.contains("can never be admitted"), "{message}");
+        }
     }
 
     #[test]

@@ -94,9 +94,25 @@ where
                 None,
             );
         };
+        let cost = policy.cost_for(&parts);
+        // A cost above the policy's max cost can never be admitted; refusing
+        // it here keeps one request from making the backend work in
+        // proportion to its cost (the sliding log stores one entry per unit).
+        if let Some(max_cost) = policy.effective_max_cost()
+            && cost > max_cost
+        {
+            return ResponseFuture::rejected(
+                Arc::clone(shared),
+                ix,
+                self.on_rejection.clone(),
+                parts,
+                RejectReason::CostTooHigh { cost, max_cost },
+                None,
+            );
+        }
         // Any cost above MAX_LIMIT is denied alike; clamping keeps the
         // arithmetic far from overflow whatever a cost function returns.
-        let cost = policy.cost_for(&parts).min(MAX_LIMIT + 1);
+        let cost = cost.min(MAX_LIMIT + 1);
         // A client denied moments ago is denied again without a backend call.
         if let Some(decision) = shared.blocked.get(ix, &key, cost) {
             return ResponseFuture::rejected(

@@ -156,6 +156,58 @@ fn loadtest_server_rejects_bad_values_naming_the_variable() {
     }
 }
 
+/// The password in `REDIS_URL` never reaches the output: the start-up line
+/// and the invalid-URL message show the URL redacted.
+#[test]
+fn loadtest_server_never_prints_the_redis_password() {
+    // A valid URL to a dead port: the backend connects lazily, so the server
+    // starts and says which backend it uses.
+    let port = support::dead_port();
+    let url = format!("redis://app:s3cret-pw@127.0.0.1:{port}/0");
+    let mut child = loadtest_server(&[("REDIS_URL", url.as_str())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _server = Server { child };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines
+        .iter()
+        .any(|l: &String| l.starts_with("listening on "))
+    {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no `listening on` line; got {lines:?}"));
+        lines.push(line);
+    }
+    let expected = format!("backend: redis at redis://app:***@127.0.0.1:{port}/0");
+    assert!(lines.contains(&expected), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("s3cret")), "{lines:?}");
+
+    // An invalid URL: refused, naming the variable, without the password.
+    let out = loadtest_server(&[("REDIS_URL", "redis://app:s3cret-pw@127.0.0.1:notaport/")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("REDIS_URL=\"redis://app:***@127.0.0.1:notaport/\""),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret") && !stdout.contains("s3cret"),
+        "{stderr}{stdout}"
+    );
+}
+
 /// GET `/api/ping`, optionally with an `x-api-key`; the structured fields of
 /// the response are checked.
 async fn ping(

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use tower_redis_ratelimit::backend::redact_url;
 use tower_redis_ratelimit::{Backend, ConfigError, MemoryBackend, RedisBackend};
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -14,11 +15,12 @@ pub fn init_tracing() {
         .init();
 }
 
-/// Redis at `REDIS_URL` when set, else in-memory; says which on stdout.
+/// Redis at `REDIS_URL` when set, else in-memory; says which on stdout
+/// (without the URL's password).
 pub fn backend_from_env() -> Result<Arc<dyn Backend>, ConfigError> {
     match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
-            println!("backend: redis at {url}");
+            println!("backend: redis at {}", redact_url(&url));
             Ok(Arc::new(RedisBackend::new(&url)?))
         }
         _ => {

@@ -4,6 +4,8 @@
 //!   atomic Lua script call per decision.
 //! - [`MemoryBackend`]: in-process, the same algorithms and outcomes; the
 //!   embedded default when no Redis is configured.
+//!
+//! [`redact_url`] shows a Redis URL without its password.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,9 +16,11 @@ use crate::key::Key;
 use crate::policy::Policy;
 
 mod memory;
+mod redact;
 mod redis;
 
 pub use self::memory::MemoryBackend;
+pub use self::redact::redact_url;
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 
 /// The future returned by [`Backend::check`].

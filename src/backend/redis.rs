@@ -9,6 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, ScriptInvocation};
 
+use super::redact::{redact_url, secrets};
 use super::{Backend, CheckFuture};
 use crate::decision::{Decision, QuotaStatus};
 use crate::error::{BackendError, ConfigError};
@@ -67,6 +68,8 @@ enum Target {
     Cluster(cluster::Cluster),
 }
 
+/// Shows the address (no credentials) or, for a cluster, the node URLs with
+/// their passwords redacted.
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RedisBackend");
@@ -85,7 +88,7 @@ impl fmt::Debug for RedisBackend {
 }
 
 /// Builds a [`RedisBackend`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct RedisBackendBuilder {
     urls: Vec<String>,
@@ -93,6 +96,44 @@ pub struct RedisBackendBuilder {
     prefix: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+}
+
+/// Shows the URLs with their passwords redacted ([`redact_url`]).
+impl fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<_> = self.urls.iter().map(|url| redact_url(url)).collect();
+        f.debug_struct("RedisBackendBuilder")
+            .field("urls", &urls)
+            .field("cluster", &self.cluster)
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// The message of [`ConfigError::RedisUrl`]: redis-rs' error, then the
+/// URLs, with passwords redacted from both.
+fn url_error(urls: &[String], error: &redis::RedisError) -> ConfigError {
+    let mut message = error.to_string();
+    // redis-rs does not echo URLs in its errors today; make sure that no
+    // version can leak a password through this message.
+    for url in urls {
+        if !url.is_empty() && message.contains(url.as_str()) {
+            message = message.replace(url.as_str(), &redact_url(url));
+        }
+        for secret in secrets(url) {
+            // A secret of a few bytes would mask unrelated words.
+            if secret.len() >= 4 {
+                message = message.replace(secret, "***");
+            }
+        }
+    }
+    let shown: Vec<_> = urls.iter().map(|url| redact_url(url)).collect();
+    match shown.as_slice() {
+        [one] => ConfigError::RedisUrl(format!("{one:?}: {message}")),
+        many => ConfigError::RedisUrl(format!("{many:?}: {message}")),
+    }
 }
 
 impl RedisBackendBuilder {
@@ -128,7 +169,7 @@ impl RedisBackendBuilder {
                 prefix: self.prefix,
             });
         }
-        let url_error = |e: redis::RedisError| ConfigError::RedisUrl(e.to_string());
+        let url_error = |e: redis::RedisError| url_error(&self.urls, &e);
         let target = if self.cluster {
             #[cfg(feature = "cluster")]
             {
@@ -140,7 +181,8 @@ impl RedisBackendBuilder {
                     .response_timeout(self.response_timeout)
                     .build()
                     .map_err(url_error)?;
-                Target::Cluster(cluster::Cluster::new(client, self.urls))
+                let nodes = self.urls.iter().map(|u| redact_url(u).into_owned());
+                Target::Cluster(cluster::Cluster::new(client, nodes.collect()))
             }
             #[cfg(not(feature = "cluster"))]
             unreachable!("cluster builders exist only with the `cluster` feature")
@@ -360,6 +402,7 @@ mod cluster {
     use tokio::sync::watch;
 
     pub(super) struct Cluster {
+        /// The nodes as given, passwords redacted: only shown by `Debug`.
         pub nodes: Vec<String>,
         client: ClusterClient,
         ready: watch::Sender<Option<ClusterConnection>>,
@@ -418,5 +461,69 @@ mod cluster {
                 .expect("the sender lives in the backend");
             conn.as_ref().expect("waited for Some").clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let backend = RedisBackend::new("redis://u:secret@127.0.0.1:1").unwrap();
+        let shown = format!("{backend:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("127.0.0.1"), "{shown}");
+        let builder = RedisBackend::builder("rediss://u:secret@cache:6380/2").prefix("app");
+        let shown = format!("{builder:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("rediss://u:***@cache:6380/2"), "{shown}");
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_debug_never_shows_the_password() {
+        let nodes = [
+            "redis://u:secret@127.0.0.1:1",
+            "redis://u:secret@127.0.0.1:2",
+        ];
+        let backend = RedisBackend::cluster(nodes).unwrap();
+        let shown = format!("{backend:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("redis://u:***@127.0.0.1:1"), "{shown}");
+        assert!(shown.contains("redis://u:***@127.0.0.1:2"), "{shown}");
+        let shown = format!("{:?}", RedisBackend::cluster_builder(nodes));
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn url_errors_never_show_the_password() {
+        for bad in [
+            "redis://u:secret@127.0.0.1:notaport/",
+            "redis://u:secret@127.0.0.1:6379/notadb",
+            "redis://:secret@127.0.0.1:6379/?protocol=resp9",
+            "http://u:secret@127.0.0.1:6379/",
+            "u:secret@127.0.0.1:6379",
+            "redis://u:sec@ret@/",
+        ] {
+            let Err(err) = RedisBackend::new(bad) else {
+                panic!("{bad} was accepted");
+            };
+            let message = err.to_string();
+            assert!(matches!(err, ConfigError::RedisUrl(_)), "{bad}: {err:?}");
+            for leak in ["secret", "sec@ret"] {
+                assert!(!message.contains(leak), "{bad}: {message}");
+            }
+            assert!(message.starts_with("invalid Redis URL: \""), "{message}");
+        }
+        // Echoed text is scrubbed too.
+        let echo = redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "bad",
+            "redis://u:secret@h/ and secret".to_owned(),
+        ));
+        let message = url_error(&["redis://u:secret@h/".to_owned()], &echo).to_string();
+        assert!(!message.contains("secret"), "{message}");
+        assert!(message.contains("redis://u:***@h/"), "{message}");
     }
 }
