@@ -311,9 +311,10 @@ impl Policy {
     ///   milliseconds for 10 000), during which every other decision waits.
     ///   Raise it (up to the smallest limit) only if such pauses are
     ///   acceptable.
-    /// - [`Algorithm::SlidingWindow`]: no bound. The counter does the same
-    ///   work whatever the cost; a cost above a quota's limit is sent to the
-    ///   backend and denied like an exhausted quota (HTTP 429).
+    /// - [`Algorithm::SlidingWindow`]: the smallest limit. The counter does
+    ///   the same work whatever the cost, so the only bound is that a costlier
+    ///   request could never be admitted: it is answered at once, and never
+    ///   with a `Retry-After` that retrying would not honour.
     ///
     /// Checked when the layer is built: it must be between 1 and the
     /// smallest limit of the policy.
@@ -380,8 +381,10 @@ impl Policy {
     }
 
     /// The largest cost one request may have: the [max cost](Policy::max_cost)
-    /// if set, else for [`Algorithm::SlidingLog`] [`DEFAULT_MAX_LOG_COST`] or
-    /// the smallest limit if lower. `None`: no bound beyond the quotas.
+    /// if set, else the smallest limit of the policy's quotas (a costlier
+    /// request could never be admitted), and for [`Algorithm::SlidingLog`] at
+    /// most [`DEFAULT_MAX_LOG_COST`]. `None` only for a policy without quotas
+    /// (which the layer refuses to build).
     pub fn effective_max_cost(&self) -> Option<u64> {
         match (self.inner.max_cost, self.inner.algorithm) {
             (Some(max), _) => Some(max),
@@ -389,7 +392,7 @@ impl Policy {
                 self.smallest_limit()
                     .map_or(DEFAULT_MAX_LOG_COST, |l| l.min(DEFAULT_MAX_LOG_COST)),
             ),
-            (None, Algorithm::SlidingWindow) => None,
+            (None, Algorithm::SlidingWindow) => self.smallest_limit(),
         }
     }
 
@@ -626,7 +629,11 @@ mod tests {
             log(10_000).max_cost(10_000).effective_max_cost(),
             Some(10_000)
         );
-        assert_eq!(Policy::default_api().effective_max_cost(), None);
+        assert_eq!(
+            Policy::default_api().effective_max_cost(),
+            Some(100),
+            "a counter's bound is its smallest limit"
+        );
         assert_eq!(
             Policy::default_api().max_cost(7).effective_max_cost(),
             Some(7)

@@ -154,18 +154,18 @@ async fn explicit_max_cost_opts_in_and_bounds_sliding_window_policies() {
     let mut conn = server.conn();
     let backend = support::redis_backend(&server.url(), "max-cost-window");
 
-    // A sliding-window policy has no bound unless one is set.
+    // A sliding-window policy is bounded by its smallest limit: a costlier
+    // request could never be admitted, so it is answered without Redis.
     let open = costed("open", Quota::per_minute(100), Algorithm::SlidingWindow);
-    assert_eq!(open.effective_max_cost(), None);
+    assert_eq!(open.effective_max_cost(), Some(100));
     let open = layer(&backend, &open);
     assert_eq!(send(&open, "warm", 1, false).await.status(), StatusCode::OK);
     let before = evalsha_calls(&mut conn);
     let res = send(&open, "a", 101, false).await;
-    assert_eq!(
-        res.status(),
-        StatusCode::TOO_MANY_REQUESTS,
-        "denied by Redis like an exhausted quota"
-    );
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(evalsha_calls(&mut conn), before, "no backend call");
+    let res = send(&open, "a", 100, false).await;
+    assert_eq!(res.status(), StatusCode::OK, "the whole limit at once fits");
     assert_eq!(evalsha_calls(&mut conn), before + 1);
 
     let bounded = costed("bounded", Quota::per_minute(100), Algorithm::SlidingWindow).max_cost(10);
