@@ -13,79 +13,79 @@
 //! blocked client only costs one backend call for that client. Expired
 //! entries are dropped when they are looked up or reach the LRU end.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::RandomState;
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use lru::LruCache;
 
+use crate::clock::{Clock, MonotonicClock};
 use crate::decision::{Decision, QuotaStatus};
 use crate::key::Key;
+use crate::sharded::{SHARDS, Sharded};
 
-const SHARDS: usize = 16;
-
+/// A remembered denial; times in microseconds of the cache's clock.
 #[derive(Debug)]
 struct Entry {
-    until: Instant,
+    until: u64,
     cost: u64,
     decision: Decision,
-    at: Instant,
+    at: u64,
 }
 
 /// One shard: SipHash with its own random keys (client keys are
 /// attacker-chosen), independent of the hash that picked the shard.
 type Shard = LruCache<Key, Entry, RandomState>;
 
-/// Denied `(policy, key)` pairs and when they may retry: `SHARDS` LRU caches
-/// per policy, keyed by the client key alone, so lookups borrow the key.
-#[derive(Debug)]
+/// Denied `(policy, key)` pairs and when they may retry: one sharded LRU per
+/// policy, keyed by the client key alone, so lookups borrow the key.
 pub(crate) struct BlockedCache {
     /// Empty when the cache is disabled.
-    shards: Vec<Mutex<Shard>>,
-    hasher: RandomState,
+    policies: Vec<Sharded<Shard>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for BlockedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockedCache")
+            .field("policies", &self.policies.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BlockedCache {
     /// A cache of at most about `capacity` blocked clients over `policies`
     /// policies (capacity 0 disables it).
     pub(crate) fn new(capacity: usize, policies: usize) -> Self {
-        let count = SHARDS * policies.max(1);
-        let shards = match NonZeroUsize::new(capacity.div_ceil(count)) {
-            Some(per_shard) => (0..count)
+        Self::with_clock(capacity, policies, Arc::new(MonotonicClock))
+    }
+
+    pub(crate) fn with_clock(capacity: usize, policies: usize, clock: Arc<dyn Clock>) -> Self {
+        let shards = SHARDS * policies.max(1);
+        let policies = match NonZeroUsize::new(capacity.div_ceil(shards)) {
+            Some(per_shard) => (0..policies.max(1))
                 .map(|_| {
-                    // Unbounded then resized: the same bound as `with_hasher`,
-                    // but the map grows on demand instead of allocating every
-                    // slot up front.
-                    let mut shard = LruCache::unbounded_with_hasher(RandomState::new());
-                    shard.resize(per_shard);
-                    Mutex::new(shard)
+                    Sharded::new(SHARDS, || {
+                        // Unbounded then resized: the same bound as
+                        // `with_hasher`, but the map grows on demand instead
+                        // of allocating every slot up front.
+                        let mut shard = LruCache::unbounded_with_hasher(RandomState::new());
+                        shard.resize(per_shard);
+                        shard
+                    })
                 })
                 .collect(),
             None => Vec::new(),
         };
-        Self {
-            shards,
-            hasher: RandomState::new(),
-        }
-    }
-
-    /// The shard of `(policy, key)`, `None` when the cache is disabled.
-    fn shard(&self, policy: usize, key: &Key) -> Option<&Mutex<Shard>> {
-        if self.shards.is_empty() {
-            return None;
-        }
-        let ix = policy * SHARDS + self.hasher.hash_one(key) as usize % SHARDS;
-        Some(&self.shards[ix % self.shards.len()])
+        Self { policies, clock }
     }
 
     /// The denial to repeat for this request, if the client is still blocked.
     pub(crate) fn get(&self, policy: usize, key: &Key, cost: u64) -> Option<Decision> {
-        let now = Instant::now();
-        let mut shard = self
-            .shard(policy, key)?
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let shards = self.policies.get(policy)?;
+        let now = self.clock.now_micros();
+        let mut shard = shards.lock(key);
         let entry = shard.get(key)?;
         if entry.until <= now {
             shard.pop(key);
@@ -95,7 +95,7 @@ impl BlockedCache {
             return None;
         }
         // Age the stored decision: less time to wait, same counts.
-        let elapsed = now - entry.at;
+        let elapsed = Duration::from_micros(now.saturating_sub(entry.at));
         let quotas = entry
             .decision
             .quotas()
@@ -105,11 +105,10 @@ impl BlockedCache {
                 ..*q
             })
             .collect();
-        let retry = entry.until - now;
         Some(Decision::denied(
             quotas,
             entry.decision.denied_by().unwrap_or(0),
-            retry,
+            Duration::from_micros(entry.until - now),
         ))
     }
 
@@ -122,26 +121,25 @@ impl BlockedCache {
         if retry < Duration::from_millis(1) {
             return;
         }
-        let Some(shard) = self.shard(policy, key) else {
+        let Some(shards) = self.policies.get(policy) else {
             return;
         };
-        let now = Instant::now();
+        let now = self.clock.now_micros();
+        let retry = u64::try_from(retry.as_micros()).unwrap_or(u64::MAX);
         let entry = Entry {
-            until: now + retry,
+            until: now.saturating_add(retry),
             cost,
             decision: decision.clone(),
             at: now,
         };
-        shard
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .put(key.clone(), entry);
+        shards.lock(key).put(key.clone(), entry);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::FakeClock;
 
     fn denied(retry_ms: u64) -> Decision {
         Decision::denied(
@@ -157,12 +155,17 @@ mod tests {
     }
 
     fn len(cache: &BlockedCache) -> usize {
-        cache.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+        cache
+            .policies
+            .iter()
+            .flat_map(|p| p.each().map(|s| s.len()).collect::<Vec<_>>())
+            .sum()
     }
 
     #[test]
     fn repeats_denials_until_retry_time_for_same_or_higher_cost() {
-        let cache = BlockedCache::new(100, 2);
+        let clock = FakeClock::new(1_000_000);
+        let cache = BlockedCache::with_clock(100, 2, Arc::new(clock.clone()));
         let k = Key::new("a");
         assert!(cache.get(0, &k, 1).is_none());
         cache.insert(0, &k, 2, &denied(40));
@@ -175,7 +178,11 @@ mod tests {
         assert!(d.retry_after().unwrap() <= Duration::from_millis(40));
         assert!(cache.get(1, &k, 2).is_none(), "other policy");
         assert!(cache.get(0, &Key::new("b"), 2).is_none(), "other key");
-        std::thread::sleep(Duration::from_millis(45));
+        clock.advance(Duration::from_millis(25));
+        let d = cache.get(0, &k, 2).unwrap();
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(15)), "aged");
+        assert_eq!(d.quotas()[0].reset_after, Duration::from_millis(59_975));
+        clock.advance(Duration::from_millis(15));
         assert!(cache.get(0, &k, 5).is_none(), "expired");
         assert_eq!(len(&cache), 0, "the expired entry was dropped");
     }
@@ -202,14 +209,9 @@ mod tests {
         }
         assert_eq!(len(&cache), 64, "every shard full, none over");
         // In each shard, exactly the 4 last-inserted clients are remembered.
-        let mut seen = vec![0; cache.shards.len()];
+        let mut seen = [0; SHARDS];
         for key in keys.iter().rev() {
-            let shard = cache.shard(0, key).unwrap();
-            let ix = cache
-                .shards
-                .iter()
-                .position(|s| std::ptr::eq(s, shard))
-                .unwrap();
+            let ix = cache.policies[0].index(key);
             let newest = seen[ix] < 4;
             seen[ix] += 1;
             assert_eq!(cache.get(0, key, 1).is_some(), newest, "{key:?}");

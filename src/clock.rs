@@ -1,11 +1,13 @@
-//! Time sources for the in-process backend.
+//! Time sources: the one clock abstraction of the crate, used by the
+//! in-process backend, the circuit breaker and the blocked-client cache (each
+//! testable with [`FakeClock`] instead of sleeping).
 //!
 //! The Redis backend always uses the Redis server's clock (`TIME` inside the
 //! script), so that application servers with skewed clocks agree.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of the current time in microseconds since some fixed origin.
 pub trait Clock: Send + Sync + 'static {
@@ -23,6 +25,18 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0)
+    }
+}
+
+/// A monotonic clock: microseconds since its first use in the process. For
+/// deadlines and cool-downs, which must not jump with the wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MonotonicClock;
+
+impl Clock for MonotonicClock {
+    fn now_micros(&self) -> u64 {
+        static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+        u64::try_from(ORIGIN.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 }
 

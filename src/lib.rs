@@ -83,6 +83,7 @@ mod policy;
 mod response;
 mod routes;
 mod service;
+mod sharded;
 
 pub use crate::backend::{Backend, CheckFuture, MemoryBackend, RedisBackend, RedisBackendBuilder};
 pub use crate::decision::{Decision, QuotaStatus};

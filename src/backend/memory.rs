@@ -1,8 +1,7 @@
 //! The in-process backend.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use super::{Backend, CheckFuture};
 use crate::algorithm::{self, QuotaState};
@@ -10,8 +9,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 use crate::key::Key;
 use crate::policy::Policy;
-
-const SHARDS: usize = 16;
+use crate::sharded::{SHARDS, Sharded};
 /// A shard drops its expired entries every this many writes, or every
 /// shard-capacity writes if that is more (so a sweep costs O(1) amortised).
 const SWEEP_EVERY: usize = 1024;
@@ -40,9 +38,8 @@ pub struct MemoryBackend {
 
 struct Inner {
     clock: Box<dyn Clock>,
-    shards: Vec<Mutex<Shard>>,
+    shards: Sharded<Shard>,
     per_shard: usize,
-    hasher: RandomState,
 }
 
 #[derive(Default)]
@@ -95,7 +92,10 @@ struct Entry {
 impl std::fmt::Debug for MemoryBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryBackend")
-            .field("capacity", &(self.inner.per_shard * SHARDS))
+            .field(
+                "capacity",
+                &(self.inner.per_shard * self.inner.shards.count()),
+            )
             .field("len", &self.len())
             .finish()
     }
@@ -135,20 +135,15 @@ impl MemoryBackend {
         Self {
             inner: Arc::new(Inner {
                 clock: Box::new(clock),
-                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                shards: Sharded::new(SHARDS, Shard::default),
                 per_shard: capacity.div_ceil(SHARDS),
-                hasher: RandomState::new(),
             }),
         }
     }
 
     /// The number of entries held now (live or not yet swept).
     pub fn len(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
-            .sum()
+        self.inner.shards.each().map(|s| s.map.len()).sum()
     }
 
     /// Whether no entry is held.
@@ -164,10 +159,7 @@ impl MemoryBackend {
         id.push_str(policy.name());
         id.push('\0');
         id.push_str(key.as_str());
-        let shard_ix = (inner.hasher.hash_one(&id) as usize) % SHARDS;
-        let mut shard = inner.shards[shard_ix]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = inner.shards.lock(&id);
 
         let algorithm = policy.algorithm_kind();
         let quotas = policy.quotas();
@@ -216,11 +208,7 @@ impl MemoryBackend {
     /// Sweeps done so far, over all shards (a test helper).
     #[cfg(test)]
     fn sweeps(&self) -> u64 {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).sweeps)
-            .sum()
+        self.inner.shards.each().map(|s| s.sweeps).sum()
     }
 }
 
