@@ -18,7 +18,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
 use tower::{Layer, ServiceExt, service_fn};
-use tower_redis_ratelimit::__bench::BlockedCache;
+use tower_redis_ratelimit::__bench::BlockedClients;
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{
     Decision, Key, MemoryBackend, Policy, Quota, QuotaStatus, RateLimitLayer,
@@ -50,44 +50,44 @@ fn cache(c: &mut Criterion) {
 
     // Room to spare: 100 000 clients cycling in a 160 000 cache (each shard
     // stays well under its share), so no insert ever needs to make room.
-    let roomy = BlockedCache::new(CAPACITY, 1);
+    let roomy = BlockedClients::new(CAPACITY);
     let pool = keys(100_000, "roomy-");
     for key in &pool {
-        roomy.insert(0, key, 1, &denial);
+        roomy.insert(key, 1, &denial);
     }
     let mut i = 0;
     group.bench_function("insert_not_full", |b| {
         b.iter(|| {
             i = (i + 1) % pool.len();
-            roomy.insert(0, &pool[i], 1, &denial);
+            roomy.insert(&pool[i], 1, &denial);
         })
     });
 
     // Full of live entries: every insert is a client the cache does not hold
     // (four times the capacity cycling, so a returning client was evicted
     // long ago), and room must be made.
-    let full = BlockedCache::new(CAPACITY, 1);
+    let full = BlockedClients::new(CAPACITY);
     // A quarter over capacity: every shard gets more than its share.
     for key in &keys(CAPACITY * 5 / 4, "old-") {
-        full.insert(0, key, 1, &denial);
+        full.insert(key, 1, &denial);
     }
     let pool = keys(CAPACITY * 4, "new-");
     let mut i = 0;
     group.bench_function("insert_full", |b| {
         b.iter(|| {
             i = (i + 1) % pool.len();
-            full.insert(0, &pool[i], 1, &denial);
+            full.insert(&pool[i], 1, &denial);
         })
     });
 
     // A blocked client asking again.
     let hits = keys(1024, "roomy-");
-    assert!(roomy.get(0, &hits[0], 1).is_some());
+    assert!(roomy.get(&hits[0], 1).is_some());
     let mut i = 0;
     group.bench_function("get_hit", |b| {
         b.iter(|| {
             i = (i + 1) % hits.len();
-            black_box(roomy.get(0, &hits[i], 1))
+            black_box(roomy.get(&hits[i], 1))
         })
     });
     group.finish();

@@ -38,52 +38,45 @@ struct Entry {
 /// attacker-chosen), independent of the hash that picked the shard.
 type Shard = LruCache<Key, Entry, RandomState>;
 
-/// Denied `(policy, key)` pairs and when they may retry: one sharded LRU per
-/// policy, keyed by the client key alone, so lookups borrow the key.
-pub(crate) struct BlockedCache {
-    /// Empty when the cache is disabled.
-    policies: Vec<Sharded<Shard>>,
+/// The clients of one policy that were denied, and when they may retry: a
+/// sharded LRU keyed by the client key alone, so lookups borrow the key.
+pub(crate) struct BlockedClients {
+    /// `None` when the cache is disabled.
+    shards: Option<Sharded<Shard>>,
     clock: Arc<dyn Clock>,
 }
 
-impl std::fmt::Debug for BlockedCache {
+impl std::fmt::Debug for BlockedClients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockedCache")
-            .field("policies", &self.policies.len())
+        f.debug_struct("BlockedClients")
+            .field("enabled", &self.shards.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl BlockedCache {
-    /// A cache of at most about `capacity` blocked clients over `policies`
-    /// policies (capacity 0 disables it).
-    pub(crate) fn new(capacity: usize, policies: usize) -> Self {
-        Self::with_clock(capacity, policies, Arc::new(MonotonicClock))
+impl BlockedClients {
+    /// A cache of at most about `capacity` blocked clients (0 disables it).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self::with_clock(capacity, Arc::new(MonotonicClock))
     }
 
-    pub(crate) fn with_clock(capacity: usize, policies: usize, clock: Arc<dyn Clock>) -> Self {
-        let shards = SHARDS * policies.max(1);
-        let policies = match NonZeroUsize::new(capacity.div_ceil(shards)) {
-            Some(per_shard) => (0..policies.max(1))
-                .map(|_| {
-                    Sharded::new(SHARDS, || {
-                        // Unbounded then resized: the same bound as
-                        // `with_hasher`, but the map grows on demand instead
-                        // of allocating every slot up front.
-                        let mut shard = LruCache::unbounded_with_hasher(RandomState::new());
-                        shard.resize(per_shard);
-                        shard
-                    })
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        Self { policies, clock }
+    pub(crate) fn with_clock(capacity: usize, clock: Arc<dyn Clock>) -> Self {
+        let shards = NonZeroUsize::new(capacity.div_ceil(SHARDS)).map(|per_shard| {
+            Sharded::new(SHARDS, || {
+                // Unbounded then resized: the same bound as `with_hasher`, but
+                // the map grows on demand instead of allocating every slot up
+                // front.
+                let mut shard = LruCache::unbounded_with_hasher(RandomState::new());
+                shard.resize(per_shard);
+                shard
+            })
+        });
+        Self { shards, clock }
     }
 
     /// The denial to repeat for this request, if the client is still blocked.
-    pub(crate) fn get(&self, policy: usize, key: &Key, cost: u64) -> Option<Decision> {
-        let shards = self.policies.get(policy)?;
+    pub(crate) fn get(&self, key: &Key, cost: u64) -> Option<Decision> {
+        let shards = self.shards.as_ref()?;
         let now = self.clock.now_micros();
         let mut shard = shards.lock(key);
         let entry = shard.get(key)?;
@@ -114,14 +107,14 @@ impl BlockedCache {
 
     /// Remembers a denial. O(1): when the shard is full, its least recently
     /// used entry makes room.
-    pub(crate) fn insert(&self, policy: usize, key: &Key, cost: u64, decision: &Decision) {
+    pub(crate) fn insert(&self, key: &Key, cost: u64, decision: &Decision) {
         let Some(retry) = decision.retry_after() else {
             return;
         };
         if retry < Duration::from_millis(1) {
             return;
         }
-        let Some(shards) = self.policies.get(policy) else {
+        let Some(shards) = &self.shards else {
             return;
         };
         let now = self.clock.now_micros();
@@ -154,80 +147,80 @@ mod tests {
         )
     }
 
-    fn len(cache: &BlockedCache) -> usize {
+    fn len(cache: &BlockedClients) -> usize {
         cache
-            .policies
-            .iter()
-            .flat_map(|p| p.each().map(|s| s.len()).collect::<Vec<_>>())
-            .sum()
+            .shards
+            .as_ref()
+            .map_or(0, |s| s.each().map(|s| s.len()).sum())
     }
 
     #[test]
     fn repeats_denials_until_retry_time_for_same_or_higher_cost() {
         let clock = FakeClock::new(1_000_000);
-        let cache = BlockedCache::with_clock(100, 2, Arc::new(clock.clone()));
+        let cache = BlockedClients::with_clock(50, Arc::new(clock.clone()));
+        let other_policy = BlockedClients::with_clock(50, Arc::new(clock.clone()));
         let k = Key::new("a");
-        assert!(cache.get(0, &k, 1).is_none());
-        cache.insert(0, &k, 2, &denied(40));
+        assert!(cache.get(&k, 1).is_none());
+        cache.insert(&k, 2, &denied(40));
         assert!(
-            cache.get(0, &k, 1).is_none(),
+            cache.get(&k, 1).is_none(),
             "cheaper request asks the backend"
         );
-        let d = cache.get(0, &k, 2).unwrap();
+        let d = cache.get(&k, 2).unwrap();
         assert!(!d.is_allowed());
         assert!(d.retry_after().unwrap() <= Duration::from_millis(40));
-        assert!(cache.get(1, &k, 2).is_none(), "other policy");
-        assert!(cache.get(0, &Key::new("b"), 2).is_none(), "other key");
+        assert!(other_policy.get(&k, 2).is_none(), "other policy");
+        assert!(cache.get(&Key::new("b"), 2).is_none(), "other key");
         clock.advance(Duration::from_millis(25));
-        let d = cache.get(0, &k, 2).unwrap();
+        let d = cache.get(&k, 2).unwrap();
         assert_eq!(d.retry_after(), Some(Duration::from_millis(15)), "aged");
         assert_eq!(d.quotas()[0].reset_after, Duration::from_millis(59_975));
         clock.advance(Duration::from_millis(15));
-        assert!(cache.get(0, &k, 5).is_none(), "expired");
+        assert!(cache.get(&k, 5).is_none(), "expired");
         assert_eq!(len(&cache), 0, "the expired entry was dropped");
     }
 
     #[test]
     fn bounded_and_disableable() {
-        let cache = BlockedCache::new(32, 1);
+        let cache = BlockedClients::new(32);
         for i in 0..1000 {
-            cache.insert(0, &Key::new(format!("k{i}")), 1, &denied(10_000));
+            cache.insert(&Key::new(format!("k{i}")), 1, &denied(10_000));
         }
         assert!(len(&cache) <= 32, "{}", len(&cache));
-        let off = BlockedCache::new(0, 1);
-        off.insert(0, &Key::new("a"), 1, &denied(10_000));
-        assert!(off.get(0, &Key::new("a"), 1).is_none());
+        let off = BlockedClients::new(0);
+        off.insert(&Key::new("a"), 1, &denied(10_000));
+        assert!(off.get(&Key::new("a"), 1).is_none());
     }
 
     #[test]
     fn full_of_live_entries_keeps_the_newest() {
         // 16 shards of 4: every shard overflows many times over.
-        let cache = BlockedCache::new(64, 1);
+        let cache = BlockedClients::new(64);
         let keys: Vec<Key> = (0..2000).map(|i| Key::new(format!("k{i}"))).collect();
         for key in &keys {
-            cache.insert(0, key, 1, &denied(60_000));
+            cache.insert(key, 1, &denied(60_000));
         }
         assert_eq!(len(&cache), 64, "every shard full, none over");
         // In each shard, exactly the 4 last-inserted clients are remembered.
         let mut seen = [0; SHARDS];
         for key in keys.iter().rev() {
-            let ix = cache.policies[0].index(key);
+            let ix = cache.shards.as_ref().unwrap().index(key);
             let newest = seen[ix] < 4;
             seen[ix] += 1;
-            assert_eq!(cache.get(0, key, 1).is_some(), newest, "{key:?}");
+            assert_eq!(cache.get(key, 1).is_some(), newest, "{key:?}");
         }
-        assert!(cache.get(0, &keys[1999], 1).is_some());
-        assert!(cache.get(0, &keys[0], 1).is_none());
+        assert!(cache.get(&keys[1999], 1).is_some());
+        assert!(cache.get(&keys[0], 1).is_none());
     }
 
     #[test]
     fn a_blocked_client_asking_again_stays_cached() {
-        let cache = BlockedCache::new(SHARDS * 2, 1);
+        let cache = BlockedClients::new(SHARDS * 2);
         let hammering = Key::new("hammering");
-        cache.insert(0, &hammering, 1, &denied(60_000));
+        cache.insert(&hammering, 1, &denied(60_000));
         for i in 0..1000 {
-            assert!(cache.get(0, &hammering, 1).is_some(), "after {i} inserts");
-            cache.insert(0, &Key::new(format!("k{i}")), 1, &denied(60_000));
+            assert!(cache.get(&hammering, 1).is_some(), "after {i} inserts");
+            cache.insert(&Key::new(format!("k{i}")), 1, &denied(60_000));
         }
     }
 }

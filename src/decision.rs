@@ -75,3 +75,44 @@ impl Decision {
         })
     }
 }
+
+/// Why a request is rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// A quota is exhausted (HTTP 429, gRPC `RESOURCE_EXHAUSTED`).
+    Limited,
+    /// The backend could not decide and the policy fails closed
+    /// (HTTP 503, gRPC `UNAVAILABLE`).
+    Unavailable,
+    /// The request has no key and the policy denies keyless requests
+    /// (HTTP 403, gRPC `PERMISSION_DENIED`).
+    MissingKey,
+    /// The request costs more than the policy's
+    /// [max cost](crate::Policy::max_cost) allows: it can never be admitted,
+    /// so it is refused without asking the backend (HTTP 413, gRPC
+    /// `INVALID_ARGUMENT`, no retry time).
+    CostTooHigh {
+        /// The request's cost, as the policy's cost function computed it.
+        cost: u64,
+        /// The largest cost the policy admits for one request.
+        max_cost: u64,
+    },
+}
+
+/// A policy of one layer: its index in the layer's compiled policy list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PolicyId(pub(crate) usize);
+
+/// What the layer does with one request: the single result of the decision
+/// pipeline (see `limiter.rs`).
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Call the inner service; add this decision's rate-limit headers.
+    Allow(PolicyId, Decision),
+    /// Call the inner service without rate-limit headers: the request is not
+    /// limited (exempt, no policy) or the backend failed open.
+    AllowUnlimited,
+    /// Answer with a rejection instead of calling the inner service.
+    Deny(PolicyId, RejectReason, Option<Decision>),
+}

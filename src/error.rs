@@ -217,12 +217,6 @@ pub enum BackendError {
     /// The backend answered with something the crate does not understand.
     #[error("unexpected backend reply: {0}")]
     Protocol(String),
-    /// The decision did not arrive before the deadline.
-    #[error("backend deadline of {0:?} exceeded")]
-    Timeout(Duration),
-    /// The circuit breaker is open: the backend was not called.
-    #[error("circuit breaker open; backend skipped")]
-    CircuitOpen,
     /// Any other failure of a custom backend.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync>),

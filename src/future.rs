@@ -1,23 +1,20 @@
-//! [`ResponseFuture`]: check with the backend, then call the inner service or reject.
+//! [`ResponseFuture`]: moves a request between states — waiting for the
+//! backend, calling the inner service, rejected — as the
+//! [limiter](crate::limiter) decides. No decision is made here.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::request::Parts;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::backend::CheckFuture;
-use crate::decision::Decision;
-use crate::error::BackendError;
-use crate::headers::set_retry_after;
-use crate::key::Key;
-use crate::layer::Shared;
-use crate::policy::FailureMode;
-use crate::response::{OnRejection, RejectReason, Rejection};
+use crate::breaker::Guarded;
+use crate::decision::{Decision, PolicyId, Verdict};
+use crate::limiter::{Limiter, Pending};
+use crate::response::OnRejection;
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit).
@@ -27,22 +24,9 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqBody>,
-        ctx: Option<Ctx<R>>,
+        limiter: Arc<Limiter>,
+        on_rejection: R,
     }
-}
-
-struct Ctx<R> {
-    shared: Arc<Shared>,
-    policy: usize,
-    on_rejection: R,
-}
-
-/// What a pending check is about.
-pub(crate) struct Checked {
-    pub shared: Arc<Shared>,
-    pub policy: usize,
-    pub key: Key,
-    pub cost: u64,
 }
 
 pin_project! {
@@ -53,58 +37,20 @@ pin_project! {
     {
         Checking {
             // Already bounded by the deadline and the circuit breaker.
-            check: CheckFuture,
+            call: Guarded,
+            pending: Option<Pending>,
             request: Option<Request<ReqBody>>,
             inner: Option<S>,
-            key: Key,
-            cost: u64,
         },
         Calling {
             #[pin]
             future: S::Future,
-            decision: Option<Decision>,
+            // The headers to add to the response, if any.
+            decision: Option<(PolicyId, Decision)>,
         },
         Rejected {
             response: Option<S::Response>,
         },
-    }
-}
-
-impl<S, ReqBody, R> ResponseFuture<S, ReqBody, R>
-where
-    S: Service<Request<ReqBody>>,
-{
-    pub(crate) fn passthrough(future: S::Future) -> Self {
-        Self {
-            state: State::Calling {
-                future,
-                decision: None,
-            },
-            ctx: None,
-        }
-    }
-
-    pub(crate) fn checking(
-        check: CheckFuture,
-        request: Request<ReqBody>,
-        inner: S,
-        checked: Checked,
-        on_rejection: R,
-    ) -> Self {
-        Self {
-            state: State::Checking {
-                check,
-                request: Some(request),
-                inner: Some(inner),
-                key: checked.key,
-                cost: checked.cost,
-            },
-            ctx: Some(Ctx {
-                shared: checked.shared,
-                policy: checked.policy,
-                on_rejection,
-            }),
-        }
     }
 }
 
@@ -113,57 +59,91 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     R: OnRejection<ResBody>,
 {
-    /// A request rejected before any backend call (no key, a cost above the
-    /// policy's max cost, or a client the blocked cache already knows is
-    /// denied).
-    pub(crate) fn rejected(
-        shared: Arc<Shared>,
-        policy: usize,
+    /// Calls the inner service without rate-limit headers.
+    pub(crate) fn pass(
+        limiter: Arc<Limiter>,
         on_rejection: R,
-        parts: Parts,
-        reason: RejectReason,
-        decision: Option<&Decision>,
+        mut inner: S,
+        request: Request<ReqBody>,
     ) -> Self {
-        let ctx = Ctx {
-            shared,
-            policy,
-            on_rejection,
+        let state = State::Calling {
+            future: inner.call(request),
+            decision: None,
         };
-        let response = ctx.reject(&parts, reason, decision);
         Self {
-            state: State::Rejected {
-                response: Some(response),
-            },
-            ctx: None,
+            state,
+            limiter,
+            on_rejection,
+        }
+    }
+
+    /// Waits for the backend call, then follows the verdict.
+    pub(crate) fn checking(
+        limiter: Arc<Limiter>,
+        on_rejection: R,
+        inner: S,
+        request: Request<ReqBody>,
+        pending: Pending,
+        call: Guarded,
+    ) -> Self {
+        let state = State::Checking {
+            call,
+            pending: Some(pending),
+            request: Some(request),
+            inner: Some(inner),
+        };
+        Self {
+            state,
+            limiter,
+            on_rejection,
+        }
+    }
+
+    /// Follows a verdict reached without waiting.
+    pub(crate) fn settled(
+        limiter: Arc<Limiter>,
+        on_rejection: R,
+        inner: S,
+        request: Request<ReqBody>,
+        verdict: Verdict,
+    ) -> Self {
+        let state = next_state(&limiter, &on_rejection, inner, request, verdict);
+        Self {
+            state,
+            limiter,
+            on_rejection,
         }
     }
 }
 
-impl<R> Ctx<R> {
-    fn reject<B>(
-        &self,
-        parts: &Parts,
-        reason: RejectReason,
-        decision: Option<&Decision>,
-    ) -> Response<B>
-    where
-        R: OnRejection<B>,
-    {
-        let (policy, headers) = &self.shared.policies[self.policy];
-        let rejection = Rejection {
-            request: parts,
-            policy,
-            reason,
-            decision,
-        };
-        let mut response = self.on_rejection.response(&rejection);
-        if let Some(after) = rejection.retry_after() {
-            set_retry_after(response.headers_mut(), after);
+/// The state a verdict leads to.
+fn next_state<S, ReqBody, ResBody, R>(
+    limiter: &Limiter,
+    on_rejection: &R,
+    mut inner: S,
+    request: Request<ReqBody>,
+    verdict: Verdict,
+) -> State<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: OnRejection<ResBody>,
+{
+    match verdict {
+        Verdict::Allow(id, decision) => State::Calling {
+            future: inner.call(request),
+            decision: Some((id, decision)),
+        },
+        Verdict::AllowUnlimited => State::Calling {
+            future: inner.call(request),
+            decision: None,
+        },
+        Verdict::Deny(id, reason, decision) => {
+            let (parts, _body) = request.into_parts();
+            let response = limiter.reject(on_rejection, &parts, id, reason, decision.as_ref());
+            State::Rejected {
+                response: Some(response),
+            }
         }
-        if let Some(decision) = decision {
-            headers.apply(response.headers_mut(), self.shared.style, decision);
-        }
-        response
     }
 }
 
@@ -179,91 +159,23 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Checking {
-                    check,
+                    call,
+                    pending,
                     request,
                     inner,
-                    key,
-                    cost,
                 } => {
-                    let outcome = ready!(check.as_mut().poll(cx));
-                    let ctx = this.ctx.as_ref().expect("checking state has a context");
+                    let outcome = ready!(call.as_mut().poll(cx));
+                    let pending = pending.take().expect("polled after completion");
                     let request = request.take().expect("polled after completion");
-                    let mut inner = inner.take().expect("polled after completion");
-                    let (policy, _) = &ctx.shared.policies[ctx.policy];
-                    let outcome = match outcome {
-                        Ok(decision) => {
-                            if !decision.is_allowed() {
-                                // Only the backend's denials are remembered: a
-                                // local fallback's must end when the backend returns.
-                                ctx.shared.blocked.insert(ctx.policy, key, *cost, &decision);
-                            }
-                            Ok(decision)
-                        }
-                        Err(error) => {
-                            // Skipped decisions (breaker open) are not logged:
-                            // the breaker logs its transitions. Failed ones log
-                            // at warn at most once a second per layer (with the
-                            // number of failures since the last warn), else at
-                            // debug.
-                            if !matches!(error, BackendError::CircuitOpen) {
-                                let (name, mode) = (policy.name(), policy.failure_mode_kind());
-                                match ctx.shared.breaker.failure_warning() {
-                                    Some(suppressed) => tracing::warn!(
-                                        policy = name,
-                                        %error,
-                                        ?mode,
-                                        suppressed,
-                                        "rate limiter backend failed; applying the failure mode"
-                                    ),
-                                    None => tracing::debug!(
-                                        policy = name,
-                                        %error,
-                                        ?mode,
-                                        "rate limiter backend failed; applying the failure mode"
-                                    ),
-                                }
-                            }
-                            match policy.failure_mode_kind() {
-                                FailureMode::Local => {
-                                    Ok(ctx.shared.local.check_now(policy, key, *cost))
-                                }
-                                mode => Err(mode),
-                            }
-                        }
-                    };
-                    let next = match outcome {
-                        Ok(decision) if decision.is_allowed() => State::Calling {
-                            future: inner.call(request),
-                            decision: Some(decision),
-                        },
-                        Ok(decision) => {
-                            let (parts, _body) = request.into_parts();
-                            let response =
-                                ctx.reject(&parts, RejectReason::Limited, Some(&decision));
-                            State::Rejected {
-                                response: Some(response),
-                            }
-                        }
-                        Err(FailureMode::Closed) => {
-                            let (parts, _body) = request.into_parts();
-                            let response = ctx.reject(&parts, RejectReason::Unavailable, None);
-                            State::Rejected {
-                                response: Some(response),
-                            }
-                        }
-                        // Open (and any future non-denying mode): serve without headers.
-                        Err(_) => State::Calling {
-                            future: inner.call(request),
-                            decision: None,
-                        },
-                    };
+                    let inner = inner.take().expect("polled after completion");
+                    let verdict = this.limiter.finish(pending, outcome);
+                    let next = next_state(this.limiter, this.on_rejection, inner, request, verdict);
                     this.state.set(next);
                 }
                 StateProj::Calling { future, decision } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let (Some(decision), Some(ctx)) = (decision.take(), this.ctx.as_ref()) {
-                        let (_, headers) = &ctx.shared.policies[ctx.policy];
-                        headers.apply(response.headers_mut(), ctx.shared.style, &decision);
+                    if let Some((id, decision)) = decision.take() {
+                        this.limiter.decorate(&mut response, id, &decision);
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -8,10 +8,11 @@ use http::Method;
 use tower_layer::Layer;
 
 use crate::backend::{Backend, MemoryBackend};
-use crate::blocked::BlockedCache;
+use crate::breaker::{Breaker, CircuitBreaker};
 use crate::error::ConfigError;
-use crate::failure::{Breaker, CircuitBreaker};
-use crate::headers::{HeaderStyle, PolicyHeaders};
+use crate::failure::FailureLog;
+use crate::headers::HeaderStyle;
+use crate::limiter::{CompiledPolicy, Limiter};
 use crate::policy::Policy;
 use crate::response::DefaultRejection;
 use crate::routes::{Action, RouteTable, Rule, tightest_rate};
@@ -22,20 +23,6 @@ pub const DEFAULT_BLOCKED_CAPACITY: usize = 10_000;
 
 /// The default deadline for one backend decision.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(50);
-
-/// Everything the service needs, shared by all clones.
-pub(crate) struct Shared {
-    pub backend: Arc<dyn Backend>,
-    pub routes: RouteTable,
-    pub policies: Vec<(Policy, PolicyHeaders)>,
-    pub deadline: Duration,
-    pub style: HeaderStyle,
-    pub breaker: Arc<Breaker>,
-    /// Decides for policies with `FailureMode::Local` while the backend is down.
-    pub local: MemoryBackend,
-    /// Clients denied moments ago, answered without a backend call.
-    pub blocked: BlockedCache,
-}
 
 /// Applies rate limiting to a service: `.layer(layer)` in axum, tonic or tower.
 ///
@@ -58,14 +45,14 @@ pub(crate) struct Shared {
 /// # }
 /// ```
 pub struct RateLimitLayer<R = DefaultRejection> {
-    shared: Arc<Shared>,
+    limiter: Arc<Limiter>,
     on_rejection: R,
 }
 
 impl<R: Clone> Clone for RateLimitLayer<R> {
     fn clone(&self) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
+            limiter: Arc::clone(&self.limiter),
             on_rejection: self.on_rejection.clone(),
         }
     }
@@ -73,11 +60,16 @@ impl<R: Clone> Clone for RateLimitLayer<R> {
 
 impl<R> fmt::Debug for RateLimitLayer<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let policies: Vec<&str> = self.shared.policies.iter().map(|(p, _)| p.name()).collect();
+        let policies: Vec<&str> = self
+            .limiter
+            .policies
+            .iter()
+            .map(|p| p.policy.name())
+            .collect();
         f.debug_struct("RateLimitLayer")
             .field("policies", &policies)
-            .field("deadline", &self.shared.deadline)
-            .field("headers", &self.shared.style)
+            .field("deadline", &self.limiter.deadline)
+            .field("headers", &self.limiter.style)
             .finish_non_exhaustive()
     }
 }
@@ -102,7 +94,7 @@ impl<R> RateLimitLayer<R> {
     #[must_use]
     pub fn on_rejection<R2>(self, on_rejection: R2) -> RateLimitLayer<R2> {
         RateLimitLayer {
-            shared: self.shared,
+            limiter: self.limiter,
             on_rejection,
         }
     }
@@ -112,7 +104,7 @@ impl<S, R: Clone> Layer<S> for RateLimitLayer<R> {
     type Service = RateLimit<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, Arc::clone(&self.shared), self.on_rejection.clone())
+        RateLimit::new(inner, Arc::clone(&self.limiter), self.on_rejection.clone())
     }
 }
 
@@ -251,10 +243,10 @@ impl RateLimitLayerBuilder {
         if self.deadline.is_zero() {
             return Err(ConfigError::ZeroDeadline);
         }
-        let mut policies: Vec<(Policy, PolicyHeaders)> = Vec::new();
+        let mut policies: Vec<Policy> = Vec::new();
         let mut intern = |policy: Policy| -> Result<usize, ConfigError> {
-            if let Some(i) = policies.iter().position(|(p, _)| p.name() == policy.name()) {
-                if policies[i].0.same_as(&policy) {
+            if let Some(i) = policies.iter().position(|p| p.name() == policy.name()) {
+                if policies[i].same_as(&policy) {
                     return Ok(i);
                 }
                 return Err(ConfigError::DuplicatePolicyName {
@@ -262,8 +254,7 @@ impl RateLimitLayerBuilder {
                 });
             }
             policy.validate()?;
-            let headers = PolicyHeaders::new(&policy);
-            policies.push((policy, headers));
+            policies.push(policy);
             Ok(policies.len() - 1)
         };
         let default = self.default.map(&mut intern).transpose()?;
@@ -279,26 +270,30 @@ impl RateLimitLayerBuilder {
                 action,
             });
         }
-        let backend = self
-            .backend
-            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
         let routes = RouteTable::new(
             rules,
             default,
             self.case_insensitive,
-            policies.iter().map(|(p, _)| tightest_rate(p)).collect(),
+            policies.iter().map(tightest_rate).collect(),
         )?;
-        let blocked = BlockedCache::new(self.blocked_capacity, policies.len());
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        // The blocked-client capacity is shared out between the policies.
+        let blocked = self.blocked_capacity.div_ceil(policies.len().max(1));
         Ok(RateLimitLayer {
-            shared: Arc::new(Shared {
+            limiter: Arc::new(Limiter {
                 backend,
                 routes,
-                policies,
+                policies: policies
+                    .into_iter()
+                    .map(|p| CompiledPolicy::new(p, blocked))
+                    .collect(),
                 deadline: self.deadline,
                 style: self.style,
                 breaker: Arc::new(Breaker::new(self.breaker)),
+                failures: FailureLog::default(),
                 local: MemoryBackend::new(),
-                blocked,
             }),
             on_rejection: DefaultRejection,
         })

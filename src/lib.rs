@@ -70,6 +70,7 @@
 mod algorithm;
 pub mod backend;
 mod blocked;
+mod breaker;
 pub mod client_ip;
 pub mod clock;
 mod decision;
@@ -79,6 +80,7 @@ mod future;
 pub mod headers;
 pub mod key;
 mod layer;
+mod limiter;
 mod policy;
 mod response;
 mod routes;
@@ -86,9 +88,9 @@ mod service;
 mod sharded;
 
 pub use crate::backend::{Backend, CheckFuture, MemoryBackend, RedisBackend, RedisBackendBuilder};
-pub use crate::decision::{Decision, QuotaStatus};
+pub use crate::breaker::CircuitBreaker;
+pub use crate::decision::{Decision, QuotaStatus, RejectReason};
 pub use crate::error::{BackendError, ConfigError};
-pub use crate::failure::CircuitBreaker;
 pub use crate::future::ResponseFuture;
 pub use crate::headers::HeaderStyle;
 pub use crate::key::{Key, KeyExtractor};
@@ -99,9 +101,7 @@ pub use crate::policy::{
     Algorithm, DEFAULT_MAX_LOG_COST, FailureMode, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW,
     MissingKey, Policy, Quota,
 };
-pub use crate::response::{
-    DefaultRejection, GrpcRejection, OnRejection, ProblemJson, RejectReason, Rejection,
-};
+pub use crate::response::{DefaultRejection, GrpcRejection, OnRejection, ProblemJson, Rejection};
 pub use crate::routes::normalize_path;
 pub use crate::service::RateLimit;
 
@@ -110,24 +110,24 @@ pub use crate::service::RateLimit;
 pub mod __bench {
     use crate::{Decision, Key};
 
-    /// The crate's blocked-client cache, for benches only.
+    /// One policy's blocked-client cache, for benches only.
     #[derive(Debug)]
-    pub struct BlockedCache(crate::blocked::BlockedCache);
+    pub struct BlockedClients(crate::blocked::BlockedClients);
 
-    impl BlockedCache {
-        /// A cache of about `capacity` clients over `policies` policies.
-        pub fn new(capacity: usize, policies: usize) -> Self {
-            Self(crate::blocked::BlockedCache::new(capacity, policies))
+    impl BlockedClients {
+        /// A cache of about `capacity` clients.
+        pub fn new(capacity: usize) -> Self {
+            Self(crate::blocked::BlockedClients::new(capacity))
         }
 
         /// The denial to repeat for this request, if any.
-        pub fn get(&self, policy: usize, key: &Key, cost: u64) -> Option<Decision> {
-            self.0.get(policy, key, cost)
+        pub fn get(&self, key: &Key, cost: u64) -> Option<Decision> {
+            self.0.get(key, cost)
         }
 
         /// Remembers a denial.
-        pub fn insert(&self, policy: usize, key: &Key, cost: u64, decision: &Decision) {
-            self.0.insert(policy, key, cost, decision)
+        pub fn insert(&self, key: &Key, cost: u64, decision: &Decision) {
+            self.0.insert(key, cost, decision)
         }
     }
 }

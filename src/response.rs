@@ -5,33 +5,9 @@ use std::fmt::Write as _;
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::decision::Decision;
+use crate::decision::{Decision, RejectReason};
 use crate::headers::ceil_secs;
 use crate::policy::Policy;
-
-/// Why a request is rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RejectReason {
-    /// A quota is exhausted (HTTP 429, gRPC `RESOURCE_EXHAUSTED`).
-    Limited,
-    /// The backend could not decide and the policy fails closed
-    /// (HTTP 503, gRPC `UNAVAILABLE`).
-    Unavailable,
-    /// The request has no key and the policy denies keyless requests
-    /// (HTTP 403, gRPC `PERMISSION_DENIED`).
-    MissingKey,
-    /// The request costs more than the policy's
-    /// [max cost](crate::Policy::max_cost) allows: it can never be admitted,
-    /// so it is refused without asking the backend (HTTP 413, gRPC
-    /// `INVALID_ARGUMENT`, no retry time).
-    CostTooHigh {
-        /// The request's cost, as the policy's cost function computed it.
-        cost: u64,
-        /// The largest cost the policy admits for one request.
-        max_cost: u64,
-    },
-}
 
 /// Everything known about a rejected request.
 #[derive(Debug)]

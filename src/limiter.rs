@@ -1,0 +1,254 @@
+//! The running limiter: the whole decision pipeline, in one place.
+//!
+//! ```text
+//! parts ─▶ route ─▶ key ─▶ cost ─▶ blocked cache ─▶ breaker + deadline ─▶ backend
+//!            │        │      │           │                  │
+//!            ▼        ▼      ▼           ▼                  ▼
+//!          Pass    Deny    Deny        Deny          Outcome ─▶ finish
+//!                                                               │
+//!                     every Verdict leaves through `settle` ◀───┘
+//! ```
+//!
+//! [`Limiter::begin`] runs everything that needs no I/O and either settles
+//! the request at once or hands back the one guarded backend call;
+//! [`Limiter::finish`] turns that call's [`Outcome`] into a [`Verdict`]
+//! (remembering denials, applying the policy's failure mode, logging).
+//! Every verdict, immediate or not, passes [`Limiter::settle`]: the one
+//! place to observe or adjust outcomes (metrics, shadow mode, tracing).
+//! The response future only moves between states; the service only calls
+//! `begin`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Response;
+use http::request::Parts;
+
+use crate::backend::{Backend, MemoryBackend};
+use crate::blocked::BlockedClients;
+use crate::breaker::{Breaker, Guarded, Outcome};
+use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
+use crate::failure::FailureLog;
+use crate::headers::{HeaderStyle, PolicyHeaders, set_retry_after};
+use crate::key::Key;
+use crate::policy::{MAX_LIMIT, Policy};
+use crate::response::{OnRejection, Rejection};
+use crate::routes::{Action, RouteTable};
+
+/// A policy as the limiter runs it: the configuration plus what is derived
+/// from it once, at build time.
+pub(crate) struct CompiledPolicy {
+    pub(crate) policy: Policy,
+    /// The `RateLimit-Policy` value and friends, rendered once.
+    pub(crate) headers: PolicyHeaders,
+    /// The largest cost one request may have.
+    pub(crate) max_cost: u64,
+    /// Clients of this policy denied moments ago.
+    pub(crate) blocked: BlockedClients,
+}
+
+impl CompiledPolicy {
+    pub(crate) fn new(policy: Policy, blocked_capacity: usize) -> Self {
+        Self {
+            headers: PolicyHeaders::new(&policy),
+            max_cost: policy.effective_max_cost().unwrap_or(MAX_LIMIT),
+            blocked: BlockedClients::new(blocked_capacity),
+            policy,
+        }
+    }
+}
+
+/// Everything a layer needs at request time, shared by all its clones.
+pub(crate) struct Limiter {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) routes: RouteTable,
+    pub(crate) policies: Vec<CompiledPolicy>,
+    pub(crate) deadline: Duration,
+    pub(crate) style: HeaderStyle,
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) failures: FailureLog,
+    /// Decides for policies with `FailureMode::Local` while the backend is down.
+    pub(crate) local: MemoryBackend,
+}
+
+/// How a request starts.
+pub(crate) enum Start {
+    /// Not limited: call the inner service, untouched.
+    Pass,
+    /// Settled without a backend call.
+    Settled(Verdict),
+    /// Waiting for the backend: poll the call, then [`Limiter::finish`].
+    Checking(Pending, Guarded),
+}
+
+/// A request waiting for the backend.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    policy: PolicyId,
+    key: Key,
+    cost: u64,
+}
+
+impl Limiter {
+    pub(crate) fn policy(&self, id: PolicyId) -> &CompiledPolicy {
+        &self.policies[id.0]
+    }
+
+    /// Everything before the backend: route, key, cost, blocked cache; then
+    /// the backend call under the breaker and the deadline.
+    pub(crate) fn begin(&self, parts: &Parts) -> Start {
+        let id = match self.routes.select(&parts.method, parts.uri.path()) {
+            Some(Action::Limit(ix)) => PolicyId(ix),
+            Some(Action::Exempt) | None => return Start::Pass,
+        };
+        let compiled = self.policy(id);
+        let policy = &compiled.policy;
+        let Some(key) = policy.key_for(parts) else {
+            return Start::Settled(self.settle(Verdict::Deny(id, RejectReason::MissingKey, None)));
+        };
+        // A cost above the max cost can never be admitted; refusing it here
+        // keeps one request from making the backend work in proportion to its
+        // cost (the sliding log stores one entry per unit). The max cost is at
+        // most `MAX_LIMIT`, which keeps the arithmetic far from overflow
+        // whatever a cost function returns.
+        let cost = policy.cost_for(parts);
+        if cost > compiled.max_cost {
+            let reason = RejectReason::CostTooHigh {
+                cost,
+                max_cost: compiled.max_cost,
+            };
+            return Start::Settled(self.settle(Verdict::Deny(id, reason, None)));
+        }
+        // A client denied moments ago is denied again without a backend call.
+        if let Some(decision) = compiled.blocked.get(&key, cost) {
+            let verdict = Verdict::Deny(id, RejectReason::Limited, Some(decision));
+            return Start::Settled(self.settle(verdict));
+        }
+        let call = self
+            .breaker
+            .call(self.deadline, || self.backend.check(policy, &key, cost));
+        Start::Checking(
+            Pending {
+                policy: id,
+                key,
+                cost,
+            },
+            call,
+        )
+    }
+
+    /// The verdict for a backend call's outcome.
+    pub(crate) fn finish(&self, pending: Pending, outcome: Outcome) -> Verdict {
+        let Pending {
+            policy: id,
+            key,
+            cost,
+        } = pending;
+        let compiled = self.policy(id);
+        let verdict = match outcome {
+            Outcome::Decided(decision) if decision.is_allowed() => Verdict::Allow(id, decision),
+            Outcome::Decided(decision) => {
+                // Only the backend's denials are remembered: a local
+                // fallback's must end when the backend returns.
+                compiled.blocked.insert(&key, cost, &decision);
+                Verdict::Deny(id, RejectReason::Limited, Some(decision))
+            }
+            Outcome::Skipped => self.on_failure(compiled, id, &key, cost),
+            Outcome::TimedOut(_) | Outcome::Failed(_) => {
+                self.log_failure(compiled, &outcome);
+                self.on_failure(compiled, id, &key, cost)
+            }
+        };
+        self.settle(verdict)
+    }
+
+    /// The policy's failure mode, when the backend could not decide.
+    fn on_failure(&self, compiled: &CompiledPolicy, id: PolicyId, key: &Key, cost: u64) -> Verdict {
+        let policy = &compiled.policy;
+        policy
+            .failure_mode_kind()
+            .verdict(id, || self.local.check_now(policy, key, cost))
+    }
+
+    /// Logs a failed decision: at `warn` at most once a second per layer
+    /// (with the number of failures since), else at `debug`.
+    fn log_failure(&self, compiled: &CompiledPolicy, outcome: &Outcome) {
+        let policy = compiled.policy.name();
+        let mode = compiled.policy.failure_mode_kind();
+        let error: &dyn std::fmt::Display = match outcome {
+            Outcome::Failed(error) => error,
+            Outcome::TimedOut(deadline) => &DeadlineExceeded(*deadline),
+            Outcome::Decided(_) | Outcome::Skipped => return,
+        };
+        match self.failures.warning() {
+            Some(suppressed) => tracing::warn!(
+                policy,
+                %error,
+                ?mode,
+                suppressed,
+                "rate limiter backend failed; applying the failure mode"
+            ),
+            None => tracing::debug!(
+                policy,
+                %error,
+                ?mode,
+                "rate limiter backend failed; applying the failure mode"
+            ),
+        }
+    }
+
+    /// Every verdict leaves the pipeline through here: the one place to
+    /// observe or adjust outcomes.
+    fn settle(&self, verdict: Verdict) -> Verdict {
+        verdict
+    }
+
+    /// The response for a denied request: the rejection's status and body,
+    /// `Retry-After` when waiting helps, and the rate-limit headers when the
+    /// backend decided.
+    pub(crate) fn reject<B, R: OnRejection<B>>(
+        &self,
+        on_rejection: &R,
+        parts: &Parts,
+        id: PolicyId,
+        reason: RejectReason,
+        decision: Option<&Decision>,
+    ) -> Response<B> {
+        let compiled = self.policy(id);
+        let rejection = Rejection {
+            request: parts,
+            policy: &compiled.policy,
+            reason,
+            decision,
+        };
+        let mut response = on_rejection.response(&rejection);
+        if let Some(after) = rejection.retry_after() {
+            set_retry_after(response.headers_mut(), after);
+        }
+        if let Some(decision) = decision {
+            self.decorate(&mut response, id, decision);
+        }
+        response
+    }
+
+    /// Adds the rate-limit headers of `decision` to a response.
+    pub(crate) fn decorate<B>(
+        &self,
+        response: &mut Response<B>,
+        id: PolicyId,
+        decision: &Decision,
+    ) {
+        self.policy(id)
+            .headers
+            .apply(response.headers_mut(), self.style, decision);
+    }
+}
+
+/// How a missed deadline reads in the log.
+struct DeadlineExceeded(Duration);
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "backend deadline of {:?} exceeded", self.0)
+    }
+}
