@@ -333,7 +333,7 @@ impl Policy {
     ///     })
     ///     .max_cost(500);
     /// assert_eq!(policy.effective_max_cost(), Some(500));
-    /// # policy.validate().unwrap();
+    /// # tower_redis_ratelimit::RateLimitLayer::builder().default_policy(policy).build().unwrap();
     /// ```
     #[must_use]
     pub fn max_cost(mut self, max: u64) -> Self {
@@ -401,7 +401,7 @@ impl Policy {
     }
 
     /// Whether two values are the same policy (clones of one another).
-    pub fn same_as(&self, other: &Policy) -> bool {
+    pub(crate) fn same_as(&self, other: &Policy) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
@@ -440,7 +440,7 @@ impl Policy {
     }
 
     /// Checks the policy; called by the layer builder.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let inner = &*self.inner;
         let policy = || inner.name.to_string();
         if !valid_name(&inner.name) {

@@ -187,20 +187,27 @@ impl ProblemJson {
     /// The JSON document for a rejection.
     pub fn body(&self, r: &Rejection<'_>) -> String {
         let status = http_status(r.reason);
-        let mut out = String::with_capacity(192);
-        out.push_str("{\"type\":");
-        json_string(&mut out, self.type_uri.as_deref().unwrap_or("about:blank"));
-        out.push_str(",\"title\":");
-        json_string(&mut out, status.canonical_reason().unwrap_or("Error"));
-        let _ = write!(out, ",\"status\":{}", status.as_u16());
-        out.push_str(",\"detail\":");
-        json_string(&mut out, &message(r));
-        if let Some(after) = r.retry_after() {
-            let _ = write!(out, ",\"retry_after\":{}", ceil_secs(after).max(1));
-        }
-        out.push('}');
-        out
+        let problem = Problem {
+            type_uri: self.type_uri.as_deref().unwrap_or("about:blank"),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: message(r),
+            retry_after: r.retry_after().map(|after| ceil_secs(after).max(1)),
+        };
+        serde_json::to_string(&problem).expect("a struct of strings and integers serialises")
     }
+}
+
+/// An RFC 9457 problem details document, members in this order.
+#[derive(serde::Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    type_uri: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
 }
 
 impl<B: From<String>> OnRejection<B> for ProblemJson {
@@ -271,25 +278,6 @@ fn grpc_response<B>(r: &Rejection<'_>, message: &str, body: B) -> Response<B> {
     res
 }
 
-/// Appends `s` as a JSON string literal (RFC 8259 escapes).
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 /// Percent-encodes a `grpc-message` (bytes outside visible ASCII and `%`).
 fn grpc_percent_encode(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
@@ -358,10 +346,22 @@ mod tests {
     }
 
     #[test]
-    fn json_escapes() {
-        let mut out = String::new();
-        json_string(&mut out, "a\"b\\c\nd\u{1}e\u{7f}é\u{2028}");
-        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001e\u{7f}é\\u2028\"");
+    fn problem_body_is_json_whatever_the_type_uri() {
+        let tricky = "urn:x:\"q\"\\\n\u{1}\u{7f}é\u{2028}";
+        let policy = Policy::auth();
+        let parts = http::Request::new(()).into_parts().0;
+        let r = Rejection {
+            request: &parts,
+            policy: &policy,
+            reason: RejectReason::Unavailable,
+            decision: None,
+        };
+        let body = ProblemJson::new().type_uri(tricky).body(&r);
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["type"], tricky);
+        assert_eq!(doc["status"], 503);
+        assert_eq!(doc["retry_after"], 1);
+        assert!(body.starts_with("{\"type\":"), "{body}");
     }
 
     #[test]
