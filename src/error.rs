@@ -108,9 +108,8 @@ pub enum ConfigError {
     /// [`Policy::max_cost`](crate::Policy::max_cost), or the sliding log's
     /// default [`DEFAULT_MAX_LOG_COST`](crate::DEFAULT_MAX_LOG_COST)).
     #[error(
-        "policy `{policy}`: cost {cost} is above its max cost of {max_cost} per request (see \
-         `Policy::max_cost`; sliding-log policies default to {default}, or their smallest limit if lower)",
-        default = crate::policy::DEFAULT_MAX_LOG_COST
+        "policy `{policy}`: cost {cost} is above its max cost of {max_cost} per request; \
+         raise it with `Policy::max_cost` (up to the policy's smallest limit)"
     )]
     CostAboveMaxCost {
         /// The policy name.
