@@ -70,7 +70,6 @@
 mod algorithm;
 pub mod backend;
 mod blocked;
-pub mod client_ip;
 pub mod clock;
 mod decision;
 mod error;

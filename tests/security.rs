@@ -28,8 +28,8 @@ use axum::routing::get;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use tower::{Layer, ServiceExt};
-use tower_redis_ratelimit::client_ip::{ClientIp, ForwardedHeader};
 use tower_redis_ratelimit::headers::RATELIMIT;
+use tower_redis_ratelimit::key::{ClientIp, ForwardedHeader};
 use tower_redis_ratelimit::key::{Header, Key};
 use tower_redis_ratelimit::{
     Algorithm, FailureMode, Policy, Quota, RateLimitLayer, RedisBackend, normalize_path,
