@@ -20,6 +20,7 @@ mod peer;
 mod per_route;
 
 use std::fmt;
+use std::fmt::Write as _;
 
 use http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -102,7 +103,6 @@ fn is_safe_byte(b: u8) -> bool {
 
 /// `#` and the SHA-256 hex digest of the concatenation of `parts`.
 fn hashed(parts: &[&[u8]]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part);
@@ -111,8 +111,7 @@ fn hashed(parts: &[&[u8]]) -> String {
     let mut out = String::with_capacity(1 + 2 * digest.len());
     out.push('#');
     for byte in digest {
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 0xf)] as char);
+        write!(out, "{byte:02x}").expect("writing to a String cannot fail");
     }
     out
 }
@@ -173,6 +172,16 @@ mod tests {
         }
         assert_ne!(Key::new("a{"), Key::new("a}"));
         assert_ne!(Key::missing(), Key::new("!none"));
+    }
+
+    #[test]
+    fn hashed_keys_are_lower_case_sha256_hex() {
+        // SHA-256 of the empty string.
+        assert_eq!(
+            Key::new("").as_str(),
+            "#e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(Key::concat(&[b"", b""]), Key::new(""));
     }
 
     #[test]
