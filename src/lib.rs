@@ -101,7 +101,6 @@ pub use crate::policy::{
 pub use crate::response::{
     DefaultRejection, GrpcRejection, OnRejection, ProblemJson, RejectReason, Rejection,
 };
-pub use crate::routes::normalize_path;
 pub use crate::service::RateLimit;
 
 // Exists only so `benches/blocked.rs` can reach the blocked cache: not API.

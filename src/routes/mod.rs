@@ -52,7 +52,6 @@ use http::Method;
 use crate::error::ConfigError;
 use crate::policy::Policy;
 
-pub use self::path::normalize_path;
 use self::path::{is_dot, is_normal, join, literal_segments, resolve};
 
 /// What a rule does with the requests it matches.

@@ -13,7 +13,8 @@ use std::borrow::Cow;
 /// This is the *resolved* reading of a path (see the module docs); the route
 /// table also matches the raw and the unresolved readings and applies the
 /// strictest answer.
-pub fn normalize_path(path: &str, case_insensitive: bool) -> Vec<String> {
+#[cfg(test)]
+fn normalize_path(path: &str, case_insensitive: bool) -> Vec<String> {
     resolve(&literal_segments(path, case_insensitive))
         .into_iter()
         .map(str::to_owned)
@@ -190,6 +191,163 @@ mod tests {
             "", "a", "//", "/a/", "//a", "/a//b", "/a;x", "/%61", "/.", "/a/..", "/a/./b",
         ] {
             assert!(!is_normal(p), "{p}");
+        }
+    }
+
+    /// The spellings of `POST /auth/login` that the path-bypass test
+    /// (`tests/security_path_spellings.rs`) sends through the layer, as the
+    /// request path the layer sees (the query is not part of it): every one
+    /// reads as `/auth/login`.
+    #[test]
+    fn login_spellings_normalise_to_the_login_route() {
+        const VARIANTS: [&str; 16] = [
+            "/auth/login",
+            "//auth/login",
+            "/auth/login/",
+            "/auth/./login",
+            "/auth//login",
+            "/auth/%6Cogin",
+            "/auth/%6cogin",
+            "/%61uth/%6C%6F%67%69%6E",
+            "/auth/login;x=1",
+            "/auth;v=2/login",
+            "/AUTH/login",
+            "/Auth/LOGIN",
+            "/x/../auth/login",
+            "/auth/login/.",
+            "/auth/login?next=/home",
+            "///auth///login///",
+        ];
+        let want = ["auth".to_owned(), "login".to_owned()];
+        for variant in VARIANTS {
+            let path = variant.split('?').next().unwrap();
+            assert_eq!(normalize_path(path, true), want, "{path}");
+        }
+    }
+}
+
+/// Property tests of the readings (formerly `tests/proptests.rs`, which keeps
+/// those of `Key`).
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::normalize_path;
+
+    /// Paths made mostly of the characters normalisation cares about, so that
+    /// escapes, dot segments, parameters and slashes meet often.
+    fn tricky_path() -> impl Strategy<Value = String> {
+        let atom = prop_oneof![
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%".to_owned()),
+            Just(";".to_owned()),
+            Just("=".to_owned()),
+            Just("~".to_owned()),
+            "[0-9a-fA-F]".prop_map(String::from),
+            "%[0-9a-fA-F]{2}".prop_map(String::from),
+            "%2[eEfF5]".prop_map(String::from),
+            // Escapes of hex digits: a stray `%` before them must not turn into
+            // a new escape when the result is decoded again.
+            "%(3[0-9]|[46][1-6])".prop_map(String::from),
+            "[a-zA-Z]{1,3}".prop_map(String::from),
+            "[^/]".prop_map(String::from),
+        ];
+        proptest::collection::vec(atom, 0..24).prop_map(|atoms| atoms.concat())
+    }
+
+    /// Any path: arbitrary Unicode, or arbitrary bytes made into a string.
+    fn any_path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            tricky_path(),
+        ]
+    }
+
+    fn check_segments(path: &str, segments: &[String]) -> Result<(), TestCaseError> {
+        for segment in segments {
+            prop_assert!(!segment.contains('/'), "{path:?} -> {segments:?}");
+            prop_assert!(
+                !matches!(segment.as_str(), "" | "." | ".."),
+                "{path:?} -> {segments:?}"
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Never panics; segments never contain `/` and are never empty, `.` or
+        /// `..`, with or without case folding.
+        #[test]
+        fn normalized_segments_are_clean(path in any_path(), fold in any::<bool>()) {
+            let segments = normalize_path(&path, fold);
+            check_segments(&path, &segments)?;
+            if fold {
+                for segment in &segments {
+                    prop_assert_eq!(segment.to_ascii_lowercase(), segment.clone());
+                }
+            }
+        }
+
+        /// Normalising the normalised path again changes nothing.
+        #[test]
+        fn normalization_is_idempotent(path in any_path(), fold in any::<bool>()) {
+            let once = normalize_path(&path, fold);
+            let joined = format!("/{}", once.join("/"));
+            let twice = normalize_path(&joined, fold);
+            prop_assert_eq!(&twice, &once, "{:?} -> {:?}", path, joined);
+        }
+
+        /// Prefixes that a client could add to dodge a route (`//`, `/./`,
+        /// `/x/..`, trailing `/`) never change the segments.
+        #[test]
+        fn path_spellings_do_not_matter(
+            path in tricky_path(),
+            junk in "[a-z]{1,4}",
+            fold in any::<bool>(),
+        ) {
+            let want = normalize_path(&path, fold);
+            let p = path.trim_start_matches('/');
+            for variant in [
+                format!("//{p}"),
+                format!("/./{p}"),
+                format!("/{junk}/../{p}"),
+                format!("/{p}/"),
+            ] {
+                prop_assert_eq!(normalize_path(&variant, fold), want.clone(), "{}", variant);
+            }
+        }
+
+        /// Plain segments map to themselves.
+        #[test]
+        fn plain_paths_are_kept(segments in proptest::collection::vec("[A-Za-z0-9_~-]{1,8}", 0..6)) {
+            let path = format!("/{}", segments.join("/"));
+            prop_assert_eq!(normalize_path(&path, false), segments);
+        }
+    }
+
+    /// Cases the generators found or aim at, pinned: a stray `%` before escaped
+    /// hex digits must not form a new escape when decoded again, and a literal
+    /// `%` is the same segment however it is spelled.
+    #[test]
+    fn stray_percent_signs_are_canonical() {
+        for (path, want) in [
+            ("/%%36%31", vec!["%2561"]),
+            ("/%%36A", vec!["%256A"]),
+            ("/%%32%65%2e", vec!["%252e."]),
+            ("/100%", vec!["100%25"]),
+            ("/100%25", vec!["100%25"]),
+            ("/%2e%2E/x", vec!["x"]),
+        ] {
+            let once = normalize_path(path, false);
+            assert_eq!(once, want, "{path}");
+            let again = normalize_path(&format!("/{}", once.join("/")), false);
+            assert_eq!(again, once, "{path}");
         }
     }
 }
