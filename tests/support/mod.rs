@@ -6,9 +6,12 @@
 //! not inject faults.
 //!
 //! Submodules: [`headers`] checks the rate-limit response headers, [`web`]
-//! serves apps on loopback and sends requests to them.
+//! serves apps on loopback and sends requests to them, and `cluster` (feature
+//! `cluster`) starts a throwaway Redis Cluster.
 #![allow(dead_code)]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod headers;
 pub mod web;
 
