@@ -71,7 +71,6 @@ mod algorithm;
 pub mod backend;
 mod blocked;
 mod breaker;
-pub mod client_ip;
 pub mod clock;
 mod decision;
 mod error;
@@ -102,7 +101,6 @@ pub use crate::policy::{
     MissingKey, Policy, Quota,
 };
 pub use crate::response::{DefaultRejection, GrpcRejection, OnRejection, ProblemJson, Rejection};
-pub use crate::routes::normalize_path;
 pub use crate::service::RateLimit;
 
 // Exists only so `benches/blocked.rs` can reach the blocked cache: not API.

@@ -3,21 +3,21 @@
 //! tag, keys spread over all masters, limits are exact across instances, and
 //! a cluster that is not there never blocks a request.
 
-#[path = "support/cluster.rs"]
-mod cluster_support;
+mod support;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_support::RedisCluster;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::key::Global;
 use tower_redis_ratelimit::{
     Algorithm, Backend, FailureMode, Key, Policy, Quota, RateLimitLayer, RedisBackend,
 };
+
+use support::cluster::RedisCluster;
 
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::SlidingLog, Algorithm::SlidingWindow];
 

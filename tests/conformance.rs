@@ -12,10 +12,10 @@
 //! Plus a randomized comparison of the memory backend's sliding log with a
 //! brute-force reference model.
 
-#[cfg(feature = "cluster")]
-#[path = "support/cluster.rs"]
-mod cluster_support;
 mod support;
+
+#[cfg(feature = "cluster")]
+use support::cluster as cluster_support;
 
 use std::collections::HashMap;
 use std::time::Duration;

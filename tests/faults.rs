@@ -24,21 +24,19 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
 use http::{HeaderMap, StatusCode, header};
-use tokio::task::JoinHandle;
 use tower_redis_ratelimit::headers::{RATELIMIT, RATELIMIT_POLICY};
 use tower_redis_ratelimit::key::{Global, Key};
 use tower_redis_ratelimit::{Algorithm, FailureMode, Policy, Quota, RateLimitLayer, RedisBackend};
 
 use support::RedisServer;
 use support::headers;
+use support::load::{CONCURRENCY, Load, assert_no_failures, baseline, show, stats, window};
+use support::logs::{capture_logs, log_lines};
 
 /// The deadline of the layer under test.
 const DEADLINE: Duration = Duration::from_millis(50);
@@ -47,10 +45,6 @@ const DEADLINE: Duration = Duration::from_millis(50);
 const MARGIN: Duration = Duration::from_millis(30);
 /// How soon limiting must resume once Redis is back.
 const RECOVERY: Duration = Duration::from_secs(2);
-/// Concurrent client tasks of the load generator.
-const CONCURRENCY: usize = 8;
-/// No load run lasts longer than this, whatever happens.
-const LOAD_HARD_STOP: Duration = Duration::from_secs(30);
 /// How long the baseline (healthy Redis) and each outage last.
 const PHASE: Duration = Duration::from_millis(1500);
 /// The limit of `/small` (per minute, one global bucket).
@@ -62,50 +56,6 @@ const COUNT_LIMIT: u64 = 1000;
 
 /// One test at a time: they measure latency.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// ---------------------------------------------------------------------------
-// Log capture: the crate's `tracing` events (debug and up) go to `LOGS`.
-
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "tower_redis_ratelimit=debug",
-            ))
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
-    });
-    LOGS.lock().unwrap_or_else(|e| e.into_inner()).clear();
-}
-
-/// How many captured log lines contain `needle`.
-fn log_lines(needle: &str) -> usize {
-    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
-    String::from_utf8_lossy(&logs)
-        .lines()
-        .filter(|line| line.contains(needle))
-        .count()
-}
 
 // ---------------------------------------------------------------------------
 // The application under test.
@@ -294,154 +244,6 @@ impl App {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Load generator and statistics.
-
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    start: Instant,
-    latency: Duration,
-    /// `None`: the request failed (connection error, timeout).
-    status: Option<StatusCode>,
-    /// Whether the response carried rate-limit headers (Redis decided).
-    limited: bool,
-}
-
-/// `CONCURRENCY` tasks sending GET `url` back to back until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<Vec<Sample>>>,
-}
-
-impl Load {
-    fn start(client: &reqwest::Client, url: String) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let hard_stop = Instant::now() + LOAD_HARD_STOP;
-        let tasks = (0..CONCURRENCY)
-            .map(|_| {
-                let (client, url, stop) = (client.clone(), url.clone(), Arc::clone(&stop));
-                tokio::spawn(async move {
-                    let mut samples = Vec::new();
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
-                        let start = Instant::now();
-                        let (status, limited) = match client.get(&url).send().await {
-                            Ok(response) => {
-                                let status = response.status();
-                                let limited = response.headers().contains_key(RATELIMIT);
-                                match response.bytes().await {
-                                    Ok(_) => (Some(status), limited),
-                                    Err(_) => (None, false),
-                                }
-                            }
-                            Err(_) => (None, false),
-                        };
-                        samples.push(Sample {
-                            start,
-                            latency: start.elapsed(),
-                            status,
-                            limited,
-                        });
-                    }
-                    samples
-                })
-            })
-            .collect();
-        Self { stop, tasks }
-    }
-
-    async fn finish(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for task in self.tasks {
-            all.extend(task.await.unwrap());
-        }
-        all.sort_by_key(|s| s.start);
-        all
-    }
-}
-
-/// The samples of requests started in `[from, to)`.
-fn window(samples: &[Sample], from: Instant, to: Instant) -> Vec<Sample> {
-    samples
-        .iter()
-        .filter(|s| s.start >= from && s.start < to)
-        .copied()
-        .collect()
-}
-
-#[derive(Debug)]
-struct Stats {
-    n: usize,
-    p50: Duration,
-    p90: Duration,
-    p99: Duration,
-    max: Duration,
-    /// Not a 200 response (including connection errors).
-    failed: usize,
-    /// 200 without rate-limit headers (failed open).
-    open: usize,
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn stats(samples: &[Sample]) -> Stats {
-    assert!(!samples.is_empty(), "no samples in the window");
-    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
-    latencies.sort_unstable();
-    Stats {
-        n: samples.len(),
-        p50: percentile(&latencies, 0.50),
-        p90: percentile(&latencies, 0.90),
-        p99: percentile(&latencies, 0.99),
-        max: *latencies.last().unwrap(),
-        failed: samples
-            .iter()
-            .filter(|s| s.status != Some(StatusCode::OK))
-            .count(),
-        open: samples
-            .iter()
-            .filter(|s| s.status == Some(StatusCode::OK) && !s.limited)
-            .count(),
-    }
-}
-
-fn show(label: &str, s: &Stats) {
-    eprintln!(
-        "{label:>22}: n={:5} p50={:7.2?} p90={:7.2?} p99={:7.2?} max={:7.2?} failed={} open={}",
-        s.n, s.p50, s.p90, s.p99, s.max, s.failed, s.open
-    );
-}
-
-fn assert_no_failures(samples: &[Sample]) {
-    let failed: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.status != Some(StatusCode::OK))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} load requests failed, e.g. {:?}",
-        failed.len(),
-        samples.len(),
-        failed.first()
-    );
-}
-
-/// The healthy baseline: requests started in `[from + 200 ms, to)` (the first
-/// 200 ms open connections). Redis decided (nearly) all of them.
-fn baseline(samples: &[Sample], from: Instant, to: Instant) -> Stats {
-    let s = stats(&window(samples, from + Duration::from_millis(200), to));
-    show("baseline (healthy)", &s);
-    assert!(s.n >= 100, "too little load to measure: {s:?}");
-    assert!(
-        s.open * 20 <= s.n,
-        "Redis did not decide the baseline requests: {s:?}"
-    );
-    s
 }
 
 // ---------------------------------------------------------------------------

@@ -6,10 +6,18 @@
 //! not inject faults.
 //!
 //! Submodules: [`headers`] checks the rate-limit response headers, [`web`]
-//! serves apps on loopback and sends requests to them.
+//! serves apps on loopback and sends requests to them, [`load`] generates
+//! load and measures latency, [`logs`] captures the crate's log lines,
+//! [`security`] holds what the `security_*` tests share, and `cluster`
+//! (feature `cluster`) starts a throwaway Redis Cluster.
 #![allow(dead_code)]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod headers;
+pub mod load;
+pub mod logs;
+pub mod security;
 pub mod web;
 
 use std::net::TcpListener;

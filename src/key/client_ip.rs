@@ -1,4 +1,4 @@
-//! The client IP behind trusted reverse proxies.
+//! [`ClientIp`]: the client IP behind trusted reverse proxies.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -6,8 +6,8 @@ use http::request::Parts;
 use http::{HeaderName, header};
 use ipnet::{IpNet, Ipv4Net};
 
+use super::{Key, KeyExtractor, PeerIp};
 use crate::error::ConfigError;
-use crate::key::{Key, KeyExtractor, PeerIp};
 
 /// Which forwarding header the trusted proxies write.
 ///
@@ -54,7 +54,7 @@ pub enum ForwardedHeader {
 /// proxy, so they never match an IPv4 trusted network.
 ///
 /// ```
-/// use tower_redis_ratelimit::client_ip::ClientIp;
+/// use tower_redis_ratelimit::key::ClientIp;
 ///
 /// # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
 /// // Behind a load balancer in 10.0.0.0/8 that appends to X-Forwarded-For.

@@ -1,0 +1,219 @@
+//! Who is the client? Key extractors and the sanitised [`Key`] they produce.
+//!
+//! A key extractor looks at the request head and returns the client's identity.
+//! Built-ins: [`PeerIp`] (the connection's address), [`ClientIp`] (the client
+//! behind trusted reverse proxies), [`Header`] (e.g. an API key), [`Global`]
+//! (one bucket for everybody) and [`PerRoute`] (one bucket per client and
+//! route). Any `Fn(&http::request::Parts) -> Option<Key>` closure is an
+//! extractor too.
+//!
+//! Identities come from clients and are hostile until proven otherwise, so a
+//! [`Key`] is sanitised when it is made: short identities made only of
+//! `A-Z a-z 0-9 . _ : / @ -` stay readable (handy with `redis-cli --scan`);
+//! anything else (braces, control bytes, non-UTF-8, more than 64 bytes) is
+//! replaced by `#` and a SHA-256 digest. No key can break a Redis key, and two
+//! different identities never share a bucket.
+
+mod client_ip;
+mod header;
+mod peer;
+mod per_route;
+
+use std::fmt;
+use std::fmt::Write as _;
+
+use http::request::Parts;
+use sha2::{Digest, Sha256};
+
+pub use self::client_ip::{ClientIp, ForwardedHeader};
+pub use self::header::Header;
+pub use self::peer::PeerIp;
+pub use self::per_route::{PerRoute, UNMATCHED_ROUTE};
+
+/// The longest identity kept readable; longer ones are hashed.
+pub const MAX_READABLE_LEN: usize = 64;
+
+/// A sanitised client identity, safe to embed in a Redis key.
+///
+/// ```
+/// use tower_redis_ratelimit::key::Key;
+///
+/// assert_eq!(Key::new("10.0.0.1").as_str(), "10.0.0.1");
+/// let hostile = Key::new("a}{b\r\nFLUSHALL");
+/// assert!(hostile.as_str().starts_with('#'));
+/// assert!(!hostile.as_str().contains(['{', '}', '\n']));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key(Box<str>);
+
+impl Key {
+    /// Makes a key from any bytes, sanitising them.
+    pub fn new(identity: impl AsRef<[u8]>) -> Self {
+        Self::concat(&[identity.as_ref()])
+    }
+
+    /// `Key::new` of the concatenation of `parts`, without building it: one
+    /// allocation for a readable key, a streamed digest otherwise.
+    fn concat(parts: &[&[u8]]) -> Self {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        let readable = len != 0
+            && len <= MAX_READABLE_LEN
+            && parts
+                .iter()
+                .all(|part| part.iter().all(|&b| is_safe_byte(b)));
+        if readable {
+            let mut text = String::with_capacity(len);
+            for part in parts {
+                // Safe bytes are ASCII, so this borrows and never replaces.
+                text.push_str(&String::from_utf8_lossy(part));
+            }
+            Key(text.into())
+        } else {
+            Key(hashed(parts).into())
+        }
+    }
+
+    /// The bucket shared by requests without a key. Its text cannot be produced
+    /// by [`Key::new`] (which never emits `!`).
+    pub(crate) fn missing() -> Self {
+        Key("!none".into())
+    }
+
+    /// The sanitised text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", self.0)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn is_safe_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'@' | b'-')
+}
+
+/// `#` and the SHA-256 hex digest of the concatenation of `parts`.
+fn hashed(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let mut out = String::with_capacity(1 + 2 * digest.len());
+    out.push('#');
+    for byte in digest {
+        write!(out, "{byte:02x}").expect("writing to a String cannot fail");
+    }
+    out
+}
+
+/// Derives the client identity from a request head.
+///
+/// Returning `None` means "no identity": the policy's
+/// [`MissingKey`](crate::MissingKey) rule decides what happens.
+pub trait KeyExtractor: Send + Sync + 'static {
+    /// The key of this request, if it has one.
+    fn extract(&self, request: &Parts) -> Option<Key>;
+}
+
+impl<F> KeyExtractor for F
+where
+    F: Fn(&Parts) -> Option<Key> + Send + Sync + 'static,
+{
+    fn extract(&self, request: &Parts) -> Option<Key> {
+        self(request)
+    }
+}
+
+/// One bucket for every request: a global limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Global;
+
+impl KeyExtractor for Global {
+    fn extract(&self, _request: &Parts) -> Option<Key> {
+        Some(Key("global".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn parts() -> Parts {
+        http::Request::new(()).into_parts().0
+    }
+
+    #[test]
+    fn readable_and_hashed_keys() {
+        assert_eq!(Key::new("1.2.3.4").as_str(), "1.2.3.4");
+        assert_eq!(Key::new("user@example.com").as_str(), "user@example.com");
+        for hostile in [
+            &b"{tag}"[..],
+            b"a\nb",
+            b"\xff\xfe",
+            b"",
+            b"with space",
+            &[b'a'; 65][..],
+        ] {
+            let k = Key::new(hostile);
+            assert!(k.as_str().starts_with('#'), "{k:?}");
+            assert_eq!(k.as_str().len(), 65);
+        }
+        assert_ne!(Key::new("a{"), Key::new("a}"));
+        assert_ne!(Key::missing(), Key::new("!none"));
+    }
+
+    #[test]
+    fn hashed_keys_are_lower_case_sha256_hex() {
+        // SHA-256 of the empty string.
+        assert_eq!(
+            Key::new("").as_str(),
+            "#e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(Key::concat(&[b"", b""]), Key::new(""));
+    }
+
+    #[test]
+    fn extractors() {
+        let mut p = parts();
+        assert_eq!(PeerIp::new().extract(&p), None);
+        p.extensions
+            .insert("9.8.7.6:1234".parse::<SocketAddr>().unwrap());
+        assert_eq!(PeerIp::new().extract(&p), Some(Key::new("9.8.7.6")));
+
+        let h = Header::new("x-api-key");
+        assert_eq!(h.extract(&p), None);
+        p.headers.insert("x-api-key", "".parse().unwrap());
+        assert_eq!(h.extract(&p), None);
+        p.headers.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(h.extract(&p), Some(Key::new("k1")));
+        assert_eq!(Global.extract(&p), Some(Key::new("global")));
+        let f = |_: &Parts| Some(Key::new("c"));
+        assert_eq!(f.extract(&p), Some(Key::new("c")));
+    }
+
+    #[test]
+    fn concat_is_new_of_the_concatenation() {
+        for parts in [
+            &[&b"/api"[..], b"@", b"1.2.3.4"][..],
+            &[b"/users/{id}", b"@", b"1.2.3.4"],
+            &[b"/a@b", b"\0", b"k"],
+            &[b"", b"", b""],
+            &[&[b'a'; 40][..], &[b'b'; 24][..]],
+            &[&[b'a'; 40][..], &[b'b'; 25][..]],
+        ] {
+            assert_eq!(Key::concat(parts), Key::new(parts.concat()), "{parts:?}");
+        }
+    }
+}
