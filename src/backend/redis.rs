@@ -16,10 +16,19 @@ use crate::error::{BackendError, ConfigError};
 use crate::key::Key;
 use crate::policy::{Algorithm, Policy};
 
-static SLIDING_LOG: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("sliding_log.lua")));
-static SLIDING_WINDOW: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("sliding_window.lua")));
+/// Every algorithm's script, in the order of [`Algorithm::ALL`].
+static SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
+    Algorithm::ALL
+        .iter()
+        .map(|algorithm| Script::new(algorithm.spec().lua))
+        .collect()
+});
+
+/// The script of `algorithm`.
+fn script(algorithm: Algorithm) -> &'static Script {
+    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
+    &SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
+}
 
 /// Counters in Redis, shared by every application instance.
 ///
@@ -271,10 +280,7 @@ impl RedisBackend {
     ///
     /// If `index` is not a quota index of `policy`.
     pub fn redis_key(&self, policy: &Policy, key: &Key, index: usize) -> String {
-        let tag = match policy.algorithm_kind() {
-            Algorithm::SlidingLog => 'l',
-            Algorithm::SlidingWindow => 'w',
-        };
+        let tag = policy.algorithm_kind().spec().tag;
         format!(
             "{}:{{{}:{}}}:{tag}{}",
             self.inner.prefix,
@@ -330,21 +336,15 @@ impl Inner {
 
 impl Backend for RedisBackend {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
-        let mut invocation = match policy.algorithm_kind() {
-            Algorithm::SlidingLog => {
-                // Log members must be unique per admitted unit across instances.
-                let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-                let mut inv = SLIDING_LOG.prepare_invoke();
-                inv.arg(cost)
-                    .arg(format!("{:x}.{seq:x}", self.inner.instance));
-                inv
-            }
-            Algorithm::SlidingWindow => {
-                let mut inv = SLIDING_WINDOW.prepare_invoke();
-                inv.arg(cost).arg(""); // the counter needs no nonce
-                inv
-            }
-        };
+        let algorithm = policy.algorithm_kind();
+        let mut invocation = script(algorithm).prepare_invoke();
+        invocation.arg(cost);
+        if algorithm.spec().nonce {
+            let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+            invocation.arg(format!("{:x}.{seq:x}", self.inner.instance));
+        } else {
+            invocation.arg("");
+        }
         let quotas: Vec<_> = policy.quotas().to_vec();
         for (i, q) in quotas.iter().enumerate() {
             invocation

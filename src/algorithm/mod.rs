@@ -1,128 +1,154 @@
-//! The decision maths of both algorithms, without I/O.
+//! The counting algorithms, without I/O.
 //!
-//! The in-process backend runs this code; the Lua scripts in `backend/*.lua`
-//! are line-by-line translations of it (same order of floating-point
-//! operations, so both produce identical numbers). The conformance suite in
-//! `tests/` runs the same scenarios against both and compares.
+//! Each algorithm has one home, a file with its pure model (the state of one
+//! quota, the *look* phase telling whether and when `cost` units fit, the
+//! *commit* phase consuming them and reporting usage) and its [`Spec`] (what
+//! every backend needs to know about it), with its Lua script beside it: a
+//! line-by-line translation of the model (same order of floating-point
+//! operations, so both produce identical numbers).
+//!
+//! - [`sliding_log`]: [`Algorithm::SlidingLog`], `sliding_log.lua`;
+//! - [`sliding_window`]: [`Algorithm::SlidingWindow`], `sliding_window.lua`.
+//!
+//! This module holds what they share: the [`Algorithm`] enum, the dispatch
+//! from it to each algorithm, and [`check`], the all-or-nothing driver over
+//! the quotas of a policy. The in-process backend runs this code, the Redis
+//! backend the scripts; the tests below check the models against naive
+//! reference models, and the conformance suite in `tests/` runs the same
+//! scenarios against both backends.
+//!
+//! Adding an algorithm: a variant of [`Algorithm`], its file and script, and
+//! one arm in each `match` of this module.
 //!
 //! Time is in microseconds. A window of length `W` ending at `now` is
 //! `(now - W, now]`.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::decision::{Decision, QuotaStatus};
-use crate::policy::{Algorithm, Quota};
+use crate::policy::Quota;
+
+mod sliding_log;
+mod sliding_window;
+
+/// How requests are counted within a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// Exact sliding log: every admitted unit is remembered until it leaves the
+    /// window. Never admits more than the limit in any window; memory grows with
+    /// the limit (one sorted-set member per admitted unit in Redis).
+    SlidingLog,
+    /// Approximate sliding window counter: the previous fixed window's count,
+    /// weighted by how much of it still overlaps the sliding window, plus the
+    /// current window's count. O(1) memory per client. Exact under smooth
+    /// traffic; adversarial bursts at a window boundary can admit up to about
+    /// twice the limit within some window of length W.
+    #[default]
+    SlidingWindow,
+}
+
+impl Algorithm {
+    /// Every algorithm (backends that prepare something per algorithm, such
+    /// as a script cache, iterate over it).
+    pub(crate) const ALL: &[Algorithm] = &[Algorithm::SlidingLog, Algorithm::SlidingWindow];
+
+    /// What backends need to know about this algorithm.
+    pub(crate) fn spec(self) -> &'static Spec {
+        match self {
+            Algorithm::SlidingLog => &sliding_log::SPEC,
+            Algorithm::SlidingWindow => &sliding_window::SPEC,
+        }
+    }
+}
+
+/// What every backend needs to know about an algorithm, besides its model.
+#[derive(Debug)]
+pub(crate) struct Spec {
+    /// The letter tagging its Redis keys (`<prefix>:{<policy>:<key>}:<tag><window
+    /// in ms>`): two policies that share a name but count differently never
+    /// read each other's data.
+    pub tag: char,
+    /// The Lua script running the model in Redis. Every script takes the same
+    /// keys and arguments and replies alike (see `backend/redis/script.rs`).
+    pub lua: &'static str,
+    /// Whether the script needs a per-request nonce, unique across instances.
+    pub nonce: bool,
+    /// The largest limit a quota may have.
+    pub max_limit: u64,
+    /// The most the default max cost of a policy may be, below its smallest
+    /// limit (`None`: the smallest limit alone).
+    pub max_cost_cap: Option<u64>,
+}
+
+impl Spec {
+    /// The default max cost of a policy whose smallest limit is
+    /// `smallest_limit` (`None`: no quota).
+    pub(crate) fn default_max_cost(&self, smallest_limit: Option<u64>) -> Option<u64> {
+        match (smallest_limit, self.max_cost_cap) {
+            (Some(limit), Some(cap)) => Some(limit.min(cap)),
+            (Some(limit), None) => Some(limit),
+            (None, cap) => cap,
+        }
+    }
+}
+
+/// The two phases of one algorithm on the state of one quota.
+pub(crate) trait Model {
+    /// Whether `cost` more units fit at `now` in a quota of `limit` units per
+    /// `window`: `None` if they do, else how long until they would if nothing
+    /// else were admitted (`window` if `cost > limit`: never). Writes nothing
+    /// that counts (it may drop what has left the window).
+    fn look(&mut self, now: u64, limit: u64, window: u64, cost: u64) -> Option<u64>;
+
+    /// Consumes `cost` units at `now` if `admit`, and reports the usage.
+    fn commit(&mut self, now: u64, window: u64, cost: u64, admit: bool) -> Usage;
+}
+
+/// A quota's usage after a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// The units counted now.
+    pub used: u64,
+    /// How long until nothing is counted any more (zero: nothing is), i.e.
+    /// how long the state must be kept.
+    pub reset: u64,
+}
 
 /// The stored state of one quota of one client.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum QuotaState {
-    /// Sliding log: the timestamp of every admitted unit, oldest first.
-    Log(VecDeque<u64>),
-    /// Sliding window counter.
-    Counter(Counter),
-}
-
-/// Sliding window counter state: the start of the fixed window `cur` counts
-/// in, and the count of the fixed window before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Counter {
-    pub start: u64,
-    pub cur: u64,
-    pub prev: u64,
+    /// [`Algorithm::SlidingLog`].
+    Log(sliding_log::Log),
+    /// [`Algorithm::SlidingWindow`].
+    Counter(sliding_window::Counter),
 }
 
 impl QuotaState {
     pub(crate) fn new(algorithm: Algorithm) -> Self {
         match algorithm {
-            Algorithm::SlidingLog => QuotaState::Log(VecDeque::new()),
-            Algorithm::SlidingWindow => QuotaState::Counter(Counter::default()),
+            Algorithm::SlidingLog => QuotaState::Log(Default::default()),
+            Algorithm::SlidingWindow => QuotaState::Counter(Default::default()),
+        }
+    }
+
+    /// The algorithm this state belongs to.
+    pub(crate) fn algorithm(&self) -> Algorithm {
+        match self {
+            QuotaState::Log(_) => Algorithm::SlidingLog,
+            QuotaState::Counter(_) => Algorithm::SlidingWindow,
         }
     }
 
     pub(crate) fn matches(&self, algorithm: Algorithm) -> bool {
-        matches!(
-            (self, algorithm),
-            (QuotaState::Log(_), Algorithm::SlidingLog)
-                | (QuotaState::Counter(_), Algorithm::SlidingWindow)
-        )
+        self.algorithm() == algorithm
     }
-}
 
-/// The counter as seen at `now`: rolled forward to the fixed window holding
-/// `now`. Returns the rolled state and the time elapsed in that window.
-///
-/// If the stored window starts *after* `now`'s (the clock stepped back), the
-/// stored counts are kept as they are: a clock step must not forget counts.
-pub(crate) fn roll(c: Counter, now: u64, window: u64) -> (Counter, u64) {
-    let elapsed = now % window;
-    let start = now - elapsed;
-    let rolled = if c.start >= start {
-        c
-    } else if c.start + window == start {
-        Counter {
-            start,
-            cur: 0,
-            prev: c.cur,
+    fn model(&mut self) -> &mut dyn Model {
+        match self {
+            QuotaState::Log(log) => log,
+            QuotaState::Counter(counter) => counter,
         }
-    } else {
-        Counter {
-            start,
-            cur: 0,
-            prev: 0,
-        }
-    };
-    (rolled, elapsed)
-}
-
-/// The sliding estimate: the previous window's count weighted by its overlap
-/// with the sliding window, plus the current count.
-pub(crate) fn estimate(c: Counter, elapsed: u64, window: u64) -> u64 {
-    let weight = (window - elapsed) as f64 / window as f64;
-    ((c.prev as f64 * weight).floor() as u64).saturating_add(c.cur)
-}
-
-/// The first offset into a window at which `decaying` (the previous window's
-/// count) weighs at most `room` units: the smallest `e` with
-/// `floor(decaying * (W - e) / W) <= room`, plus 1 µs against rounding.
-fn decayed_by(decaying: u64, room: u64, window: u64) -> u64 {
-    let overlap = ((room + 1) as f64 * window as f64 / decaying as f64).ceil() as u64;
-    (window + 2).saturating_sub(overlap)
-}
-
-/// How long until a request of `cost` fits, if nothing else is admitted.
-/// Only meaningful when the request is denied now. Never shorter than the
-/// real wait (the blocked-client cache relies on that) and at most 1 µs longer.
-pub(crate) fn counter_retry(c: Counter, elapsed: u64, window: u64, limit: u64, cost: u64) -> u64 {
-    if cost > limit {
-        return window;
-    }
-    if c.cur.saturating_add(cost) <= limit {
-        // Wait, within this window, for the previous window's weight to decay.
-        let target = decayed_by(c.prev, limit - cost - c.cur, window);
-        target.saturating_sub(elapsed).max(1)
-    } else {
-        // Wait for the next window, where this window's count becomes the
-        // decaying part.
-        window - elapsed + decayed_by(c.cur, limit - cost, window)
-    }
-}
-
-/// Time until a counter's estimate falls to zero.
-fn counter_reset(c: Counter, elapsed: u64, window: u64) -> u64 {
-    if c.cur > 0 {
-        2 * window - elapsed
-    } else if c.prev > 0 {
-        window - elapsed
-    } else {
-        0
-    }
-}
-
-/// Drops log entries that have left the window.
-fn trim(log: &mut VecDeque<u64>, now: u64, window: u64) {
-    while log.front().is_some_and(|&t| t + window <= now) {
-        log.pop_front();
     }
 }
 
@@ -138,30 +164,13 @@ pub(crate) fn check(
     cost: u64,
 ) -> (Decision, u64) {
     debug_assert_eq!(states.len(), quotas.len());
-    // Phase 1: look, write nothing that counts.
+    // Phase 1: look, write nothing that counts. The longest wait decides;
+    // the first quota wins ties.
     let mut denied: Option<(usize, u64)> = None;
     for (i, (state, quota)) in states.iter_mut().zip(quotas).enumerate() {
-        let (limit, window) = (quota.limit(), quota.window_us());
-        let retry = match state {
-            QuotaState::Log(log) => {
-                trim(log, now, window);
-                let count = log.len() as u64;
-                (count.saturating_add(cost) > limit).then(|| {
-                    if cost > limit {
-                        window
-                    } else {
-                        // The k-th oldest entry must leave before `cost` units fit.
-                        let k = (count + cost - limit) as usize;
-                        log[k - 1] + window - now
-                    }
-                })
-            }
-            QuotaState::Counter(c) => {
-                let (rolled, elapsed) = roll(*c, now, window);
-                (estimate(rolled, elapsed, window).saturating_add(cost) > limit)
-                    .then(|| counter_retry(rolled, elapsed, window, limit, cost))
-            }
-        };
+        let retry = state
+            .model()
+            .look(now, quota.limit(), quota.window_us(), cost);
         if let Some(r) = retry
             && denied.is_none_or(|(_, best)| r > best)
         {
@@ -175,30 +184,8 @@ pub(crate) fn check(
         .iter_mut()
         .zip(quotas)
         .map(|(state, quota)| {
-            let (limit, window) = (quota.limit(), quota.window_us());
-            let (used, reset) = match state {
-                QuotaState::Log(log) => {
-                    if admit {
-                        let at = log.partition_point(|&t| t <= now);
-                        for _ in 0..cost {
-                            log.insert(at, now);
-                        }
-                    }
-                    let reset = log.back().map_or(0, |&t| (t + window).saturating_sub(now));
-                    (log.len() as u64, reset)
-                }
-                QuotaState::Counter(c) => {
-                    let (mut rolled, elapsed) = roll(*c, now, window);
-                    if admit {
-                        rolled.cur += cost;
-                        *c = rolled;
-                    }
-                    (
-                        estimate(rolled, elapsed, window),
-                        counter_reset(rolled, elapsed, window),
-                    )
-                }
-            };
+            let limit = quota.limit();
+            let Usage { used, reset } = state.model().commit(now, quota.window_us(), cost, admit);
             keep = keep.max(reset);
             QuotaStatus {
                 limit,
