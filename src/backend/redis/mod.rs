@@ -1,34 +1,26 @@
 //! The Redis backend: one EVALSHA per decision.
+//!
+//! - `script`: the script protocol (keys, arguments, reply), without I/O;
+//! - `connection`: single-node and cluster connections;
+//! - `redact`: Redis URLs without their passwords;
+//! - here: [`RedisBackend`] and its builder, gluing them together.
 
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script, ScriptInvocation};
-
-use super::redact::{redact_url, secrets};
+use self::connection::Connection;
+pub use self::redact::redact_url;
+use self::redact::secrets;
+use self::script::Nonces;
 use super::{Backend, CheckFuture};
-use crate::decision::{Decision, QuotaStatus};
-use crate::error::{BackendError, ConfigError};
+use crate::error::ConfigError;
 use crate::key::Key;
-use crate::policy::{Algorithm, Policy};
+use crate::policy::Policy;
 
-/// Every algorithm's script, in the order of [`Algorithm::ALL`].
-static SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
-    Algorithm::ALL
-        .iter()
-        .map(|algorithm| Script::new(algorithm.spec().lua))
-        .collect()
-});
-
-/// The script of `algorithm`.
-fn script(algorithm: Algorithm) -> &'static Script {
-    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
-    &SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
-}
+mod connection;
+mod redact;
+mod script;
 
 /// Counters in Redis, shared by every application instance.
 ///
@@ -60,21 +52,9 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    target: Target,
+    connection: Connection,
     prefix: String,
-    instance: u64,
-    seq: AtomicU64,
-}
-
-/// Where the commands go.
-enum Target {
-    Single {
-        client: Client,
-        config: ConnectionManagerConfig,
-        conn: OnceLock<ConnectionManager>,
-    },
-    #[cfg(feature = "cluster")]
-    Cluster(cluster::Cluster),
+    nonces: Nonces,
 }
 
 /// Shows the address (no credentials) or, for a cluster, the node URLs with
@@ -82,15 +62,7 @@ enum Target {
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RedisBackend");
-        match &self.inner.target {
-            Target::Single { client, .. } => {
-                d.field("addr", &client.get_connection_info().addr());
-            }
-            #[cfg(feature = "cluster")]
-            Target::Cluster(c) => {
-                d.field("cluster", &c.nodes);
-            }
-        }
+        self.inner.connection.describe(&mut d);
         d.field("prefix", &self.inner.prefix)
             .finish_non_exhaustive()
     }
@@ -179,40 +151,27 @@ impl RedisBackendBuilder {
             });
         }
         let url_error = |e: redis::RedisError| url_error(&self.urls, &e);
-        let target = if self.cluster {
+        let connection = if self.cluster {
             #[cfg(feature = "cluster")]
             {
                 if self.urls.is_empty() {
                     return Err(ConfigError::RedisUrl("no cluster node given".to_owned()));
                 }
-                let client = redis::cluster::ClusterClient::builder(self.urls.clone())
-                    .connection_timeout(self.connect_timeout)
-                    .response_timeout(self.response_timeout)
-                    .build()
-                    .map_err(url_error)?;
-                let nodes = self.urls.iter().map(|u| redact_url(u).into_owned());
-                Target::Cluster(cluster::Cluster::new(client, nodes.collect()))
+                Connection::cluster(&self.urls, self.connect_timeout, self.response_timeout)
+                    .map_err(url_error)?
             }
             #[cfg(not(feature = "cluster"))]
             unreachable!("cluster builders exist only with the `cluster` feature")
         } else {
             let url = self.urls.first().map_or("", String::as_str);
-            Target::Single {
-                client: Client::open(url).map_err(url_error)?,
-                config: ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(Some(self.response_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1)),
-                conn: OnceLock::new(),
-            }
+            Connection::single(url, self.connect_timeout, self.response_timeout)
+                .map_err(url_error)?
         };
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                target,
+                connection,
                 prefix: self.prefix,
-                instance: RandomState::new().hash_one(std::process::id()),
-                seq: AtomicU64::new(0),
+                nonces: Nonces::new(),
             }),
         })
     }
@@ -280,187 +239,20 @@ impl RedisBackend {
     ///
     /// If `index` is not a quota index of `policy`.
     pub fn redis_key(&self, policy: &Policy, key: &Key, index: usize) -> String {
-        let tag = policy.algorithm_kind().spec().tag;
-        format!(
-            "{}:{{{}:{}}}:{tag}{}",
-            self.inner.prefix,
-            policy.name(),
-            key.as_str(),
-            policy.quotas()[index].window().as_millis()
-        )
-    }
-}
-
-impl Inner {
-    /// Runs the script on whichever connection this backend has. Connections
-    /// are made here, inside the runtime, never at build time.
-    async fn invoke(
-        &self,
-        invocation: &ScriptInvocation<'static>,
-    ) -> Result<Vec<i64>, BackendError> {
-        match &self.target {
-            Target::Single {
-                client,
-                config,
-                conn,
-            } => {
-                let mut conn = match conn.get() {
-                    Some(conn) => conn.clone(),
-                    None => {
-                        let fresh = ConnectionManager::new_lazy_with_config(
-                            client.clone(),
-                            config.clone(),
-                        )?;
-                        conn.get_or_init(|| fresh).clone()
-                    }
-                };
-                match invocation.invoke_async(&mut conn).await {
-                    // A refused connection is the failed reconnect attempt the
-                    // manager kept from the outage (nothing was sent); it has just
-                    // started a fresh one, so try once more (still bounded by the
-                    // layer's deadline) instead of failing the breaker's probe.
-                    Err(error) if error.is_connection_refusal() => {
-                        Ok(invocation.invoke_async(&mut conn).await?)
-                    }
-                    other => Ok(other?),
-                }
-            }
-            #[cfg(feature = "cluster")]
-            Target::Cluster(cluster) => {
-                let mut conn = cluster.connection().await;
-                Ok(invocation.invoke_async(&mut conn).await?)
-            }
-        }
+        script::keys(&self.inner.prefix, policy, key).swap_remove(index)
     }
 }
 
 impl Backend for RedisBackend {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
-        let algorithm = policy.algorithm_kind();
-        let mut invocation = script(algorithm).prepare_invoke();
-        invocation.arg(cost);
-        if algorithm.spec().nonce {
-            let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-            invocation.arg(format!("{:x}.{seq:x}", self.inner.instance));
-        } else {
-            invocation.arg("");
-        }
-        let quotas: Vec<_> = policy.quotas().to_vec();
-        for (i, q) in quotas.iter().enumerate() {
-            invocation
-                .key(self.redis_key(policy, key, i))
-                .arg(q.limit())
-                .arg(q.window_us());
-        }
+        let invocation =
+            script::invocation(&self.inner.prefix, &self.inner.nonces, policy, key, cost);
+        let quotas = policy.quotas().to_vec();
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let reply = inner.invoke(&invocation).await?;
-            decode(&reply, &quotas)
+            let reply = inner.connection.invoke(&invocation).await?;
+            script::decode(&reply, &quotas)
         })
-    }
-}
-
-fn decode(reply: &[i64], quotas: &[crate::Quota]) -> Result<Decision, BackendError> {
-    let bad = || BackendError::Protocol(format!("{reply:?}"));
-    if reply.len() != 3 + 2 * quotas.len() {
-        return Err(bad());
-    }
-    let non_neg = |v: i64| u64::try_from(v).map_err(|_| bad());
-    let statuses = quotas
-        .iter()
-        .zip(reply[3..].chunks_exact(2))
-        .map(|(q, pair)| {
-            Ok(QuotaStatus {
-                limit: q.limit(),
-                window: q.window(),
-                remaining: non_neg(pair[0])?,
-                reset_after: Duration::from_micros(non_neg(pair[1])?),
-            })
-        })
-        .collect::<Result<Vec<_>, BackendError>>()?;
-    match (reply[0], reply[1]) {
-        (1, 0) => Ok(Decision::allowed(statuses)),
-        (0, i) if i >= 1 && (i as usize) <= quotas.len() => Ok(Decision::denied(
-            statuses,
-            i as usize - 1,
-            Duration::from_micros(non_neg(reply[2])?),
-        )),
-        _ => Err(bad()),
-    }
-}
-
-#[cfg(feature = "cluster")]
-mod cluster {
-    //! The Redis Cluster connection, made once in the background.
-
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
-
-    use redis::cluster::ClusterClient;
-    use redis::cluster_async::ClusterConnection;
-    use tokio::sync::watch;
-
-    pub(super) struct Cluster {
-        /// The nodes as given, passwords redacted: only shown by `Debug`.
-        pub nodes: Vec<String>,
-        client: ClusterClient,
-        ready: watch::Sender<Option<ClusterConnection>>,
-        connecting: Arc<AtomicBool>,
-    }
-
-    impl Cluster {
-        pub fn new(client: ClusterClient, nodes: Vec<String>) -> Self {
-            Self {
-                nodes,
-                client,
-                ready: watch::Sender::new(None),
-                connecting: Arc::new(AtomicBool::new(false)),
-            }
-        }
-
-        /// The connection, once made. The first caller starts a background
-        /// task that connects (retrying with back-off); callers wait for it,
-        /// bounded by the layer's deadline. The task is not cancelled when a
-        /// waiting request gives up, so a slow first connect still completes.
-        /// Once made, the cluster connection follows topology changes and
-        /// reconnects by itself.
-        pub async fn connection(&self) -> ClusterConnection {
-            let mut rx = self.ready.subscribe();
-            if let Some(conn) = rx.borrow().as_ref() {
-                return conn.clone();
-            }
-            if !self.connecting.swap(true, Ordering::AcqRel) {
-                let client = self.client.clone();
-                let ready = self.ready.clone();
-                // Stop retrying once the backend is gone.
-                let alive = Arc::downgrade(&self.connecting);
-                tokio::spawn(async move {
-                    let mut delay = Duration::from_millis(50);
-                    loop {
-                        match client.get_async_connection().await {
-                            Ok(conn) => {
-                                ready.send_replace(Some(conn));
-                                return;
-                            }
-                            Err(error) => {
-                                tracing::debug!(%error, "redis cluster connect failed; retrying");
-                                if alive.upgrade().is_none() {
-                                    return;
-                                }
-                                tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(Duration::from_secs(1));
-                            }
-                        }
-                    }
-                });
-            }
-            let conn = rx
-                .wait_for(Option::is_some)
-                .await
-                .expect("the sender lives in the backend");
-            conn.as_ref().expect("waited for Some").clone()
-        }
     }
 }
 
