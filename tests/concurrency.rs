@@ -125,8 +125,9 @@ async fn redis_instances_admit_exactly(
     let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
     assert!(clients.lines().count() > INSTANCES, "{clients}");
     let key = Key::new("one-hot-client");
-    for i in 0..quotas.len() {
-        let name = backends[0].redis_key(&policy, &key, i);
+    let names = backends[0].redis_keys(&policy, &key);
+    assert_eq!(names.len(), quotas.len());
+    for name in names {
         let stored: u64 = match alg {
             Algorithm::SlidingLog => redis::cmd("ZCARD").arg(&name).query(&mut conn).unwrap(),
             _ => redis::cmd("HGET")

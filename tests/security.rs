@@ -129,7 +129,10 @@ impl SpoofApp {
             .into_iter()
             .find(|(p, _)| *p == policy_path)
             .unwrap();
-        let key = self.backend.redis_key(&policy, &Key::new(client), 0);
+        let key = self
+            .backend
+            .redis_keys(&policy, &Key::new(client))
+            .remove(0);
         redis::cmd("EXISTS")
             .arg(key)
             .query(&mut self.conn())
@@ -583,7 +586,7 @@ async fn hostile_identities_are_limited_exactly_and_stored_safely() {
         .unwrap();
     let mut expected = HashSet::new();
     for value in &values {
-        let key = backend.redis_key(&policy, &Key::new(value), 0);
+        let key = backend.redis_keys(&policy, &Key::new(value)).remove(0);
         let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
         assert!(ttl > 0 && ttl <= 60_000, "{key}: PTTL {ttl}");
         let entries: u64 = redis::cmd("ZCARD").arg(&key).query(&mut conn).unwrap();

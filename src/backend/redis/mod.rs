@@ -38,6 +38,7 @@ mod script;
 /// ```
 ///
 /// Every key written carries a TTL no longer than its data matters.
+/// [`RedisBackend::redis_keys`] names a client's keys.
 ///
 /// The connection is made lazily, on the first check: building the backend
 /// never blocks or fails because Redis is down. The connection is multiplexed
@@ -228,18 +229,37 @@ impl RedisBackend {
         &self.inner.prefix
     }
 
-    /// The Redis key of quota `index` of `policy` for `key`:
-    /// `<prefix>:{<policy>:<key>}:<l|w><window in ms>`.
+    /// The Redis keys of `policy`'s quotas for `key`, one per quota, in the
+    /// order of [`Policy::quotas`]:
     ///
-    /// The algorithm letter and the window are part of the key, so two
-    /// policies that share a name (in different layers or deployments) but
-    /// count differently never read each other's data.
+    /// ```text
+    /// <prefix>:{<policy>:<key>}:<l|w><window in ms>
+    /// ```
     ///
-    /// # Panics
+    /// `l` tags a sliding log (a sorted set of admitted units), `w` a sliding
+    /// window counter (a hash `{s, c, p}`: the current fixed window's start
+    /// in µs, its count, the previous window's count). The algorithm letter
+    /// and the window are part of the key, so two policies that share a name
+    /// (in different layers or deployments) but count differently never read
+    /// each other's data. All keys of one decision share a hash tag, so they
+    /// live on one cluster node.
     ///
-    /// If `index` is not a quota index of `policy`.
-    pub fn redis_key(&self, policy: &Policy, key: &Key, index: usize) -> String {
-        script::keys(&self.inner.prefix, policy, key).swap_remove(index)
+    /// Useful to look at a client's counts with `redis-cli`; a key only exists
+    /// while it counts something.
+    ///
+    /// ```
+    /// use tower_redis_ratelimit::{Key, Policy, Quota, RedisBackend};
+    ///
+    /// let backend = RedisBackend::new("redis://127.0.0.1:6379")?; // connects nothing
+    /// let policy = Policy::auth().quota(Quota::per_hour(20));
+    /// assert_eq!(
+    ///     backend.redis_keys(&policy, &Key::new("203.0.113.9")),
+    ///     ["rl:{auth:203.0.113.9}:l60000", "rl:{auth:203.0.113.9}:l3600000"]
+    /// );
+    /// # Ok::<(), tower_redis_ratelimit::ConfigError>(())
+    /// ```
+    pub fn redis_keys(&self, policy: &Policy, key: &Key) -> Vec<String> {
+        script::keys(&self.inner.prefix, policy, key)
     }
 }
 
