@@ -13,12 +13,15 @@
 //! This module holds what they share: the [`Algorithm`] enum, the dispatch
 //! from it to each algorithm, and [`check`], the all-or-nothing driver over
 //! the quotas of a policy. The in-process backend runs this code, the Redis
-//! backend the scripts; the tests below check the models against naive
-//! reference models, and the conformance suite in `tests/` runs the same
+//! backend the scripts; the tests below check every model against its naive
+//! definition (`reference.rs`), and the conformance suite in `tests/` runs the same
 //! scenarios against both backends.
 //!
-//! Adding an algorithm: a variant of [`Algorithm`], its file and script, and
-//! one arm in each `match` of this module.
+//! Adding an algorithm: a variant of [`Algorithm`] (listed in
+//! [`Algorithm::ALL`]), its file (model, [`Spec`], and for the tests its
+//! naive `Definition`) and script, and one arm in each `match` of this
+//! module. Backends and tests find it through [`Algorithm::ALL`] and
+//! [`Algorithm::spec`].
 //!
 //! Time is in microseconds. A window of length `W` ending at `now` is
 //! `(now - W, now]`.
@@ -28,6 +31,8 @@ use std::time::Duration;
 use crate::decision::{Decision, QuotaStatus};
 use crate::policy::Quota;
 
+#[cfg(test)]
+pub(crate) mod reference;
 mod sliding_log;
 mod sliding_window;
 
@@ -58,6 +63,17 @@ impl Algorithm {
         match self {
             Algorithm::SlidingLog => &sliding_log::SPEC,
             Algorithm::SlidingWindow => &sliding_window::SPEC,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Algorithm {
+    /// The naive definition the tests compare the model with.
+    pub(crate) fn definition(self) -> &'static dyn reference::Definition {
+        match self {
+            Algorithm::SlidingLog => &sliding_log::Definition,
+            Algorithm::SlidingWindow => &sliding_window::Definition,
         }
     }
 }
@@ -204,6 +220,10 @@ pub(crate) fn check(
 
 #[cfg(test)]
 mod tests {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::reference::{Reference, strategy};
     use super::*;
 
     const SEC: u64 = 1_000_000;
@@ -324,6 +344,48 @@ mod tests {
             let (d, keep) = check(&mut s, &q, 5 * SEC, 4);
             assert_eq!(d.retry_after(), Some(Duration::from_secs(1)));
             assert_eq!(keep, 0);
+        }
+    }
+
+    /// Runs `steps` (clock advance, cost) from `start` through [`check`] and
+    /// the reference model, comparing every decision and how long the state
+    /// is kept (until the last quota resets).
+    fn agree_with_the_reference(
+        algorithm: Algorithm,
+        quotas: &[Quota],
+        start: u64,
+        steps: &[(u64, u64)],
+    ) -> Result<(), TestCaseError> {
+        let mut states = states(algorithm, quotas.len());
+        let mut reference = Reference::new(algorithm, quotas);
+        let mut now = start;
+        for (step, &(advance, cost)) in steps.iter().enumerate() {
+            now += advance;
+            let (got, keep) = check(&mut states, quotas, now, cost);
+            let what = format!("step {step}, +{} us, cost {cost}", now - start);
+            reference
+                .check(now, cost)
+                .agrees(&got, algorithm)
+                .map_err(|e| TestCaseError::fail(format!("{what}: {e}")))?;
+            let longest_reset = got.quotas().iter().map(|q| q.reset_after).max();
+            prop_assert_eq!(Some(Duration::from_micros(keep)), longest_reset, "{}", what);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(768))]
+
+        /// Every algorithm's model, through [`check`], agrees with its naive
+        /// definition, over any request sequence against one to three quotas.
+        #[test]
+        fn every_algorithm_agrees_with_its_definition(
+            algorithm in prop::sample::select(Algorithm::ALL),
+            quotas in strategy::quotas(),
+            start in strategy::start(),
+            steps in vec((strategy::advance(), strategy::cost()), 1..200),
+        ) {
+            agree_with_the_reference(algorithm, &quotas, start, &steps)?;
         }
     }
 }

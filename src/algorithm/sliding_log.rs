@@ -65,3 +65,32 @@ impl Model for Log {
         }
     }
 }
+
+/// The sliding log by definition: the units admitted in `(at - W, at]`.
+#[cfg(test)]
+pub(super) struct Definition;
+
+#[cfg(test)]
+impl super::reference::Definition for Definition {
+    fn units(&self, history: &[(u64, u64)], window: u64, at: u64) -> u64 {
+        history
+            .iter()
+            .filter(|&&(t, _)| t + window > at)
+            .map(|&(_, cost)| cost)
+            .sum()
+    }
+
+    /// Until the newest unit leaves.
+    fn reset(&self, history: &[(u64, u64)], window: u64, now: u64) -> u64 {
+        history
+            .iter()
+            .map(|&(t, _)| (t + window).saturating_sub(now))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Exact.
+    fn retry_slack(&self) -> u64 {
+        0
+    }
+}

@@ -117,3 +117,44 @@ impl Model for Counter {
         }
     }
 }
+
+/// The sliding window counter by definition: fixed windows `[kW, (k+1)W)`
+/// count the units admitted in them, and the estimate at `at`, `e` into its
+/// window, is `floor(prev * ((W - e) / W)) + cur`, computed in `f64` as
+/// documented (and as Lua computes it).
+#[cfg(test)]
+pub(super) struct Definition;
+
+#[cfg(test)]
+impl super::reference::Definition for Definition {
+    fn units(&self, history: &[(u64, u64)], window: u64, at: u64) -> u64 {
+        let (start, elapsed) = (at - at % window, at % window);
+        let admitted_in = |from: u64| -> u64 {
+            history
+                .iter()
+                .filter(|&&(t, _)| t - t % window == from)
+                .map(|&(_, cost)| cost)
+                .sum()
+        };
+        let cur = admitted_in(start);
+        let prev = start.checked_sub(window).map_or(0, admitted_in);
+        let weight = (window - elapsed) as f64 / window as f64;
+        (prev as f64 * weight).floor() as u64 + cur
+    }
+
+    /// Until the newest fixed window holding units is neither the current
+    /// nor the previous one.
+    fn reset(&self, history: &[(u64, u64)], window: u64, now: u64) -> u64 {
+        history
+            .iter()
+            .map(|&(t, _)| (t - t % window + 2 * window).saturating_sub(now))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The retry-after is never shorter than the real wait and at most 1 µs
+    /// longer.
+    fn retry_slack(&self) -> u64 {
+        1
+    }
+}
