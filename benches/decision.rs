@@ -5,7 +5,8 @@
 //! - `routes/*`: the same through a layer with a route table, for a path in
 //!   normal form (one reading) and a hostile one (raw, normalised and
 //!   resolved readings), plus an exempt path (no decision at all);
-//! - `memory/*`: one in-process decision per algorithm;
+//! - `memory/*`: one in-process decision per algorithm (`Backend::check`,
+//!   whose future is ready at once, polled once);
 //! - `redis/*`: one decision against a real `redis-server` spawned on a free
 //!   loopback port (one round trip), and 64 concurrent decisions pipelined on
 //!   the multiplexed connection.
@@ -14,6 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -125,7 +127,15 @@ fn memory_decision(c: &mut Criterion) {
         group.bench_function(format!("{alg:?}"), |b| {
             b.iter(|| {
                 i = (i + 1) % keys.len();
-                backend.check_now(&p, &keys[i], 1)
+                // The memory backend's future is ready at once: one poll.
+                match backend
+                    .check(&p, &keys[i], 1)
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()))
+                {
+                    Poll::Ready(decision) => decision,
+                    Poll::Pending => unreachable!("the memory backend decides at once"),
+                }
             })
         });
     }

@@ -91,22 +91,7 @@ impl Quota {
     }
 }
 
-/// How requests are counted within a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum Algorithm {
-    /// Exact sliding log: every admitted unit is remembered until it leaves the
-    /// window. Never admits more than the limit in any window; memory grows with
-    /// the limit (one sorted-set member per admitted unit in Redis).
-    SlidingLog,
-    /// Approximate sliding window counter: the previous fixed window's count,
-    /// weighted by how much of it still overlaps the sliding window, plus the
-    /// current window's count. O(1) memory per client. Exact under smooth
-    /// traffic; adversarial bursts at a window boundary can admit up to about
-    /// twice the limit within some window of length W.
-    #[default]
-    SlidingWindow,
-}
+pub use crate::algorithm::Algorithm;
 
 /// What to do when the backend cannot decide (Redis down, slow, or erroring).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -386,13 +371,13 @@ impl Policy {
     /// most [`DEFAULT_MAX_LOG_COST`]. `None` only for a policy without quotas
     /// (which the layer refuses to build).
     pub fn effective_max_cost(&self) -> Option<u64> {
-        match (self.inner.max_cost, self.inner.algorithm) {
-            (Some(max), _) => Some(max),
-            (None, Algorithm::SlidingLog) => Some(
-                self.smallest_limit()
-                    .map_or(DEFAULT_MAX_LOG_COST, |l| l.min(DEFAULT_MAX_LOG_COST)),
-            ),
-            (None, Algorithm::SlidingWindow) => self.smallest_limit(),
+        match self.inner.max_cost {
+            Some(max) => Some(max),
+            None => self
+                .inner
+                .algorithm
+                .spec()
+                .default_max_cost(self.smallest_limit()),
         }
     }
 
@@ -456,10 +441,7 @@ impl Policy {
                     index,
                 });
             }
-            let max = match inner.algorithm {
-                Algorithm::SlidingLog => MAX_LOG_LIMIT,
-                Algorithm::SlidingWindow => MAX_LIMIT,
-            };
+            let max = inner.algorithm.spec().max_limit;
             if q.limit > max {
                 return Err(ConfigError::LimitTooLarge {
                     policy: policy(),

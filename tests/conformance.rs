@@ -9,8 +9,10 @@
 //!   brackets: a value the script computed at an unknown instant between two
 //!   `TIME` readings must lie between the values for those two readings.
 //!
-//! Plus a randomized comparison of the memory backend's sliding log with a
-//! brute-force reference model.
+//! The models themselves are compared with naive reference models by
+//! property tests inside the crate: `algorithm::check` for both algorithms in
+//! `src/algorithm/mod.rs`, the memory backend (several policies and clients)
+//! in `src/backend/memory.rs`.
 
 mod support;
 
@@ -21,9 +23,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tower_redis_ratelimit::clock::{Clock, FakeClock};
-use tower_redis_ratelimit::{
-    Algorithm, Backend, Decision, Key, MemoryBackend, Policy, Quota, QuotaStatus,
-};
+use tower_redis_ratelimit::{Algorithm, Backend, Decision, Key, MemoryBackend, Policy, Quota};
 
 const MS: u64 = 1_000;
 const SEC: u64 = 1_000_000;
@@ -786,141 +786,4 @@ scenarios! {
     cost_above_one: [SlidingLog, SlidingWindow];
     denied_requests_consume_nothing: [SlidingLog, SlidingWindow];
     counter_estimate_at_window_boundaries: [SlidingWindow];
-}
-
-// ---------------------------------------------------------------------------
-// Randomized: memory sliding log vs a brute-force reference
-// ---------------------------------------------------------------------------
-
-/// A tiny deterministic generator (64-bit LCG, high bits).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// The sliding log by definition: every admitted unit's timestamp; a quota
-/// `(limit, w)` at `now` counts the units with `t > now - w`.
-fn reference_check(units: &mut Vec<u64>, quotas: &[(u64, u64)], now: u64, cost: u64) -> Decision {
-    let in_window = |units: &[u64], w: u64| -> Vec<u64> {
-        let mut v: Vec<u64> = units.iter().copied().filter(|&t| t + w > now).collect();
-        v.sort_unstable();
-        v
-    };
-    let mut denied: Option<(usize, u64)> = None;
-    for (i, &(limit, w)) in quotas.iter().enumerate() {
-        let live = in_window(units, w);
-        if live.len() as u64 + cost <= limit {
-            continue;
-        }
-        let retry = if cost > limit {
-            w
-        } else {
-            // The first instant, by brute force over the departure times of
-            // the live units, at which `cost` more units fit.
-            live.iter()
-                .map(|&t| t + w - now)
-                .find(|&d| live.iter().filter(|&&t| t + w > now + d).count() as u64 + cost <= limit)
-                .expect("the limit fits once every unit has left")
-        };
-        // The longest wait decides; the first quota wins ties.
-        if denied.is_none_or(|(_, best)| retry > best) {
-            denied = Some((i, retry));
-        }
-    }
-    if denied.is_none() {
-        units.extend(std::iter::repeat_n(now, cost as usize));
-    }
-    let statuses = quotas
-        .iter()
-        .map(|&(limit, w)| {
-            let live = in_window(units, w);
-            QuotaStatus {
-                limit,
-                window: dur(w),
-                remaining: limit.saturating_sub(live.len() as u64),
-                reset_after: dur(live.last().map_or(0, |&t| t + w - now)),
-            }
-        })
-        .collect();
-    // Forget units that left every window (keeps the model small).
-    let longest = quotas.iter().map(|&(_, w)| w).max().unwrap();
-    units.retain(|&t| t + longest > now);
-    match denied {
-        None => Decision::allowed(statuses),
-        Some((i, r)) => Decision::denied(statuses, i, dur(r)),
-    }
-}
-
-#[test]
-fn memory_sliding_log_matches_reference_model_randomized() {
-    let policies: Vec<(Policy, Vec<(u64, u64)>)> = [
-        vec![(7, SEC)],
-        vec![(5, SEC), (12, 4 * SEC)],
-        vec![(3, 250 * MS), (6, SEC), (20, 10 * SEC)],
-        // Equal windows: both quotas often wait for the same unit (ties).
-        vec![(2, 500 * MS), (3, 500 * MS)],
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, qs)| {
-        let p = qs.iter().fold(
-            Policy::new(format!("random{i}")).algorithm(Algorithm::SlidingLog),
-            |p, &(limit, w)| p.quota(quota(limit, w)),
-        );
-        (p, qs)
-    })
-    .collect();
-    let keys = [Key::new("k0"), Key::new("k1"), Key::new("k2")];
-    let clock = FakeClock::new(FAKE_START);
-    let backend = MemoryBackend::with_clock(clock.clone());
-    let mut rng = Lcg(0x5eed_1234_abcd_0001);
-    let mut models: HashMap<(usize, usize), Vec<u64>> = HashMap::new();
-    let (mut admitted, mut denied) = (0, 0);
-    for step in 0..6_000 {
-        // Mostly small steps on a 10 ms grid (so that units often leave a
-        // window exactly at the instant of a check), bursts at one instant,
-        // odd microsecond steps, and sometimes a long gap.
-        let advance = match rng.below(100) {
-            0..=19 => 0,
-            20..=79 => rng.below(7) * 10 * MS,
-            80..=97 => rng.below(60 * MS),
-            _ => rng.below(12 * SEC),
-        };
-        clock.advance(dur(advance));
-        let (pi, ki) = (rng.below(4) as usize, rng.below(3) as usize);
-        let (p, qs) = &policies[pi];
-        let smallest = qs.iter().map(|&(l, _)| l).min().unwrap();
-        let cost = match rng.below(20) {
-            0 => smallest + 1 + rng.below(3),
-            1..=12 => 1,
-            _ => 1 + rng.below(4),
-        };
-        let now = clock.now_micros();
-        let got = backend.check_now(p, &keys[ki], cost);
-        let expected = reference_check(models.entry((pi, ki)).or_default(), qs, now, cost);
-        assert_eq!(
-            got,
-            expected,
-            "step {step}: policy {pi} key {ki} cost {cost} at +{} us",
-            now - FAKE_START
-        );
-        if got.is_allowed() {
-            admitted += 1;
-        } else {
-            denied += 1;
-        }
-    }
-    // The sequence exercised both outcomes substantially.
-    assert!(admitted > 1_000 && denied > 1_000, "{admitted} / {denied}");
 }

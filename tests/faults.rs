@@ -446,8 +446,8 @@ async fn sigstop_under_load_is_bounded_by_the_deadline_and_the_breaker_restores_
 
 /// Whether Redis' script cache holds the two scripts of the crate.
 fn scripts_cached(conn: &mut redis::Connection) -> Vec<bool> {
-    let log = redis::Script::new(include_str!("../src/backend/sliding_log.lua"));
-    let window = redis::Script::new(include_str!("../src/backend/sliding_window.lua"));
+    let log = redis::Script::new(include_str!("../src/algorithm/sliding_log.lua"));
+    let window = redis::Script::new(include_str!("../src/algorithm/sliding_window.lua"));
     redis::cmd("SCRIPT")
         .arg("EXISTS")
         .arg(log.get_hash())
@@ -532,7 +532,8 @@ async fn script_flush_under_load_keeps_decisions_exact() {
     let key = Key::new("global");
     let log_key = app
         .backend
-        .redis_key(&count_policy("count-l", Algorithm::SlidingLog), &key, 0);
+        .redis_keys(&count_policy("count-l", Algorithm::SlidingLog), &key)
+        .remove(0);
     let entries: u64 = redis::cmd("ZCARD").arg(&log_key).query(&mut conn).unwrap();
     assert_eq!(entries, used[0]);
 }
@@ -549,7 +550,8 @@ async fn local_failure_mode_keeps_the_limit_while_redis_is_dead() {
     app.wait_limiting("/load").await;
     let redis_key = app
         .backend
-        .redis_key(&local_policy(), &Key::new("global"), 0);
+        .redis_keys(&local_policy(), &Key::new("global"))
+        .remove(0);
 
     // Healthy: Redis decides and holds the key.
     let got = app.get("/local").await;

@@ -86,7 +86,7 @@ async fn sliding_log_cost_above_the_max_is_refused_without_redis() {
     let policy = costed("bulk", Quota::per_hour(10_000), Algorithm::SlidingLog);
     assert_eq!(policy.effective_max_cost(), Some(DEFAULT_MAX_LOG_COST));
     let layer = layer(&backend, &policy);
-    let big_key = backend.redis_key(&policy, &Key::new("big"), 0);
+    let big_key = backend.redis_keys(&policy, &Key::new("big")).remove(0);
 
     // The first call also loads the script: count from after it.
     assert_eq!(
@@ -186,7 +186,7 @@ async fn explicit_max_cost_opts_in_and_bounds_sliding_window_policies() {
     let raised_layer = layer(&backend, &raised);
     let res = send(&raised_layer, "a", 2_000, false).await;
     assert_eq!(res.status(), StatusCode::OK);
-    let key = backend.redis_key(&raised, &Key::new("a"), 0);
+    let key = backend.redis_keys(&raised, &Key::new("a")).remove(0);
     assert_eq!(zcard(&mut conn, &key), 2_000);
     assert_eq!(
         send(&raised_layer, "a", 3_001, false).await.status(),

@@ -115,7 +115,7 @@ async fn hostile_identities_are_limited_exactly_and_stored_safely() {
         .unwrap();
     let mut expected = HashSet::new();
     for value in &values {
-        let key = backend.redis_key(&policy, &Key::new(value), 0);
+        let key = backend.redis_keys(&policy, &Key::new(value)).remove(0);
         let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
         assert!(ttl > 0 && ttl <= 60_000, "{key}: PTTL {ttl}");
         let entries: u64 = redis::cmd("ZCARD").arg(&key).query(&mut conn).unwrap();

@@ -88,7 +88,10 @@ impl SpoofApp {
             .into_iter()
             .find(|(p, _)| *p == policy_path)
             .unwrap();
-        let key = self.backend.redis_key(&policy, &Key::new(client), 0);
+        let key = self
+            .backend
+            .redis_keys(&policy, &Key::new(client))
+            .remove(0);
         redis::cmd("EXISTS")
             .arg(key)
             .query(&mut self.conn())

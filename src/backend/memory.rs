@@ -151,8 +151,9 @@ impl MemoryBackend {
         self.len() == 0
     }
 
-    /// The decision, synchronously (the [`Backend`] impl wraps this).
-    pub fn check_now(&self, policy: &Policy, key: &Key, cost: u64) -> crate::Decision {
+    /// The decision, synchronously: the [`Backend`] impl wraps this, and
+    /// [`FailureMode::Local`](crate::FailureMode::Local) decides with it.
+    pub(crate) fn check_now(&self, policy: &Policy, key: &Key, cost: u64) -> crate::Decision {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
         let mut id = String::with_capacity(policy.name().len() + 1 + key.as_str().len());
@@ -220,11 +221,16 @@ impl Backend for MemoryBackend {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
     use std::time::Duration;
 
+    use proptest::collection::vec;
+    use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+
     use super::*;
-    use crate::Quota;
+    use crate::algorithm::reference::{Reference, strategy};
     use crate::clock::FakeClock;
+    use crate::{Algorithm, Quota};
 
     #[test]
     fn capacity_bounds_memory_and_expiry_frees_it() {
@@ -306,5 +312,82 @@ mod tests {
         let policy = Policy::new("p").quota(Quota::per_second(1));
         assert!(!backend.check_now(&policy, &Key::new("a"), 2).is_allowed());
         assert!(backend.is_empty());
+    }
+
+    /// Several policies (every algorithm, one to three quotas, two of equal
+    /// windows) and clients on one backend, random request sequences: every
+    /// decision agrees with the reference model of its (policy, client), and
+    /// both outcomes occur often.
+    #[test]
+    fn matches_the_reference_models() {
+        const MS: u64 = 1_000;
+        const SEC: u64 = 1_000_000;
+        const START: u64 = 86_400_000 * SEC;
+        let quota_sets: [&[(u64, u64)]; 4] = [
+            &[(7, SEC)],
+            &[(5, SEC), (12, 4 * SEC)],
+            &[(3, 250 * MS), (6, SEC), (20, 10 * SEC)],
+            // Equal windows: both quotas often wait for the same unit (ties).
+            &[(2, 500 * MS), (3, 500 * MS)],
+        ];
+        let mut policies = Vec::new();
+        for &algorithm in Algorithm::ALL {
+            for (i, quotas) in quota_sets.iter().enumerate() {
+                let policy = quotas.iter().fold(
+                    Policy::new(format!("random{i}-{algorithm:?}")).algorithm(algorithm),
+                    |p, &(limit, w)| p.quota(Quota::new(limit, Duration::from_micros(w))),
+                );
+                policies.push(policy);
+            }
+        }
+        let keys = [Key::new("k0"), Key::new("k1"), Key::new("k2")];
+        let step = (
+            strategy::advance(),
+            0..policies.len(),
+            0..keys.len(),
+            strategy::cost(),
+        );
+        let tally = Cell::new((0_u32, 0_u32));
+        let mut runner = TestRunner::new(ProptestConfig {
+            cases: 128,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        });
+        let result = runner.run(&vec(step, 1..300), |steps| {
+            let clock = FakeClock::new(START);
+            let backend = MemoryBackend::with_clock(clock.clone());
+            let mut models: HashMap<(usize, usize), Reference> = HashMap::new();
+            for (n, &(advance, pi, ki, cost)) in steps.iter().enumerate() {
+                clock.advance(Duration::from_micros(advance));
+                let now = clock.now_micros();
+                let policy = &policies[pi];
+                let algorithm = policy.algorithm_kind();
+                let got = backend.check_now(policy, &keys[ki], cost);
+                models
+                    .entry((pi, ki))
+                    .or_insert_with(|| Reference::new(algorithm, policy.quotas()))
+                    .check(now, cost)
+                    .agrees(&got, algorithm)
+                    .map_err(|e| {
+                        TestCaseError::fail(format!(
+                            "step {n}: policy {} key {ki} cost {cost} at +{} us: {e}",
+                            policy.name(),
+                            now - START
+                        ))
+                    })?;
+                let (admitted, denied) = tally.get();
+                tally.set(if got.is_allowed() {
+                    (admitted + 1, denied)
+                } else {
+                    (admitted, denied + 1)
+                });
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            panic!("{error}");
+        }
+        let (admitted, denied) = tally.get();
+        assert!(admitted > 1_000 && denied > 1_000, "{admitted} / {denied}");
     }
 }

@@ -16,12 +16,10 @@ use crate::key::Key;
 use crate::policy::Policy;
 
 mod memory;
-mod redact;
 mod redis;
 
 pub use self::memory::MemoryBackend;
-pub use self::redact::redact_url;
-pub use self::redis::{RedisBackend, RedisBackendBuilder};
+pub use self::redis::{RedisBackend, RedisBackendBuilder, redact_url};
 
 /// The future returned by [`Backend::check`].
 pub type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;

@@ -1,4 +1,4 @@
--- Sliding log (exact). A translation of `check` in src/algorithm.rs.
+-- Sliding log (exact). A translation of sliding_log.rs and `check` in mod.rs.
 -- KEYS[i]  one sorted set per quota; members are admitted units, scores are
 --          admission times in microseconds (Redis server time).
 -- ARGV[1]  cost, ARGV[2] request nonce (unique per request),

@@ -1,5 +1,5 @@
--- Sliding window counter (approximate). A translation of `check` in
--- src/algorithm.rs, with the same floating-point operations in the same order.
+-- Sliding window counter (approximate). A translation of sliding_window.rs and
+-- `check` in mod.rs, with the same floating-point operations in the same order.
 -- KEYS[i]  one hash per quota: s = start of the current fixed window (us),
 --          c = its count, p = the previous fixed window's count.
 -- ARGV[1]  cost, ARGV[2] request nonce (unused here),

@@ -1,0 +1,391 @@
+//! The counting algorithms, without I/O.
+//!
+//! Each algorithm has one home, a file with its pure model (the state of one
+//! quota, the *look* phase telling whether and when `cost` units fit, the
+//! *commit* phase consuming them and reporting usage) and its [`Spec`] (what
+//! every backend needs to know about it), with its Lua script beside it: a
+//! line-by-line translation of the model (same order of floating-point
+//! operations, so both produce identical numbers).
+//!
+//! - [`sliding_log`]: [`Algorithm::SlidingLog`], `sliding_log.lua`;
+//! - [`sliding_window`]: [`Algorithm::SlidingWindow`], `sliding_window.lua`.
+//!
+//! This module holds what they share: the [`Algorithm`] enum, the dispatch
+//! from it to each algorithm, and [`check`], the all-or-nothing driver over
+//! the quotas of a policy. The in-process backend runs this code, the Redis
+//! backend the scripts; the tests below check every model against its naive
+//! definition (`reference.rs`), and the conformance suite in `tests/` runs the same
+//! scenarios against both backends.
+//!
+//! Adding an algorithm: a variant of [`Algorithm`] (listed in
+//! [`Algorithm::ALL`]), its file (model, [`Spec`], and for the tests its
+//! naive `Definition`) and script, and one arm in each `match` of this
+//! module. Backends and tests find it through [`Algorithm::ALL`] and
+//! [`Algorithm::spec`].
+//!
+//! Time is in microseconds. A window of length `W` ending at `now` is
+//! `(now - W, now]`.
+
+use std::time::Duration;
+
+use crate::decision::{Decision, QuotaStatus};
+use crate::policy::Quota;
+
+#[cfg(test)]
+pub(crate) mod reference;
+mod sliding_log;
+mod sliding_window;
+
+/// How requests are counted within a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// Exact sliding log: every admitted unit is remembered until it leaves the
+    /// window. Never admits more than the limit in any window; memory grows with
+    /// the limit (one sorted-set member per admitted unit in Redis).
+    SlidingLog,
+    /// Approximate sliding window counter: the previous fixed window's count,
+    /// weighted by how much of it still overlaps the sliding window, plus the
+    /// current window's count. O(1) memory per client. Exact under smooth
+    /// traffic; adversarial bursts at a window boundary can admit up to about
+    /// twice the limit within some window of length W.
+    #[default]
+    SlidingWindow,
+}
+
+impl Algorithm {
+    /// Every algorithm (backends that prepare something per algorithm, such
+    /// as a script cache, iterate over it).
+    pub(crate) const ALL: &[Algorithm] = &[Algorithm::SlidingLog, Algorithm::SlidingWindow];
+
+    /// What backends need to know about this algorithm.
+    pub(crate) fn spec(self) -> &'static Spec {
+        match self {
+            Algorithm::SlidingLog => &sliding_log::SPEC,
+            Algorithm::SlidingWindow => &sliding_window::SPEC,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Algorithm {
+    /// The naive definition the tests compare the model with.
+    pub(crate) fn definition(self) -> &'static dyn reference::Definition {
+        match self {
+            Algorithm::SlidingLog => &sliding_log::Definition,
+            Algorithm::SlidingWindow => &sliding_window::Definition,
+        }
+    }
+}
+
+/// What every backend needs to know about an algorithm, besides its model.
+#[derive(Debug)]
+pub(crate) struct Spec {
+    /// The letter tagging its Redis keys (`<prefix>:{<policy>:<key>}:<tag><window
+    /// in ms>`): two policies that share a name but count differently never
+    /// read each other's data.
+    pub tag: char,
+    /// The Lua script running the model in Redis. Every script takes the same
+    /// keys and arguments and replies alike (see `backend/redis/script.rs`).
+    pub lua: &'static str,
+    /// Whether the script needs a per-request nonce, unique across instances.
+    pub nonce: bool,
+    /// The largest limit a quota may have.
+    pub max_limit: u64,
+    /// The most the default max cost of a policy may be, below its smallest
+    /// limit (`None`: the smallest limit alone).
+    pub max_cost_cap: Option<u64>,
+}
+
+impl Spec {
+    /// The default max cost of a policy whose smallest limit is
+    /// `smallest_limit` (`None`: no quota).
+    pub(crate) fn default_max_cost(&self, smallest_limit: Option<u64>) -> Option<u64> {
+        match (smallest_limit, self.max_cost_cap) {
+            (Some(limit), Some(cap)) => Some(limit.min(cap)),
+            (Some(limit), None) => Some(limit),
+            (None, cap) => cap,
+        }
+    }
+}
+
+/// The two phases of one algorithm on the state of one quota.
+pub(crate) trait Model {
+    /// Whether `cost` more units fit at `now` in a quota of `limit` units per
+    /// `window`: `None` if they do, else how long until they would if nothing
+    /// else were admitted (`window` if `cost > limit`: never). Writes nothing
+    /// that counts (it may drop what has left the window).
+    fn look(&mut self, now: u64, limit: u64, window: u64, cost: u64) -> Option<u64>;
+
+    /// Consumes `cost` units at `now` if `admit`, and reports the usage.
+    fn commit(&mut self, now: u64, window: u64, cost: u64, admit: bool) -> Usage;
+}
+
+/// A quota's usage after a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// The units counted now.
+    pub used: u64,
+    /// How long until nothing is counted any more (zero: nothing is), i.e.
+    /// how long the state must be kept.
+    pub reset: u64,
+}
+
+/// The stored state of one quota of one client.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum QuotaState {
+    /// [`Algorithm::SlidingLog`].
+    Log(sliding_log::Log),
+    /// [`Algorithm::SlidingWindow`].
+    Counter(sliding_window::Counter),
+}
+
+impl QuotaState {
+    pub(crate) fn new(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::SlidingLog => QuotaState::Log(Default::default()),
+            Algorithm::SlidingWindow => QuotaState::Counter(Default::default()),
+        }
+    }
+
+    /// The algorithm this state belongs to.
+    pub(crate) fn algorithm(&self) -> Algorithm {
+        match self {
+            QuotaState::Log(_) => Algorithm::SlidingLog,
+            QuotaState::Counter(_) => Algorithm::SlidingWindow,
+        }
+    }
+
+    pub(crate) fn matches(&self, algorithm: Algorithm) -> bool {
+        self.algorithm() == algorithm
+    }
+
+    fn model(&mut self) -> &mut dyn Model {
+        match self {
+            QuotaState::Log(log) => log,
+            QuotaState::Counter(counter) => counter,
+        }
+    }
+}
+
+/// Checks and (if every quota admits it) consumes `cost` units from every quota,
+/// all-or-nothing. `states[i]` belongs to `quotas[i]`.
+///
+/// Returns the decision and how long the state must be kept (zero: nothing to
+/// keep).
+pub(crate) fn check(
+    states: &mut [QuotaState],
+    quotas: &[Quota],
+    now: u64,
+    cost: u64,
+) -> (Decision, u64) {
+    debug_assert_eq!(states.len(), quotas.len());
+    // Phase 1: look, write nothing that counts. The longest wait decides;
+    // the first quota wins ties.
+    let mut denied: Option<(usize, u64)> = None;
+    for (i, (state, quota)) in states.iter_mut().zip(quotas).enumerate() {
+        let retry = state
+            .model()
+            .look(now, quota.limit(), quota.window_us(), cost);
+        if let Some(r) = retry
+            && denied.is_none_or(|(_, best)| r > best)
+        {
+            denied = Some((i, r));
+        }
+    }
+    // Phase 2: consume everywhere, or nowhere.
+    let admit = denied.is_none();
+    let mut keep = 0;
+    let statuses = states
+        .iter_mut()
+        .zip(quotas)
+        .map(|(state, quota)| {
+            let limit = quota.limit();
+            let Usage { used, reset } = state.model().commit(now, quota.window_us(), cost, admit);
+            keep = keep.max(reset);
+            QuotaStatus {
+                limit,
+                window: quota.window(),
+                remaining: limit.saturating_sub(used),
+                reset_after: Duration::from_micros(reset),
+            }
+        })
+        .collect();
+    let decision = match denied {
+        None => Decision::allowed(statuses),
+        Some((i, r)) => Decision::denied(statuses, i, Duration::from_micros(r)),
+    };
+    (decision, keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::reference::{Reference, strategy};
+    use super::*;
+
+    const SEC: u64 = 1_000_000;
+
+    fn states(alg: Algorithm, n: usize) -> Vec<QuotaState> {
+        (0..n).map(|_| QuotaState::new(alg)).collect()
+    }
+
+    #[test]
+    fn counter_estimate_at_window_boundaries() {
+        let w = 60 * SEC;
+        let q = [Quota::per_minute(100)];
+        let mut s = states(Algorithm::SlidingWindow, 1);
+        // 80 requests early in window [0, 60s).
+        let t0 = 600 * SEC; // aligned window start
+        for _ in 0..80 {
+            assert!(check(&mut s, &q, t0 + SEC, 1).0.is_allowed());
+        }
+        // At the very start of the next window, the previous 80 weigh fully.
+        let (d, _) = check(&mut s, &q, t0 + w, 1);
+        assert!(d.is_allowed());
+        assert_eq!(d.quotas()[0].remaining, 100 - 80 - 1);
+        // Halfway through: 80 * 0.5 + 1 (the request above) + 1.
+        let (d, _) = check(&mut s, &q, t0 + w + w / 2, 1);
+        assert_eq!(d.quotas()[0].remaining, 100 - 40 - 2);
+        // Two windows later everything is forgotten.
+        let (d, _) = check(&mut s, &q, t0 + 3 * w, 1);
+        assert_eq!(d.quotas()[0].remaining, 99);
+    }
+
+    #[test]
+    fn counter_retry_is_exact_enough() {
+        let q = [Quota::per_second(10)];
+        let mut s = states(Algorithm::SlidingWindow, 1);
+        let t0 = 100 * SEC;
+        for _ in 0..10 {
+            assert!(check(&mut s, &q, t0, 1).0.is_allowed());
+        }
+        // Denied in the same window: must wait for the next window, where the
+        // previous 10 weigh floor(10 * (W - e) / W) = 9 from e = 1 µs on.
+        let (d, _) = check(&mut s, &q, t0 + SEC / 2, 1);
+        let r = d.retry_after().unwrap().as_micros() as u64;
+        assert!(!d.is_allowed());
+        assert_eq!(r, 500_002);
+        // Exact to the microsecond, plus 1 µs against rounding.
+        assert!(!check(&mut s, &q, t0 + SEC / 2 + r - 2, 1).0.is_allowed());
+        assert!(check(&mut s, &q, t0 + SEC / 2 + r, 1).0.is_allowed());
+    }
+
+    #[test]
+    fn counter_keeps_counts_when_the_clock_steps_back() {
+        let q = [Quota::per_minute(10)];
+        let mut s = states(Algorithm::SlidingWindow, 1);
+        let t0 = 6_000 * SEC;
+        for _ in 0..10 {
+            assert!(check(&mut s, &q, t0 + SEC, 1).0.is_allowed());
+        }
+        // An NTP step 30 s back, into the previous window: still full.
+        assert!(!check(&mut s, &q, t0 - 29 * SEC, 1).0.is_allowed());
+        assert!(!check(&mut s, &q, t0 + 2 * SEC, 1).0.is_allowed());
+    }
+
+    #[test]
+    fn huge_costs_are_denied_without_overflow() {
+        for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {
+            let q = [Quota::per_second(10)];
+            let mut s = states(alg, 1);
+            for _ in 0..10 {
+                assert!(check(&mut s, &q, 5 * SEC, 1).0.is_allowed());
+            }
+            let (d, _) = check(&mut s, &q, 5 * SEC, u64::MAX);
+            assert!(!d.is_allowed(), "{alg:?}");
+            assert!(!check(&mut s, &q, 5 * SEC, 1).0.is_allowed(), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn log_is_exact_and_retry_is_exact() {
+        let q = [Quota::per_second(3)];
+        let mut s = states(Algorithm::SlidingLog, 1);
+        for t in [0, 100, 200] {
+            assert!(check(&mut s, &q, 10 * SEC + t * 1000, 1).0.is_allowed());
+        }
+        let (d, _) = check(&mut s, &q, 10 * SEC + 500_000, 1);
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(500)));
+        assert!(!check(&mut s, &q, 11 * SEC - 1, 1).0.is_allowed());
+        assert!(check(&mut s, &q, 11 * SEC, 1).0.is_allowed());
+        // Cost 2 at 11.05s: entries at 10.1 and 10.2 and 11.0 -> the 2nd oldest
+        // (10.2) must leave.
+        let (d, _) = check(&mut s, &q, 11 * SEC + 50_000, 2);
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn multi_quota_all_or_nothing() {
+        let q = [Quota::per_second(2), Quota::per_minute(3)];
+        for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {
+            let mut s = states(alg, 2);
+            let t = 120 * SEC;
+            assert!(check(&mut s, &q, t, 1).0.is_allowed());
+            assert!(check(&mut s, &q, t, 1).0.is_allowed());
+            let (d, _) = check(&mut s, &q, t, 1);
+            assert_eq!(d.denied_by(), Some(0), "{alg:?}");
+            // Denied: the minute quota was not charged.
+            assert_eq!(d.quotas()[1].remaining, 1, "{alg:?}");
+            let (d, _) = check(&mut s, &q, t + 2 * SEC, 1);
+            assert!(d.is_allowed(), "{alg:?}");
+            let (d, _) = check(&mut s, &q, t + 4 * SEC, 1);
+            assert_eq!(d.denied_by(), Some(1), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn cost_above_limit_never_fits() {
+        for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {
+            let q = [Quota::per_second(3)];
+            let mut s = states(alg, 1);
+            let (d, keep) = check(&mut s, &q, 5 * SEC, 4);
+            assert_eq!(d.retry_after(), Some(Duration::from_secs(1)));
+            assert_eq!(keep, 0);
+        }
+    }
+
+    /// Runs `steps` (clock advance, cost) from `start` through [`check`] and
+    /// the reference model, comparing every decision and how long the state
+    /// is kept (until the last quota resets).
+    fn agree_with_the_reference(
+        algorithm: Algorithm,
+        quotas: &[Quota],
+        start: u64,
+        steps: &[(u64, u64)],
+    ) -> Result<(), TestCaseError> {
+        let mut states = states(algorithm, quotas.len());
+        let mut reference = Reference::new(algorithm, quotas);
+        let mut now = start;
+        for (step, &(advance, cost)) in steps.iter().enumerate() {
+            now += advance;
+            let (got, keep) = check(&mut states, quotas, now, cost);
+            let what = format!("step {step}, +{} us, cost {cost}", now - start);
+            reference
+                .check(now, cost)
+                .agrees(&got, algorithm)
+                .map_err(|e| TestCaseError::fail(format!("{what}: {e}")))?;
+            let longest_reset = got.quotas().iter().map(|q| q.reset_after).max();
+            prop_assert_eq!(Some(Duration::from_micros(keep)), longest_reset, "{}", what);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(768))]
+
+        /// Every algorithm's model, through [`check`], agrees with its naive
+        /// definition, over any request sequence against one to three quotas.
+        #[test]
+        fn every_algorithm_agrees_with_its_definition(
+            algorithm in prop::sample::select(Algorithm::ALL),
+            quotas in strategy::quotas(),
+            start in strategy::start(),
+            steps in vec((strategy::advance(), strategy::cost()), 1..200),
+        ) {
+            agree_with_the_reference(algorithm, &quotas, start, &steps)?;
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The connections: one Redis node through a `ConnectionManager`, or a
+//! Redis Cluster through a `ClusterConnection` made in the background.
+//!
+//! Both are made lazily, on the first call, inside the runtime: building a
+//! backend never blocks or fails because Redis is down.
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, ScriptInvocation};
+
+use crate::error::BackendError;
+
+/// Where the commands go.
+pub(super) enum Connection {
+    Single {
+        client: Client,
+        config: ConnectionManagerConfig,
+        conn: OnceLock<ConnectionManager>,
+    },
+    #[cfg(feature = "cluster")]
+    Cluster(cluster::Cluster),
+}
+
+impl Connection {
+    /// One node at `url`; connects nothing.
+    pub(super) fn single(
+        url: &str,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        Ok(Connection::Single {
+            client: Client::open(url)?,
+            config: ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1)),
+            conn: OnceLock::new(),
+        })
+    }
+
+    /// A Redis Cluster known by one or more of its nodes (`urls`, never
+    /// empty); connects nothing.
+    #[cfg(feature = "cluster")]
+    pub(super) fn cluster(
+        urls: &[String],
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        let client = redis::cluster::ClusterClient::builder(urls.to_vec())
+            .connection_timeout(connect_timeout)
+            .response_timeout(response_timeout)
+            .build()?;
+        let nodes = urls.iter().map(|u| super::redact_url(u).into_owned());
+        Ok(Connection::Cluster(cluster::Cluster::new(
+            client,
+            nodes.collect(),
+        )))
+    }
+
+    /// Adds where the commands go to a `Debug` output: the address (no
+    /// credentials) or, for a cluster, the node URLs with their passwords
+    /// redacted.
+    pub(super) fn describe(&self, d: &mut fmt::DebugStruct<'_, '_>) {
+        match self {
+            Connection::Single { client, .. } => {
+                d.field("addr", &client.get_connection_info().addr());
+            }
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(c) => {
+                d.field("cluster", &c.nodes);
+            }
+        }
+    }
+
+    /// Runs the script. Connections are made here, inside the runtime, never
+    /// at build time. A script missing from Redis' cache (restart, failover,
+    /// `SCRIPT FLUSH`) is loaded and the call retried by redis-rs.
+    pub(super) async fn invoke(
+        &self,
+        invocation: &ScriptInvocation<'static>,
+    ) -> Result<Vec<i64>, BackendError> {
+        match self {
+            Connection::Single {
+                client,
+                config,
+                conn,
+            } => {
+                let mut conn = match conn.get() {
+                    Some(conn) => conn.clone(),
+                    None => {
+                        let fresh = ConnectionManager::new_lazy_with_config(
+                            client.clone(),
+                            config.clone(),
+                        )?;
+                        conn.get_or_init(|| fresh).clone()
+                    }
+                };
+                match invocation.invoke_async(&mut conn).await {
+                    // A refused connection is the failed reconnect attempt the
+                    // manager kept from the outage (nothing was sent); it has just
+                    // started a fresh one, so try once more (still bounded by the
+                    // layer's deadline) instead of failing the breaker's probe.
+                    Err(error) if error.is_connection_refusal() => {
+                        Ok(invocation.invoke_async(&mut conn).await?)
+                    }
+                    other => Ok(other?),
+                }
+            }
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(cluster) => {
+                let mut conn = cluster.connection().await;
+                Ok(invocation.invoke_async(&mut conn).await?)
+            }
+        }
+    }
+}
+
+#[cfg(feature = "cluster")]
+mod cluster {
+    //! The Redis Cluster connection, made once in the background.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use redis::cluster::ClusterClient;
+    use redis::cluster_async::ClusterConnection;
+    use tokio::sync::watch;
+
+    pub(in crate::backend::redis) struct Cluster {
+        /// The nodes as given, passwords redacted: only shown by `Debug`.
+        pub nodes: Vec<String>,
+        client: ClusterClient,
+        ready: watch::Sender<Option<ClusterConnection>>,
+        connecting: Arc<AtomicBool>,
+    }
+
+    impl Cluster {
+        pub fn new(client: ClusterClient, nodes: Vec<String>) -> Self {
+            Self {
+                nodes,
+                client,
+                ready: watch::Sender::new(None),
+                connecting: Arc::new(AtomicBool::new(false)),
+            }
+        }
+
+        /// The connection, once made. The first caller starts a background
+        /// task that connects (retrying with back-off); callers wait for it,
+        /// bounded by the layer's deadline. The task is not cancelled when a
+        /// waiting request gives up, so a slow first connect still completes.
+        /// Once made, the cluster connection follows topology changes and
+        /// reconnects by itself.
+        pub async fn connection(&self) -> ClusterConnection {
+            let mut rx = self.ready.subscribe();
+            if let Some(conn) = rx.borrow().as_ref() {
+                return conn.clone();
+            }
+            if !self.connecting.swap(true, Ordering::AcqRel) {
+                let client = self.client.clone();
+                let ready = self.ready.clone();
+                // Stop retrying once the backend is gone.
+                let alive = Arc::downgrade(&self.connecting);
+                tokio::spawn(async move {
+                    let mut delay = Duration::from_millis(50);
+                    loop {
+                        match client.get_async_connection().await {
+                            Ok(conn) => {
+                                ready.send_replace(Some(conn));
+                                return;
+                            }
+                            Err(error) => {
+                                tracing::debug!(%error, "redis cluster connect failed; retrying");
+                                if alive.upgrade().is_none() {
+                                    return;
+                                }
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(Duration::from_secs(1));
+                            }
+                        }
+                    }
+                });
+            }
+            let conn = rx
+                .wait_for(Option::is_some)
+                .await
+                .expect("the sender lives in the backend");
+            conn.as_ref().expect("waited for Some").clone()
+        }
+    }
+}

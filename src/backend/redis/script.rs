@@ -1,0 +1,320 @@
+//! The script protocol, without I/O: which script runs, its keys and
+//! arguments, and what its reply means.
+//!
+//! Every algorithm's script (its [`Spec`](crate::algorithm::Spec)'s Lua
+//! source) is called alike:
+//!
+//! ```text
+//! KEYS[i]                 quota i's key, see `keys`
+//! ARGV[1]                 cost
+//! ARGV[2]                 request nonce, unique per request across instances,
+//!                         if the algorithm needs one (else empty)
+//! ARGV[1+2i], ARGV[2+2i]  limit and window (microseconds) of quota i
+//! ```
+//!
+//! and replies `{allowed, denied quota (1-based, 0 = none), retry-after µs,
+//! remaining_1, reset_µs_1, ..., remaining_n, reset_µs_n}` (see `decode`).
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::{Script, ScriptInvocation};
+
+use crate::algorithm::Algorithm;
+use crate::decision::{Decision, QuotaStatus};
+use crate::error::BackendError;
+use crate::key::Key;
+use crate::policy::{Policy, Quota};
+
+/// Every algorithm's script, in the order of `Algorithm::ALL`.
+static SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
+    Algorithm::ALL
+        .iter()
+        .map(|algorithm| Script::new(algorithm.spec().lua))
+        .collect()
+});
+
+/// The script of `algorithm`.
+pub(super) fn script(algorithm: Algorithm) -> &'static Script {
+    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
+    &SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
+}
+
+/// The Redis key of every quota of `policy` for `key`, in quota order:
+/// `<prefix>:{<policy>:<key>}:<tag><window in ms>`, `tag` being the
+/// algorithm's letter. All keys of one decision share one hash tag, hence one
+/// cluster slot.
+pub(super) fn keys(prefix: &str, policy: &Policy, key: &Key) -> Vec<String> {
+    let tag = policy.algorithm_kind().spec().tag;
+    policy
+        .quotas()
+        .iter()
+        .map(|quota| {
+            format!(
+                "{prefix}:{{{}:{}}}:{tag}{}",
+                policy.name(),
+                key.as_str(),
+                quota.window().as_millis()
+            )
+        })
+        .collect()
+}
+
+/// The arguments (`ARGV`) of a check of `cost` units against `quotas`.
+pub(super) fn args(quotas: &[Quota], cost: u64, nonce: &str) -> Vec<String> {
+    let mut args = Vec::with_capacity(2 + 2 * quotas.len());
+    args.push(cost.to_string());
+    args.push(nonce.to_owned());
+    for quota in quotas {
+        args.push(quota.limit().to_string());
+        args.push(quota.window_us().to_string());
+    }
+    args
+}
+
+/// The script call checking `cost` units of every quota of `policy` for `key`.
+pub(super) fn invocation(
+    prefix: &str,
+    nonces: &Nonces,
+    policy: &Policy,
+    key: &Key,
+    cost: u64,
+) -> ScriptInvocation<'static> {
+    let algorithm = policy.algorithm_kind();
+    let nonce = if algorithm.spec().nonce {
+        nonces.next()
+    } else {
+        String::new()
+    };
+    let mut invocation = script(algorithm).prepare_invoke();
+    for key in keys(prefix, policy, key) {
+        invocation.key(key);
+    }
+    for arg in args(policy.quotas(), cost, &nonce) {
+        invocation.arg(arg);
+    }
+    invocation
+}
+
+/// Request nonces, unique across instances: `<instance>.<sequence>` in hex
+/// (e.g. the sliding log's members are `<nonce>:<unit>`).
+pub(super) struct Nonces {
+    instance: u64,
+    seq: AtomicU64,
+}
+
+impl Nonces {
+    pub(super) fn new() -> Self {
+        Self {
+            instance: RandomState::new().hash_one(std::process::id()),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn next(&self) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:x}.{seq:x}", self.instance)
+    }
+}
+
+/// The decision in a script's reply to a check of `quotas`; a reply of any
+/// other shape (or with negative numbers) is a protocol error.
+pub(super) fn decode(reply: &[i64], quotas: &[Quota]) -> Result<Decision, BackendError> {
+    let bad = || BackendError::Protocol(format!("{reply:?}"));
+    if reply.len() != 3 + 2 * quotas.len() {
+        return Err(bad());
+    }
+    let non_neg = |v: i64| u64::try_from(v).map_err(|_| bad());
+    let statuses = quotas
+        .iter()
+        .zip(reply[3..].chunks_exact(2))
+        .map(|(q, pair)| {
+            Ok(QuotaStatus {
+                limit: q.limit(),
+                window: q.window(),
+                remaining: non_neg(pair[0])?,
+                reset_after: Duration::from_micros(non_neg(pair[1])?),
+            })
+        })
+        .collect::<Result<Vec<_>, BackendError>>()?;
+    match (reply[0], reply[1]) {
+        (1, 0) => Ok(Decision::allowed(statuses)),
+        (0, i) if i >= 1 && (i as usize) <= quotas.len() => Ok(Decision::denied(
+            statuses,
+            i as usize - 1,
+            Duration::from_micros(non_neg(reply[2])?),
+        )),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn two_quotas() -> [Quota; 2] {
+        [Quota::per_second(10), Quota::per_minute(100)]
+    }
+
+    fn status(quota: Quota, remaining: u64, reset_us: u64) -> QuotaStatus {
+        QuotaStatus {
+            limit: quota.limit(),
+            window: quota.window(),
+            remaining,
+            reset_after: Duration::from_micros(reset_us),
+        }
+    }
+
+    #[test]
+    fn decode_allowed() {
+        let [a, b] = two_quotas();
+        let d = decode(&[1, 0, 0, 9, 1_000_000, 99, 60_000_000], &[a, b]).unwrap();
+        assert_eq!(
+            d,
+            Decision::allowed(vec![status(a, 9, 1_000_000), status(b, 99, 60_000_000)])
+        );
+        // The retry-after of an admission is ignored, as the scripts send 0.
+        let d = decode(&[1, 0, 7, 9, 1, 99, 2], &[a, b]).unwrap();
+        assert!(d.is_allowed());
+        assert_eq!(d.retry_after(), None);
+    }
+
+    #[test]
+    fn decode_denied() {
+        let [a, b] = two_quotas();
+        let reply = [0, 2, 30_000_000, 4, 500_000, 0, 30_000_000];
+        let d = decode(&reply, &[a, b]).unwrap();
+        assert_eq!(
+            d,
+            Decision::denied(
+                vec![status(a, 4, 500_000), status(b, 0, 30_000_000)],
+                1,
+                Duration::from_secs(30)
+            )
+        );
+        assert_eq!(d.denied_by(), Some(1));
+        let d = decode(&[0, 1, 1, 0, 1, 5, 1], &[a, b]).unwrap();
+        assert_eq!(d.denied_by(), Some(0));
+        assert_eq!(d.retry_after(), Some(Duration::from_micros(1)));
+    }
+
+    #[track_caller]
+    fn assert_protocol_error(reply: &[i64], quotas: &[Quota]) {
+        match decode(reply, quotas) {
+            Err(BackendError::Protocol(message)) => {
+                assert_eq!(message, format!("{reply:?}"));
+            }
+            other => panic!("{reply:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_rejects_bad_lengths() {
+        let [a, b] = two_quotas();
+        for reply in [
+            &[][..],
+            &[1, 0, 0],
+            &[1, 0, 0, 9, 1],
+            &[1, 0, 0, 9, 1, 99],
+            &[1, 0, 0, 9, 1, 99, 2, 0],
+        ] {
+            assert_protocol_error(reply, &[a, b]);
+        }
+        assert_protocol_error(&[1, 0, 0, 9, 1, 99, 2], &[a]);
+    }
+
+    #[test]
+    fn decode_rejects_negative_values() {
+        let [a, b] = two_quotas();
+        for reply in [
+            [1, 0, 0, -1, 1, 99, 2],
+            [1, 0, 0, 9, -1, 99, 2],
+            [1, 0, 0, 9, 1, 99, i64::MIN],
+            [0, 1, -1, 0, 1, 99, 2],
+            [0, 2, 5, 0, -5, 0, 2],
+        ] {
+            assert_protocol_error(&reply, &[a, b]);
+        }
+    }
+
+    #[test]
+    fn decode_rejects_bad_flags_and_denied_indexes() {
+        let [a, b] = two_quotas();
+        for head in [
+            [0, 0, 5],  // denied, by no quota
+            [0, 3, 5],  // denied by a third quota of two
+            [0, -1, 5], // a negative index
+            [1, 1, 0],  // admitted, yet denied by a quota
+            [2, 0, 0],  // not a flag
+            [-1, 0, 0],
+        ] {
+            let mut reply = head.to_vec();
+            reply.extend([9, 1, 99, 2]);
+            assert_protocol_error(&reply, &[a, b]);
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let key = Key::new("203.0.113.9");
+        let log = Policy::auth().quota(Quota::per_hour(50));
+        assert_eq!(
+            keys("rl", &log, &key),
+            [
+                "rl:{auth:203.0.113.9}:l60000",
+                "rl:{auth:203.0.113.9}:l3600000"
+            ]
+        );
+        let counter = Policy::default_api().quota(Quota::new(5, Duration::from_millis(1500)));
+        assert_eq!(
+            keys("app:v2", &counter, &key),
+            [
+                "app:v2:{api:203.0.113.9}:w60000",
+                "app:v2:{api:203.0.113.9}:w1500"
+            ]
+        );
+        assert!(keys("rl", &Policy::new("none"), &key).is_empty());
+    }
+
+    #[test]
+    fn args_follow_the_documented_layout() {
+        let [a, b] = two_quotas();
+        assert_eq!(
+            args(&[a, b], 3, "ab.1"),
+            ["3", "ab.1", "10", "1000000", "100", "60000000"]
+        );
+        assert_eq!(args(&[a], 1, ""), ["1", "", "10", "1000000"]);
+    }
+
+    #[test]
+    fn nonces_are_unique_and_only_for_algorithms_that_need_them() {
+        let nonces = Nonces::new();
+        let seen: HashSet<String> = (0..1000).map(|_| nonces.next()).collect();
+        assert_eq!(seen.len(), 1000);
+        let first = Nonces::new().next();
+        let (instance, seq) = first.split_once('.').unwrap();
+        assert!(u64::from_str_radix(instance, 16).is_ok(), "{first}");
+        assert_eq!(seq, "0");
+        assert!(Algorithm::SlidingLog.spec().nonce);
+        assert!(!Algorithm::SlidingWindow.spec().nonce);
+    }
+
+    #[test]
+    fn every_algorithm_has_its_own_script_and_tag() {
+        let mut hashes = HashSet::new();
+        let mut tags = HashSet::new();
+        for &algorithm in Algorithm::ALL {
+            let spec = algorithm.spec();
+            assert_eq!(
+                script(algorithm).get_hash(),
+                Script::new(spec.lua).get_hash()
+            );
+            assert!(hashes.insert(script(algorithm).get_hash()), "{algorithm:?}");
+            assert!(tags.insert(spec.tag), "{algorithm:?}");
+        }
+    }
+}
