@@ -13,11 +13,29 @@ use std::time::Duration;
 
 use crate::clock::{Clock, MonotonicClock};
 use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
-use crate::policy::FailureMode;
 
 /// At most one `warn` about failed decisions per this interval and layer
 /// (the others are logged at `debug` and counted as suppressed).
 pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What to do when the backend cannot decide (Redis down, slow, or erroring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum FailureMode {
+    /// Allow the request, without rate-limit headers, and log a warning.
+    /// A dead Redis never breaks the application.
+    #[default]
+    Open,
+    /// Deny the request: HTTP `503 Service Unavailable` with `Retry-After: 1`
+    /// (gRPC: `UNAVAILABLE`). 503 rather than 429 because the client did nothing
+    /// wrong: the limiter could not vouch for the request.
+    Closed,
+    /// Decide in-process with the same policy (an in-memory limiter per
+    /// application instance) until the backend answers again; then the backend
+    /// decides again. With N instances the effective limit during an outage is
+    /// up to N times the policy's limit, but never unlimited.
+    Local,
+}
 
 impl FailureMode {
     /// The verdict for a request of `policy` whose backend could not decide;

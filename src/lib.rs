@@ -81,6 +81,7 @@ pub mod key;
 mod layer;
 mod limiter;
 mod policy;
+mod quota;
 mod response;
 mod routes;
 mod service;

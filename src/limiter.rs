@@ -31,7 +31,8 @@ use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
 use crate::failure::FailureLog;
 use crate::headers::{HeaderStyle, PolicyHeaders, set_retry_after};
 use crate::key::Key;
-use crate::policy::{MAX_LIMIT, Policy};
+use crate::policy::Policy;
+use crate::quota::MAX_LIMIT;
 use crate::response::{OnRejection, Rejection};
 use crate::routes::{Action, RouteTable};
 

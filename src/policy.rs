@@ -3,114 +3,18 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use http::request::Parts;
 
 use crate::error::ConfigError;
+pub use crate::failure::FailureMode;
 use crate::key::{Key, KeyExtractor, PeerIp};
 
-/// The largest limit a quota may have.
-pub const MAX_LIMIT: u64 = 1_000_000_000;
-/// The largest limit of a quota counted with [`Algorithm::SlidingLog`], which
-/// stores one entry per admitted unit: 10 000 entries are about 1.2 MB in Redis
-/// and one admission of that cost takes tens of milliseconds (hence the
-/// [`DEFAULT_MAX_LOG_COST`] per request). Use
-/// [`Algorithm::SlidingWindow`] (O(1) per client) for larger limits.
-pub const MAX_LOG_LIMIT: u64 = 10_000;
-/// The default [max cost](Policy::max_cost) of an [`Algorithm::SlidingLog`]
-/// policy (or its smallest limit, if lower): the most units one request may
-/// cost.
-///
-/// The sliding log stores one sorted-set member per admitted unit, so the
-/// Redis time of one admission grows with its cost (a few microseconds per
-/// unit: tens of milliseconds for a cost of 10 000), and Redis answers nobody
-/// else meanwhile: one costly request could push every other decision past
-/// the layer's deadline. 1 000 units keep one decision to a few milliseconds.
-pub const DEFAULT_MAX_LOG_COST: u64 = 1_000;
-/// The longest window a quota may have (365 days).
-pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The shortest window a quota may have.
-pub const MIN_WINDOW: Duration = Duration::from_millis(1);
-
-/// A limit per window: at most `limit` units in any window of length `window`.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_redis_ratelimit::Quota;
-///
-/// let q = Quota::per_minute(100);
-/// assert_eq!(q.limit(), 100);
-/// assert_eq!(q.window(), Duration::from_secs(60));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Quota {
-    limit: u64,
-    window: Duration,
-}
-
-impl Quota {
-    /// `limit` units per `window`. Checked when the layer is built.
-    pub const fn new(limit: u64, window: Duration) -> Self {
-        Self { limit, window }
-    }
-
-    /// `limit` units per second.
-    pub const fn per_second(limit: u64) -> Self {
-        Self::new(limit, Duration::from_secs(1))
-    }
-
-    /// `limit` units per minute.
-    pub const fn per_minute(limit: u64) -> Self {
-        Self::new(limit, Duration::from_secs(60))
-    }
-
-    /// `limit` units per hour.
-    pub const fn per_hour(limit: u64) -> Self {
-        Self::new(limit, Duration::from_secs(3600))
-    }
-
-    /// `limit` units per day.
-    pub const fn per_day(limit: u64) -> Self {
-        Self::new(limit, Duration::from_secs(86_400))
-    }
-
-    /// The number of units allowed per window.
-    pub const fn limit(&self) -> u64 {
-        self.limit
-    }
-
-    /// The window length.
-    pub const fn window(&self) -> Duration {
-        self.window
-    }
-
-    /// The window in whole microseconds (the unit the algorithms work in).
-    pub(crate) fn window_us(&self) -> u64 {
-        self.window.as_micros() as u64
-    }
-}
+pub use crate::quota::{
+    DEFAULT_MAX_LOG_COST, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, Quota,
+};
 
 pub use crate::algorithm::Algorithm;
-
-/// What to do when the backend cannot decide (Redis down, slow, or erroring).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum FailureMode {
-    /// Allow the request, without rate-limit headers, and log a warning.
-    /// A dead Redis never breaks the application.
-    #[default]
-    Open,
-    /// Deny the request: HTTP `503 Service Unavailable` with `Retry-After: 1`
-    /// (gRPC: `UNAVAILABLE`). 503 rather than 429 because the client did nothing
-    /// wrong: the limiter could not vouch for the request.
-    Closed,
-    /// Decide in-process with the same policy (an in-memory limiter per
-    /// application instance) until the backend answers again; then the backend
-    /// decides again. With N instances the effective limit during an outage is
-    /// up to N times the policy's limit, but never unlimited.
-    Local,
-}
 
 /// What to do with a request from which the key extractor gets no key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -382,7 +286,7 @@ impl Policy {
     }
 
     fn smallest_limit(&self) -> Option<u64> {
-        self.inner.quotas.iter().map(|q| q.limit).min()
+        self.inner.quotas.iter().map(|q| q.limit()).min()
     }
 
     /// Whether two values are the same policy (clones of one another).
@@ -435,40 +339,40 @@ impl Policy {
             return Err(ConfigError::NoQuota { policy: policy() });
         }
         for (index, q) in inner.quotas.iter().enumerate() {
-            if q.limit == 0 {
+            if q.limit() == 0 {
                 return Err(ConfigError::ZeroLimit {
                     policy: policy(),
                     index,
                 });
             }
             let max = inner.algorithm.spec().max_limit;
-            if q.limit > max {
+            if q.limit() > max {
                 return Err(ConfigError::LimitTooLarge {
                     policy: policy(),
                     index,
-                    limit: q.limit,
+                    limit: q.limit(),
                     max,
                 });
             }
-            if q.window < MIN_WINDOW {
+            if q.window() < MIN_WINDOW {
                 return Err(ConfigError::WindowTooShort {
                     policy: policy(),
                     index,
-                    window: q.window,
+                    window: q.window(),
                 });
             }
-            if q.window > MAX_WINDOW {
+            if q.window() > MAX_WINDOW {
                 return Err(ConfigError::WindowTooLong {
                     policy: policy(),
                     index,
-                    window: q.window,
+                    window: q.window(),
                 });
             }
-            if q.window.subsec_nanos() % 1_000_000 != 0 {
+            if q.window().subsec_nanos() % 1_000_000 != 0 {
                 return Err(ConfigError::WindowNotWholeMillis {
                     policy: policy(),
                     index,
-                    window: q.window,
+                    window: q.window(),
                 });
             }
             if let Some(first) = inner.quotas[..index]
@@ -517,14 +421,13 @@ impl Policy {
 /// Policy names: 1-64 characters from `[A-Za-z0-9._-]` (safe in Redis keys and
 /// in structured-field strings).
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=64).contains(&name.len()) && crate::key::is_plain(name.as_bytes(), b"._-")
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

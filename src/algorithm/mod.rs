@@ -29,7 +29,7 @@
 use std::time::Duration;
 
 use crate::decision::{Decision, QuotaStatus};
-use crate::policy::Quota;
+use crate::quota::Quota;
 
 #[cfg(test)]
 pub(crate) mod reference;

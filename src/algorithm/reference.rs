@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::Algorithm;
 use crate::decision::{Decision, QuotaStatus};
-use crate::policy::Quota;
+use crate::quota::Quota;
 
 /// An algorithm by its definition, over the history of admitted requests,
 /// `(time, cost)`, oldest first, none after the instant asked about. No
@@ -186,7 +186,7 @@ pub(crate) mod strategy {
 
     use proptest::prelude::*;
 
-    use crate::policy::Quota;
+    use crate::quota::Quota;
 
     const MS: u64 = 1_000;
     const SEC: u64 = 1_000_000;

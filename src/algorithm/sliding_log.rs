@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use super::{Model, Spec, Usage};
-use crate::policy::{DEFAULT_MAX_LOG_COST, MAX_LOG_LIMIT};
+use crate::quota::{DEFAULT_MAX_LOG_COST, MAX_LOG_LIMIT};
 
 /// What backends need to know about the sliding log.
 pub(super) const SPEC: Spec = Spec {

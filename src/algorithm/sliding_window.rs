@@ -6,7 +6,7 @@
 //! `{s, c, p}` per quota.
 
 use super::{Model, Spec, Usage};
-use crate::policy::MAX_LIMIT;
+use crate::quota::MAX_LIMIT;
 
 /// What backends need to know about the sliding window counter.
 pub(super) const SPEC: Spec = Spec {

@@ -217,7 +217,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// The `for=` value of one `Forwarded` element (`for=1.2.3.4;proto=https`).
 fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
     element.split(|&b| b == b';').find_map(|pair| {
-        let pair = trim(pair);
+        let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;
         let (name, value) = (&pair[..eq], &pair[eq + 1..]);
         name.eq_ignore_ascii_case(b"for").then_some(value)
@@ -227,7 +227,7 @@ fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
 /// An address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
 /// `[2001:db8::1]:80`, optionally in double quotes.
 fn parse_node(raw: &[u8]) -> Option<IpAddr> {
-    let mut s = std::str::from_utf8(trim(raw)).ok()?;
+    let mut s = std::str::from_utf8(raw.trim_ascii()).ok()?;
     if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
         s = &s[1..s.len() - 1];
     }
@@ -244,18 +244,6 @@ fn parse_node(raw: &[u8]) -> Option<IpAddr> {
     s.strip_prefix('[')
         .and_then(|r| r.strip_suffix(']'))
         .and_then(|r| r.parse().ok())
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
 }
 
 #[cfg(test)]

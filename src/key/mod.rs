@@ -58,9 +58,7 @@ impl Key {
         let len: usize = parts.iter().map(|part| part.len()).sum();
         let readable = len != 0
             && len <= MAX_READABLE_LEN
-            && parts
-                .iter()
-                .all(|part| part.iter().all(|&b| is_safe_byte(b)));
+            && parts.iter().all(|part| is_plain(part, KEY_PUNCTUATION));
         if readable {
             let mut text = String::with_capacity(len);
             for part in parts {
@@ -97,8 +95,16 @@ impl fmt::Display for Key {
     }
 }
 
-fn is_safe_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'@' | b'-')
+/// The punctuation a readable client key may hold besides letters and digits
+/// (enough for IPv4/IPv6 addresses, prefixes and e-mail-like ids; never `{`,
+/// `}`, `*` or whitespace, which mean something to Redis or `redis-cli`).
+const KEY_PUNCTUATION: &[u8] = b"._:/@-";
+
+/// Whether `text` is ASCII letters, digits and `punctuation` only: the one
+/// check behind readable keys, policy names and the Redis key prefix.
+pub(crate) fn is_plain(text: &[u8], punctuation: &[u8]) -> bool {
+    text.iter()
+        .all(|b| b.is_ascii_alphanumeric() || punctuation.contains(b))
 }
 
 /// `#` and the SHA-256 hex digest of the concatenation of `parts`.

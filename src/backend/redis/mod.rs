@@ -142,10 +142,7 @@ impl RedisBackendBuilder {
     /// Checks the configuration; connects nothing.
     pub fn build(self) -> Result<RedisBackend, ConfigError> {
         let prefix_ok = (1..=64).contains(&self.prefix.len())
-            && self
-                .prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+            && crate::key::is_plain(self.prefix.as_bytes(), b"._-:");
         if !prefix_ok {
             return Err(ConfigError::InvalidPrefix {
                 prefix: self.prefix,

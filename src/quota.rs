@@ -1,0 +1,85 @@
+//! Quotas: how many units per window, and the bounds every quota and cost
+//! must stay within.
+
+use std::time::Duration;
+
+/// The largest limit a quota may have.
+pub const MAX_LIMIT: u64 = 1_000_000_000;
+/// The largest limit of a quota counted with [`Algorithm::SlidingLog`](crate::Algorithm::SlidingLog), which
+/// stores one entry per admitted unit: 10 000 entries are about 1.2 MB in Redis
+/// and one admission of that cost takes tens of milliseconds (hence the
+/// [`DEFAULT_MAX_LOG_COST`] per request). Use
+/// [`Algorithm::SlidingWindow`](crate::Algorithm::SlidingWindow) (O(1) per client) for larger limits.
+pub const MAX_LOG_LIMIT: u64 = 10_000;
+/// The default [max cost](crate::Policy::max_cost) of an [`Algorithm::SlidingLog`](crate::Algorithm::SlidingLog)
+/// policy (or its smallest limit, if lower): the most units one request may
+/// cost.
+///
+/// The sliding log stores one sorted-set member per admitted unit, so the
+/// Redis time of one admission grows with its cost (a few microseconds per
+/// unit: tens of milliseconds for a cost of 10 000), and Redis answers nobody
+/// else meanwhile: one costly request could push every other decision past
+/// the layer's deadline. 1 000 units keep one decision to a few milliseconds.
+pub const DEFAULT_MAX_LOG_COST: u64 = 1_000;
+/// The longest window a quota may have (365 days).
+pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The shortest window a quota may have.
+pub const MIN_WINDOW: Duration = Duration::from_millis(1);
+
+/// A limit per window: at most `limit` units in any window of length `window`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_ratelimit::Quota;
+///
+/// let q = Quota::per_minute(100);
+/// assert_eq!(q.limit(), 100);
+/// assert_eq!(q.window(), Duration::from_secs(60));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    limit: u64,
+    window: Duration,
+}
+
+impl Quota {
+    /// `limit` units per `window`. Checked when the layer is built.
+    pub const fn new(limit: u64, window: Duration) -> Self {
+        Self { limit, window }
+    }
+
+    /// `limit` units per second.
+    pub const fn per_second(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(1))
+    }
+
+    /// `limit` units per minute.
+    pub const fn per_minute(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(60))
+    }
+
+    /// `limit` units per hour.
+    pub const fn per_hour(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(3600))
+    }
+
+    /// `limit` units per day.
+    pub const fn per_day(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(86_400))
+    }
+
+    /// The number of units allowed per window.
+    pub const fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The window length.
+    pub const fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The window in whole microseconds (the unit the algorithms work in).
+    pub(crate) fn window_us(&self) -> u64 {
+        self.window.as_micros() as u64
+    }
+}
