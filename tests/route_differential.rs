@@ -676,17 +676,8 @@ impl RawClient {
 /// is limited by the policy of the handler axum runs, and ends in 429.
 #[tokio::test]
 async fn reported_spellings_are_limited_over_tcp() {
-    let app = fallback(routes()).layer(limits(false));
-    let (listener, _) = support::web::bind_loopback().await;
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let base = support::web::serve(fallback(routes()).layer(limits(false))).await;
+    let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
     let mut client = RawClient::connect(addr).await;
 
     // Exempt spellings axum routes elsewhere share the default 100/min.
