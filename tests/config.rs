@@ -4,6 +4,13 @@
 //! every invalid input is refused with a message naming the field, the value
 //! and what was expected.
 
+// `limits` (the examples' entry point) reads the process environment: the
+// tests call `limits_from` with their own.
+#[allow(dead_code)]
+#[path = "../examples/common/config.rs"]
+mod example_config;
+
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,7 +18,7 @@ use std::path::Path;
 use http::{Method, Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::config::RedisConfig;
-use tower_redis_ratelimit::{Config, ConfigError, MemoryBackend, RateLimitLayer};
+use tower_redis_ratelimit::{Config, ConfigError, MemoryBackend, Policy, RateLimitLayer};
 
 /// The shape the configuration format is documented with.
 const SHAPE: &str = r#"
@@ -604,4 +611,105 @@ fn other_formats_work_too() {
         "policies.api.quotas[0]: \"100/mn\" is not a quota: the window \"mn\" is not a \
          duration: unknown unit \"mn\", expected ms, s, m, h or d (or sec, min, hour, day...)"
     );
+}
+
+/// The examples' loader (`examples/common/config.rs`) with these variables.
+fn example_limits(vars: &[(&str, &str)]) -> Result<(RateLimitLayer, String), String> {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let defaults = RateLimitLayer::builder()
+        .default_policy(Policy::new("builtin").quota(tower_redis_ratelimit::Quota::per_second(1)));
+    example_config::limits_from(defaults, |name| vars.get(name).cloned()).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn the_examples_read_config_and_let_the_environment_choose_the_backend() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/limits.toml");
+    // No CONFIG: the example's own limits.
+    let (layer, shown) = example_limits(&[("CONFIG", "")]).unwrap();
+    assert_eq!(
+        shown,
+        "limits: built in (set CONFIG to read a file); backend: in-memory (set REDIS_URL or \
+         REDIS_CLUSTER to share limits through Redis)"
+    );
+    let response = send(&layer, Method::GET, "/", "192.0.2.1").await;
+    assert_eq!(
+        header(&response, "ratelimit-policy"),
+        Some("\"builtin\";q=1;w=1")
+    );
+
+    // CONFIG: the file's limits, in memory (it has no [redis] table).
+    let (layer, shown) = example_limits(&[("CONFIG", file)]).unwrap();
+    assert_eq!(
+        shown,
+        format!(
+            "limits: {file} (policies: api, auth, partner); backend: in-memory (set REDIS_URL \
+             or REDIS_CLUSTER to share limits through Redis)"
+        )
+    );
+    let response = send(&layer, Method::POST, "/auth/login", "192.0.2.1").await;
+    assert_eq!(
+        header(&response, "ratelimit-policy"),
+        Some("\"auth\";q=5;w=60")
+    );
+
+    // REDIS_URL replaces the backend, without showing its password.
+    let (_, shown) = example_limits(&[
+        ("CONFIG", file),
+        ("REDIS_URL", "redis://app:hunter2@127.0.0.1:6379"),
+    ])
+    .unwrap();
+    assert!(
+        shown.ends_with("backend: redis at redis://app:***@127.0.0.1:6379 (REDIS_URL)"),
+        "{shown}"
+    );
+
+    // A file with a [redis] table: that backend, unless REDIS_URL says otherwise.
+    let dir = std::env::temp_dir().join(format!("trr-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let with_redis = dir.join("with_redis.toml");
+    std::fs::write(&with_redis, SHAPE.replace("127.0.0.1", ":s3cret@127.0.0.1")).unwrap();
+    let with_redis = with_redis.to_str().unwrap();
+    let (_, shown) = example_limits(&[("CONFIG", with_redis)]).unwrap();
+    assert!(
+        shown.ends_with("backend: redis at redis://:***@127.0.0.1:6379 (CONFIG)"),
+        "{shown}"
+    );
+    let (_, shown) =
+        example_limits(&[("CONFIG", with_redis), ("REDIS_URL", "redis://other:6379")]).unwrap();
+    assert!(
+        shown.ends_with("backend: redis at redis://other:6379 (REDIS_URL)"),
+        "{shown}"
+    );
+
+    // Errors say which variable and which field.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[policies.auth]\nquotas = [\"5/minn\"]\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    assert_eq!(
+        example_limits(&[("CONFIG", bad)]).unwrap_err(),
+        format!(
+            "CONFIG={bad}: policies.auth.quotas[0]: \"5/minn\" is not a quota: the window \
+             \"minn\" is not a duration: unknown unit \"minn\", expected ms, s, m, h or d (or \
+             sec, min, hour, day...)"
+        )
+    );
+    let missing = dir.join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let message = example_limits(&[("CONFIG", missing)]).unwrap_err();
+    assert!(
+        message.starts_with(&format!("CONFIG={missing}: ")),
+        "{message}"
+    );
+    assert_eq!(
+        example_limits(&[
+            ("REDIS_URL", "redis://a"),
+            ("REDIS_CLUSTER", "redis://b:7000")
+        ])
+        .unwrap_err(),
+        "set REDIS_URL (one server) or REDIS_CLUSTER, not both"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
