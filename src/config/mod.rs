@@ -34,6 +34,7 @@
 //! missing_key = "shared_bucket"     # shared_bucket (default) | deny
 //! cost = 1                          # optional fixed cost per request
 //! max_cost = 100                    # optional
+//! shadow = false                    # optional: decide and report, never deny
 //!
 //! [policies.auth]
 //! quotas = ["5/min"]
@@ -49,7 +50,8 @@
 //! `"1000/day"`, and the window may start with a number of units: `"3/15m"`,
 //! `"20/90s"`, `"2/1h30m"`. Units, for windows and durations alike: `ms`;
 //! `s`, `sec`, `second`; `m`, `min`, `minute`; `h`, `hour`; `d`, `day` (and
-//! their plurals). Unknown keys are errors.
+//! their plurals). Windows are at most 365 days: `"365d"`, not `"year"`
+//! (365.25 days). Unknown keys are errors.
 //!
 //! # Example
 //!
