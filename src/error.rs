@@ -200,6 +200,27 @@ pub enum ConfigError {
     /// A capacity of zero was given to the memory backend.
     #[error("the memory backend capacity must be greater than zero")]
     ZeroCapacity,
+    /// A configuration read with serde (`config::Config`, feature `serde`)
+    /// has a value that cannot be read (an unknown field, a bad quota or
+    /// duration, an unknown name) or that names an undefined policy.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// Where: `policies.auth.quotas[0]`, `routes[2].policy`, or `.` for
+        /// the whole configuration.
+        path: String,
+        /// What is wrong, quoting the value and saying what was expected.
+        message: String,
+    },
+    /// Another [`ConfigError`] (from the layer builder, a policy or the
+    /// backend), located in a configuration read with serde
+    /// (`config::Config`, feature `serde`).
+    #[error("{path}: {error}")]
+    At {
+        /// Where: `routes[1].path`, `policies.api.quotas[0]`, `redis.url`...
+        path: String,
+        /// The error.
+        error: Box<ConfigError>,
+    },
 }
 
 /// A backend could not reach a decision.

@@ -72,6 +72,9 @@ pub mod backend;
 mod blocked;
 mod breaker;
 pub mod clock;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod config;
 mod decision;
 mod error;
 mod failure;
@@ -89,6 +92,9 @@ mod sharded;
 
 pub use crate::backend::{Backend, CheckFuture, MemoryBackend, RedisBackend, RedisBackendBuilder};
 pub use crate::breaker::CircuitBreaker;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use crate::config::Config;
 pub use crate::decision::{Decision, QuotaStatus, RejectReason};
 pub use crate::error::{BackendError, ConfigError};
 pub use crate::future::ResponseFuture;

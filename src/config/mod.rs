@@ -1,0 +1,596 @@
+//! The layer configured from a file (feature `serde`).
+//!
+//! A [`Config`] is deserialised with serde from any format (TOML, YAML,
+//! JSON...) and turned into a [`RateLimitLayer`] by the
+//! [builder](crate::RateLimitLayerBuilder), so every check of the builder
+//! applies. Errors name the field at fault, its value and what was expected:
+//!
+//! ```text
+//! policies.auth.quotas[0]: "5/minn" is not a quota: the window "minn" is not a duration: unknown unit "minn", expected ms, s, m, h or d (or sec, min, hour, day...)
+//! routes[0].policy: unknown policy "autth" (defined: api, auth)
+//! routes[1].path: invalid route pattern "auth/logout": must start with `/`
+//! ```
+//!
+//! # The format
+//!
+//! ```toml
+//! deadline = "50ms"                 # optional, default 50ms
+//! headers = "ietf"                  # ietf (default) | legacy | both | none
+//! default_policy = "api"            # optional: without it, unmatched requests are not limited
+//! exempt = ["/health", "/metrics"]  # never limited
+//! case_insensitive_paths = false    # optional
+//! blocked_cache = 10000             # optional: denied clients remembered locally (0: off)
+//!
+//! [redis]                           # optional; absent = in-memory
+//! url = "redis://127.0.0.1:6379"    # or: cluster = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+//! prefix = "rl"                     # optional key prefix
+//!
+//! [policies.api]                    # the policy name is the table's key
+//! quotas = ["100/min"]              # one or more, checked all-or-nothing
+//! algorithm = "sliding_window"      # sliding_window (default) | sliding_log
+//! key = "ip"                        # "ip" (default) | "global" | { header = "x-api-key" }
+//!                                   # | { client_ip = ["10.0.0.0/8"] } (behind trusted proxies)
+//! failure_mode = "open"             # open (default) | closed | local
+//! missing_key = "shared_bucket"     # shared_bucket (default) | deny
+//! cost = 1                          # optional fixed cost per request
+//! max_cost = 100                    # optional
+//! shadow = false                    # optional: decide and report, never deny
+//!
+//! [policies.auth]
+//! quotas = ["5/min"]
+//! algorithm = "sliding_log"
+//!
+//! [[routes]]                        # first the method's own rule, then any method's
+//! path = "/auth/login"              # axum syntax: /users/{id}, /files/{*rest}
+//! method = "POST"                   # optional: any method
+//! policy = "auth"
+//! ```
+//!
+//! Quotas are `<count>/<window>`: `"100/min"`, `"10/s"`, `"5000/h"`,
+//! `"1000/day"`, and the window may start with a number of units: `"3/15m"`,
+//! `"20/90s"`, `"2/1h30m"`. Units, for windows and durations alike: `ms`;
+//! `s`, `sec`, `second`; `m`, `min`, `minute`; `h`, `hour`; `d`, `day` (and
+//! their plurals). Windows are at most 365 days: `"365d"`, not `"year"`
+//! (365.25 days). Unknown keys are errors.
+//!
+//! # Example
+//!
+//! ```
+//! use tower_redis_ratelimit::Config;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let text = r#"
+//!     default_policy = "api"
+//!     exempt = ["/health"]
+//!
+//!     [policies.api]
+//!     quotas = ["100/min", "10/s"]
+//!
+//!     [policies.auth]
+//!     quotas = ["5/min"]
+//!     algorithm = "sliding_log"
+//!
+//!     [[routes]]
+//!     path = "/auth/login"
+//!     method = "POST"
+//!     policy = "auth"
+//! "#;
+//! // Any serde deserializer; here TOML, read first as a table.
+//! let config = Config::from_deserializer(text.parse::<toml::Table>()?)?;
+//! let layer = config.build()?; // [redis] absent: in-memory counters
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With a TOML file, parse it into a `toml::Table` first, as above: syntax
+//! errors then come with their line, and the errors of `Config` with the
+//! path of the field.
+//!
+//! [`Config`] also implements [`Deserialize`], so it can be one section of
+//! an application's own configuration; [`Config::build`] checks it again
+//! then (naming fields from the section's root).
+
+mod text;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use self::text::{Parsed, TrustedProxy};
+use crate::algorithm::Algorithm;
+use crate::backend::{Backend, MemoryBackend, RedisBackend, redact_url};
+use crate::error::ConfigError;
+use crate::failure::FailureMode;
+use crate::headers::HeaderStyle;
+use crate::key::{ClientIp, Global, Header, PeerIp};
+use crate::layer::RateLimitLayer;
+use crate::policy::{MissingKey, Policy};
+use crate::quota::Quota;
+
+/// A whole [`RateLimitLayer`] configuration: settings, a backend, named
+/// policies and the routes they apply to (see the [module](self) for the
+/// format).
+///
+/// Read it with [`Config::from_deserializer`] (errors name the field at
+/// fault), or as part of a larger configuration through its [`Deserialize`]
+/// impl; build the layer with [`Config::build`], or with another backend with
+/// [`Config::build_with_backend`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    deadline: Option<Parsed<Duration>>,
+    headers: Option<Parsed<HeaderStyle>>,
+    default_policy: Option<String>,
+    #[serde(default)]
+    exempt: Vec<String>,
+    case_insensitive_paths: Option<bool>,
+    blocked_cache: Option<usize>,
+    redis: Option<RedisConfig>,
+    #[serde(default)]
+    policies: BTreeMap<String, PolicyConfig>,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+}
+
+/// One `[policies.<name>]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyConfig {
+    quotas: Vec<Parsed<Quota>>,
+    algorithm: Option<Parsed<Algorithm>>,
+    key: Option<KeyConfig>,
+    failure_mode: Option<Parsed<FailureMode>>,
+    missing_key: Option<Parsed<MissingKey>>,
+    cost: Option<u64>,
+    max_cost: Option<u64>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteConfig {
+    path: String,
+    method: Option<Parsed<Method>>,
+    policy: String,
+}
+
+/// A policy's `key`: `"ip"`, `"global"`, `{ header = "<name>" }` or
+/// `{ client_ip = [<trusted proxies>] }`.
+#[derive(Debug, Clone)]
+enum KeyConfig {
+    PeerIp,
+    Global,
+    Header(HeaderName),
+    ClientIp(Vec<String>),
+}
+
+const KEY_EXPECTED: &str = "\"ip\", \"global\", { header = \"<name>\" } or \
+                            { client_ip = [<trusted proxy networks>] }";
+
+impl<'de> Deserialize<'de> for KeyConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The table form.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct KeyTable {
+            header: Option<Parsed<HeaderName>>,
+            client_ip: Option<Vec<Parsed<TrustedProxy>>>,
+        }
+
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeyConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(KEY_EXPECTED)
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<KeyConfig, E> {
+                match text {
+                    "ip" => Ok(KeyConfig::PeerIp),
+                    "global" => Ok(KeyConfig::Global),
+                    _ => Err(E::custom(format!(
+                        "{text:?} is not a key: expected {KEY_EXPECTED}"
+                    ))),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<KeyConfig, A::Error> {
+                let table = KeyTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                match (table.header, table.client_ip) {
+                    (Some(Parsed(name)), None) => Ok(KeyConfig::Header(name)),
+                    (None, Some(proxies)) => Ok(KeyConfig::ClientIp(
+                        proxies.into_iter().map(|Parsed(p)| p.0).collect(),
+                    )),
+                    _ => Err(de::Error::custom(
+                        "expected one of { header = \"<name>\" } or \
+                         { client_ip = [<trusted proxy networks>] }",
+                    )),
+                }
+            }
+        }
+
+        deserializer.deserialize_any(KeyVisitor)
+    }
+}
+
+/// The `[redis]` table of a [`Config`]: one server (`url`) or a Redis
+/// Cluster (`cluster`, feature `cluster`), and an optional key `prefix`.
+///
+/// `Debug` and `Display` hide passwords ([`redact_url`]).
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "RedisTable")]
+pub struct RedisConfig {
+    urls: Vec<String>,
+    cluster: bool,
+    prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisTable {
+    url: Option<String>,
+    cluster: Option<Vec<String>>,
+    prefix: Option<String>,
+}
+
+impl TryFrom<RedisTable> for RedisConfig {
+    type Error = &'static str;
+
+    fn try_from(table: RedisTable) -> Result<Self, Self::Error> {
+        let (urls, cluster) = match (table.url, table.cluster) {
+            (Some(url), None) => (vec![url], false),
+            (None, Some(nodes)) if nodes.is_empty() => {
+                return Err("`cluster` needs at least one node URL");
+            }
+            (None, Some(nodes)) => (nodes, true),
+            (Some(_), Some(_)) => {
+                return Err("set `url` (one server) or `cluster` (its nodes), not both");
+            }
+            (None, None) => {
+                return Err("expected `url = \"redis://...\"` or \
+                            `cluster = [\"redis://...\", ...]`");
+            }
+        };
+        Ok(Self {
+            urls,
+            cluster,
+            prefix: table.prefix,
+        })
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<_> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("RedisConfig")
+            .field("urls", &urls)
+            .field("cluster", &self.cluster)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// `redis at redis://host:6379` or `redis cluster at redis://a:7000, ...`,
+/// passwords hidden.
+impl fmt::Display for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<_> = self.urls.iter().map(|u| redact_url(u)).collect();
+        let what = if self.cluster {
+            "redis cluster"
+        } else {
+            "redis"
+        };
+        write!(f, "{what} at {}", urls.join(", "))
+    }
+}
+
+impl RedisConfig {
+    /// Whether this is a Redis Cluster (`cluster = [...]`).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The backend (connects nothing).
+    ///
+    /// # Errors
+    ///
+    /// A bad URL or prefix, or a cluster without the crate's `cluster`
+    /// feature, located as `redis.url`, `redis.cluster` or `redis.prefix`.
+    pub fn backend(&self) -> Result<RedisBackend, ConfigError> {
+        let field = if self.cluster {
+            "redis.cluster"
+        } else {
+            "redis.url"
+        };
+        let builder = if self.cluster {
+            #[cfg(feature = "cluster")]
+            {
+                RedisBackend::cluster_builder(self.urls.iter().cloned())
+            }
+            #[cfg(not(feature = "cluster"))]
+            {
+                return Err(ConfigError::Invalid {
+                    path: field.to_owned(),
+                    message: "Redis Cluster needs the crate's `cluster` feature \
+                              (tower-redis-ratelimit = { features = [\"cluster\"] })"
+                        .to_owned(),
+                });
+            }
+        } else {
+            RedisBackend::builder(self.urls[0].clone())
+        };
+        let builder = match &self.prefix {
+            Some(prefix) => builder.prefix(prefix.clone()),
+            None => builder,
+        };
+        builder.build().map_err(|error| {
+            let path = match error {
+                ConfigError::InvalidPrefix { .. } => "redis.prefix",
+                _ => field,
+            };
+            at(path, error)
+        })
+    }
+}
+
+/// `error`, located at `path`.
+fn at(path: impl Into<String>, error: ConfigError) -> ConfigError {
+    ConfigError::At {
+        path: path.into(),
+        error: Box::new(error),
+    }
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+impl PolicyConfig {
+    /// The policy, checked as the builder checks it, errors located under `path`.
+    fn policy(&self, name: &str, path: &str) -> Result<Policy, ConfigError> {
+        let mut policy = Policy::new(name);
+        for Parsed(quota) in &self.quotas {
+            policy = policy.quota(*quota);
+        }
+        if let Some(Parsed(algorithm)) = self.algorithm {
+            policy = policy.algorithm(algorithm);
+        }
+        policy = match &self.key {
+            None | Some(KeyConfig::PeerIp) => policy.key(PeerIp::new()),
+            Some(KeyConfig::Global) => policy.key(Global),
+            Some(KeyConfig::Header(name)) => policy.key(Header::from_name(name.clone())),
+            Some(KeyConfig::ClientIp(proxies)) => {
+                let key = ClientIp::new()
+                    .trust_proxies(proxies)
+                    .map_err(|e| at(format!("{path}.key.client_ip"), e))?;
+                policy.key(key)
+            }
+        };
+        if let Some(Parsed(mode)) = self.failure_mode {
+            policy = policy.failure_mode(mode);
+        }
+        if let Some(Parsed(missing)) = self.missing_key {
+            policy = policy.on_missing_key(missing);
+        }
+        if let Some(cost) = self.cost {
+            policy = policy.cost(cost);
+        }
+        if let Some(max_cost) = self.max_cost {
+            policy = policy.max_cost(max_cost);
+        }
+        if self.shadow {
+            // Once `Policy::shadow` exists: `policy = policy.shadow(true);`
+            return Err(invalid(
+                format!("{path}.shadow"),
+                "shadow mode is not available in this build",
+            ));
+        }
+        policy.validate().map_err(|error| {
+            let field = match &error {
+                ConfigError::NoQuota { .. } => ".quotas".to_owned(),
+                ConfigError::ZeroLimit { index, .. }
+                | ConfigError::WindowTooShort { index, .. }
+                | ConfigError::WindowTooLong { index, .. }
+                | ConfigError::WindowNotWholeMillis { index, .. }
+                | ConfigError::LimitTooLarge { index, .. } => format!(".quotas[{index}]"),
+                ConfigError::DuplicateQuota { second, .. } => format!(".quotas[{second}]"),
+                ConfigError::InvalidCost { .. } | ConfigError::CostAboveMaxCost { .. } => {
+                    ".cost".to_owned()
+                }
+                ConfigError::InvalidMaxCost { .. } => ".max_cost".to_owned(),
+                _ => String::new(),
+            };
+            at(format!("{path}{field}"), error)
+        })?;
+        Ok(policy)
+    }
+}
+
+/// One rule given to the builder, and where it came from.
+struct Source<'a> {
+    method: Option<&'a Method>,
+    pattern: &'a str,
+    path: String,
+}
+
+impl Config {
+    /// Reads a configuration from any serde deserializer, then checks what
+    /// the format cannot: every policy (as the layer builder would), and that
+    /// routes and the default name defined policies.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for a value that cannot be read (an unknown
+    /// field, a bad quota or duration, an unknown name...) or a reference to
+    /// an undefined policy; [`ConfigError::At`] for a policy the builder
+    /// would refuse. Both name the field (`policies.auth.quotas[0]`).
+    pub fn from_deserializer<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| invalid(e.path().to_string(), format_message(&e.inner().to_string())))?;
+        config.policies()?;
+        Ok(config)
+    }
+
+    /// The `[redis]` table, if any (without it, [`build`](Self::build) uses a
+    /// [`MemoryBackend`]).
+    pub fn redis(&self) -> Option<&RedisConfig> {
+        self.redis.as_ref()
+    }
+
+    /// The names of the policies (the keys of `[policies.<name>]`), sorted.
+    pub fn policy_names(&self) -> impl Iterator<Item = &str> {
+        self.policies.keys().map(String::as_str)
+    }
+
+    /// Builds the layer on the configured backend: Redis if there is a
+    /// `[redis]` table ([`RedisConfig::backend`]), else a fresh
+    /// [`MemoryBackend`].
+    ///
+    /// # Errors
+    ///
+    /// Everything [`from_deserializer`](Self::from_deserializer) checks, a
+    /// bad Redis URL, and every [`ConfigError`] of the layer builder (bad
+    /// route patterns, a zero deadline...), each located in the configuration
+    /// ([`ConfigError::At`]).
+    pub fn build(&self) -> Result<RateLimitLayer, ConfigError> {
+        match &self.redis {
+            Some(redis) => self.build_with_backend(redis.backend()?),
+            None => self.build_with_backend(MemoryBackend::new()),
+        }
+    }
+
+    /// Builds the layer on `backend`, whatever the `[redis]` table says (e.g.
+    /// a backend chosen by an environment variable, or a test's).
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build), without the Redis URL.
+    pub fn build_with_backend(&self, backend: impl Backend) -> Result<RateLimitLayer, ConfigError> {
+        let policies = self.policies()?;
+        let mut builder = RateLimitLayer::builder().backend(backend);
+        if let Some(Parsed(deadline)) = self.deadline {
+            builder = builder.deadline(deadline);
+        }
+        if let Some(Parsed(style)) = self.headers {
+            builder = builder.headers(style);
+        }
+        if let Some(yes) = self.case_insensitive_paths {
+            builder = builder.case_insensitive_paths(yes);
+        }
+        if let Some(capacity) = self.blocked_cache {
+            builder = builder.blocked_cache(capacity);
+        }
+        if let Some(name) = &self.default_policy {
+            builder = builder.default_policy(policies[name.as_str()].clone());
+        }
+        let mut sources = Vec::new();
+        for (i, pattern) in self.exempt.iter().enumerate() {
+            builder = builder.exempt(pattern.clone());
+            sources.push(Source {
+                method: None,
+                pattern,
+                path: format!("exempt[{i}]"),
+            });
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let policy = policies[route.policy.as_str()].clone();
+            let method = route.method.as_ref().map(|Parsed(m)| m);
+            builder = match method {
+                Some(method) => builder.route_method(method.clone(), route.path.clone(), policy),
+                None => builder.route(route.path.clone(), policy),
+            };
+            sources.push(Source {
+                method,
+                pattern: &route.path,
+                path: format!("routes[{i}].path"),
+            });
+        }
+        builder
+            .build()
+            .map_err(|error| match locate(&error, &sources) {
+                Some(path) => at(path, error),
+                None => error,
+            })
+    }
+
+    /// Every policy, checked, by name; and every reference to one checked.
+    fn policies(&self) -> Result<BTreeMap<&str, Policy>, ConfigError> {
+        let mut policies = BTreeMap::new();
+        for (name, config) in &self.policies {
+            let policy = config.policy(name, &format!("policies.{name}"))?;
+            policies.insert(name.as_str(), policy);
+        }
+        let check = |path: String, name: &str| {
+            if policies.contains_key(name) {
+                return Ok(());
+            }
+            let defined = if policies.is_empty() {
+                "no policy is defined".to_owned()
+            } else {
+                let names: Vec<&str> = policies.keys().copied().collect();
+                format!("defined: {}", names.join(", "))
+            };
+            Err(invalid(
+                path,
+                format!("unknown policy {name:?} ({defined})"),
+            ))
+        };
+        if let Some(name) = &self.default_policy {
+            check("default_policy".to_owned(), name)?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            check(format!("routes[{i}].policy"), &route.policy)?;
+        }
+        Ok(policies)
+    }
+}
+
+/// A format's error message without what the path already says: toml ends
+/// its messages with a newline, and when it has no source text to quote,
+/// with a line locating the error by its keys (`in `policies.auth.quotas``).
+fn format_message(message: &str) -> String {
+    let message = message.trim_end();
+    let located = message.rsplit_once('\n').filter(|(_, last)| {
+        last.starts_with("in `") && last.ends_with('`') && !last[4..last.len() - 1].contains('`')
+    });
+    match located {
+        Some((rest, _)) => rest.trim_end().to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Where in the configuration the builder's `error` comes from, if it says.
+fn locate(error: &ConfigError, sources: &[Source<'_>]) -> Option<String> {
+    let find = |pattern: &str| sources.iter().position(|s| s.pattern == pattern);
+    let index = match error {
+        ConfigError::ZeroDeadline => return Some("deadline".to_owned()),
+        // Patterns are parsed in order: the first one so written failed.
+        ConfigError::InvalidRoute { pattern, .. } => find(pattern)?,
+        ConfigError::ConflictingRoute { pattern, .. } => find(pattern)?,
+        // The first rule repeating an earlier one for the same method.
+        ConfigError::DuplicateRoute { pattern, first } => {
+            sources.iter().enumerate().position(|(j, later)| {
+                later.pattern == pattern
+                    && sources[..j]
+                        .iter()
+                        .any(|s| s.pattern == first && s.method == later.method)
+            })?
+        }
+        _ => return None,
+    };
+    Some(sources[index].path.clone())
+}
