@@ -763,7 +763,10 @@ fn resets(d: &Decision) -> Vec<u64> {
 fn assert_peek_matches(h: &Harness, seen: &Decision, d: &Decision, elapsed: u64, what: &str) {
     assert_eq!(remaining(seen), remaining(d), "{what}: {seen:?} vs {d:?}");
     let pairs = resets(seen).into_iter().zip(resets(d));
-    let retries = seen.retry_after().map(micros).zip(d.retry_after().map(micros));
+    let retries = seen
+        .retry_after()
+        .map(micros)
+        .zip(d.retry_after().map(micros));
     for (peeked, decided) in pairs.chain(retries) {
         if h.exact() {
             assert_eq!(peeked, decided, "{what}: {seen:?} vs {d:?}");

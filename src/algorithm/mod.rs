@@ -19,9 +19,9 @@
 //! scenarios against both backends.
 //!
 //! Adding an algorithm: a variant of [`Algorithm`] (listed in
-//! [`Algorithm::ALL`]), its file (model, [`Spec`], and for the tests its
-//! naive `Definition`) and script, and one arm in each `match` of this
-//! module. Backends and tests find it through [`Algorithm::ALL`] and
+//! [`Algorithm::ALL`]), its file (model with its read-only `peek`, [`Spec`],
+//! and for the tests its naive `Definition`), its two scripts (check and
+//! peek), and one arm in each `match` of this module. Backends and tests find it through [`Algorithm::ALL`] and
 //! [`Algorithm::spec`].
 //!
 //! Time is in microseconds. A window of length `W` ending at `now` is

@@ -16,10 +16,10 @@
 //! remaining_1, reset_µs_1, ..., remaining_n, reset_µs_n}` (see `decode`).
 //!
 //! Every algorithm's read-only peek script (its `Spec`'s `peek_lua`) is
-//! called and replies the same way, with a cost of
-//! [`PEEK_COST`](crate::algorithm::PEEK_COST) and no nonce; it is sent as
-//! `EVALSHA_RO` where the server knows it (see [`ReadOnlyCall`]). A reset is
-//! one `DEL` of every key of the client (see `keys`).
+//! called and replies the same way, with a cost of [`PEEK_COST`] and no
+//! nonce; it is sent as `EVALSHA_RO` where the server knows it (see
+//! [`ReadOnlyCall`]). A reset is one `DEL` of every key of the client (see
+//! `keys`).
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
