@@ -105,6 +105,14 @@ impl BlockedClients {
         ))
     }
 
+    /// Forgets `key`'s denial, if any: its next request asks the backend
+    /// (after an administrative reset, say).
+    pub(crate) fn remove(&self, key: &Key) {
+        if let Some(shards) = &self.shards {
+            shards.lock(key).pop(key);
+        }
+    }
+
     /// Remembers a denial. O(1): when the shard is full, its least recently
     /// used entry makes room.
     pub(crate) fn insert(&self, key: &Key, cost: u64, decision: &Decision) {
@@ -178,6 +186,22 @@ mod tests {
         clock.advance(Duration::from_millis(15));
         assert!(cache.get(&k, 5).is_none(), "expired");
         assert_eq!(len(&cache), 0, "the expired entry was dropped");
+    }
+
+    #[test]
+    fn remove_forgets_one_client() {
+        let cache = BlockedClients::new(50);
+        let (a, b) = (Key::new("a"), Key::new("b"));
+        cache.insert(&a, 1, &denied(60_000));
+        cache.insert(&b, 1, &denied(60_000));
+        cache.remove(&a);
+        assert!(cache.get(&a, 1).is_none(), "a was forgotten");
+        assert!(cache.get(&b, 1).is_some(), "b is still blocked");
+        assert_eq!(len(&cache), 1);
+        // Removing an unknown client, or from a disabled cache, is a no-op.
+        cache.remove(&Key::new("c"));
+        BlockedClients::new(0).remove(&a);
+        assert_eq!(len(&cache), 1);
     }
 
     #[test]

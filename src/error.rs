@@ -227,7 +227,8 @@ pub enum ConfigError {
 ///
 /// The layer never returns this to the caller: it applies the policy's
 /// [`crate::FailureMode`] instead. It is public so that custom [`crate::Backend`]s
-/// can report failures.
+/// can report failures, and [`crate::Admin`] calls return it (as
+/// [`AdminError::Backend`](crate::AdminError::Backend)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
@@ -240,4 +241,13 @@ pub enum BackendError {
     /// Any other failure of a custom backend.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync>),
+    /// The backend does not implement this administration call
+    /// ([`Backend::peek`](crate::Backend::peek) or
+    /// [`Backend::reset`](crate::Backend::reset): their default
+    /// implementations).
+    #[error("this backend does not support `{operation}`")]
+    Unsupported {
+        /// The call: `"peek"` or `"reset"`.
+        operation: &'static str,
+    },
 }

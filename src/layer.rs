@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::Method;
 use tower_layer::Layer;
 
+use crate::admin::Admin;
 use crate::backend::{Backend, MemoryBackend};
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::error::ConfigError;
@@ -90,6 +91,12 @@ impl RateLimitLayer {
 }
 
 impl<R> RateLimitLayer<R> {
+    /// The administration handle of this layer: check, peek at and reset a
+    /// client's quotas by policy name, without a request (see [`Admin`]).
+    pub fn admin(&self) -> Admin {
+        Admin::new(Arc::clone(&self.limiter))
+    }
+
     /// Replaces the rejection response (see [`OnRejection`](crate::OnRejection)).
     #[must_use]
     pub fn on_rejection<R2>(self, on_rejection: R2) -> RateLimitLayer<R2> {

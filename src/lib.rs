@@ -60,6 +60,8 @@
 //! - [`policy`](Policy): quotas, algorithms, presets, failure modes.
 //! - [`key`]: who the client is.
 //! - [`backend`]: Redis and in-process counters.
+//! - [`Admin`] (`layer.admin()`): check, peek at and reset a client's quotas
+//!   without a request (jobs, websockets, queues, operators' tools).
 //! - [`headers`]: the response headers.
 //!
 //! [tower]: https://docs.rs/tower
@@ -67,6 +69,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(unsafe_code)]
 
+mod admin;
 mod algorithm;
 pub mod backend;
 mod blocked;
@@ -90,7 +93,10 @@ mod routes;
 mod service;
 mod sharded;
 
-pub use crate::backend::{Backend, CheckFuture, MemoryBackend, RedisBackend, RedisBackendBuilder};
+pub use crate::admin::{Admin, AdminError};
+pub use crate::backend::{
+    Backend, CheckFuture, MemoryBackend, RedisBackend, RedisBackendBuilder, ResetFuture,
+};
 pub use crate::breaker::CircuitBreaker;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]

@@ -9,6 +9,10 @@
 //!   brackets: a value the script computed at an unknown instant between two
 //!   `TIME` readings must lie between the values for those two readings.
 //!
+//! Besides checks, the administration calls run here too: `peek` (reads,
+//! consumes nothing) and `reset` (forgets a client); `tests/admin.rs` looks at
+//! the Redis keys themselves (contents and TTLs unchanged by a peek).
+//!
 //! The models themselves are compared with naive reference models by
 //! property tests inside the crate: `algorithm::check` for both algorithms in
 //! `src/algorithm/mod.rs`, the memory backend (several policies and clients)
@@ -193,6 +197,20 @@ impl Harness {
             .check(policy, key, cost)
             .await
             .unwrap_or_else(|e| panic!("backend error: {e}"))
+    }
+
+    async fn peek(&self, policy: &Policy, key: &Key) -> Decision {
+        self.backend
+            .peek(policy, key)
+            .await
+            .unwrap_or_else(|e| panic!("backend error on peek: {e}"))
+    }
+
+    async fn reset(&self, policy: &Policy, key: &Key) {
+        self.backend
+            .reset(policy, key)
+            .await
+            .unwrap_or_else(|e| panic!("backend error on reset: {e}"));
     }
 
     /// The decision and the clock just before and just after it: the backend
@@ -733,6 +751,128 @@ async fn counter_estimate_at_window_boundaries(h: &Harness, alg: Algorithm) {
     }
 }
 
+fn resets(d: &Decision) -> Vec<u64> {
+    d.quotas().iter().map(|q| micros(q.reset_after)).collect()
+}
+
+/// Asserts that `seen`, a peek made at most `elapsed` µs after the decision
+/// `d` with nothing admitted in between, reports the same remaining units
+/// and (on a real clock, up to `elapsed` less) the same resets and
+/// retry-after.
+#[track_caller]
+fn assert_peek_matches(h: &Harness, seen: &Decision, d: &Decision, elapsed: u64, what: &str) {
+    assert_eq!(remaining(seen), remaining(d), "{what}: {seen:?} vs {d:?}");
+    let pairs = resets(seen).into_iter().zip(resets(d));
+    let retries = seen
+        .retry_after()
+        .map(micros)
+        .zip(d.retry_after().map(micros));
+    for (peeked, decided) in pairs.chain(retries) {
+        if h.exact() {
+            assert_eq!(peeked, decided, "{what}: {seen:?} vs {d:?}");
+        } else {
+            assert_between(peeked, decided.saturating_sub(elapsed), decided, what);
+        }
+    }
+}
+
+/// A peek consumes nothing: it reports what the last decision left (remaining
+/// units, resets), peeks between checks change no later decision, and a peek
+/// at a full quota is the denial a check of cost 1 would get. Two quotas, so
+/// that the minute quota shows that peeks were never charged to it.
+async fn peek_consumes_nothing(h: &Harness, alg: Algorithm) {
+    let p = policy("peek", alg)
+        .quota(quota(4, W))
+        .quota(Quota::per_minute(6));
+    let key = Key::new("peeked");
+    let m = h.margin();
+    // The counter is exact within one fixed window of each quota.
+    h.avoid_boundary(60 * SEC, 8 * SEC).await;
+    let s = h.align(W).await;
+
+    let d = h.peek(&p, &key).await;
+    assert_allowed(&d, "a peek at an unknown client");
+    assert_eq!(remaining(&d), [4, 6]);
+    assert_eq!(resets(&d), [0, 0]);
+    for i in 0..4 {
+        let (d, before, _) = h.check_timed(&p, &key, 1).await;
+        assert_allowed(&d, &format!("request {i}"));
+        for j in 0..3 {
+            let seen = h.peek(&p, &key).await;
+            // The check decided at or after `before`, the peek before now.
+            let elapsed = h.now().await - before;
+            let what = format!("peek {j} after request {i}");
+            assert_peek_matches(h, &seen, &d, elapsed, &what);
+            if i < 3 {
+                assert_allowed(&seen, &what);
+            } else {
+                // Full: the next request would be denied, and the peek says when.
+                assert_denied(&seen, 0, &what);
+            }
+        }
+    }
+    let (d, before, _) = h.check_timed(&p, &key, 1).await;
+    assert_denied(&d, 0, "the 5th request, after a dozen peeks");
+    assert_eq!(remaining(&d), [0, 2]);
+    let seen = h.peek(&p, &key).await;
+    let elapsed = h.now().await - before;
+    assert_peek_matches(h, &seen, &d, elapsed, "a peek at a full quota");
+    assert_denied(&seen, 0, "a peek at a full quota");
+    if h.exact() {
+        assert_eq!(seen, d, "on one clock, the peek is the check's denial");
+    }
+    // Two windows on, the second quota is free again; the minute quota still
+    // holds exactly the 4 admitted requests.
+    h.sleep_until(s + 2 * W + m).await;
+    let seen = h.peek(&p, &key).await;
+    assert_allowed(&seen, "the second quota is free again");
+    assert_eq!(remaining(&seen), [4, 2]);
+    for i in 0..2 {
+        let d = h.check(&p, &key, 1).await;
+        assert_allowed(&d, &format!("late request {i}"));
+        assert_eq!(remaining(&d), [3 - i, 1 - i]);
+    }
+    let d = h.check(&p, &key, 1).await;
+    assert_denied(&d, 1, "the minute quota is used up");
+    let seen = h.peek(&p, &key).await;
+    assert_denied(&seen, 1, "a peek names the minute quota too");
+    assert_eq!(remaining(&seen), [2, 0]);
+}
+
+/// A reset forgets every quota of one client, and only of that client.
+async fn reset_restores_the_quota(h: &Harness, alg: Algorithm) {
+    let p = policy("reset", alg)
+        .quota(quota(3, W))
+        .quota(Quota::per_minute(5));
+    let (a, b) = (Key::new("reset-a"), Key::new("reset-b"));
+    h.avoid_boundary(60 * SEC, 8 * SEC).await;
+    h.align(W).await;
+    for i in 0..3 {
+        assert_allowed(&h.check(&p, &a, 1).await, &format!("a, request {i}"));
+    }
+    assert_allowed(&h.check(&p, &b, 1).await, "b");
+    assert_denied(&h.check(&p, &a, 1).await, 0, "a is full");
+
+    h.reset(&p, &a).await;
+    let seen = h.peek(&p, &a).await;
+    assert_allowed(&seen, "a, after its reset");
+    assert_eq!(remaining(&seen), [3, 5]);
+    assert_eq!(resets(&seen), [0, 0], "nothing is counted");
+    for i in 0..3 {
+        let d = h.check(&p, &a, 1).await;
+        assert_allowed(&d, &format!("a, request {i} after its reset"));
+        assert_eq!(remaining(&d), [2 - i, 4 - i]);
+    }
+    assert_denied(&h.check(&p, &a, 1).await, 0, "a is full again");
+    // b was not touched.
+    assert_eq!(remaining(&h.peek(&p, &b).await), [2, 4]);
+    // Resetting a client with nothing counted, or twice, is fine.
+    h.reset(&p, &Key::new("nobody")).await;
+    h.reset(&p, &b).await;
+    h.reset(&p, &b).await;
+    assert_eq!(remaining(&h.peek(&p, &b).await), [3, 5]);
+}
+
 /// The offset into a window from which a decaying count of `decaying` weighs
 /// at most `room` units: the first `x` with `floor(decaying * (W - x) / W) <=
 /// room`, i.e. `decaying * (W - x) / W < room + 1`, plus 1 µs against rounding.
@@ -786,4 +926,6 @@ scenarios! {
     cost_above_one: [SlidingLog, SlidingWindow];
     denied_requests_consume_nothing: [SlidingLog, SlidingWindow];
     counter_estimate_at_window_boundaries: [SlidingWindow];
+    peek_consumes_nothing: [SlidingLog, SlidingWindow];
+    reset_restores_the_quota: [SlidingLog, SlidingWindow];
 }

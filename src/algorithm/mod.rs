@@ -11,16 +11,17 @@
 //! - [`sliding_window`]: [`Algorithm::SlidingWindow`], `sliding_window.lua`.
 //!
 //! This module holds what they share: the [`Algorithm`] enum, the dispatch
-//! from it to each algorithm, and [`check`], the all-or-nothing driver over
-//! the quotas of a policy. The in-process backend runs this code, the Redis
+//! from it to each algorithm, [`check`], the all-or-nothing driver over
+//! the quotas of a policy, and [`peek`], its read-only twin (each algorithm
+//! has a second, read-only script for it). The in-process backend runs this code, the Redis
 //! backend the scripts; the tests below check every model against its naive
 //! definition (`reference.rs`), and the conformance suite in `tests/` runs the same
 //! scenarios against both backends.
 //!
 //! Adding an algorithm: a variant of [`Algorithm`] (listed in
-//! [`Algorithm::ALL`]), its file (model, [`Spec`], and for the tests its
-//! naive `Definition`) and script, and one arm in each `match` of this
-//! module. Backends and tests find it through [`Algorithm::ALL`] and
+//! [`Algorithm::ALL`]), its file (model with its read-only `peek`, [`Spec`],
+//! and for the tests its naive `Definition`), its two scripts (check and
+//! peek), and one arm in each `match` of this module. Backends and tests find it through [`Algorithm::ALL`] and
 //! [`Algorithm::spec`].
 //!
 //! Time is in microseconds. A window of length `W` ending at `now` is
@@ -88,6 +89,10 @@ pub(crate) struct Spec {
     /// The Lua script running the model in Redis. Every script takes the same
     /// keys and arguments and replies alike (see `backend/redis/script.rs`).
     pub lua: &'static str,
+    /// The read-only Lua script running [`peek`] in Redis: the same keys,
+    /// arguments and reply as `lua`, and no write at all (it is sent with
+    /// `EVALSHA_RO` where the server knows it).
+    pub peek_lua: &'static str,
     /// Whether the script needs a per-request nonce, unique across instances.
     pub nonce: bool,
     /// The largest limit a quota may have.
@@ -119,6 +124,10 @@ pub(crate) trait Model {
 
     /// Consumes `cost` units at `now` if `admit`, and reports the usage.
     fn commit(&mut self, now: u64, window: u64, cost: u64, admit: bool) -> Usage;
+
+    /// What `look` of `cost` and then `commit` of nothing would report at
+    /// `now`, computed from the state as it is: drops nothing, writes nothing.
+    fn peek(&self, now: u64, limit: u64, window: u64, cost: u64) -> (Option<u64>, Usage);
 }
 
 /// A quota's usage after a decision.
@@ -166,6 +175,69 @@ impl QuotaState {
             QuotaState::Counter(counter) => counter,
         }
     }
+
+    fn model_ref(&self) -> &dyn Model {
+        match self {
+            QuotaState::Log(log) => log,
+            QuotaState::Counter(counter) => counter,
+        }
+    }
+}
+
+/// The cost a [`peek`] asks about: whether one more request would fit.
+pub(crate) const PEEK_COST: u64 = 1;
+
+/// The state of one quota after a decision.
+fn status(quota: &Quota, Usage { used, reset }: Usage) -> QuotaStatus {
+    let limit = quota.limit();
+    QuotaStatus {
+        limit,
+        window: quota.window(),
+        remaining: limit.saturating_sub(used),
+        reset_after: Duration::from_micros(reset),
+    }
+}
+
+/// The quota with the longest wait among `retries` (the first one wins
+/// ties), and that wait; `None` if every quota admits the request.
+fn longest(retries: impl IntoIterator<Item = Option<u64>>) -> Option<(usize, u64)> {
+    let mut denied: Option<(usize, u64)> = None;
+    for (i, retry) in retries.into_iter().enumerate() {
+        if let Some(r) = retry
+            && denied.is_none_or(|(_, best)| r > best)
+        {
+            denied = Some((i, r));
+        }
+    }
+    denied
+}
+
+/// What the quotas look like at `now`, without consuming, dropping or
+/// writing anything: every quota's status as a check of cost 0 would report
+/// it, and whether a request of [`PEEK_COST`] would be admitted (if not, the
+/// denying quota and the retry-after that check would report).
+///
+/// So a denied peek is exactly the decision a check of [`PEEK_COST`] would
+/// make, and an admitted one has the statuses of a check of cost 0.
+pub(crate) fn peek(states: &[QuotaState], quotas: &[Quota], now: u64) -> Decision {
+    debug_assert_eq!(states.len(), quotas.len());
+    let mut retries = Vec::with_capacity(quotas.len());
+    let statuses = states
+        .iter()
+        .zip(quotas)
+        .map(|(state, quota)| {
+            let (retry, usage) =
+                state
+                    .model_ref()
+                    .peek(now, quota.limit(), quota.window_us(), PEEK_COST);
+            retries.push(retry);
+            status(quota, usage)
+        })
+        .collect();
+    match longest(retries) {
+        None => Decision::allowed(statuses),
+        Some((i, r)) => Decision::denied(statuses, i, Duration::from_micros(r)),
+    }
 }
 
 /// Checks and (if every quota admits it) consumes `cost` units from every quota,
@@ -182,17 +254,11 @@ pub(crate) fn check(
     debug_assert_eq!(states.len(), quotas.len());
     // Phase 1: look, write nothing that counts. The longest wait decides;
     // the first quota wins ties.
-    let mut denied: Option<(usize, u64)> = None;
-    for (i, (state, quota)) in states.iter_mut().zip(quotas).enumerate() {
-        let retry = state
+    let denied = longest(states.iter_mut().zip(quotas).map(|(state, quota)| {
+        state
             .model()
-            .look(now, quota.limit(), quota.window_us(), cost);
-        if let Some(r) = retry
-            && denied.is_none_or(|(_, best)| r > best)
-        {
-            denied = Some((i, r));
-        }
-    }
+            .look(now, quota.limit(), quota.window_us(), cost)
+    }));
     // Phase 2: consume everywhere, or nowhere.
     let admit = denied.is_none();
     let mut keep = 0;
@@ -200,15 +266,9 @@ pub(crate) fn check(
         .iter_mut()
         .zip(quotas)
         .map(|(state, quota)| {
-            let limit = quota.limit();
-            let Usage { used, reset } = state.model().commit(now, quota.window_us(), cost, admit);
-            keep = keep.max(reset);
-            QuotaStatus {
-                limit,
-                window: quota.window(),
-                remaining: limit.saturating_sub(used),
-                reset_after: Duration::from_micros(reset),
-            }
+            let usage = state.model().commit(now, quota.window_us(), cost, admit);
+            keep = keep.max(usage.reset);
+            status(quota, usage)
         })
         .collect();
     let decision = match denied {
@@ -361,8 +421,10 @@ mod tests {
         let mut now = start;
         for (step, &(advance, cost)) in steps.iter().enumerate() {
             now += advance;
-            let (got, keep) = check(&mut states, quotas, now, cost);
             let what = format!("step {step}, +{} us, cost {cost}", now - start);
+            peek_agrees(&states, quotas, now, &reference, algorithm)
+                .map_err(|e| TestCaseError::fail(format!("{what}, peek: {e}")))?;
+            let (got, keep) = check(&mut states, quotas, now, cost);
             reference
                 .check(now, cost)
                 .agrees(&got, algorithm)
@@ -373,11 +435,74 @@ mod tests {
         Ok(())
     }
 
+    /// A peek at `now` changes no state, agrees with the reference's peek,
+    /// and is what a check would report on a copy of the state: exactly a
+    /// check of [`PEEK_COST`] when that is denied, else admitted with the
+    /// statuses of a check of cost 0.
+    fn peek_agrees(
+        states: &[QuotaState],
+        quotas: &[Quota],
+        now: u64,
+        reference: &Reference,
+        algorithm: Algorithm,
+    ) -> Result<(), String> {
+        let before = states.to_vec();
+        let peeked = peek(states, quotas, now);
+        if states != before.as_slice() {
+            return Err(format!("the state changed: {before:?} -> {states:?}"));
+        }
+        reference.peek(now, PEEK_COST).agrees(&peeked, algorithm)?;
+        let (one, _) = check(&mut before.clone(), quotas, now, PEEK_COST);
+        let (zero, _) = check(&mut before.clone(), quotas, now, 0);
+        let expected = if one.is_allowed() {
+            Decision::allowed(zero.quotas().to_vec())
+        } else {
+            one
+        };
+        if peeked != expected {
+            return Err(format!(
+                "got {peeked:?}, a check on a copy says {expected:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn peek_reads_without_dropping_what_has_left_the_window() {
+        let q = [Quota::per_second(3)];
+        for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {
+            let mut s = states(alg, 1);
+            let t0 = 10 * SEC;
+            for t in [0, 100_000, 200_000] {
+                assert!(check(&mut s, &q, t0 + t, 1).0.is_allowed());
+            }
+            let before = s.clone();
+            // Full: the next request would wait for the oldest unit (log) or
+            // for the next window (counter).
+            let d = peek(&s, &q, t0 + 500_000);
+            assert_eq!(d.quotas()[0].remaining, 0, "{alg:?}");
+            assert_eq!(d.denied_by(), Some(0), "{alg:?}");
+            let expected_retry = if alg == Algorithm::SlidingLog {
+                500_000
+            } else {
+                500_002
+            };
+            assert_eq!(d.retry_after(), Some(Duration::from_micros(expected_retry)));
+            // Long after: nothing counts, yet nothing was dropped.
+            let d = peek(&s, &q, t0 + 5 * SEC);
+            assert!(d.is_allowed(), "{alg:?}");
+            assert_eq!(d.quotas()[0].remaining, 3, "{alg:?}");
+            assert_eq!(d.quotas()[0].reset_after, Duration::ZERO, "{alg:?}");
+            assert_eq!(s, before, "{alg:?}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(768))]
 
-        /// Every algorithm's model, through [`check`], agrees with its naive
-        /// definition, over any request sequence against one to three quotas.
+        /// Every algorithm's model, through [`check`] and [`peek`] (before
+        /// every check), agrees with its naive definition, over any request
+        /// sequence against one to three quotas.
         #[test]
         fn every_algorithm_agrees_with_its_definition(
             algorithm in prop::sample::select(Algorithm::ALL),

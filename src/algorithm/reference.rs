@@ -76,11 +76,40 @@ impl Reference {
         if allowed && cost > 0 {
             self.history.push((now, cost));
         }
-        let statuses = self
+        let statuses = self.statuses(now);
+        // Forget what no definition looks at any more.
+        let longest = self.quotas.iter().map(Quota::window_us).max().unwrap_or(0);
+        self.history.retain(|&(t, _)| t + 2 * longest > now);
+        Expected {
+            allowed,
+            statuses,
+            waits,
+        }
+    }
+
+    /// What a peek at `now` (never before the last request) reports: the
+    /// statuses of a request of cost 0 and whether one of `cost` would be
+    /// admitted. Records nothing.
+    pub(crate) fn peek(&self, now: u64, cost: u64) -> Expected {
+        debug_assert!(self.history.last().is_none_or(|&(t, _)| t <= now));
+        let waits: Vec<Option<u64>> = self
             .quotas
             .iter()
+            .map(|q| self.wait(q.limit(), q.window_us(), now, cost))
+            .collect();
+        Expected {
+            allowed: waits.iter().all(Option::is_none),
+            statuses: self.statuses(now),
+            waits,
+        }
+    }
+
+    /// Every quota's status at `now`, by the definition, over the history.
+    fn statuses(&self, now: u64) -> Vec<QuotaStatus> {
+        let definition = self.algorithm.definition();
+        self.quotas
+            .iter()
             .map(|q| {
-                let definition = self.algorithm.definition();
                 let used = definition.units(&self.history, q.window_us(), now);
                 let reset = definition.reset(&self.history, q.window_us(), now);
                 QuotaStatus {
@@ -90,15 +119,7 @@ impl Reference {
                     reset_after: Duration::from_micros(reset),
                 }
             })
-            .collect();
-        // Forget what no definition looks at any more.
-        let longest = self.quotas.iter().map(Quota::window_us).max().unwrap_or(0);
-        self.history.retain(|&(t, _)| t + 2 * longest > now);
-        Expected {
-            allowed,
-            statuses,
-            waits,
-        }
+            .collect()
     }
 
     /// `None` if `cost` units fit now in a quota of `limit` per `window`,

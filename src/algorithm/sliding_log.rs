@@ -3,7 +3,8 @@
 //!
 //! `sliding_log.lua` beside this file is the Redis translation of this model:
 //! one sorted set per quota, members are admitted units, scores their
-//! admission times.
+//! admission times. `sliding_log_peek.lua` translates [`Model::peek`]: it
+//! reads the set without trimming it.
 
 use std::collections::VecDeque;
 
@@ -14,6 +15,7 @@ use crate::quota::{DEFAULT_MAX_LOG_COST, MAX_LOG_LIMIT};
 pub(super) const SPEC: Spec = Spec {
     tag: 'l',
     lua: include_str!("sliding_log.lua"),
+    peek_lua: include_str!("sliding_log_peek.lua"),
     // Sorted-set members must be unique per admitted unit across instances.
     nonce: true,
     max_limit: MAX_LOG_LIMIT,
@@ -36,16 +38,29 @@ impl Log {
 impl Model for Log {
     fn look(&mut self, now: u64, limit: u64, window: u64, cost: u64) -> Option<u64> {
         self.trim(now, window);
-        let count = self.0.len() as u64;
-        (count.saturating_add(cost) > limit).then(|| {
+        self.peek(now, limit, window, cost).0
+    }
+
+    fn peek(&self, now: u64, limit: u64, window: u64, cost: u64) -> (Option<u64>, Usage) {
+        // The entries that have left the window, oldest first, are skipped,
+        // not dropped.
+        let gone = self.0.partition_point(|&t| t + window <= now);
+        let count = (self.0.len() - gone) as u64;
+        let retry = (count.saturating_add(cost) > limit).then(|| {
             if cost > limit {
                 window
             } else {
-                // The k-th oldest entry must leave before `cost` units fit.
+                // The k-th oldest entry still counted must leave before
+                // `cost` units fit.
                 let k = (count + cost - limit) as usize;
-                self.0[k - 1] + window - now
+                self.0[gone + k - 1] + window - now
             }
-        })
+        });
+        let reset = self
+            .0
+            .back()
+            .map_or(0, |&t| (t + window).saturating_sub(now));
+        (retry, Usage { used: count, reset })
     }
 
     fn commit(&mut self, now: u64, window: u64, cost: u64, admit: bool) -> Usage {

@@ -3,7 +3,7 @@
 //!
 //! `sliding_window.lua` beside this file is the Redis translation of this
 //! model, with the same floating-point operations in the same order: one hash
-//! `{s, c, p}` per quota.
+//! `{s, c, p}` per quota. `sliding_window_peek.lua` translates [`Model::peek`].
 
 use super::{Model, Spec, Usage};
 use crate::quota::MAX_LIMIT;
@@ -12,6 +12,7 @@ use crate::quota::MAX_LIMIT;
 pub(super) const SPEC: Spec = Spec {
     tag: 'w',
     lua: include_str!("sliding_window.lua"),
+    peek_lua: include_str!("sliding_window_peek.lua"),
     nonce: false,
     max_limit: MAX_LIMIT,
     // The counter does the same work whatever the cost.
@@ -99,10 +100,22 @@ fn reset(c: Counter, elapsed: u64, window: u64) -> u64 {
 
 impl Model for Counter {
     fn look(&mut self, now: u64, limit: u64, window: u64, cost: u64) -> Option<u64> {
+        self.peek(now, limit, window, cost).0
+    }
+
+    fn peek(&self, now: u64, limit: u64, window: u64, cost: u64) -> (Option<u64>, Usage) {
         // Rolled on a copy: looking writes nothing.
         let (rolled, elapsed) = roll(*self, now, window);
-        (estimate(rolled, elapsed, window).saturating_add(cost) > limit)
-            .then(|| retry(rolled, elapsed, window, limit, cost))
+        let used = estimate(rolled, elapsed, window);
+        let retry = (used.saturating_add(cost) > limit)
+            .then(|| retry(rolled, elapsed, window, limit, cost));
+        (
+            retry,
+            Usage {
+                used,
+                reset: reset(rolled, elapsed, window),
+            },
+        )
     }
 
     fn commit(&mut self, now: u64, window: u64, cost: u64, admit: bool) -> Usage {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Backend, CheckFuture};
+use super::{Backend, CheckFuture, ResetFuture};
 use crate::algorithm::{self, QuotaState};
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
@@ -156,10 +156,7 @@ impl MemoryBackend {
     pub(crate) fn check_now(&self, policy: &Policy, key: &Key, cost: u64) -> crate::Decision {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
-        let mut id = String::with_capacity(policy.name().len() + 1 + key.as_str().len());
-        id.push_str(policy.name());
-        id.push('\0');
-        id.push_str(key.as_str());
+        let id = entry_id(policy, key);
         let mut shard = inner.shards.lock(&id);
 
         let algorithm = policy.algorithm_kind();
@@ -206,6 +203,40 @@ impl MemoryBackend {
         decision
     }
 
+    /// A peek, synchronously: every quota of `policy` for `key` as
+    /// `algorithm::peek` sees it, reading the entry in place. Creates,
+    /// refreshes and drops nothing.
+    pub(crate) fn peek_now(&self, policy: &Policy, key: &Key) -> crate::Decision {
+        let inner = &*self.inner;
+        let now = inner.clock.now_micros();
+        let id = entry_id(policy, key);
+        let shard = inner.shards.lock(&id);
+        let algorithm = policy.algorithm_kind();
+        let quotas = policy.quotas();
+        match shard.map.get(id.as_str()) {
+            // The entry `check_now` would use as it is.
+            Some(entry)
+                if entry.expires_at > now
+                    && entry.quotas.len() == quotas.len()
+                    && entry.quotas.iter().all(|q| q.matches(algorithm)) =>
+            {
+                algorithm::peek(&entry.quotas, quotas, now)
+            }
+            // None, or one `check_now` would start afresh.
+            _ => {
+                let fresh: Vec<QuotaState> =
+                    quotas.iter().map(|_| QuotaState::new(algorithm)).collect();
+                algorithm::peek(&fresh, quotas, now)
+            }
+        }
+    }
+
+    /// A reset, synchronously: drops the entry of `policy` and `key`.
+    pub(crate) fn reset_now(&self, policy: &Policy, key: &Key) {
+        let id = entry_id(policy, key);
+        self.inner.shards.lock(&id).map.remove(id.as_str());
+    }
+
     /// Sweeps done so far, over all shards (a test helper).
     #[cfg(test)]
     fn sweeps(&self) -> u64 {
@@ -213,9 +244,29 @@ impl MemoryBackend {
     }
 }
 
+/// The map key of `policy`'s entry for `key`.
+fn entry_id(policy: &Policy, key: &Key) -> String {
+    let mut id = String::with_capacity(policy.name().len() + 1 + key.as_str().len());
+    id.push_str(policy.name());
+    id.push('\0');
+    id.push_str(key.as_str());
+    id
+}
+
 impl Backend for MemoryBackend {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
         Box::pin(std::future::ready(Ok(self.check_now(policy, key, cost))))
+    }
+
+    // Administration: peek and reset.
+
+    fn peek(&self, policy: &Policy, key: &Key) -> CheckFuture {
+        Box::pin(std::future::ready(Ok(self.peek_now(policy, key))))
+    }
+
+    fn reset(&self, policy: &Policy, key: &Key) -> ResetFuture {
+        self.reset_now(policy, key);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -314,10 +365,48 @@ mod tests {
         assert!(backend.is_empty());
     }
 
+    #[test]
+    fn reset_drops_the_entry_and_peek_keeps_none() {
+        let clock = FakeClock::new(1_000_000_000);
+        let backend = MemoryBackend::with_clock(clock.clone());
+        for &algorithm in Algorithm::ALL {
+            let policy = Policy::new(format!("p-{algorithm:?}"))
+                .algorithm(algorithm)
+                .quota(Quota::per_second(2))
+                .quota(Quota::per_minute(3));
+            let (a, b) = (Key::new("a"), Key::new("b"));
+            // A peek at an unknown client: the full quotas, no entry made.
+            let d = backend.peek_now(&policy, &a);
+            assert!(d.is_allowed());
+            assert_eq!(d.quotas()[0].remaining, 2);
+            assert_eq!(d.quotas()[1].remaining, 3);
+            assert!(backend.is_empty(), "{algorithm:?}");
+            for _ in 0..2 {
+                assert!(backend.check_now(&policy, &a, 1).is_allowed());
+                assert!(backend.check_now(&policy, &b, 1).is_allowed());
+            }
+            let d = backend.peek_now(&policy, &a);
+            assert_eq!(d.denied_by(), Some(0), "{algorithm:?}");
+            assert_eq!(d.quotas()[1].remaining, 1);
+            backend.reset_now(&policy, &a);
+            assert_eq!(backend.len(), 1, "{algorithm:?}: only a's entry left");
+            let d = backend.peek_now(&policy, &a);
+            assert!(d.is_allowed());
+            assert_eq!(d.quotas()[0].remaining, 2);
+            assert_eq!(d.quotas()[1].remaining, 3);
+            // b is untouched.
+            assert!(!backend.check_now(&policy, &b, 1).is_allowed());
+            backend.reset_now(&policy, &b);
+            // Resetting what is not there is fine.
+            backend.reset_now(&policy, &b);
+            assert!(backend.is_empty(), "{algorithm:?}");
+        }
+    }
+
     /// Several policies (every algorithm, one to three quotas, two of equal
     /// windows) and clients on one backend, random request sequences: every
-    /// decision agrees with the reference model of its (policy, client), and
-    /// both outcomes occur often.
+    /// decision, and a peek before it, agrees with the reference model of its
+    /// (policy, client), and both outcomes occur often.
     #[test]
     fn matches_the_reference_models() {
         const MS: u64 = 1_000;
@@ -362,10 +451,23 @@ mod tests {
                 let now = clock.now_micros();
                 let policy = &policies[pi];
                 let algorithm = policy.algorithm_kind();
-                let got = backend.check_now(policy, &keys[ki], cost);
-                models
+                let model = models
                     .entry((pi, ki))
-                    .or_insert_with(|| Reference::new(algorithm, policy.quotas()))
+                    .or_insert_with(|| Reference::new(algorithm, policy.quotas()));
+                // A peek first: it agrees with the model's and keeps nothing.
+                let held = backend.len();
+                let peeked = backend.peek_now(policy, &keys[ki]);
+                model
+                    .peek(now, algorithm::PEEK_COST)
+                    .agrees(&peeked, algorithm)
+                    .map_err(|e| TestCaseError::fail(format!("step {n}, peek: {e}")))?;
+                if backend.len() != held {
+                    return Err(TestCaseError::fail(format!(
+                        "step {n}: a peek changed the map"
+                    )));
+                }
+                let got = backend.check_now(policy, &keys[ki], cost);
+                model
                     .check(now, cost)
                     .agrees(&got, algorithm)
                     .map_err(|e| {

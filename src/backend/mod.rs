@@ -6,6 +6,11 @@
 //!   embedded default when no Redis is configured.
 //!
 //! [`redact_url`] shows a Redis URL without its password.
+//!
+//! Besides deciding ([`Backend::check`]), both backends answer the
+//! administration calls behind [`Admin`](crate::Admin): [`Backend::peek`]
+//! (read a client's quotas, consuming nothing) and [`Backend::reset`]
+//! (forget a client's counts).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,8 +26,11 @@ mod redis;
 pub use self::memory::MemoryBackend;
 pub use self::redis::{RedisBackend, RedisBackendBuilder, redact_url};
 
-/// The future returned by [`Backend::check`].
+/// The future returned by [`Backend::check`] and [`Backend::peek`].
 pub type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;
+
+/// The future returned by [`Backend::reset`].
+pub type ResetFuture = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>;
 
 /// Stores counters and makes decisions.
 ///
@@ -30,13 +38,58 @@ pub type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError
 /// admits `cost` units and all are consumed, or the request is denied and
 /// nothing is consumed. The returned future must not borrow `self` or the
 /// arguments (copy what it needs), so that the layer can bound it with a deadline.
+///
+/// `peek` and `reset` serve administration ([`Admin`](crate::Admin)), never
+/// the request path. They have default implementations that fail with
+/// [`BackendError::Unsupported`], so a custom backend only needs `check`;
+/// implement them to make [`Admin::peek`](crate::Admin::peek) and
+/// [`Admin::reset`](crate::Admin::reset) work with it.
 pub trait Backend: Send + Sync + 'static {
     /// Checks and consumes `cost` units of every quota of `policy` for `key`.
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture;
+
+    // Administration: peek and reset.
+
+    /// Reads every quota of `policy` for `key` without consuming, dropping
+    /// or writing anything.
+    ///
+    /// The decision's statuses are what a check of cost 0 would report
+    /// (remaining, reset); it is denied if a request of cost 1 would be
+    /// denied now, with that request's denying quota and retry-after. The
+    /// default implementation fails with [`BackendError::Unsupported`].
+    fn peek(&self, policy: &Policy, key: &Key) -> CheckFuture {
+        let _ = (policy, key);
+        unsupported("peek")
+    }
+
+    /// Forgets every count of `policy` for `key`: the client's full quota is
+    /// back at once. The default implementation fails with
+    /// [`BackendError::Unsupported`].
+    fn reset(&self, policy: &Policy, key: &Key) -> ResetFuture {
+        let _ = (policy, key);
+        unsupported("reset")
+    }
+}
+
+/// The future of an administration call a backend does not implement.
+fn unsupported<T: Send + 'static>(
+    operation: &'static str,
+) -> Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send>> {
+    Box::pin(std::future::ready(Err(BackendError::Unsupported {
+        operation,
+    })))
 }
 
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
         (**self).check(policy, key, cost)
+    }
+
+    fn peek(&self, policy: &Policy, key: &Key) -> CheckFuture {
+        (**self).peek(policy, key)
+    }
+
+    fn reset(&self, policy: &Policy, key: &Key) -> ResetFuture {
+        (**self).reset(policy, key)
     }
 }

@@ -6,12 +6,74 @@
 
 use std::fmt;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, ScriptInvocation};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation,
+    ServerErrorKind,
+};
 
+use super::script::{ReadOnlyCall, read_only_refused};
 use crate::error::BackendError;
+
+/// What to send.
+pub(super) enum Request<'a> {
+    /// A decision script: `EVALSHA`; after a `NOSCRIPT` reply, redis-rs loads
+    /// the script and calls again.
+    Script(&'a ScriptInvocation<'static>),
+    /// A read-only script, as `EVALSHA_RO` while the flag says the server
+    /// takes it (cleared for good by the first refusal), else as `EVALSHA`.
+    /// After a `NOSCRIPT` reply the script is loaded and called again.
+    ReadOnly(&'a ReadOnlyCall, &'a AtomicBool),
+    /// A plain command.
+    Command(&'a Cmd),
+}
+
+impl Request<'_> {
+    async fn send<C, T>(&self, conn: &mut C) -> RedisResult<T>
+    where
+        C: ConnectionLike + Send,
+        T: FromRedisValue,
+    {
+        match self {
+            Request::Script(invocation) => invocation.invoke_async(conn).await,
+            Request::ReadOnly(call, read_only) => read_only_call(call, read_only, conn).await,
+            Request::Command(cmd) => cmd.query_async(conn).await,
+        }
+    }
+}
+
+/// Runs a read-only script: at most one `EVALSHA_RO` refusal (then `EVALSHA`
+/// for good) and one script load, so at most three calls.
+async fn read_only_call<C, T>(
+    call: &ReadOnlyCall,
+    read_only: &AtomicBool,
+    conn: &mut C,
+) -> RedisResult<T>
+where
+    C: ConnectionLike + Send,
+    T: FromRedisValue,
+{
+    let mut loaded = false;
+    loop {
+        let ro = read_only.load(Ordering::Relaxed);
+        match call.command(ro).query_async(conn).await {
+            Err(error) if ro && read_only_refused(&error) => {
+                tracing::debug!(%error, "the server refuses EVALSHA_RO; using EVALSHA");
+                read_only.store(false, Ordering::Relaxed);
+            }
+            Err(error)
+                if !loaded && error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
+            {
+                call.script().load_async(conn).await?;
+                loaded = true;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Where the commands go.
 pub(super) enum Connection {
@@ -76,13 +138,21 @@ impl Connection {
         }
     }
 
-    /// Runs the script. Connections are made here, inside the runtime, never
-    /// at build time. A script missing from Redis' cache (restart, failover,
-    /// `SCRIPT FLUSH`) is loaded and the call retried by redis-rs.
+    /// Runs a decision script (see [`Connection::send`]).
     pub(super) async fn invoke(
         &self,
         invocation: &ScriptInvocation<'static>,
     ) -> Result<Vec<i64>, BackendError> {
+        self.send(Request::Script(invocation)).await
+    }
+
+    /// Sends a request. Connections are made here, inside the runtime, never
+    /// at build time. A script missing from Redis' cache (restart, failover,
+    /// `SCRIPT FLUSH`) is loaded and the call retried.
+    pub(super) async fn send<T: FromRedisValue>(
+        &self,
+        request: Request<'_>,
+    ) -> Result<T, BackendError> {
         match self {
             Connection::Single {
                 client,
@@ -99,13 +169,13 @@ impl Connection {
                         conn.get_or_init(|| fresh).clone()
                     }
                 };
-                match invocation.invoke_async(&mut conn).await {
+                match request.send(&mut conn).await {
                     // A refused connection is the failed reconnect attempt the
                     // manager kept from the outage (nothing was sent); it has just
                     // started a fresh one, so try once more (still bounded by the
                     // layer's deadline) instead of failing the breaker's probe.
                     Err(error) if error.is_connection_refusal() => {
-                        Ok(invocation.invoke_async(&mut conn).await?)
+                        Ok(request.send(&mut conn).await?)
                     }
                     other => Ok(other?),
                 }
@@ -113,7 +183,7 @@ impl Connection {
             #[cfg(feature = "cluster")]
             Connection::Cluster(cluster) => {
                 let mut conn = cluster.connection().await;
-                Ok(invocation.invoke_async(&mut conn).await?)
+                Ok(request.send(&mut conn).await?)
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The Redis backend: one EVALSHA per decision.
+//! The Redis backend: one EVALSHA per decision (a peek: one read-only
+//! script call; a reset: one DEL).
 //!
 //! - `script`: the script protocol (keys, arguments, reply), without I/O;
 //! - `connection`: single-node and cluster connections;
@@ -7,13 +8,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use self::connection::Connection;
+use self::connection::{Connection, Request};
 pub use self::redact::redact_url;
 use self::redact::secrets;
 use self::script::Nonces;
-use super::{Backend, CheckFuture};
+use super::{Backend, CheckFuture, ResetFuture};
 use crate::error::ConfigError;
 use crate::key::Key;
 use crate::policy::Policy;
@@ -40,6 +42,12 @@ mod script;
 /// Every key written carries a TTL no longer than its data matters.
 /// [`RedisBackend::redis_keys`] names a client's keys.
 ///
+/// Administration ([`Admin`](crate::Admin)): a [peek](Backend::peek) is one
+/// call of a second, read-only script per algorithm, sent as `EVALSHA_RO` on
+/// Redis 7.0 and later (the server then refuses any write) and as `EVALSHA`
+/// on older servers or when an ACL allows only `EVALSHA`; it changes no key,
+/// member or TTL. A [reset](Backend::reset) is one `DEL` of the client's keys.
+///
 /// The connection is made lazily, on the first check: building the backend
 /// never blocks or fails because Redis is down. The connection is multiplexed
 /// (concurrent checks are pipelined on it) and re-established automatically.
@@ -56,6 +64,9 @@ struct Inner {
     connection: Connection,
     prefix: String,
     nonces: Nonces,
+    /// Whether peeks are sent as `EVALSHA_RO` (cleared once the server
+    /// refuses it: Redis before 7.0).
+    read_only: AtomicBool,
 }
 
 /// Shows the address (no credentials) or, for a cluster, the node URLs with
@@ -170,6 +181,7 @@ impl RedisBackendBuilder {
                 connection,
                 prefix: self.prefix,
                 nonces: Nonces::new(),
+                read_only: AtomicBool::new(true),
             }),
         })
     }
@@ -269,6 +281,30 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             let reply = inner.connection.invoke(&invocation).await?;
             script::decode(&reply, &quotas)
+        })
+    }
+
+    // Administration: peek and reset.
+
+    fn peek(&self, policy: &Policy, key: &Key) -> CheckFuture {
+        let call = script::peek_call(&self.inner.prefix, policy, key);
+        let quotas = policy.quotas().to_vec();
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let request = Request::ReadOnly(&call, &inner.read_only);
+            let reply: Vec<i64> = inner.connection.send(request).await?;
+            script::decode(&reply, &quotas)
+        })
+    }
+
+    fn reset(&self, policy: &Policy, key: &Key) -> ResetFuture {
+        let command = script::reset_command(&self.inner.prefix, policy, key);
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            if let Some(command) = command {
+                let _deleted: u64 = inner.connection.send(Request::Command(&command)).await?;
+            }
+            Ok(())
         })
     }
 }

@@ -14,15 +14,21 @@
 //!
 //! and replies `{allowed, denied quota (1-based, 0 = none), retry-after µs,
 //! remaining_1, reset_µs_1, ..., remaining_n, reset_µs_n}` (see `decode`).
+//!
+//! Every algorithm's read-only peek script (its `Spec`'s `peek_lua`) is
+//! called and replies the same way, with a cost of [`PEEK_COST`] and no
+//! nonce; it is sent as `EVALSHA_RO` where the server knows it (see
+//! [`ReadOnlyCall`]). A reset is one `DEL` of every key of the client (see
+//! `keys`).
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::{Script, ScriptInvocation};
+use redis::{Cmd, Script, ScriptInvocation};
 
-use crate::algorithm::Algorithm;
+use crate::algorithm::{Algorithm, PEEK_COST};
 use crate::decision::{Decision, QuotaStatus};
 use crate::error::BackendError;
 use crate::key::Key;
@@ -40,6 +46,20 @@ static SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
 pub(super) fn script(algorithm: Algorithm) -> &'static Script {
     let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
     &SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
+}
+
+/// Every algorithm's read-only peek script, in the order of `Algorithm::ALL`.
+static PEEK_SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
+    Algorithm::ALL
+        .iter()
+        .map(|algorithm| Script::new(algorithm.spec().peek_lua))
+        .collect()
+});
+
+/// The read-only peek script of `algorithm`.
+pub(super) fn peek_script(algorithm: Algorithm) -> &'static Script {
+    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
+    &PEEK_SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
 }
 
 /// The Redis key of every quota of `policy` for `key`, in quota order:
@@ -96,6 +116,73 @@ pub(super) fn invocation(
         invocation.arg(arg);
     }
     invocation
+}
+
+/// A call of a read-only script: `EVALSHA_RO` (Redis 7.0 and later: the
+/// server refuses any write, and replicas may run it) or, on servers without
+/// it, `EVALSHA`. Either way a `NOSCRIPT` reply means: load the script, then
+/// call again (the connection does it).
+#[derive(Debug)]
+pub(super) struct ReadOnlyCall {
+    script: &'static Script,
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+impl ReadOnlyCall {
+    /// The script, to load it after a `NOSCRIPT` reply.
+    pub(super) fn script(&self) -> &'static Script {
+        self.script
+    }
+
+    /// The command: `EVALSHA_RO` if `read_only`, else `EVALSHA`, then the
+    /// script's SHA1, the number of keys, the keys and the arguments.
+    pub(super) fn command(&self, read_only: bool) -> Cmd {
+        let mut cmd = redis::cmd(if read_only { "EVALSHA_RO" } else { "EVALSHA" });
+        cmd.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+}
+
+/// The read-only call peeking at every quota of `policy` for `key`.
+pub(super) fn peek_call(prefix: &str, policy: &Policy, key: &Key) -> ReadOnlyCall {
+    ReadOnlyCall {
+        script: peek_script(policy.algorithm_kind()),
+        keys: keys(prefix, policy, key),
+        args: args(policy.quotas(), PEEK_COST, ""),
+    }
+}
+
+/// The command forgetting every count of `policy` for `key`: one `DEL` of
+/// all its keys (one hash tag, so one cluster slot). `None` if the policy
+/// has no quota, hence no key.
+pub(super) fn reset_command(prefix: &str, policy: &Policy, key: &Key) -> Option<Cmd> {
+    let keys = keys(prefix, policy, key);
+    if keys.is_empty() {
+        return None;
+    }
+    let mut cmd = redis::cmd("DEL");
+    cmd.arg(keys);
+    Some(cmd)
+}
+
+/// Whether `error` says that the server does not know, or does not let this
+/// user run, `EVALSHA_RO` (Redis before 7.0, the command renamed away, or an
+/// ACL allowing `EVALSHA` only): then `EVALSHA` is used instead.
+pub(super) fn read_only_refused(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    let text = error.to_string().to_ascii_lowercase();
+    // Only a refusal of the command itself: a script error or a refused key
+    // names no command.
+    let refused = match error.kind() {
+        ErrorKind::Server(ServerErrorKind::ResponseError) => text.contains("unknown command"),
+        ErrorKind::Server(ServerErrorKind::NoPerm) => text.contains("command"),
+        _ => false,
+    };
+    refused && text.contains("evalsha_ro")
 }
 
 /// Request nonces, unique across instances: `<instance>.<sequence>` in hex
@@ -303,6 +390,123 @@ mod tests {
         assert!(!Algorithm::SlidingWindow.spec().nonce);
     }
 
+    /// A command's words, as text.
+    fn words(cmd: &Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                other => panic!("not a plain word: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn peek_calls_follow_the_documented_layout() {
+        let key = Key::new("203.0.113.9");
+        for &algorithm in Algorithm::ALL {
+            let policy = Policy::new("p")
+                .algorithm(algorithm)
+                .quota(Quota::per_second(10))
+                .quota(Quota::per_minute(100));
+            let call = peek_call("rl", &policy, &key);
+            assert_eq!(call.script().get_hash(), peek_script(algorithm).get_hash());
+            let [k1, k2] = <[String; 2]>::try_from(keys("rl", &policy, &key)).unwrap();
+            let sha = peek_script(algorithm).get_hash().to_owned();
+            // Cost 1 (PEEK_COST), no nonce, then each quota's limit and window.
+            let tail = [k1, k2, "1".into(), "".into()]
+                .into_iter()
+                .chain(["10", "1000000", "100", "60000000"].map(String::from));
+            let expected: Vec<String> = ["EVALSHA_RO".to_owned(), sha.clone(), "2".to_owned()]
+                .into_iter()
+                .chain(tail.clone())
+                .collect();
+            assert_eq!(words(&call.command(true)), expected, "{algorithm:?}");
+            let expected: Vec<String> = ["EVALSHA".to_owned(), sha, "2".to_owned()]
+                .into_iter()
+                .chain(tail)
+                .collect();
+            assert_eq!(words(&call.command(false)), expected, "{algorithm:?}");
+        }
+        assert_eq!(PEEK_COST, 1);
+    }
+
+    #[test]
+    fn peek_replies_decode_like_check_replies() {
+        // A peek at a full sliding log (5 per minute) whose oldest entry
+        // leaves in 57 s: denied for a request of cost 1.
+        let quota = Quota::per_minute(5);
+        let d = decode(&[0, 1, 57_000_000, 0, 59_000_000], &[quota]).unwrap();
+        assert_eq!(
+            d,
+            Decision::denied(
+                vec![status(quota, 0, 59_000_000)],
+                0,
+                Duration::from_secs(57)
+            )
+        );
+        // A client with nothing counted.
+        let d = decode(&[1, 0, 0, 5, 0], &[quota]).unwrap();
+        assert_eq!(d, Decision::allowed(vec![status(quota, 5, 0)]));
+        assert_protocol_error(&[1, 0, 0, 5], &[quota]);
+    }
+
+    #[test]
+    fn reset_is_one_del_of_every_key() {
+        let key = Key::new("203.0.113.9");
+        let policy = Policy::auth().quota(Quota::per_hour(20));
+        let cmd = reset_command("rl", &policy, &key).unwrap();
+        assert_eq!(
+            words(&cmd),
+            [
+                "DEL",
+                "rl:{auth:203.0.113.9}:l60000",
+                "rl:{auth:203.0.113.9}:l3600000"
+            ]
+        );
+        assert!(reset_command("rl", &Policy::new("none"), &key).is_none());
+    }
+
+    #[test]
+    fn only_a_refusal_of_evalsha_ro_itself_falls_back() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let error = |kind, detail: &str| RedisError::from((kind, "server", detail.to_owned()));
+        let err = ErrorKind::Server(ServerErrorKind::ResponseError);
+        let noperm = ErrorKind::Server(ServerErrorKind::NoPerm);
+        // Redis 6 and a renamed command; an ACL without `+evalsha_ro`.
+        for (kind, detail) in [
+            (
+                err,
+                "unknown command `EVALSHA_RO`, with args beginning with: `ab`, ",
+            ),
+            (
+                err,
+                "unknown command 'evalsha_ro', with args beginning with: 'ab' ",
+            ),
+            (
+                noperm,
+                "User app has no permissions to run the 'evalsha_ro' command",
+            ),
+        ] {
+            assert!(read_only_refused(&error(kind, detail)), "{detail}");
+        }
+        for (kind, detail) in [
+            // A script error, a refused key, a missing script, other commands.
+            (
+                err,
+                "user_script:3: Write commands are not allowed from read-only scripts",
+            ),
+            (noperm, "No permissions to access a key"),
+            (
+                ErrorKind::Server(ServerErrorKind::NoScript),
+                "No matching script",
+            ),
+            (err, "unknown command 'FOO', with args beginning with: "),
+            (ErrorKind::Io, "unknown command `EVALSHA_RO`"),
+        ] {
+            assert!(!read_only_refused(&error(kind, detail)), "{detail}");
+        }
+    }
+
     #[test]
     fn every_algorithm_has_its_own_script_and_tag() {
         let mut hashes = HashSet::new();
@@ -314,6 +518,14 @@ mod tests {
                 Script::new(spec.lua).get_hash()
             );
             assert!(hashes.insert(script(algorithm).get_hash()), "{algorithm:?}");
+            assert_eq!(
+                peek_script(algorithm).get_hash(),
+                Script::new(spec.peek_lua).get_hash()
+            );
+            assert!(
+                hashes.insert(peek_script(algorithm).get_hash()),
+                "{algorithm:?}: its peek script is its own"
+            );
             assert!(tags.insert(spec.tag), "{algorithm:?}");
         }
     }

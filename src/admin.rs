@@ -1,0 +1,185 @@
+//! [`Admin`]: a layer's policies, reachable without a request — check, peek
+//! at and reset a client's quotas from jobs, websocket handlers, queue
+//! consumers or an operator's tool.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::decision::Decision;
+use crate::error::BackendError;
+use crate::key::Key;
+use crate::limiter::{CompiledPolicy, Limiter};
+use crate::policy::Policy;
+
+/// The administration handle of a [`RateLimitLayer`](crate::RateLimitLayer),
+/// from [`RateLimitLayer::admin`](crate::RateLimitLayer::admin).
+///
+/// It reaches the layer's backend and policies (looked up by name) without
+/// an HTTP request: limit work that is not a request (a websocket message, a
+/// queued job), look at a client's quotas, or give a client its full quota
+/// back. Cloning is cheap (one `Arc`); every clone and the layer share the
+/// same state.
+///
+/// The key is the client's [`Key`] as the policy's key extractor makes it:
+/// for the default [`PeerIp`](crate::key::PeerIp),
+/// [`Key::from_ip(ip, 64)`](Key::from_ip) (an IPv4 address as written, an
+/// IPv6 one grouped by /64).
+///
+/// Calls go straight to the backend: no circuit breaker, no deadline (wrap
+/// them in `tokio::time::timeout` if you need one) and no failure mode — a
+/// backend failure is returned as [`AdminError::Backend`].
+///
+/// ```
+/// use tower_redis_ratelimit::{Key, MemoryBackend, Policy, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let layer = RateLimitLayer::builder()
+///     .backend(MemoryBackend::new()) // or a RedisBackend, shared by every instance
+///     .default_policy(Policy::default_api()) // "api": 100 per minute
+///     .route("/auth/login", Policy::auth()) // "auth": 5 per minute
+///     .build()?;
+/// let admin = layer.admin();
+/// let client = Key::new("203.0.113.9");
+///
+/// // A websocket message costs one unit of the client's "api" quota.
+/// let decision = admin.check("api", &client, 1).await?;
+/// assert!(decision.is_allowed());
+///
+/// // Looking consumes nothing.
+/// for _ in 0..3 {
+///     assert_eq!(admin.peek("api", &client).await?.quotas()[0].remaining, 99);
+/// }
+///
+/// // A reset gives the whole quota back.
+/// admin.reset("api", &client).await?;
+/// assert_eq!(admin.peek("api", &client).await?.quotas()[0].remaining, 100);
+///
+/// assert!(admin.peek("nope", &client).await.is_err()); // no such policy
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Admin {
+    limiter: Arc<Limiter>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.policies().map(Policy::name).collect();
+        f.debug_struct("Admin")
+            .field("policies", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an [`Admin`] call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The layer has no policy of this name.
+    #[error("the layer has no policy named {name:?} (its policies: {})", known.join(", "))]
+    UnknownPolicy {
+        /// The name that was asked for.
+        name: String,
+        /// The names of the layer's policies.
+        known: Vec<String>,
+    },
+    /// A check costs more than the policy's
+    /// [max cost](crate::Policy::max_cost): the layer would refuse such a
+    /// request without asking the backend, and so does [`Admin::check`].
+    #[error("cost {cost} is above the max cost of policy `{policy}` ({max_cost})")]
+    CostTooHigh {
+        /// The policy name.
+        policy: String,
+        /// The cost that was asked for.
+        cost: u64,
+        /// The largest cost the policy admits for one request.
+        max_cost: u64,
+    },
+    /// The backend failed, or does not support the call
+    /// ([`BackendError::Unsupported`]).
+    #[error("backend: {0}")]
+    Backend(#[from] BackendError),
+}
+
+impl Admin {
+    pub(crate) fn new(limiter: Arc<Limiter>) -> Self {
+        Self { limiter }
+    }
+
+    /// The layer's policies, each once.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.limiter
+            .policies
+            .iter()
+            .map(|compiled| &compiled.policy)
+    }
+
+    /// The layer's policy named `name`, if any.
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.find(name).ok().map(|compiled| &compiled.policy)
+    }
+
+    fn find(&self, name: &str) -> Result<&CompiledPolicy, AdminError> {
+        self.limiter
+            .policies
+            .iter()
+            .find(|compiled| compiled.policy.name() == name)
+            .ok_or_else(|| AdminError::UnknownPolicy {
+                name: name.to_owned(),
+                known: self.policies().map(|p| p.name().to_owned()).collect(),
+            })
+    }
+
+    /// Checks and, if every quota admits it, consumes `cost` units of policy
+    /// `policy` for `key`: the decision a request of that cost would get from
+    /// the backend. A cost above the policy's max cost is refused
+    /// ([`AdminError::CostTooHigh`]).
+    ///
+    /// The layer's local blocked-client cache is neither read nor written.
+    pub async fn check(&self, policy: &str, key: &Key, cost: u64) -> Result<Decision, AdminError> {
+        let compiled = self.find(policy)?;
+        if cost > compiled.max_cost {
+            return Err(AdminError::CostTooHigh {
+                policy: policy.to_owned(),
+                cost,
+                max_cost: compiled.max_cost,
+            });
+        }
+        Ok(self
+            .limiter
+            .backend
+            .check(&compiled.policy, key, cost)
+            .await?)
+    }
+
+    /// Reads every quota of policy `policy` for `key`, consuming nothing and
+    /// writing nothing (see [`Backend::peek`](crate::Backend::peek)): each
+    /// quota's remaining units and reset as a check of cost 0 would report
+    /// them; denied if a request of cost 1 would be denied now, with its
+    /// retry-after.
+    pub async fn peek(&self, policy: &str, key: &Key) -> Result<Decision, AdminError> {
+        let compiled = self.find(policy)?;
+        Ok(self.limiter.backend.peek(&compiled.policy, key).await?)
+    }
+
+    /// Forgets every count of policy `policy` for `key`, in the backend (for
+    /// every instance sharing it) and on this instance: the client's entry in
+    /// the layer's blocked-client cache and in the
+    /// [`FailureMode::Local`](crate::FailureMode::Local) fallback. The
+    /// client's next request is admitted with its full quota.
+    ///
+    /// Other instances of the application may still answer the client from
+    /// their own blocked-client cache until its retry time (they cannot be
+    /// told); call `reset` on each of them if that matters.
+    pub async fn reset(&self, policy: &str, key: &Key) -> Result<(), AdminError> {
+        let compiled = self.find(policy)?;
+        self.limiter.backend.reset(&compiled.policy, key).await?;
+        // After the backend: cleared before it, a denial arriving in between
+        // would block the client again.
+        compiled.blocked.remove(key);
+        self.limiter.local.reset_now(&compiled.policy, key);
+        Ok(())
+    }
+}
