@@ -217,6 +217,10 @@ impl Backend for MemoryBackend {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
         Box::pin(std::future::ready(Ok(self.check_now(policy, key, cost))))
     }
+
+    fn metrics_label(&self) -> &'static str {
+        "memory"
+    }
 }
 
 #[cfg(test)]

@@ -33,10 +33,22 @@ pub type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError
 pub trait Backend: Send + Sync + 'static {
     /// Checks and consumes `cost` units of every quota of `policy` for `key`.
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture;
+
+    /// What kind of backend this is, as the `backend` label of the layer's
+    /// metrics and the `backend` field of its decision spans: `"memory"`,
+    /// `"redis"` or `"redis_cluster"` for the crate's backends, `"custom"`
+    /// unless a custom backend says otherwise.
+    fn metrics_label(&self) -> &'static str {
+        "custom"
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
         (**self).check(policy, key, cost)
+    }
+
+    fn metrics_label(&self) -> &'static str {
+        (**self).metrics_label()
     }
 }

@@ -271,6 +271,14 @@ impl Backend for RedisBackend {
             script::decode(&reply, &quotas)
         })
     }
+
+    fn metrics_label(&self) -> &'static str {
+        match self.inner.connection {
+            Connection::Single { .. } => "redis",
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(_) => "redis_cluster",
+        }
+    }
 }
 
 #[cfg(test)]
