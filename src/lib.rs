@@ -61,6 +61,8 @@
 //! - [`key`]: who the client is.
 //! - [`backend`]: Redis and in-process counters.
 //! - [`headers`]: the response headers.
+//! - [`metrics`](crate::metrics): the metrics (feature `metrics`) and the
+//!   tracing span of each decision.
 //!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -80,6 +82,7 @@ pub mod headers;
 pub mod key;
 mod layer;
 mod limiter;
+pub mod metrics;
 mod policy;
 mod quota;
 mod response;
