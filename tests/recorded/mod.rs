@@ -16,6 +16,10 @@ use metrics::LocalRecorderGuard;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
+#[path = "../scrape/mod.rs"]
+mod scrape;
+pub use scrape::Samples;
+
 /// A debugging recorder for this thread; keep it alive while the test records.
 pub struct Recorded {
     snapshotter: Snapshotter,
@@ -114,49 +118,5 @@ impl Prometheus {
     /// The samples rendered now.
     pub fn samples(&self) -> Samples {
         Samples::parse(&self.recorder.handle().render())
-    }
-}
-
-/// The samples of a Prometheus text exposition, keyed
-/// `name{label="value",...}` with the labels sorted by name.
-#[derive(Debug)]
-pub struct Samples {
-    pub text: String,
-    pub values: BTreeMap<String, f64>,
-}
-
-impl Samples {
-    pub fn parse(text: &str) -> Self {
-        let mut values = BTreeMap::new();
-        for line in text.lines() {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (series, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("not a sample: {line:?}"));
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("not a number: {line:?}"));
-            let key = match series.split_once('{') {
-                None => format!("{series}{{}}"),
-                Some((name, labels)) => {
-                    let labels = labels.strip_suffix('}').expect("labels end with }");
-                    let mut labels: Vec<&str> = labels.split(',').collect();
-                    labels.sort_unstable();
-                    format!("{name}{{{}}}", labels.join(","))
-                }
-            };
-            values.insert(key, value);
-        }
-        Self {
-            text: text.to_owned(),
-            values,
-        }
-    }
-
-    /// The value of one series, written with its labels sorted by name.
-    pub fn get(&self, series: &str) -> Option<f64> {
-        self.values.get(series).copied()
     }
 }
