@@ -61,8 +61,8 @@
 //! - [`key`]: who the client is.
 //! - [`backend`]: Redis and in-process counters.
 //! - [`headers`]: the response headers.
-//! - [`metrics`](crate::metrics): the metrics (feature `metrics`) and the
-//!   tracing span of each decision.
+//! - [`metrics`]: the metrics (feature `metrics`) and the tracing span of
+//!   each decision.
 //!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -3,8 +3,8 @@
 //!
 //! # Metrics
 //!
-//! With the `metrics` feature the layer records through the [`metrics`]
-//! facade, so any recorder works (a Prometheus exporter, StatsD, ...);
+//! With the `metrics` feature the layer records through the
+//! [`metrics`](https://docs.rs/metrics) facade, so any recorder works (a Prometheus exporter, StatsD, ...);
 //! install it before building the layer to get the metrics' descriptions
 //! too. Without the feature nothing is recorded and nothing is paid for.
 //!
@@ -35,7 +35,8 @@
 //!   have refused the request (any of the refusals above) and let it through.
 //!
 //! Requests no policy limits (exempt routes, no default policy) are not
-//! counted. `backend` is [`Backend::metrics_label`](crate::Backend::metrics_label):
+//! counted, nor are requests dropped while waiting for the backend (the
+//! client went away: no decision was made). `backend` is [`Backend::metrics_label`](crate::Backend::metrics_label):
 //! `redis`, `redis_cluster`, `memory` (or what a custom backend says). The
 //! breaker gauge is set to 0 on the layer's first backend call and on every
 //! transition; each layer has its own breaker, so with several layers on one

@@ -247,3 +247,32 @@ async fn the_breaker_gauge_follows_open_and_close() {
         samples.text
     );
 }
+
+/// Each backend names its `backend` label; a custom one says `custom` unless
+/// it overrides `metrics_label`, and an `Arc` forwards to what it holds.
+#[test]
+fn backends_name_their_metrics_label() {
+    use std::sync::Arc;
+    use tower_redis_ratelimit::{Backend, CheckFuture, Key, RedisBackend};
+
+    struct Custom;
+    impl Backend for Custom {
+        fn check(&self, _: &Policy, _: &Key, _: u64) -> CheckFuture {
+            unreachable!("never called")
+        }
+    }
+
+    // Building never connects: no server needed.
+    let redis = RedisBackend::new("redis://127.0.0.1:1").unwrap();
+    assert_eq!(redis.metrics_label(), "redis");
+    assert_eq!(Arc::new(redis).metrics_label(), "redis");
+    assert_eq!(MemoryBackend::new().metrics_label(), "memory");
+    assert_eq!(Custom.metrics_label(), "custom");
+    #[cfg(feature = "cluster")]
+    assert_eq!(
+        RedisBackend::cluster(["redis://127.0.0.1:1", "redis://127.0.0.1:2"])
+            .unwrap()
+            .metrics_label(),
+        "redis_cluster"
+    );
+}
