@@ -1,22 +1,27 @@
 //! The crate's main job: an axum server with distributed rate limiting.
 //!
 //! ```text
-//! cargo run --example axum                                   # in-memory backend
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum  # shared limits in Redis
+//! cargo run --example axum --features metrics                # in-memory backend
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum --features metrics
 //! ```
 //!
 //! - `GET /api/hello`: `Policy::default_api()` (100 per minute per client IP)
 //! - `POST /auth/login`: `Policy::auth()` (5 per minute per client IP, exact)
 //! - `GET /health`: exempt
+//! - `GET /metrics`: exempt; the limiter's metrics in Prometheus' text format
+//!   (with the `metrics` feature; without it the page has none of them)
 //!
 //! Environment: `BIND` (default `127.0.0.1:3000`), `REDIS_URL` (unset: memory).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
 use http::Method;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tower_redis_ratelimit::backend::redact_url;
+use tower_redis_ratelimit::metrics::BACKEND_DURATION_SECONDS;
 use tower_redis_ratelimit::{MemoryBackend, Policy, RateLimitLayer, RedisBackend};
 
 #[tokio::main]
@@ -27,10 +32,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
+    // The recorder first, so that the layer built below describes its
+    // metrics to it. It only renders: `/metrics` serves its text.
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(BACKEND_DURATION_SECONDS.to_owned()),
+            &[
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ],
+        )?
+        .install_recorder()?;
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    if !cfg!(feature = "metrics") {
+        println!("built without the `metrics` feature: /metrics shows no rate-limit metrics");
+    }
+
     let builder = RateLimitLayer::builder()
         .default_policy(Policy::default_api())
         .route_method(Method::POST, "/auth/login", Policy::auth())
-        .exempt("/health");
+        .exempt("/health")
+        .exempt("/metrics");
     let builder = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
             println!("backend: redis at {}", redact_url(&url));
@@ -47,6 +74,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/api/hello", get(|| async { "hello\n" }))
         .route("/auth/login", post(|| async { "welcome\n" }))
         .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        )
         .layer(limits);
 
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());

@@ -14,17 +14,24 @@
 //!
 //! Time comes from an injected [`Clock`] (monotonic in production), so the
 //! tests move a fake clock instead of sleeping.
+//!
+//! The call runs inside the decision's tracing span and is timed when
+//! someone looks (the `metrics` feature's histogram, or an enabled span);
+//! the breaker's gauge follows its transitions (see [`crate::metrics`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tracing::{Instrument, Span};
 
 use crate::backend::CheckFuture;
 use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
 use crate::error::BackendError;
+use crate::metrics::BackendMetrics;
 
 /// Circuit breaker settings.
 ///
@@ -106,6 +113,8 @@ pub(crate) struct Breaker {
     open_until: AtomicU64,
     probing: AtomicBool,
     cooldown_us: AtomicU64,
+    /// Call durations and the open/closed gauge (feature `metrics`).
+    metrics: BackendMetrics,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -135,6 +144,7 @@ impl Breaker {
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             cooldown_us: AtomicU64::new(micros(config.cooldown)),
+            metrics: BackendMetrics::new(),
         }
     }
 
@@ -184,6 +194,7 @@ impl Breaker {
                 if self.open_until.swap(0, Ordering::AcqRel) != 0 {
                     self.cooldown_us
                         .store(micros(self.config.cooldown), Ordering::Release);
+                    self.metrics.breaker(false);
                     tracing::info!("rate limiter backend recovered; circuit breaker closed");
                 }
                 self.probing.store(false, Ordering::Release);
@@ -215,6 +226,7 @@ impl Breaker {
                         )
                         .is_ok();
                     if opened {
+                        self.metrics.breaker(true);
                         match error {
                             Some(error) => tracing::warn!(
                                 failures,
@@ -246,8 +258,26 @@ pub(crate) enum Outcome {
     Decided(Decision),
 }
 
+/// A finished guarded call.
+#[derive(Debug)]
+pub(crate) struct Called {
+    /// What became of it.
+    pub(crate) outcome: Outcome,
+    /// How long the backend took, when the call was made and timed.
+    pub(crate) took: Option<Duration>,
+}
+
+impl From<Outcome> for Called {
+    fn from(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            took: None,
+        }
+    }
+}
+
 /// A backend call under the breaker and the deadline.
-pub(crate) type Guarded = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+pub(crate) type Guarded = Pin<Box<dyn Future<Output = Called> + Send>>;
 
 /// Records "abandoned" if the guarded call is dropped before it finishes.
 struct Guard {
@@ -268,36 +298,48 @@ impl Breaker {
     /// Runs one backend call under the breaker and `deadline`: the only way
     /// the crate calls a backend. When the breaker is open the backend is not
     /// called at all and the outcome is [`Outcome::Skipped`] at once.
+    ///
+    /// `backend` is the backend's metrics label; the call runs in `span`,
+    /// and is timed if the `metrics` feature or that span wants it.
     pub(crate) fn call(
         self: &Arc<Self>,
         deadline: Duration,
+        backend: &'static str,
+        span: &Span,
         check: impl FnOnce() -> CheckFuture,
     ) -> Guarded {
         let permit = self.permit();
         if permit == Permit::Skip {
-            return Box::pin(std::future::ready(Outcome::Skipped));
+            return Box::pin(std::future::ready(Outcome::Skipped.into()));
         }
-        let future = check();
+        self.metrics.start(backend);
+        let started = (BackendMetrics::TIMED || !span.is_disabled()).then(Instant::now);
+        let future = span.in_scope(check);
         let mut guard = Guard {
             breaker: Arc::clone(self),
             permit,
             done: false,
         };
-        Box::pin(async move {
+        let call = async move {
             let outcome = match tokio::time::timeout(deadline, future).await {
                 Ok(Ok(decision)) => Outcome::Decided(decision),
                 Ok(Err(error)) => Outcome::Failed(error),
                 Err(_) => Outcome::TimedOut(deadline),
             };
+            let took = started.map(|started| started.elapsed());
             guard.done = true;
+            if let Some(took) = took {
+                guard.breaker.metrics.call_took(took);
+            }
             let (ok, error) = match &outcome {
                 Outcome::Decided(_) => (true, None),
                 Outcome::Failed(error) => (false, Some(error)),
                 Outcome::TimedOut(_) | Outcome::Skipped => (false, None),
             };
             guard.breaker.record(permit, Some(ok), error);
-            outcome
-        })
+            Called { outcome, took }
+        };
+        Box::pin(call.instrument(span.clone()))
     }
 }
 
@@ -411,8 +453,9 @@ mod tests {
             .cooldown(Duration::from_secs(60), Duration::from_secs(60));
         let b = Arc::new(Breaker::new(cfg));
         let deadline = Duration::from_millis(20);
+        let span = Span::none();
         let decided = b
-            .call(deadline, || {
+            .call(deadline, "memory", &span, || {
                 Box::pin(async {
                     Ok(Decision::allowed(vec![QuotaStatus {
                         limit: 1,
@@ -423,24 +466,40 @@ mod tests {
                 })
             })
             .await;
-        assert!(matches!(decided, Outcome::Decided(d) if d.is_allowed()));
+        assert!(matches!(decided.outcome, Outcome::Decided(d) if d.is_allowed()));
+        assert_eq!(
+            decided.took.is_some(),
+            cfg!(feature = "metrics"),
+            "timed only for the histogram or an enabled span"
+        );
         let failed = b
-            .call(deadline, || {
+            .call(deadline, "memory", &span, || {
                 Box::pin(async { Err(BackendError::Protocol("x".into())) })
             })
             .await;
-        assert!(matches!(failed, Outcome::Failed(BackendError::Protocol(_))));
-        let late = b.call(deadline, || Box::pin(std::future::pending())).await;
-        assert!(matches!(late, Outcome::TimedOut(d) if d == deadline));
+        assert!(matches!(
+            failed.outcome,
+            Outcome::Failed(BackendError::Protocol(_))
+        ));
+        let late = b
+            .call(deadline, "memory", &span, || {
+                Box::pin(std::future::pending())
+            })
+            .await;
+        assert!(matches!(late.outcome, Outcome::TimedOut(d) if d == deadline));
+        if let Some(took) = late.took {
+            assert!(took >= deadline, "{took:?}");
+        }
         assert!(b.is_open(), "two failures in a row");
         let mut called = false;
         let skipped = b
-            .call(deadline, || {
+            .call(deadline, "memory", &span, || {
                 called = true;
                 Box::pin(std::future::pending())
             })
             .await;
-        assert!(matches!(skipped, Outcome::Skipped));
+        assert!(matches!(skipped.outcome, Outcome::Skipped));
+        assert!(skipped.took.is_none(), "no call, no duration");
         assert!(!called, "an open breaker does not call the backend");
     }
 }

@@ -63,6 +63,8 @@
 //! - [`Admin`] (`layer.admin()`): check, peek at and reset a client's quotas
 //!   without a request (jobs, websockets, queues, operators' tools).
 //! - [`headers`]: the response headers.
+//! - [`metrics`]: the metrics (feature `metrics`) and the tracing span of
+//!   each decision.
 //!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -86,6 +88,7 @@ pub mod headers;
 pub mod key;
 mod layer;
 mod limiter;
+pub mod metrics;
 mod policy;
 mod quota;
 mod response;

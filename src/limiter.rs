@@ -14,23 +14,27 @@
 //! [`Limiter::finish`] turns that call's [`Outcome`] into a [`Verdict`]
 //! (remembering denials, applying the policy's failure mode, logging).
 //! Every verdict, immediate or not, passes [`Limiter::settle`]: the one
-//! place to observe or adjust outcomes (metrics, shadow mode, tracing).
-//! The response future only moves between states; the service only calls
-//! `begin`.
+//! place to observe or adjust outcomes. There shadow mode turns a policy's
+//! denials into allows, the decision is counted (feature `metrics`), and its
+//! tracing span gets its outcome (see [`crate::metrics`]). The response
+//! future only moves between states; the service only calls `begin`.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Response;
 use http::request::Parts;
+use tracing::{Span, field};
 
 use crate::backend::{Backend, MemoryBackend};
 use crate::blocked::BlockedClients;
-use crate::breaker::{Breaker, Guarded, Outcome};
+use crate::breaker::{Breaker, Called, Guarded, Outcome};
 use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
 use crate::failure::FailureLog;
 use crate::headers::{HeaderStyle, PolicyHeaders, set_retry_after};
 use crate::key::Key;
+use crate::metrics::{DecisionOutcome, KeyHash, PolicyMetrics, Source};
 use crate::policy::Policy;
 use crate::quota::MAX_LIMIT;
 use crate::response::{OnRejection, Rejection};
@@ -46,6 +50,8 @@ pub(crate) struct CompiledPolicy {
     pub(crate) max_cost: u64,
     /// Clients of this policy denied moments ago.
     pub(crate) blocked: BlockedClients,
+    /// Its decision counters (nothing without the `metrics` feature).
+    pub(crate) metrics: PolicyMetrics,
 }
 
 impl CompiledPolicy {
@@ -54,6 +60,7 @@ impl CompiledPolicy {
             headers: PolicyHeaders::new(&policy),
             max_cost: policy.effective_max_cost().unwrap_or(MAX_LIMIT),
             blocked: BlockedClients::new(blocked_capacity),
+            metrics: PolicyMetrics::new(policy.name()),
             policy,
         }
     }
@@ -83,11 +90,42 @@ pub(crate) enum Start {
 }
 
 /// A request waiting for the backend.
-#[derive(Debug)]
 pub(crate) struct Pending {
     policy: PolicyId,
     key: Key,
     cost: u64,
+    /// The decision's span.
+    span: Span,
+}
+
+/// Leaves the client key out: it is an IP address or an API key.
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending")
+            .field("policy", &self.policy)
+            .field("cost", &self.cost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a verdict was reached: what [`Limiter::settle`] needs besides it.
+struct Reached<'a> {
+    policy: PolicyId,
+    source: Source,
+    span: &'a Span,
+    /// The backend call's duration, if one was made and timed.
+    took: Option<Duration>,
+}
+
+impl<'a> Reached<'a> {
+    fn at_once(policy: PolicyId, source: Source, span: &'a Span) -> Self {
+        Self {
+            policy,
+            source,
+            span,
+            took: None,
+        }
+    }
 }
 
 impl Limiter {
@@ -104,9 +142,24 @@ impl Limiter {
         };
         let compiled = self.policy(id);
         let policy = &compiled.policy;
+        // DEBUG: a span per request is too much at INFO (see crate::metrics).
+        // The key's hash is recorded only if the span is enabled.
+        let span = tracing::debug_span!(
+            "rate_limit",
+            policy = policy.name(),
+            backend = self.backend.metrics_label(),
+            key_hash = field::Empty,
+            outcome = field::Empty,
+            backend_us = field::Empty,
+        );
         let Some(key) = policy.key_for(parts) else {
-            return Start::Settled(self.settle(Verdict::Deny(id, RejectReason::MissingKey, None)));
+            let verdict = Verdict::Deny(id, RejectReason::MissingKey, None);
+            let reached = Reached::at_once(id, Source::Refused, &span);
+            return Start::Settled(self.settle(verdict, reached));
         };
+        if !span.is_disabled() {
+            span.record("key_hash", field::display(KeyHash::of(&key)));
+        }
         // A cost above the max cost can never be admitted; refusing it here
         // keeps one request from making the backend work in proportion to its
         // cost (the sliding log stores one entry per unit). The max cost is at
@@ -118,49 +171,74 @@ impl Limiter {
                 cost,
                 max_cost: compiled.max_cost,
             };
-            return Start::Settled(self.settle(Verdict::Deny(id, reason, None)));
+            let verdict = Verdict::Deny(id, reason, None);
+            let reached = Reached::at_once(id, Source::Refused, &span);
+            return Start::Settled(self.settle(verdict, reached));
         }
         // A client denied moments ago is denied again without a backend call.
-        if let Some(decision) = compiled.blocked.get(&key, cost) {
+        // (Shadow policies never fill the cache: see `finish`.)
+        if !policy.is_shadow()
+            && let Some(decision) = compiled.blocked.get(&key, cost)
+        {
             let verdict = Verdict::Deny(id, RejectReason::Limited, Some(decision));
-            return Start::Settled(self.settle(verdict));
+            let reached = Reached::at_once(id, Source::BlockedCache, &span);
+            return Start::Settled(self.settle(verdict, reached));
         }
         let call = self
             .breaker
-            .call(self.deadline, || self.backend.check(policy, &key, cost));
+            .call(self.deadline, self.backend.metrics_label(), &span, || {
+                self.backend.check(policy, &key, cost)
+            });
         Start::Checking(
             Pending {
                 policy: id,
                 key,
                 cost,
+                span,
             },
             call,
         )
     }
 
     /// The verdict for a backend call's outcome.
-    pub(crate) fn finish(&self, pending: Pending, outcome: Outcome) -> Verdict {
+    pub(crate) fn finish(&self, pending: Pending, called: Called) -> Verdict {
         let Pending {
             policy: id,
             key,
             cost,
+            span,
         } = pending;
+        let Called { outcome, took } = called;
+        let _in_span = span.enter();
         let compiled = self.policy(id);
-        let verdict = match outcome {
-            Outcome::Decided(decision) if decision.is_allowed() => Verdict::Allow(id, decision),
+        let (verdict, source) = match outcome {
+            Outcome::Decided(decision) if decision.is_allowed() => {
+                (Verdict::Allow(id, decision), Source::Backend)
+            }
             Outcome::Decided(decision) => {
                 // Only the backend's denials are remembered: a local
-                // fallback's must end when the backend returns.
-                compiled.blocked.insert(&key, cost, &decision);
-                Verdict::Deny(id, RejectReason::Limited, Some(decision))
+                // fallback's must end when the backend returns. A shadow
+                // policy's are not either: its clients keep asking the
+                // backend, so every would-be denial is decided and counted.
+                if !compiled.policy.is_shadow() {
+                    compiled.blocked.insert(&key, cost, &decision);
+                }
+                let verdict = Verdict::Deny(id, RejectReason::Limited, Some(decision));
+                (verdict, Source::Backend)
             }
-            Outcome::Skipped => self.on_failure(compiled, id, &key, cost),
+            Outcome::Skipped => (self.on_failure(compiled, id, &key, cost), Source::Failure),
             Outcome::TimedOut(_) | Outcome::Failed(_) => {
                 self.log_failure(compiled, &outcome);
-                self.on_failure(compiled, id, &key, cost)
+                (self.on_failure(compiled, id, &key, cost), Source::Failure)
             }
         };
-        self.settle(verdict)
+        let reached = Reached {
+            policy: id,
+            source,
+            span: &span,
+            took,
+        };
+        self.settle(verdict, reached)
     }
 
     /// The policy's failure mode, when the backend could not decide.
@@ -198,9 +276,36 @@ impl Limiter {
         }
     }
 
-    /// Every verdict leaves the pipeline through here: the one place to
-    /// observe or adjust outcomes.
-    fn settle(&self, verdict: Verdict) -> Verdict {
+    /// Every verdict of a limited request leaves the pipeline through here:
+    /// the one place to observe or adjust outcomes. A shadow policy's denial
+    /// becomes an allow (with the denial's rate-limit headers, if the backend
+    /// or the local limiter decided); then the outcome is counted and
+    /// recorded in the decision's span.
+    fn settle(&self, verdict: Verdict, reached: Reached<'_>) -> Verdict {
+        let compiled = self.policy(reached.policy);
+        let (verdict, outcome) = match verdict {
+            Verdict::Deny(id, _, decision) if compiled.policy.is_shadow() => {
+                let allowed = match decision {
+                    Some(decision) => Verdict::Allow(id, decision),
+                    None => Verdict::AllowUnlimited,
+                };
+                (allowed, DecisionOutcome::ShadowDenied)
+            }
+            verdict => {
+                let outcome = DecisionOutcome::of(&verdict, reached.source);
+                (verdict, outcome)
+            }
+        };
+        compiled.metrics.count(outcome, reached.source);
+        let span = reached.span;
+        if !span.is_disabled() {
+            span.record("outcome", outcome.as_str());
+            if let Some(took) = reached.took {
+                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                span.record("backend_us", us);
+            }
+            tracing::trace!(parent: span, "rate limit decision");
+        }
         verdict
     }
 

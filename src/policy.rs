@@ -47,6 +47,8 @@ struct PolicyInner {
     max_cost: Option<u64>,
     failure_mode: FailureMode,
     missing_key: MissingKey,
+    /// Decide and count, but never deny (see [`Policy::shadow`]).
+    shadow: bool,
     /// Set once a keyless request has been logged (logged once per policy).
     warned_missing_key: Arc<AtomicBool>,
 }
@@ -90,6 +92,7 @@ impl fmt::Debug for Policy {
             .field("max_cost", &self.effective_max_cost())
             .field("failure_mode", &self.inner.failure_mode)
             .field("missing_key", &self.inner.missing_key)
+            .field("shadow", &self.inner.shadow)
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +115,7 @@ impl Policy {
                 max_cost: None,
                 failure_mode: FailureMode::default(),
                 missing_key: MissingKey::default(),
+                shadow: false,
                 warned_missing_key: Arc::default(),
             }),
         }
@@ -244,6 +248,47 @@ impl Policy {
         self
     }
 
+    /// Shadow mode (default off): decide and count every request as usual,
+    /// but deny none — to try a policy on live traffic before enforcing it.
+    ///
+    /// Every request the policy would have refused is let through to the
+    /// inner service instead, and counted as `shadow_denied` in the
+    /// `ratelimit_decisions_total` metric (feature `metrics`) and in the
+    /// decision's tracing span, where an enforcing policy counts `denied`,
+    /// `local_denied` or `failed_closed`:
+    ///
+    /// - a quota denial (by the backend, or by the in-process limiter of
+    ///   [`FailureMode::Local`]) gets the rate-limit headers of the denial
+    ///   (`RateLimit: "name";r=0;t=...`), so clients and dashboards see what
+    ///   enforcement would say, but no `Retry-After`: the response is the
+    ///   inner service's (a 200, typically), and `Retry-After` on a success
+    ///   would tell well-behaved clients to back off for nothing;
+    /// - a refusal without a decision — no client key under
+    ///   [`MissingKey::Deny`], a cost above the [max cost](Policy::max_cost),
+    ///   or [`FailureMode::Closed`] while the backend is down — is let
+    ///   through without rate-limit headers.
+    ///
+    /// Shadow denials are not remembered in the layer's blocked-client cache:
+    /// each request of a client over the limit still asks the backend, so the
+    /// `shadow_denied` count is what enforcement would deny (an enforcing
+    /// policy would answer some of those denials from the cache instead).
+    /// The backend counts only admitted requests, as always, so a shadowed
+    /// client is limited exactly as it would be the moment shadow mode is
+    /// turned off.
+    ///
+    /// ```
+    /// use tower_redis_ratelimit::{Policy, Quota};
+    ///
+    /// // Measure who would hit 10 per second before enforcing it.
+    /// let trial = Policy::new("burst").quota(Quota::per_second(10)).shadow(true);
+    /// # let _ = trial;
+    /// ```
+    #[must_use]
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.edit().shadow = shadow;
+        self
+    }
+
     /// The policy name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -287,6 +332,11 @@ impl Policy {
 
     fn smallest_limit(&self) -> Option<u64> {
         self.inner.quotas.iter().map(|q| q.limit()).min()
+    }
+
+    /// Whether the policy is in [shadow mode](Policy::shadow).
+    pub(crate) fn is_shadow(&self) -> bool {
+        self.inner.shadow
     }
 
     /// Whether two values are the same policy (clones of one another).

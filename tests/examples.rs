@@ -1,7 +1,10 @@
 //! The examples: all four build (`cargo build --examples --all-features`, a
-//! no-op when `cargo test` has just built them), and the load-test server
-//! checks its environment at start-up, serves `/api/ping` and limits it.
+//! no-op when `cargo test` has just built them), the load-test server
+//! checks its environment at start-up, serves `/api/ping` and limits it, and
+//! the axum example limits its routes and serves the limiter's metrics at
+//! `/metrics`.
 
+mod scrape;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -92,9 +95,15 @@ fn loadtest_server(env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-/// Starts the server and returns it with its base URL (read from stdout).
+/// Starts the load-test server and returns it with its base URL.
 fn start(env: &[(&str, &str)]) -> (Server, String) {
-    let mut child = loadtest_server(env)
+    spawn(loadtest_server(env))
+}
+
+/// Starts an example server and returns it with its base URL (read from
+/// its `listening on` line).
+fn spawn(mut command: Command) -> (Server, String) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -258,5 +267,86 @@ async fn loadtest_server_without_the_limiter() {
         let (status, h) = ping(&client, &url, None).await;
         assert_eq!(status, StatusCode::OK);
         headers::assert_no_rate_limit_headers(&h);
+    }
+}
+
+/// The axum example on a free port, with the memory backend.
+fn axum_example() -> (Server, String) {
+    let bin = examples_dir().join(format!("axum{}", std::env::consts::EXE_SUFFIX));
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("REDIS_URL")
+        .env("BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    spawn(cmd)
+}
+
+/// The axum example limits its routes and serves the limiter's metrics, by
+/// their documented names, at `/metrics` (built with `--all-features`, so
+/// with `metrics`); `/metrics` and `/health` are neither limited nor counted.
+#[tokio::test]
+async fn axum_example_serves_its_metrics() {
+    let client = client();
+    let (_server, url) = axum_example();
+    for _ in 0..3 {
+        let sent = send_with(&client, Method::GET, &format!("{url}/api/hello"), &[]).await;
+        assert_eq!(sent.status, StatusCode::OK);
+    }
+    // `Policy::auth()`: 5 per minute; the 6th is denied by the backend, the
+    // 7th from the blocked-client cache.
+    let mut logins = Vec::new();
+    for _ in 0..7 {
+        let sent = send_with(&client, Method::POST, &format!("{url}/auth/login"), &[]).await;
+        logins.push(sent.status.as_u16());
+    }
+    assert_eq!(logins, [200, 200, 200, 200, 200, 429, 429]);
+    for path in ["/health", "/metrics"] {
+        let sent = send_with(&client, Method::GET, &format!("{url}{path}"), &[]).await;
+        assert_eq!(sent.status, StatusCode::OK, "{path}");
+        headers::assert_no_rate_limit_headers(&sent.headers);
+    }
+
+    let scraped = send_with(&client, Method::GET, &format!("{url}/metrics"), &[]).await;
+    assert_eq!(scraped.status, StatusCode::OK);
+    let samples = scrape::Samples::parse(&scraped.body);
+    let text = &samples.text;
+    let decisions = |policy: &str, outcome: &str| {
+        samples.get(&format!(
+            "ratelimit_decisions_total{{outcome=\"{outcome}\",policy=\"{policy}\"}}"
+        ))
+    };
+    assert_eq!(decisions("api", "allowed"), Some(3.0), "{text}");
+    assert_eq!(decisions("auth", "allowed"), Some(5.0), "{text}");
+    assert_eq!(decisions("auth", "denied"), Some(2.0), "{text}");
+    let counted: f64 = samples
+        .values
+        .iter()
+        .filter(|(series, _)| series.starts_with("ratelimit_decisions_total{"))
+        .map(|(_, value)| value)
+        .sum();
+    assert_eq!(counted, 10.0, "only the limited requests: {text}");
+    assert_eq!(
+        samples.get("ratelimit_blocked_cache_hits_total{policy=\"auth\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        samples.get("ratelimit_backend_duration_seconds_count{backend=\"memory\"}"),
+        Some(9.0),
+        "3 + 6 backend calls: {text}"
+    );
+    assert_eq!(
+        samples.get("ratelimit_breaker_open{backend=\"memory\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    for line in [
+        "# TYPE ratelimit_decisions_total counter",
+        "# TYPE ratelimit_blocked_cache_hits_total counter",
+        "# TYPE ratelimit_backend_duration_seconds histogram",
+        "# TYPE ratelimit_breaker_open gauge",
+        "# HELP ratelimit_decisions_total Rate-limit decisions by policy and outcome",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }
 }

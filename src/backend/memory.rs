@@ -268,6 +268,10 @@ impl Backend for MemoryBackend {
         self.reset_now(policy, key);
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn metrics_label(&self) -> &'static str {
+        "memory"
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Checks and consumes `cost` units of every quota of `policy` for `key`.
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture;
 
+    /// What kind of backend this is, as the `backend` label of the layer's
+    /// metrics and the `backend` field of its decision spans: `"memory"`,
+    /// `"redis"` or `"redis_cluster"` for the crate's backends, `"custom"`
+    /// unless a custom backend says otherwise.
+    fn metrics_label(&self) -> &'static str {
+        "custom"
+    }
+
     // Administration: peek and reset.
 
     /// Reads every quota of `policy` for `key` without consuming, dropping
@@ -91,5 +99,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn reset(&self, policy: &Policy, key: &Key) -> ResetFuture {
         (**self).reset(policy, key)
+    }
+
+    fn metrics_label(&self) -> &'static str {
+        (**self).metrics_label()
     }
 }

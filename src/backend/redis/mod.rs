@@ -307,6 +307,14 @@ impl Backend for RedisBackend {
             Ok(())
         })
     }
+
+    fn metrics_label(&self) -> &'static str {
+        match self.inner.connection {
+            Connection::Single { .. } => "redis",
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(_) => "redis_cluster",
+        }
+    }
 }
 
 #[cfg(test)]
