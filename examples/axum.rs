@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --example axum --features metrics                # in-memory backend
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum --features metrics
+//! CONFIG=examples/limits.toml cargo run --example axum --features metrics,serde
 //! ```
 //!
 //! - `GET /api/hello`: `Policy::default_api()` (100 per minute per client IP)
@@ -11,7 +12,11 @@
 //! - `GET /metrics`: exempt; the limiter's metrics in Prometheus' text format
 //!   (with the `metrics` feature; without it the page has none of them)
 //!
-//! Environment: `BIND` (default `127.0.0.1:3000`), `REDIS_URL` (unset: memory).
+//! Environment: `BIND` (default `127.0.0.1:3000`); `CONFIG` (a TOML file of
+//! policies, routes, exemptions and backend, feature `serde`; unset: the
+//! limits above); `REDIS_URL` or `REDIS_CLUSTER` (comma-separated nodes,
+//! feature `cluster`), which override the file's backend (unset: the file's,
+//! else memory).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,9 +25,11 @@ use axum::Router;
 use axum::routing::{get, post};
 use http::Method;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use tower_redis_ratelimit::backend::redact_url;
 use tower_redis_ratelimit::metrics::BACKEND_DURATION_SECONDS;
-use tower_redis_ratelimit::{MemoryBackend, Policy, RateLimitLayer, RedisBackend};
+use tower_redis_ratelimit::{Policy, RateLimitLayer};
+
+#[path = "common/config.rs"]
+mod config;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -53,22 +60,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("built without the `metrics` feature: /metrics shows no rate-limit metrics");
     }
 
-    let builder = RateLimitLayer::builder()
+    let defaults = RateLimitLayer::builder()
         .default_policy(Policy::default_api())
         .route_method(Method::POST, "/auth/login", Policy::auth())
         .exempt("/health")
         .exempt("/metrics");
-    let builder = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => {
-            println!("backend: redis at {}", redact_url(&url));
-            builder.backend(RedisBackend::new(&url)?)
-        }
-        _ => {
-            println!("backend: in-memory (set REDIS_URL to share limits through Redis)");
-            builder.backend(MemoryBackend::new())
-        }
-    };
-    let limits = builder.build()?;
+    let (limits, description) = config::limits(defaults)?;
+    println!("{description}");
 
     let app = Router::new()
         .route("/api/hello", get(|| async { "hello\n" }))

@@ -250,6 +250,30 @@ async fn every_setting_reaches_the_layer() {
     assert_eq!(forwarded("198.51.100.2").await, StatusCode::OK);
 }
 
+/// `shadow = true` reaches the policy: over the limit, requests pass with
+/// the would-be headers (r=0) instead of a 429.
+#[tokio::test]
+async fn shadow_policies_from_a_file_decide_but_deny_nothing() {
+    let text = "default_policy = \"trial\"\n[policies.trial]\nquotas = [\"2/min\"]\nshadow = true";
+    let layer = load(text).unwrap().build().unwrap();
+    for r in ["1", "0", "0"] {
+        let response = send(&layer, Method::GET, "/x", "192.0.2.9").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let state = header(&response, "ratelimit").unwrap();
+        assert!(state.starts_with(&format!("\"trial\";r={r};t=")), "{state}");
+    }
+    let enforced = "default_policy = \"trial\"\n[policies.trial]\nquotas = [\"2/min\"]";
+    let layer = load(enforced).unwrap().build().unwrap();
+    for expected in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        let response = send(&layer, Method::GET, "/x", "192.0.2.9").await;
+        assert_eq!(response.status(), expected);
+    }
+}
+
 #[test]
 fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
     let policy = |quota: &str| format!("[policies.auth]\nquotas = [{quota:?}]\n");
@@ -492,11 +516,6 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
             "[policies.\"my api\"]\nquotas = [\"3/s\"]".to_owned(),
             "policies.my api: invalid policy name \"my api\": use 1 to 64 characters from A-Z, \
              a-z, 0-9, `.`, `_`, `-`",
-        ),
-        (
-            "shadow mode",
-            "[policies.api]\nquotas = [\"3/s\"]\nshadow = true".to_owned(),
-            "policies.api.shadow: shadow mode is not available in this build",
         ),
     ];
     let mut failures = Vec::new();

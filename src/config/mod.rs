@@ -390,13 +390,7 @@ impl PolicyConfig {
         if let Some(max_cost) = self.max_cost {
             policy = policy.max_cost(max_cost);
         }
-        if self.shadow {
-            // Once `Policy::shadow` exists: `policy = policy.shadow(true);`
-            return Err(invalid(
-                format!("{path}.shadow"),
-                "shadow mode is not available in this build",
-            ));
-        }
+        policy = policy.shadow(self.shadow);
         policy.validate().map_err(|error| {
             let field = match &error {
                 ConfigError::NoQuota { .. } => ".quotas".to_owned(),
