@@ -15,10 +15,12 @@
 //! client's counts first.
 //!
 //! - Backend: `REDIS_URL` (one node), or `REDIS_CLUSTER` (comma-separated
-//!   seed node URLs; needs `--features cluster`), else in-memory — which only
-//!   sees this process, so it is a demo.
-//! - Policies: those of the axum example, `api` (`Policy::default_api()`) and
-//!   `auth` (`Policy::auth()`), under the default key prefix `rl`.
+//!   seed node URLs; needs `--features cluster`), else the `[redis]` table of
+//!   the `CONFIG` file, else in-memory — which only sees this process, so it
+//!   is a demo.
+//! - Policies: those of the `CONFIG` file (a TOML file, feature `serde`, as
+//!   the axum example reads it), else the axum example's built-in ones, `api`
+//!   (`Policy::default_api()`) and `auth` (`Policy::auth()`).
 //! - `--key`: the client key as the policy's key extractor makes it. An IP
 //!   address is read as `PeerIp` reads one (`Key::from_ip(ip, 64)`: an IPv6
 //!   address stands for its /64).
@@ -30,20 +32,22 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use http::Method;
-use tower_redis_ratelimit::backend::redact_url;
-use tower_redis_ratelimit::{
-    Key, MemoryBackend, Policy, QuotaStatus, RateLimitLayer, RateLimitLayerBuilder, RedisBackend,
-};
+use tower_redis_ratelimit::{Key, Policy, QuotaStatus, RateLimitLayer};
+
+#[path = "common/config.rs"]
+mod config;
 
 const USAGE: &str = "usage: inspect --policy <name> --key <client key> [--reset]
 
-  --policy <name>  the policy: api or auth (the axum example's)
+  --policy <name>  the policy: a name from CONFIG, else api or auth (the axum example's)
   --key <key>      the client key, e.g. an IP address as the peer-IP key sees it
   --reset          forget the client's counts, then print them
 
 Prints one line per quota: `<policy> <window> limit=<n> remaining=<n> reset=<seconds>`.
 Backend: REDIS_URL (one node) or REDIS_CLUSTER (comma-separated node URLs,
-needs `--features cluster`), else in-memory (this process only: a demo).";
+needs `--features cluster`), else the CONFIG file's, else in-memory (this
+process only: a demo). Policies: those of CONFIG (a TOML file, `--features
+serde`), else the axum example's.";
 
 /// How long the backend may take for each call (a dead cluster would
 /// otherwise be waited for forever).
@@ -124,56 +128,22 @@ fn line(policy: &str, quota: &QuotaStatus) -> String {
     )
 }
 
-/// The axum example's layer on the backend the environment names; a note on
-/// stderr says which.
+/// The layer of `CONFIG`, else the axum example's, on the backend the
+/// environment (or the file) names; a note on stderr says which.
 fn layer() -> Result<RateLimitLayer, String> {
-    let builder = RateLimitLayer::builder()
+    let defaults = RateLimitLayer::builder()
         .default_policy(Policy::default_api())
         .route_method(Method::POST, "/auth/login", Policy::auth())
         .exempt("/health");
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let builder: RateLimitLayerBuilder = match (var("REDIS_URL"), var("REDIS_CLUSTER")) {
-        (Some(_), Some(_)) => {
-            return Err("set REDIS_URL (one node) or REDIS_CLUSTER (a cluster), not both".into());
-        }
-        (Some(url), None) => {
-            eprintln!("backend: redis at {}", redact_url(&url));
-            let backend = RedisBackend::new(&url).map_err(|e| format!("REDIS_URL: {e}"))?;
-            builder.backend(backend)
-        }
-        (None, Some(nodes)) => cluster(builder, &nodes)?,
-        (None, None) => {
-            eprintln!(
-                "backend: in-memory. An in-memory inspect only sees its own process, which has \
-                 just started: this is a demo. Set REDIS_URL or REDIS_CLUSTER to inspect the \
-                 counts your servers share."
-            );
-            builder.backend(MemoryBackend::new())
-        }
-    };
-    builder.build().map_err(|e| e.to_string())
-}
-
-#[cfg(feature = "cluster")]
-fn cluster(builder: RateLimitLayerBuilder, nodes: &str) -> Result<RateLimitLayerBuilder, String> {
-    let nodes: Vec<&str> = nodes
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .collect();
-    let shown: Vec<_> = nodes.iter().map(|n| redact_url(n)).collect();
-    eprintln!("backend: redis cluster at {}", shown.join(", "));
-    let backend = RedisBackend::cluster(nodes).map_err(|e| format!("REDIS_CLUSTER: {e}"))?;
-    Ok(builder.backend(backend))
-}
-
-#[cfg(not(feature = "cluster"))]
-fn cluster(_: RateLimitLayerBuilder, _: &str) -> Result<RateLimitLayerBuilder, String> {
-    Err(
-        "REDIS_CLUSTER is set, but this example was built without the `cluster` feature: \
-         run it with `cargo run --features cluster --example inspect -- ...`"
-            .into(),
-    )
+    let (layer, description) = config::limits(defaults).map_err(|e| e.to_string())?;
+    eprintln!("{description}");
+    if description.contains("backend: in-memory") {
+        eprintln!(
+            "An in-memory inspect only sees its own process, which has just started: this is \
+             a demo. Set REDIS_URL or REDIS_CLUSTER to inspect the counts your servers share."
+        );
+    }
+    Ok(layer)
 }
 
 #[tokio::main(flavor = "current_thread")]

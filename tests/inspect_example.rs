@@ -186,6 +186,22 @@ fn inspect_in_memory_says_it_is_a_demo() {
     );
 }
 
+/// With `CONFIG`, the policies are the file's: `partner` exists only there.
+#[test]
+fn inspect_reads_the_policies_of_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/limits.toml");
+    let out = inspect(
+        Some(("CONFIG", path)),
+        &["--policy", "partner", "--key", "k1"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "partner 1s limit=10 remaining=10 reset=0\npartner 3600s limit=1000 remaining=1000 reset=0\n"
+    );
+    assert!(stderr(&out).contains("limits: "), "{}", stderr(&out));
+}
+
 #[test]
 fn inspect_refuses_bad_usage_with_status_2() {
     for (args, says) in [
@@ -232,7 +248,7 @@ fn inspect_reports_a_dead_backend_with_status_1() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        stderr(&out).starts_with("backend: redis at"),
+        stderr(&out).contains("backend: redis at"),
         "{}",
         stderr(&out)
     );
