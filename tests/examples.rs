@@ -270,14 +270,20 @@ async fn loadtest_server_without_the_limiter() {
     }
 }
 
-/// The axum example on a free port, with the memory backend.
-fn axum_example() -> (Server, String) {
+/// The axum example on a free port, with the memory backend, and its limits
+/// from the `config` file if given.
+fn axum_example(config: Option<&str>) -> (Server, String) {
     let bin = examples_dir().join(format!("axum{}", std::env::consts::EXE_SUFFIX));
     let mut cmd = Command::new(bin);
     cmd.env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER")
+        .env_remove("CONFIG")
         .env("BIND", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
+    if let Some(config) = config {
+        cmd.env("CONFIG", config);
+    }
     spawn(cmd)
 }
 
@@ -286,8 +292,23 @@ fn axum_example() -> (Server, String) {
 /// with `metrics`); `/metrics` and `/health` are neither limited nor counted.
 #[tokio::test]
 async fn axum_example_serves_its_metrics() {
+    serves_its_metrics(None).await;
+}
+
+/// The same with `CONFIG=examples/limits.toml`: the file's api and auth
+/// policies are the built-in ones, `/health` and `/metrics` are exempt.
+#[tokio::test]
+async fn axum_example_with_the_example_config_serves_its_metrics() {
+    serves_its_metrics(Some(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/limits.toml"
+    )))
+    .await;
+}
+
+async fn serves_its_metrics(config: Option<&str>) {
     let client = client();
-    let (_server, url) = axum_example();
+    let (_server, url) = axum_example(config);
     for _ in 0..3 {
         let sent = send_with(&client, Method::GET, &format!("{url}/api/hello"), &[]).await;
         assert_eq!(sent.status, StatusCode::OK);
