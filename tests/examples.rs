@@ -8,9 +8,7 @@ mod scrape;
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -18,43 +16,9 @@ use http::{Method, StatusCode};
 use support::headers;
 use support::web::{client, send_with};
 
-/// `target/<profile>`, from this test binary's path (`target/<profile>/deps/..`).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-/// Builds every example once (all features, so the tonic one too) and returns
-/// the directory holding them.
-fn examples_dir() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let profile = profile_dir();
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo
-                .args(["build", "--quiet", "--examples", "--all-features"])
-                .arg("--manifest-path")
-                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-                .arg("--target-dir")
-                .arg(profile.parent().unwrap());
-            if profile.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
-            }
-            let out = cargo.output().expect("run cargo");
-            assert!(
-                out.status.success(),
-                "cargo build --examples failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            profile.join("examples")
-        })
-        .clone()
-}
-
 #[test]
 fn all_four_examples_build() {
-    let dir = examples_dir();
+    let dir = support::examples_dir();
     for name in ["axum", "tonic", "hyper", "loadtest_server"] {
         let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
         assert!(bin.is_file(), "{} was not built", bin.display());
@@ -74,7 +38,8 @@ impl Drop for Server {
 }
 
 fn loadtest_server(env: &[(&str, &str)]) -> Command {
-    let bin = examples_dir().join(format!("loadtest_server{}", std::env::consts::EXE_SUFFIX));
+    let bin =
+        support::examples_dir().join(format!("loadtest_server{}", std::env::consts::EXE_SUFFIX));
     let mut cmd = Command::new(bin);
     for var in [
         "BIND",
@@ -273,7 +238,7 @@ async fn loadtest_server_without_the_limiter() {
 /// The axum example on a free port, with the memory backend, and its limits
 /// from the `config` file if given.
 fn axum_example(config: Option<&str>) -> (Server, String) {
-    let bin = examples_dir().join(format!("axum{}", std::env::consts::EXE_SUFFIX));
+    let bin = support::examples_dir().join(format!("axum{}", std::env::consts::EXE_SUFFIX));
     let mut cmd = Command::new(bin);
     cmd.env_remove("REDIS_URL")
         .env_remove("REDIS_CLUSTER")

@@ -13,43 +13,14 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use http::{Method, Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::{Key, Policy, RateLimitLayer, RedisBackend};
 
-/// The inspect example's binary, built once (all features, as
-/// `tests/examples.rs` builds the examples).
+/// The inspect example's binary, built once with the other examples.
 fn inspect_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // `target/<profile>`, from this test binary's path
-            // (`target/<profile>/deps/..`).
-            let exe = std::env::current_exe().unwrap();
-            let profile = exe.parent().unwrap().parent().unwrap().to_path_buf();
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo
-                .args(["build", "--quiet", "--examples", "--all-features"])
-                .arg("--manifest-path")
-                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-                .arg("--target-dir")
-                .arg(profile.parent().unwrap());
-            if profile.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
-            }
-            let out = cargo.output().expect("run cargo");
-            assert!(
-                out.status.success(),
-                "cargo build --examples failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            profile
-                .join("examples")
-                .join(format!("inspect{}", std::env::consts::EXE_SUFFIX))
-        })
-        .clone()
+    support::examples_dir().join(format!("inspect{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// Runs the example with `args`, the environment variable `backend` (if

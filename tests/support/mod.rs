@@ -23,6 +23,7 @@ pub mod web;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A `redis-server` child process, killed on drop.
@@ -214,4 +215,38 @@ pub fn redis_backend(url: &str, test: &str) -> tower_redis_ratelimit::RedisBacke
         .prefix(unique_prefix(test))
         .build()
         .expect("a valid URL builds without connecting")
+}
+
+/// `target/<profile>`, from this test binary's path (`target/<profile>/deps/..`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Builds every example once (all features, so the tonic one too) and returns
+/// the directory holding them.
+pub fn examples_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile = profile_dir();
+            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cargo
+                .args(["build", "--quiet", "--examples", "--all-features"])
+                .arg("--manifest-path")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(profile.parent().unwrap());
+            if profile.file_name().is_some_and(|n| n == "release") {
+                cargo.arg("--release");
+            }
+            let out = cargo.output().expect("run cargo");
+            assert!(
+                out.status.success(),
+                "cargo build --examples failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            profile.join("examples")
+        })
+        .clone()
 }
