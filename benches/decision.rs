@@ -47,7 +47,16 @@ fn request(i: u64) -> Request<String> {
     req
 }
 
-fn layer_overhead(c: &mut Criterion) {
+/// A current-thread runtime and the service the layer wraps.
+fn runtime_and_inner() -> (
+    tokio::runtime::Runtime,
+    impl tower::Service<
+        Request<String>,
+        Response = Response<String>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Copy,
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,6 +64,11 @@ fn layer_overhead(c: &mut Criterion) {
     let inner = service_fn(|_req: Request<String>| async {
         Ok::<_, Infallible>(Response::new(String::from("ok")))
     });
+    (rt, inner)
+}
+
+fn layer_overhead(c: &mut Criterion) {
+    let (rt, inner) = runtime_and_inner();
     let mut group = c.benchmark_group("layer");
     group.bench_function("without_layer", |b| {
         b.to_async(&rt).iter(|| inner.oneshot(request(1)))
@@ -77,13 +91,7 @@ fn layer_overhead(c: &mut Criterion) {
 }
 
 fn route_selection(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let inner = service_fn(|_req: Request<String>| async {
-        Ok::<_, Infallible>(Response::new(String::from("ok")))
-    });
+    let (rt, inner) = runtime_and_inner();
     let strict = Policy::new("strict")
         .quota(Quota::per_second(1_000_000_000))
         .quota(Quota::per_hour(1_000_000_000));

@@ -104,7 +104,7 @@ pub(crate) enum DecisionOutcome {
 
 impl DecisionOutcome {
     /// Every outcome, in the order of their discriminants.
-    #[cfg(feature = "metrics")]
+    #[cfg(any(feature = "metrics", test))]
     const ALL: [Self; 7] = [
         Self::Allowed,
         Self::Denied,
@@ -387,17 +387,7 @@ mod tests {
         assert_eq!(of(&closed, Source::Failure), FailedClosed);
         assert_eq!(of(&allow(), Source::Failure), LocalAllowed);
         assert_eq!(of(&limited(), Source::Failure), LocalDenied);
-        let labels: Vec<&str> = [
-            Allowed,
-            Denied,
-            FailedOpen,
-            FailedClosed,
-            LocalAllowed,
-            LocalDenied,
-            ShadowDenied,
-        ]
-        .map(DecisionOutcome::as_str)
-        .to_vec();
+        let labels: Vec<&str> = DecisionOutcome::ALL.map(DecisionOutcome::as_str).to_vec();
         assert_eq!(
             labels,
             [

@@ -40,13 +40,7 @@ fn layer(url: &str, capacity: usize) -> RateLimitLayer {
         .quota(Quota::new(3, Duration::from_millis(1500)))
         .algorithm(Algorithm::SlidingLog)
         .key(Header::new("x-client"))
-        .cost_fn(|parts| {
-            parts
-                .headers
-                .get("x-cost")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(1)
-        });
+        .cost_fn(support::cost_header);
     RateLimitLayer::builder()
         .backend(backend)
         .default_policy(policy)

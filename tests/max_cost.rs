@@ -35,13 +35,7 @@ fn costed(name: &str, quota: Quota, algorithm: Algorithm) -> Policy {
         .quota(quota)
         .algorithm(algorithm)
         .key(Header::new("x-client"))
-        .cost_fn(|parts| {
-            parts
-                .headers
-                .get("x-cost")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(1)
-        })
+        .cost_fn(support::cost_header)
         .failure_mode(FailureMode::Closed)
 }
 

@@ -250,3 +250,13 @@ pub fn examples_dir() -> PathBuf {
         })
         .clone()
 }
+
+/// A request's cost as the `x-cost` header states it (1 without one): the
+/// cost function of the tests that vary costs per request.
+pub fn cost_header(parts: &http::request::Parts) -> u64 {
+    parts
+        .headers
+        .get("x-cost")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(1)
+}
