@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::{Instrument, Span};
@@ -31,6 +31,7 @@ use crate::backend::CheckFuture;
 use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
 use crate::error::BackendError;
+use crate::failure::FailureLog;
 use crate::metrics::BackendMetrics;
 
 /// Circuit breaker settings.
@@ -103,17 +104,44 @@ pub(crate) enum Permit {
     Skip,
 }
 
-/// The breaker's state, shared by every clone of a layer.
-pub(crate) struct Breaker {
-    config: CircuitBreaker,
-    clock: Arc<dyn Clock>,
+/// One partition's circuit: its failure count, cool-down and probe slot.
+struct Circuit {
     failures: AtomicU32,
-    /// The clock reading (µs, plus one) until which the breaker is open;
+    /// The clock reading (µs, plus one) until which the circuit is open;
     /// 0 = closed.
     open_until: AtomicU64,
     probing: AtomicBool,
     cooldown_us: AtomicU64,
-    /// Call durations and the open/closed gauge (feature `metrics`).
+}
+
+impl Circuit {
+    fn new(config: &CircuitBreaker) -> Self {
+        Self {
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            cooldown_us: AtomicU64::new(micros(config.cooldown)),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) != 0
+    }
+}
+
+/// The breaker's state, shared by every clone of a layer: one circuit per
+/// partition of the backend ([`Backend::partitions`](crate::Backend::partitions)),
+/// so that one failing cluster shard does not switch off limiting for the
+/// keys of the healthy ones. A single-node backend has one partition.
+pub(crate) struct Breaker {
+    config: CircuitBreaker,
+    clock: Arc<dyn Clock>,
+    circuits: Box<[Circuit]>,
+    /// How many circuits are open now.
+    open: AtomicUsize,
+    /// Rate-limits the opening warnings when many partitions open at once.
+    warnings: FailureLog,
+    /// Call durations and the open-partitions gauge (feature `metrics`).
     metrics: BackendMetrics,
 }
 
@@ -121,7 +149,8 @@ impl std::fmt::Debug for Breaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Breaker")
             .field("config", &self.config)
-            .field("open", &self.is_open())
+            .field("partitions", &self.circuits.len())
+            .field("open", &self.open_partitions())
             .finish_non_exhaustive()
     }
 }
@@ -132,18 +161,22 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Breaker {
-    pub(crate) fn new(config: CircuitBreaker) -> Self {
-        Self::with_clock(config, Arc::new(MonotonicClock))
+    /// A breaker of `partitions` circuits (at least one).
+    pub(crate) fn new(config: CircuitBreaker, partitions: usize) -> Self {
+        Self::with_clock(config, partitions, Arc::new(MonotonicClock))
     }
 
-    pub(crate) fn with_clock(config: CircuitBreaker, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn with_clock(
+        config: CircuitBreaker,
+        partitions: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             config,
+            circuits: (0..partitions.max(1)).map(|_| Circuit::new(&config)).collect(),
+            open: AtomicUsize::new(0),
+            warnings: FailureLog::with_clock(Arc::clone(&clock)),
             clock,
-            failures: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
-            cooldown_us: AtomicU64::new(micros(config.cooldown)),
             metrics: BackendMetrics::new(),
         }
     }
@@ -153,20 +186,33 @@ impl Breaker {
         self.clock.now_micros().saturating_add(1)
     }
 
-    /// Whether the breaker is open now (test and metrics helper).
-    pub(crate) fn is_open(&self) -> bool {
-        self.open_until.load(Ordering::Acquire) != 0
+    /// The circuit of `partition`; an out-of-range partition (a custom
+    /// backend's mistake) wraps around rather than panicking.
+    fn circuit(&self, partition: usize) -> &Circuit {
+        &self.circuits[partition % self.circuits.len()]
     }
 
-    pub(crate) fn permit(&self) -> Permit {
-        let until = self.open_until.load(Ordering::Acquire);
+    /// How many partitions' circuits are open now.
+    pub(crate) fn open_partitions(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Whether the circuit of `partition` is open now.
+    #[cfg(test)]
+    pub(crate) fn is_open(&self, partition: usize) -> bool {
+        self.circuit(partition).is_open()
+    }
+
+    pub(crate) fn permit(&self, partition: usize) -> Permit {
+        let circuit = self.circuit(partition);
+        let until = circuit.open_until.load(Ordering::Acquire);
         if until == 0 {
             return Permit::Call;
         }
         if self.now_us() < until {
             return Permit::Skip;
         }
-        match self
+        match circuit
             .probing
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
         {
@@ -175,48 +221,61 @@ impl Breaker {
         }
     }
 
-    /// Records the outcome of a call made under `permit`. `None` means the
-    /// call was abandoned (the request went away) and proves nothing.
-    pub(crate) fn record(&self, permit: Permit, ok: Option<bool>, error: Option<&BackendError>) {
+    /// Records the outcome of a call made under `permit` for `partition`.
+    /// `None` means the call was abandoned (the request went away) and
+    /// proves nothing.
+    pub(crate) fn record(
+        &self,
+        partition: usize,
+        permit: Permit,
+        ok: Option<bool>,
+        error: Option<&BackendError>,
+    ) {
+        let circuit = self.circuit(partition);
         match (permit, ok) {
             (Permit::Skip, _) => {}
-            (Permit::Probe, None) => self.probing.store(false, Ordering::Release),
+            (Permit::Probe, None) => circuit.probing.store(false, Ordering::Release),
             (Permit::Call, None) => {}
             (Permit::Call, Some(true)) => {
                 // A call that started before the breaker opened says little
                 // about a partly failing backend: only the probe closes it.
-                if !self.is_open() {
-                    self.failures.store(0, Ordering::Release);
+                if !circuit.is_open() {
+                    circuit.failures.store(0, Ordering::Release);
                 }
             }
             (Permit::Probe, Some(true)) => {
-                self.failures.store(0, Ordering::Release);
-                if self.open_until.swap(0, Ordering::AcqRel) != 0 {
-                    self.cooldown_us
+                circuit.failures.store(0, Ordering::Release);
+                if circuit.open_until.swap(0, Ordering::AcqRel) != 0 {
+                    circuit
+                        .cooldown_us
                         .store(micros(self.config.cooldown), Ordering::Release);
-                    self.metrics.breaker(false);
-                    tracing::info!("rate limiter backend recovered; circuit breaker closed");
+                    self.closed(partition);
                 }
-                self.probing.store(false, Ordering::Release);
+                circuit.probing.store(false, Ordering::Release);
             }
             (Permit::Probe, Some(false)) => {
                 let max = micros(self.config.max_cooldown);
-                let next = self
+                let next = circuit
                     .cooldown_us
                     .load(Ordering::Acquire)
                     .saturating_mul(2)
                     .min(max);
-                self.cooldown_us.store(next, Ordering::Release);
-                self.open_until
+                circuit.cooldown_us.store(next, Ordering::Release);
+                circuit
+                    .open_until
                     .store(self.now_us().saturating_add(next), Ordering::Release);
-                self.probing.store(false, Ordering::Release);
-                tracing::debug!(cooldown_ms = next / 1000, "rate limiter probe failed");
+                circuit.probing.store(false, Ordering::Release);
+                tracing::debug!(
+                    partition,
+                    cooldown_ms = next / 1000,
+                    "rate limiter probe failed"
+                );
             }
             (Permit::Call, Some(false)) => {
-                let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-                if failures >= self.config.threshold && !self.is_open() {
-                    let cooldown = self.cooldown_us.load(Ordering::Acquire);
-                    let opened = self
+                let failures = circuit.failures.fetch_add(1, Ordering::AcqRel) + 1;
+                if failures >= self.config.threshold && !circuit.is_open() {
+                    let cooldown = circuit.cooldown_us.load(Ordering::Acquire);
+                    let opened = circuit
                         .open_until
                         .compare_exchange(
                             0,
@@ -226,21 +285,74 @@ impl Breaker {
                         )
                         .is_ok();
                     if opened {
-                        self.metrics.breaker(true);
-                        match error {
-                            Some(error) => tracing::warn!(
-                                failures,
-                                %error,
-                                "rate limiter backend failing; circuit breaker open, skipping it"
-                            ),
-                            None => tracing::warn!(
-                                failures,
-                                "rate limiter backend failing; circuit breaker open, skipping it"
-                            ),
-                        }
+                        self.opened(partition, failures, error);
                     }
                 }
             }
+        }
+    }
+
+    /// A circuit opened: update the gauge and log. One backend (one
+    /// partition) logs every opening at `warn`, as before partitions
+    /// existed. With several partitions, a dead cluster node opens many
+    /// circuits at once: the first opening (none was open) warns, naming its
+    /// partition; further ones warn at most once a second with how many are
+    /// open and how many openings went unwarned, the rest are `debug`.
+    fn opened(&self, partition: usize, failures: u32, error: Option<&BackendError>) {
+        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.breaker(open);
+        let partitions = self.circuits.len();
+        let error: &dyn std::fmt::Display = match error {
+            Some(error) => error,
+            None => &"backend deadline exceeded",
+        };
+        if partitions == 1 {
+            tracing::warn!(
+                failures,
+                %error,
+                "rate limiter backend failing; circuit breaker open, skipping it"
+            );
+            return;
+        }
+        let warning = self.warnings.warning();
+        if open == 1 || warning.is_some() {
+            tracing::warn!(
+                partition,
+                partitions,
+                open_partitions = open,
+                unwarned = warning.unwrap_or(0),
+                failures,
+                %error,
+                "rate limiter backend failing for a partition of its keys; \
+                 circuit breaker open, skipping it for those keys"
+            );
+        } else {
+            tracing::debug!(
+                partition,
+                open_partitions = open,
+                failures,
+                %error,
+                "rate limiter circuit breaker open for one more partition"
+            );
+        }
+    }
+
+    /// A circuit closed: update the gauge and log (`info` once every
+    /// partition is closed again, else `debug`).
+    fn closed(&self, partition: usize) {
+        let open = self.open.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        self.metrics.breaker(open);
+        if open == 0 {
+            tracing::info!(
+                partition,
+                "rate limiter backend recovered; circuit breaker closed"
+            );
+        } else {
+            tracing::debug!(
+                partition,
+                open_partitions = open,
+                "rate limiter circuit breaker closed for one partition"
+            );
         }
     }
 }
@@ -282,6 +394,7 @@ pub(crate) type Guarded = Pin<Box<dyn Future<Output = Called> + Send>>;
 /// Records "abandoned" if the guarded call is dropped before it finishes.
 struct Guard {
     breaker: Arc<Breaker>,
+    partition: usize,
     permit: Permit,
     done: bool,
 }
@@ -289,15 +402,17 @@ struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if !self.done {
-            self.breaker.record(self.permit, None, None);
+            self.breaker
+                .record(self.partition, self.permit, None, None);
         }
     }
 }
 
 impl Breaker {
     /// Runs one backend call under the breaker and `deadline`: the only way
-    /// the crate calls a backend. When the breaker is open the backend is not
-    /// called at all and the outcome is [`Outcome::Skipped`] at once.
+    /// the crate calls a backend. When the circuit of `partition` (the key's
+    /// [`Backend::partition`](crate::Backend::partition)) is open the backend
+    /// is not called at all and the outcome is [`Outcome::Skipped`] at once.
     ///
     /// `backend` is the backend's metrics label; the call runs in `span`,
     /// and is timed if the `metrics` feature or that span wants it.
@@ -306,9 +421,10 @@ impl Breaker {
         deadline: Duration,
         backend: &'static str,
         span: &Span,
+        partition: usize,
         check: impl FnOnce() -> CheckFuture,
     ) -> Guarded {
-        let permit = self.permit();
+        let permit = self.permit(partition);
         if permit == Permit::Skip {
             return Box::pin(std::future::ready(Outcome::Skipped.into()));
         }
@@ -317,6 +433,7 @@ impl Breaker {
         let future = span.in_scope(check);
         let mut guard = Guard {
             breaker: Arc::clone(self),
+            partition,
             permit,
             done: false,
         };
@@ -336,7 +453,7 @@ impl Breaker {
                 Outcome::Failed(error) => (false, Some(error)),
                 Outcome::TimedOut(_) | Outcome::Skipped => (false, None),
             };
-            guard.breaker.record(permit, Some(ok), error);
+            guard.breaker.record(partition, permit, Some(ok), error);
             Called { outcome, took }
         };
         Box::pin(call.instrument(span.clone()))
@@ -349,12 +466,16 @@ mod tests {
     use crate::clock::FakeClock;
 
     fn fail(b: &Breaker, p: Permit) {
-        b.record(p, Some(false), None);
+        b.record(0, p, Some(false), None);
     }
 
     fn breaker(config: CircuitBreaker) -> (Breaker, FakeClock) {
         let clock = FakeClock::new(1_000_000);
-        (Breaker::with_clock(config, Arc::new(clock.clone())), clock)
+        (Breaker::with_clock(config, 1, Arc::new(clock.clone())), clock)
+    }
+
+    fn cooldown_us(b: &Breaker) -> u64 {
+        b.circuit(0).cooldown_us.load(Ordering::Relaxed)
     }
 
     #[test]
@@ -363,27 +484,27 @@ mod tests {
             .failure_threshold(2)
             .cooldown(Duration::from_millis(20), Duration::from_millis(40));
         let (b, clock) = breaker(cfg);
-        assert_eq!(b.permit(), Permit::Call);
+        assert_eq!(b.permit(0), Permit::Call);
         fail(&b, Permit::Call);
-        assert_eq!(b.permit(), Permit::Call);
+        assert_eq!(b.permit(0), Permit::Call);
         fail(&b, Permit::Call);
-        assert_eq!(b.permit(), Permit::Skip);
+        assert_eq!(b.permit(0), Permit::Skip);
         clock.advance(Duration::from_millis(19));
-        assert_eq!(b.permit(), Permit::Skip, "still cooling down");
+        assert_eq!(b.permit(0), Permit::Skip, "still cooling down");
         clock.advance(Duration::from_millis(1));
-        assert_eq!(b.permit(), Permit::Probe);
-        assert_eq!(b.permit(), Permit::Skip, "one probe at a time");
+        assert_eq!(b.permit(0), Permit::Probe);
+        assert_eq!(b.permit(0), Permit::Skip, "one probe at a time");
         fail(&b, Permit::Probe);
-        assert_eq!(b.cooldown_us.load(Ordering::Relaxed), 40_000);
+        assert_eq!(cooldown_us(&b), 40_000);
         clock.advance(Duration::from_millis(39));
-        assert_eq!(b.permit(), Permit::Skip, "the cool-down doubled");
+        assert_eq!(b.permit(0), Permit::Skip, "the cool-down doubled");
         clock.advance(Duration::from_millis(1));
-        let p = b.permit();
+        let p = b.permit(0);
         assert_eq!(p, Permit::Probe);
-        b.record(p, Some(true), None);
-        assert!(!b.is_open());
-        assert_eq!(b.permit(), Permit::Call);
-        assert_eq!(b.cooldown_us.load(Ordering::Relaxed), 20_000);
+        b.record(0, p, Some(true), None);
+        assert!(!b.is_open(0));
+        assert_eq!(b.permit(0), Permit::Call);
+        assert_eq!(cooldown_us(&b), 20_000);
     }
 
     #[test]
@@ -394,10 +515,10 @@ mod tests {
         let (b, clock) = breaker(cfg);
         fail(&b, Permit::Call);
         clock.advance(Duration::from_millis(3));
-        let p = b.permit();
+        let p = b.permit(0);
         assert_eq!(p, Permit::Probe);
-        b.record(p, None, None);
-        assert_eq!(b.permit(), Permit::Probe);
+        b.record(0, p, None, None);
+        assert_eq!(b.permit(0), Permit::Probe);
     }
 
     #[test]
@@ -407,20 +528,20 @@ mod tests {
             .cooldown(Duration::from_secs(60), Duration::from_secs(60));
         let (b, _clock) = breaker(cfg);
         // Three calls start while closed; two fail (opening it), one succeeds late.
-        let (p1, p2, p3) = (b.permit(), b.permit(), b.permit());
+        let (p1, p2, p3) = (b.permit(0), b.permit(0), b.permit(0));
         assert_eq!((p1, p2, p3), (Permit::Call, Permit::Call, Permit::Call));
         fail(&b, p1);
         fail(&b, p2);
-        assert!(b.is_open());
-        b.record(p3, Some(true), None);
-        assert!(b.is_open(), "only a probe closes the breaker");
-        assert_eq!(b.permit(), Permit::Skip);
+        assert!(b.is_open(0));
+        b.record(0, p3, Some(true), None);
+        assert!(b.is_open(0), "only a probe closes the breaker");
+        assert_eq!(b.permit(0), Permit::Skip);
         // While closed, a success still resets the failure count.
         let (b, _clock) = breaker(cfg);
         fail(&b, Permit::Call);
-        b.record(Permit::Call, Some(true), None);
+        b.record(0, Permit::Call, Some(true), None);
         fail(&b, Permit::Call);
-        assert!(!b.is_open(), "the count was reset by the success");
+        assert!(!b.is_open(0), "the count was reset by the success");
     }
 
     #[test]
@@ -435,14 +556,14 @@ mod tests {
         assert_eq!(short.max_cooldown, Duration::from_millis(1));
         let (b, _clock) = breaker(cfg);
         fail(&b, Permit::Call);
-        assert_eq!(b.permit(), Permit::Skip);
+        assert_eq!(b.permit(0), Permit::Skip);
         // A failed probe doubles the cool-down: it stays at the clamp.
-        b.record(Permit::Probe, Some(false), None);
+        b.record(0, Permit::Probe, Some(false), None);
         assert_eq!(
-            b.cooldown_us.load(Ordering::Relaxed),
+            cooldown_us(&b),
             micros(CircuitBreaker::MAX_COOLDOWN)
         );
-        assert_eq!(b.permit(), Permit::Skip);
+        assert_eq!(b.permit(0), Permit::Skip);
     }
 
     #[tokio::test]
@@ -451,11 +572,11 @@ mod tests {
         let cfg = CircuitBreaker::new()
             .failure_threshold(2)
             .cooldown(Duration::from_secs(60), Duration::from_secs(60));
-        let b = Arc::new(Breaker::new(cfg));
+        let b = Arc::new(Breaker::new(cfg, 1));
         let deadline = Duration::from_millis(20);
         let span = Span::none();
         let decided = b
-            .call(deadline, "memory", &span, || {
+            .call(deadline, "memory", &span, 0, || {
                 Box::pin(async {
                     Ok(Decision::allowed(vec![QuotaStatus {
                         limit: 1,
@@ -473,7 +594,7 @@ mod tests {
             "timed only for the histogram or an enabled span"
         );
         let failed = b
-            .call(deadline, "memory", &span, || {
+            .call(deadline, "memory", &span, 0, || {
                 Box::pin(async { Err(BackendError::Protocol("x".into())) })
             })
             .await;
@@ -482,7 +603,7 @@ mod tests {
             Outcome::Failed(BackendError::Protocol(_))
         ));
         let late = b
-            .call(deadline, "memory", &span, || {
+            .call(deadline, "memory", &span, 0, || {
                 Box::pin(std::future::pending())
             })
             .await;
@@ -490,10 +611,10 @@ mod tests {
         if let Some(took) = late.took {
             assert!(took >= deadline, "{took:?}");
         }
-        assert!(b.is_open(), "two failures in a row");
+        assert!(b.is_open(0), "two failures in a row");
         let mut called = false;
         let skipped = b
-            .call(deadline, "memory", &span, || {
+            .call(deadline, "memory", &span, 0, || {
                 called = true;
                 Box::pin(std::future::pending())
             })
@@ -501,5 +622,41 @@ mod tests {
         assert!(matches!(skipped.outcome, Outcome::Skipped));
         assert!(skipped.took.is_none(), "no call, no duration");
         assert!(!called, "an open breaker does not call the backend");
+    }
+
+    #[test]
+    fn partitions_fail_and_recover_independently() {
+        let cfg = CircuitBreaker::new()
+            .failure_threshold(2)
+            .cooldown(Duration::from_millis(10), Duration::from_millis(10));
+        let clock = FakeClock::new(1_000_000);
+        let b = Breaker::with_clock(cfg, 4, Arc::new(clock.clone()));
+        for partition in [1, 3] {
+            for _ in 0..2 {
+                b.record(partition, Permit::Call, Some(false), None);
+            }
+        }
+        assert_eq!(b.open_partitions(), 2);
+        assert_eq!(b.permit(0), Permit::Call, "a healthy partition is called");
+        assert_eq!(b.permit(2), Permit::Call);
+        assert_eq!(b.permit(1), Permit::Skip);
+        assert_eq!(b.permit(3), Permit::Skip);
+        // Failures spread over partitions open none of them.
+        b.record(0, Permit::Call, Some(false), None);
+        b.record(2, Permit::Call, Some(false), None);
+        assert_eq!(b.open_partitions(), 2);
+        // Each open partition has its own probe.
+        clock.advance(Duration::from_millis(10));
+        assert_eq!(b.permit(1), Permit::Probe);
+        assert_eq!(b.permit(3), Permit::Probe);
+        b.record(1, Permit::Probe, Some(true), None);
+        assert_eq!(b.open_partitions(), 1);
+        assert!(!b.is_open(1) && b.is_open(3));
+        b.record(3, Permit::Probe, Some(true), None);
+        assert_eq!(b.open_partitions(), 0);
+        // An out-of-range partition wraps around instead of panicking.
+        assert_eq!(b.permit(7), Permit::Call);
+        // Zero partitions means one.
+        assert_eq!(Breaker::new(cfg, 0).circuits.len(), 1);
     }
 }

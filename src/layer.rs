@@ -286,6 +286,7 @@ impl RateLimitLayerBuilder {
         let backend = self
             .backend
             .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let partitions = backend.partitions();
         // The blocked-client capacity is shared out between the policies.
         let blocked = self.blocked_capacity.div_ceil(policies.len().max(1));
         Ok(RateLimitLayer {
@@ -298,7 +299,7 @@ impl RateLimitLayerBuilder {
                     .collect(),
                 deadline: self.deadline,
                 style: self.style,
-                breaker: Arc::new(Breaker::new(self.breaker)),
+                breaker: Arc::new(Breaker::new(self.breaker, partitions)),
                 failures: FailureLog::default(),
                 local: MemoryBackend::new(),
             }),

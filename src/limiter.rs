@@ -184,9 +184,11 @@ impl Limiter {
             let reached = Reached::at_once(id, Source::BlockedCache, &span);
             return Start::Settled(self.settle(verdict, reached));
         }
+        let partition = self.backend.partition(policy, &key);
+        let label = self.backend.metrics_label();
         let call = self
             .breaker
-            .call(self.deadline, self.backend.metrics_label(), &span, || {
+            .call(self.deadline, label, &span, partition, || {
                 self.backend.check(policy, &key, cost)
             });
         Start::Checking(

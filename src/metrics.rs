@@ -13,7 +13,7 @@
 //! | `ratelimit_decisions_total` | counter | `policy`, `outcome` | every limited request, once |
 //! | `ratelimit_blocked_cache_hits_total` | counter | `policy` | denials answered from the blocked-client cache |
 //! | `ratelimit_backend_duration_seconds` | histogram | `backend` | backend calls that ended (decided, failed or timed out) |
-//! | `ratelimit_breaker_open` | gauge | `backend` | 1 while the circuit breaker is open, else 0 |
+//! | `ratelimit_breaker_open` | gauge | `backend` | how many of the backend's partitions have their circuit breaker open: 1 while the breaker is open, else 0, for a single-node backend |
 //!
 //! `outcome` is one of:
 //!
@@ -40,7 +40,11 @@
 //! `redis`, `redis_cluster`, `memory` (or what a custom backend says). The
 //! breaker gauge is set to 0 on the layer's first backend call and on every
 //! transition; each layer has its own breaker, so with several layers on one
-//! backend the gauge shows the latest transition of any of them.
+//! backend the gauge shows the latest transition of any of them. A Redis
+//! Cluster backend has one breaker circuit per group of hash slots
+//! ([`Backend::partitions`](crate::Backend::partitions)): there the gauge
+//! counts the groups whose circuit is open (a dead master opens those of the
+//! groups it owns), so alert on `> 0`.
 //!
 //! # Tracing
 //!
@@ -74,7 +78,8 @@ pub const DECISIONS_TOTAL: &str = "ratelimit_decisions_total";
 pub const BLOCKED_CACHE_HITS_TOTAL: &str = "ratelimit_blocked_cache_hits_total";
 /// Histogram of backend call durations in seconds, labelled `backend`.
 pub const BACKEND_DURATION_SECONDS: &str = "ratelimit_backend_duration_seconds";
-/// Gauge, 1 while the circuit breaker is open and 0 otherwise, labelled `backend`.
+/// Gauge, labelled `backend`: how many of the backend's partitions have their
+/// circuit breaker open (a single-node backend: 1 while open, else 0).
 pub const BREAKER_OPEN: &str = "ratelimit_breaker_open";
 
 /// How a verdict was reached: with the verdict, enough to name its outcome.
@@ -193,7 +198,7 @@ mod recording {
         );
         ::metrics::describe_gauge!(
             BREAKER_OPEN,
-            "1 while the rate-limit backend's circuit breaker is open, else 0"
+            "Partitions of the rate-limit backend whose circuit breaker is open (single node: 1 while open, else 0)"
         );
     }
 
@@ -263,7 +268,7 @@ mod recording {
                     duration: Key::from_parts(BACKEND_DURATION_SECONDS, label()),
                     breaker_open: Key::from_parts(BREAKER_OPEN, label()),
                 };
-                set_gauge(&keys.breaker_open, false);
+                set_gauge(&keys.breaker_open, 0);
                 keys
             });
         }
@@ -279,8 +284,8 @@ mod recording {
             }
         }
 
-        /// The breaker opened (`true`) or closed.
-        pub(crate) fn breaker(&self, open: bool) {
+        /// A breaker circuit opened or closed: `open` circuits are open now.
+        pub(crate) fn breaker(&self, open: usize) {
             if let Some(keys) = self.keys.get() {
                 set_gauge(&keys.breaker_open, open);
             }
@@ -290,11 +295,12 @@ mod recording {
         pub(crate) const TIMED: bool = true;
     }
 
-    fn set_gauge(key: &Key, open: bool) {
+    fn set_gauge(key: &Key, open: usize) {
+        // Exact: there are far fewer partitions than 2^53.
+        #[allow(clippy::cast_precision_loss)]
+        let open = open as f64;
         with_recorder(|recorder: &dyn Recorder| {
-            recorder
-                .register_gauge(key, &METADATA)
-                .set(if open { 1.0 } else { 0.0 });
+            recorder.register_gauge(key, &METADATA).set(open);
         });
     }
 }
@@ -334,7 +340,7 @@ mod recording {
         pub(crate) fn call_took(&self, _took: Duration) {}
 
         #[inline(always)]
-        pub(crate) fn breaker(&self, _open: bool) {}
+        pub(crate) fn breaker(&self, _open: usize) {}
 
         /// Whether backend calls are timed for the histogram.
         pub(crate) const TIMED: bool = false;

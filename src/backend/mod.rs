@@ -56,6 +56,27 @@ pub trait Backend: Send + Sync + 'static {
         "custom"
     }
 
+    // Failure isolation: partitions.
+
+    /// How many parts, failing independently, this backend's keys fall into
+    /// (at least 1; default 1: the backend works or fails as a whole).
+    ///
+    /// The layer's circuit breaker keeps one circuit per partition, so while
+    /// one part fails (a Redis Cluster master is down) the keys of the other
+    /// parts are still limited. [`RedisBackend`] on a Redis Cluster has 64
+    /// partitions, groups of 256 consecutive hash slots (a group straddling
+    /// two masters' slot ranges fails with either); on a single node, one.
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    /// The partition (below [`partitions`](Backend::partitions)) that
+    /// decides `policy`'s counts for `key`. Default 0.
+    fn partition(&self, policy: &Policy, key: &Key) -> usize {
+        let _ = (policy, key);
+        0
+    }
+
     // Administration: peek and reset.
 
     /// Reads every quota of `policy` for `key` without consuming, dropping
@@ -103,5 +124,13 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn metrics_label(&self) -> &'static str {
         (**self).metrics_label()
+    }
+
+    fn partitions(&self) -> usize {
+        (**self).partitions()
+    }
+
+    fn partition(&self, policy: &Policy, key: &Key) -> usize {
+        (**self).partition(policy, key)
     }
 }

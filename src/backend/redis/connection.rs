@@ -112,10 +112,12 @@ impl Connection {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Self, RedisError> {
-        let client = redis::cluster::ClusterClient::builder(urls.to_vec())
-            .connection_timeout(connect_timeout)
-            .response_timeout(response_timeout)
-            .build()?;
+        let client = cluster::retries(
+            redis::cluster::ClusterClient::builder(urls.to_vec())
+                .connection_timeout(connect_timeout)
+                .response_timeout(response_timeout),
+        )
+        .build()?;
         let nodes = urls.iter().map(|u| super::redact_url(u).into_owned());
         Ok(Connection::Cluster(cluster::Cluster::new(
             client,
@@ -190,16 +192,94 @@ impl Connection {
 }
 
 #[cfg(feature = "cluster")]
-mod cluster {
-    //! The Redis Cluster connection, made once in the background.
+pub(super) mod cluster {
+    //! The Redis Cluster connection, made once in the background, and what
+    //! keeps it able to repair itself while requests give up.
+    //!
+    //! redis-rs' cluster client repairs its view of the cluster (reconnects,
+    //! slot map refresh) as a side effect of the errors its requests meet,
+    //! and it drops a request whose caller went away without looking at its
+    //! result. A decision cancelled by the layer's deadline therefore
+    //! teaches the client nothing: under load, after a master died, every
+    //! call to its slots was cancelled before the error that would have
+    //! refreshed the slot map, and the client never learned of the promoted
+    //! replica. So decisions run in spawned tasks, to completion, whatever
+    //! the caller does ([`Cluster::detached`]), with a bound on how many may
+    //! be outstanding; and the client retries quickly (tens of
+    //! milliseconds, not redis-rs' default of over a second) a few times
+    //! ([`retries`]), so a detached call ends soon after the cluster settles.
 
+    use std::future::Future;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
-    use redis::cluster::ClusterClient;
+    use redis::cluster::{ClusterClient, ClusterClientBuilder};
     use redis::cluster_async::ClusterConnection;
-    use tokio::sync::watch;
+    use tokio::sync::{Semaphore, watch};
+
+    use crate::backend::CheckFuture;
+    use crate::decision::Decision;
+    use crate::error::BackendError;
+
+    /// Redis Cluster's hash slots.
+    const SLOTS: usize = 16_384;
+
+    /// The partitions of a cluster backend (see
+    /// [`Backend::partitions`](crate::Backend::partitions)): groups of
+    /// `16384 / PARTITIONS` consecutive hash slots, each with its own
+    /// circuit-breaker circuit. Masters own ranges of consecutive slots, so
+    /// a group is owned by one master, except a group straddling the
+    /// boundary between two masters' ranges: while one of those masters is
+    /// down, the other's keys in that group (at most 256 slots on each side
+    /// of each boundary) fail like the dead master's once the circuit opens.
+    /// 64 keeps that share small while each group still sees enough traffic
+    /// to notice a failure quickly.
+    pub(in crate::backend::redis) const PARTITIONS: usize = 64;
+
+    /// How many decisions may run detached at once, per backend; beyond,
+    /// calls run in the caller's task (and are cancelled with it).
+    const MAX_DETACHED: usize = 1024;
+
+    /// The retry settings of the cluster client: up to 3 retries, waiting
+    /// 10 ms to 80 ms (redis-rs' defaults are 16 retries, waiting 1.28 s or
+    /// more: far beyond any deadline, and long detached calls).
+    pub(in crate::backend::redis) fn retries(builder: ClusterClientBuilder) -> ClusterClientBuilder {
+        builder
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .retry_wait_formula(10, 2)
+    }
+
+    /// Redis Cluster's hash slot of `key` (CRC16/XMODEM of its hash tag, or
+    /// of the whole key when it has none), as `CLUSTER KEYSLOT` computes it.
+    pub(in crate::backend::redis) fn slot(key: &[u8]) -> u16 {
+        let hashed = match key.iter().position(|&b| b == b'{') {
+            Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+                Some(0) | None => key,
+                Some(len) => &key[open + 1..open + 1 + len],
+            },
+            None => key,
+        };
+        let mut crc: u16 = 0;
+        for &byte in hashed {
+            crc ^= u16::from(byte) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 == 0 {
+                    crc << 1
+                } else {
+                    (crc << 1) ^ 0x1021
+                };
+            }
+        }
+        crc % 16_384
+    }
+
+    /// The partition of the hash slot of `key`.
+    pub(in crate::backend::redis) fn partition(key: &[u8]) -> usize {
+        usize::from(slot(key)) / (SLOTS / PARTITIONS)
+    }
 
     pub(in crate::backend::redis) struct Cluster {
         /// The nodes as given, passwords redacted: only shown by `Debug`.
@@ -207,6 +287,8 @@ mod cluster {
         client: ClusterClient,
         ready: watch::Sender<Option<ClusterConnection>>,
         connecting: Arc<AtomicBool>,
+        /// Permits for detached decisions.
+        detached: Arc<Semaphore>,
     }
 
     impl Cluster {
@@ -216,7 +298,37 @@ mod cluster {
                 client,
                 ready: watch::Sender::new(None),
                 connecting: Arc::new(AtomicBool::new(false)),
+                detached: Arc::new(Semaphore::new(MAX_DETACHED)),
             }
+        }
+
+        /// Runs `call` (a decision) in a task of its own, so that it runs to
+        /// completion, and the cluster client sees its errors and repairs
+        /// its topology, even when the caller stops waiting (deadline,
+        /// client gone). The returned future only waits for the result.
+        /// Beyond [`MAX_DETACHED`] outstanding calls, or outside a Tokio
+        /// runtime, `call` runs in the caller's task instead.
+        pub fn detached<F>(&self, call: F) -> CheckFuture
+        where
+            F: Future<Output = Result<Decision, BackendError>> + Send + 'static,
+        {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return Box::pin(call);
+            };
+            let Ok(permit) = Arc::clone(&self.detached).try_acquire_owned() else {
+                return Box::pin(call);
+            };
+            let task = runtime.spawn(async move {
+                let result = call.await;
+                drop(permit);
+                result
+            });
+            Box::pin(async move {
+                match task.await {
+                    Ok(result) => result,
+                    Err(error) => Err(BackendError::Other(Box::new(error))),
+                }
+            })
         }
 
         /// The connection, once made. The first caller starts a background
@@ -261,5 +373,25 @@ mod cluster {
                 .expect("the sender lives in the backend");
             conn.as_ref().expect("waited for Some").clone()
         }
+    }
+}
+
+#[cfg(all(test, feature = "cluster"))]
+mod tests {
+    use super::cluster::{PARTITIONS, partition, slot};
+
+    #[test]
+    fn slots_follow_redis_hash_tags() {
+        // Values of `CLUSTER KEYSLOT` (the cluster tests compare with a
+        // live server too).
+        assert_eq!(slot(b"foo"), 12_182);
+        assert_eq!(slot(b"bar"), 5_061);
+        assert_eq!(slot(b"{foo}:anything"), 12_182);
+        assert_eq!(slot(b"x{foo}y{bar}"), 12_182, "the first tag counts");
+        assert_eq!(slot(b"{}foo"), slot(b"{}foo"), "an empty tag hashes all");
+        assert_ne!(slot(b"{}foo"), slot(b""));
+        assert_eq!(slot(b"{foo"), slot(b"{foo"));
+        assert_eq!(partition(b"foo"), 12_182 / 256);
+        assert!((0..=255u8).all(|b| partition(&[b]) < PARTITIONS));
     }
 }

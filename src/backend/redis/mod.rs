@@ -278,10 +278,46 @@ impl Backend for RedisBackend {
             script::invocation(&self.inner.prefix, &self.inner.nonces, policy, key, cost);
         let quotas = policy.quotas().to_vec();
         let inner = Arc::clone(&self.inner);
-        Box::pin(async move {
+        let call = async move {
             let reply = inner.connection.invoke(&invocation).await?;
             script::decode(&reply, &quotas)
-        })
+        };
+        // On a cluster the call runs to completion even if the layer's
+        // deadline gives up on it: the client repairs its topology from the
+        // errors its calls meet (see `connection::cluster`).
+        #[cfg(feature = "cluster")]
+        if let Connection::Cluster(cluster) = &self.inner.connection {
+            return cluster.detached(call);
+        }
+        Box::pin(call)
+    }
+
+    // Failure isolation: one partition per group of hash slots on a cluster.
+
+    fn partitions(&self) -> usize {
+        match self.inner.connection {
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(_) => connection::cluster::PARTITIONS,
+            #[allow(unreachable_patterns)]
+            _ => 1,
+        }
+    }
+
+    fn partition(&self, policy: &Policy, key: &Key) -> usize {
+        match self.inner.connection {
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(_) => {
+                // Every key of a decision shares this hash tag (see
+                // `redis_keys`); the prefix has no brace.
+                let tagged = format!("{{{}:{}}}", policy.name(), key.as_str());
+                connection::cluster::partition(tagged.as_bytes())
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = (policy, key);
+                0
+            }
+        }
     }
 
     // Administration: peek and reset.
