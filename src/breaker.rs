@@ -173,7 +173,9 @@ impl Breaker {
     ) -> Self {
         Self {
             config,
-            circuits: (0..partitions.max(1)).map(|_| Circuit::new(&config)).collect(),
+            circuits: (0..partitions.max(1))
+                .map(|_| Circuit::new(&config))
+                .collect(),
             open: AtomicUsize::new(0),
             warnings: FailureLog::with_clock(Arc::clone(&clock)),
             clock,
@@ -402,8 +404,7 @@ struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if !self.done {
-            self.breaker
-                .record(self.partition, self.permit, None, None);
+            self.breaker.record(self.partition, self.permit, None, None);
         }
     }
 }
@@ -471,7 +472,10 @@ mod tests {
 
     fn breaker(config: CircuitBreaker) -> (Breaker, FakeClock) {
         let clock = FakeClock::new(1_000_000);
-        (Breaker::with_clock(config, 1, Arc::new(clock.clone())), clock)
+        (
+            Breaker::with_clock(config, 1, Arc::new(clock.clone())),
+            clock,
+        )
     }
 
     fn cooldown_us(b: &Breaker) -> u64 {
@@ -559,10 +563,7 @@ mod tests {
         assert_eq!(b.permit(0), Permit::Skip);
         // A failed probe doubles the cool-down: it stays at the clamp.
         b.record(0, Permit::Probe, Some(false), None);
-        assert_eq!(
-            cooldown_us(&b),
-            micros(CircuitBreaker::MAX_COOLDOWN)
-        );
+        assert_eq!(cooldown_us(&b), micros(CircuitBreaker::MAX_COOLDOWN));
         assert_eq!(b.permit(0), Permit::Skip);
     }
 

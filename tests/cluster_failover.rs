@@ -67,12 +67,12 @@ struct Sample {
     id: usize,
 }
 
-type Service = tower_redis_ratelimit::RateLimit<
-    tower::util::ServiceFn<
-        fn(Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>>,
-    >,
-    tower_redis_ratelimit::DefaultRejection,
+/// The inner service: 200, empty body.
+type Inner = tower::util::ServiceFn<
+    fn(Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>>,
 >;
+
+type Service = tower_redis_ratelimit::RateLimit<Inner, tower_redis_ratelimit::DefaultRejection>;
 
 fn ok(_req: Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>> {
     std::future::ready(Ok(Response::new(String::new())))
@@ -90,9 +90,7 @@ fn instance(cluster: &RedisCluster, prefix: &str, policy: &Policy) -> (Service, 
         .deadline(DEADLINE)
         .build()
         .unwrap();
-    let inner: tower::util::ServiceFn<
-        fn(Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>>,
-    > = tower::service_fn(ok);
+    let inner: Inner = tower::service_fn(ok);
     (layer.layer(inner), backend)
 }
 
@@ -173,7 +171,9 @@ impl Load {
 fn keyslots(cluster: &RedisCluster, node: usize, policy: &str, ids: &[String]) -> Vec<u16> {
     let mut pipe = redis::pipe();
     for id in ids {
-        pipe.cmd("CLUSTER").arg("KEYSLOT").arg(format!("{{{policy}:{id}}}"));
+        pipe.cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("{{{policy}:{id}}}"));
     }
     let mut conn = cluster.node_conn(node);
     pipe.query(&mut conn).unwrap()
@@ -286,7 +286,10 @@ async fn a_master_killed_under_load_fails_open_briefly_and_only_for_its_keys() {
     let failed_over = watch.await.unwrap() - killed_at;
 
     // Every request: no error, none waiting beyond the deadline.
-    let errors = samples.iter().filter(|s| s.outcome == Outcome::Error).count();
+    let errors = samples
+        .iter()
+        .filter(|s| s.outcome == Outcome::Error)
+        .count();
     let slowest = samples.iter().map(|s| s.latency).max().unwrap();
     let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= killed_at).collect();
     let total_s = samples.last().unwrap().at.as_secs_f64();
@@ -400,7 +403,9 @@ async fn a_master_killed_under_load_fails_open_briefly_and_only_for_its_keys() {
     let shards_now = cluster.shards_seen_by(survivor);
     assert_eq!(shards_now.len(), 3, "{shards_now:?}");
     for shard in &shards_now {
-        let fresh: Vec<String> = (0..200).map(|i| format!("fresh-{}-{i}", shard.port)).collect();
+        let fresh: Vec<String> = (0..200)
+            .map(|i| format!("fresh-{}-{i}", shard.port))
+            .collect();
         let fresh_slots = keyslots(&cluster, survivor, "fo", &fresh);
         let owned: Vec<&String> = fresh
             .iter()
@@ -422,7 +427,10 @@ async fn a_master_killed_under_load_fails_open_briefly_and_only_for_its_keys() {
             assert_eq!(admitted, 100, "{id} on master {}", shard.port);
         }
     }
-    let promoted = shards_now.iter().find(|s| s.owns(shards[1].ranges[0].0)).unwrap();
+    let promoted = shards_now
+        .iter()
+        .find(|s| s.owns(shards[1].ranges[0].0))
+        .unwrap();
     eprintln!(
         "after recovery: exactly 100 of 110 admitted on every master (killed {}, promoted {})",
         victim.port, promoted.port
@@ -465,7 +473,10 @@ async fn resharding_under_load_fails_nothing_and_counts_exactly() {
     let moved_slots: usize = (0..16_384u16)
         .filter(|&s| owner(&before, s) != owner(&after, s))
         .count();
-    let errors = samples.iter().filter(|s| s.outcome == Outcome::Error).count();
+    let errors = samples
+        .iter()
+        .filter(|s| s.outcome == Outcome::Error)
+        .count();
     let (baseline, during): (Vec<&Sample>, Vec<&Sample>) =
         samples.iter().partition(|s| s.at < reshard_at);
     let unlimited = |part: &[&Sample]| {

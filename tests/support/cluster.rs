@@ -196,14 +196,19 @@ pub struct Shard {
 impl Shard {
     /// Whether the master owns `slot`.
     pub fn owns(&self, slot: u16) -> bool {
-        self.ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&slot))
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&slot))
     }
 }
 
 impl RedisCluster {
     /// The index of the node listening on `port`.
     pub fn index_of(&self, port: u16) -> usize {
-        self.ports.iter().position(|&p| p == port).expect("a node's port")
+        self.ports
+            .iter()
+            .position(|&p| p == port)
+            .expect("a node's port")
     }
 
     /// Whether node `i` is still running.
@@ -252,7 +257,11 @@ impl RedisCluster {
     /// The hash slot of `key` (`CLUSTER KEYSLOT` on node `i`).
     pub fn keyslot(&self, i: usize, key: &str) -> u16 {
         let mut conn = self.node_conn(i);
-        redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut conn).unwrap()
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)
+            .unwrap()
     }
 
     /// Moves `slots` slots from the master on port `from` to the one on

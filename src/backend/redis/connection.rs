@@ -241,10 +241,16 @@ pub(super) mod cluster {
     /// calls run in the caller's task (and are cancelled with it).
     const MAX_DETACHED: usize = 1024;
 
+    /// The longest a detached decision may run: redis-rs' retries and
+    /// response timeout end it much sooner in practice.
+    const MAX_DETACHED_TIME: Duration = Duration::from_secs(10);
+
     /// The retry settings of the cluster client: up to 3 retries, waiting
     /// 10 ms to 80 ms (redis-rs' defaults are 16 retries, waiting 1.28 s or
     /// more: far beyond any deadline, and long detached calls).
-    pub(in crate::backend::redis) fn retries(builder: ClusterClientBuilder) -> ClusterClientBuilder {
+    pub(in crate::backend::redis) fn retries(
+        builder: ClusterClientBuilder,
+    ) -> ClusterClientBuilder {
         builder
             .retries(3)
             .min_retry_wait(10)
@@ -306,12 +312,20 @@ pub(super) mod cluster {
         /// completion, and the cluster client sees its errors and repairs
         /// its topology, even when the caller stops waiting (deadline,
         /// client gone). The returned future only waits for the result.
-        /// Beyond [`MAX_DETACHED`] outstanding calls, or outside a Tokio
-        /// runtime, `call` runs in the caller's task instead.
+        ///
+        /// `call` runs in the caller's task instead (and is cancelled with
+        /// it) before the first connection is made (a decision waiting for
+        /// a cluster that is not there must not fire long after its request
+        /// was answered; the connecting task is detached anyway), beyond
+        /// [`MAX_DETACHED`] outstanding calls, and outside a Tokio runtime.
+        /// A detached call is abandoned after [`MAX_DETACHED_TIME`].
         pub fn detached<F>(&self, call: F) -> CheckFuture
         where
             F: Future<Output = Result<Decision, BackendError>> + Send + 'static,
         {
+            if self.ready.borrow().is_none() {
+                return Box::pin(call);
+            }
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return Box::pin(call);
             };
@@ -319,9 +333,13 @@ pub(super) mod cluster {
                 return Box::pin(call);
             };
             let task = runtime.spawn(async move {
-                let result = call.await;
+                let result = tokio::time::timeout(MAX_DETACHED_TIME, call).await;
                 drop(permit);
-                result
+                result.unwrap_or_else(|_| {
+                    Err(BackendError::Protocol(
+                        "redis cluster call abandoned after 10 s".to_owned(),
+                    ))
+                })
             });
             Box::pin(async move {
                 match task.await {
