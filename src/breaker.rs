@@ -12,6 +12,19 @@
 //! succeeds afterwards proves little about a partly failing backend, and
 //! letting it close the breaker would make it flap.
 //!
+//! The breaker keeps one such circuit per *partition* of the backend's keys
+//! ([`Backend::partitions`](crate::Backend::partitions)): a single Redis
+//! node is one partition, so the breaker works as described for the whole
+//! backend; a Redis Cluster backend has 64, one per group of 256 hash slots,
+//! so while one master is down only the circuits of the groups it owns open
+//! and the keys of the healthy masters are still limited. Each decision is
+//! counted against its key's partition. The first circuit to open is logged
+//! at `warn` with its partition; when many open at once (a dead master
+//! owns a third of the groups) the others are logged at `debug`, with at
+//! most one more `warn` a second saying how many are open; `info` once
+//! every circuit is closed again. The `ratelimit_breaker_open` gauge counts
+//! the open circuits.
+//!
 //! Time comes from an injected [`Clock`] (monotonic in production), so the
 //! tests move a fake clock instead of sleeping.
 //!

@@ -70,8 +70,10 @@ pub trait Backend: Send + Sync + 'static {
         1
     }
 
-    /// The partition (below [`partitions`](Backend::partitions)) that
-    /// decides `policy`'s counts for `key`. Default 0.
+    /// The partition (below [`partitions`](Backend::partitions); larger
+    /// values wrap around) that decides `policy`'s counts for `key`: the
+    /// breaker circuit a decision counts against. Called for every backend
+    /// decision, so keep it cheap (a hash). Default 0.
     fn partition(&self, policy: &Policy, key: &Key) -> usize {
         let _ = (policy, key);
         0
