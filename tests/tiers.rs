@@ -67,7 +67,11 @@ async fn admits(
     for i in 0..limit {
         let sent = get_with(client, base, headers).await;
         assert_eq!(sent.status, StatusCode::OK, "{headers:?} request {i}");
-        assert_eq!(header(&sent, "ratelimit-policy"), policy_header, "{headers:?}");
+        assert_eq!(
+            header(&sent, "ratelimit-policy"),
+            policy_header,
+            "{headers:?}"
+        );
     }
     let denied = get_with(client, base, headers).await;
     assert_eq!(
@@ -103,7 +107,14 @@ async fn tiers_by_header(backend: Arc<dyn Backend>) -> RateLimitLayer {
     // An unknown tier, or a tier name in another case, is the default tier.
     for plan in ["gold", "PRO", "", "api.pro"] {
         let key = format!("k-unknown-{plan}");
-        admits(&client, &base, &[("x-api-key", &key), ("x-plan", plan)], 2, free).await;
+        admits(
+            &client,
+            &base,
+            &[("x-api-key", &key), ("x-plan", plan)],
+            2,
+            free,
+        )
+        .await;
     }
     // Counters are per tier: the free client, denied, upgraded to pro, gets
     // the pro quota in full; its free-tier denial still stands.
@@ -146,7 +157,10 @@ async fn redis_tiers_by_header_one_script_call_and_keys_per_tier() {
         ("api.enterprise", "k-ent"),
     ] {
         let keys = backend.redis_keys(admin.policy(policy).unwrap(), &Key::new(key));
-        assert!(keys.iter().all(|k| k.contains(&format!("{{{policy}:{key}}}"))));
+        assert!(
+            keys.iter()
+                .all(|k| k.contains(&format!("{{{policy}:{key}}}")))
+        );
         let exists: u64 = redis::cmd("EXISTS").arg(&keys).query(&mut conn).unwrap();
         assert_eq!(exists, keys.len() as u64, "{policy} {key}: {keys:?}");
     }
@@ -157,7 +171,10 @@ async fn redis_tiers_by_header_one_script_call_and_keys_per_tier() {
     let pro = Key::new("k-pro");
     assert!(!admin.peek("api.pro", &pro).await.unwrap().is_allowed());
     admin.reset("api.pro", &pro).await.unwrap();
-    assert_eq!(admin.peek("api.pro", &pro).await.unwrap().quotas()[0].remaining, 4);
+    assert_eq!(
+        admin.peek("api.pro", &pro).await.unwrap().quotas()[0].remaining,
+        4
+    );
 }
 
 /// Tiers from the application: a table of keys, and a function of the
@@ -171,7 +188,14 @@ async fn tiers_by_table_and_function(backend: impl Fn() -> Arc<dyn Backend>) {
         .tier("pro", [Quota::per_minute(3)])
         .tier_keys([("k-paying", "pro")]);
     let (base, _) = serve(backend(), table).await;
-    admits(&client, &base, &[("x-api-key", "k-paying")], 3, "\"keys.pro\";q=3;w=60").await;
+    admits(
+        &client,
+        &base,
+        &[("x-api-key", "k-paying")],
+        3,
+        "\"keys.pro\";q=3;w=60",
+    )
+    .await;
     // A client cannot pick its tier: only the table decides.
     admits(
         &client,
@@ -189,8 +213,22 @@ async fn tiers_by_table_and_function(backend: impl Fn() -> Arc<dyn Backend>) {
         .tier("big", [Quota::per_minute(5)])
         .tier_fn(move |_parts, key| customers.get(key).map(|t| (*t).to_owned()));
     let (base, _) = serve(backend(), function).await;
-    admits(&client, &base, &[("x-api-key", "k-big")], 5, "\"fn.big\";q=5;w=60").await;
-    admits(&client, &base, &[("x-api-key", "k-small")], 1, "\"fn\";q=1;w=60").await;
+    admits(
+        &client,
+        &base,
+        &[("x-api-key", "k-big")],
+        5,
+        "\"fn.big\";q=5;w=60",
+    )
+    .await;
+    admits(
+        &client,
+        &base,
+        &[("x-api-key", "k-small")],
+        1,
+        "\"fn\";q=1;w=60",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -231,7 +269,11 @@ fn tier_mistakes_are_config_errors_at_build() {
     );
     for bad in ["", "p.ro", "pro plan", &"x".repeat(33)] {
         assert_eq!(
-            build(base().tier(bad, [Quota::per_minute(20)]).tier_header(plan())),
+            build(
+                base()
+                    .tier(bad, [Quota::per_minute(20)])
+                    .tier_header(plan())
+            ),
             Err(ConfigError::InvalidTierName {
                 policy: "api".into(),
                 tier: bad.into()
@@ -265,7 +307,11 @@ fn tier_mistakes_are_config_errors_at_build() {
             known: vec!["pro".into()]
         }
     );
-    assert!(unknown.to_string().contains("unknown tier \"gold\" (its tiers: pro)"));
+    assert!(
+        unknown
+            .to_string()
+            .contains("unknown tier \"gold\" (its tiers: pro)")
+    );
     // An empty tier, and a tier's quotas checked as a policy's.
     assert_eq!(
         build(base().tier("pro", []).tier_header(plan())),
@@ -284,7 +330,11 @@ fn tier_mistakes_are_config_errors_at_build() {
     ));
     // A tier's name may not be another policy's.
     let err = RateLimitLayer::builder()
-        .default_policy(base().tier("pro", [Quota::per_minute(20)]).tier_header(plan()))
+        .default_policy(
+            base()
+                .tier("pro", [Quota::per_minute(20)])
+                .tier_header(plan()),
+        )
         .route("/x", Policy::new("api.pro").quota(Quota::per_minute(1)))
         .build()
         .unwrap_err();
