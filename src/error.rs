@@ -223,8 +223,8 @@ pub enum ConfigError {
     /// The Redis connection URL could not be parsed.
     #[error("invalid Redis URL: {0}")]
     RedisUrl(String),
-    /// A trusted-proxy network could not be parsed.
-    #[error("invalid trusted network {network:?}: expected CIDR like 10.0.0.0/8 or an address")]
+    /// A network (of trusted proxies or of an access list) could not be parsed.
+    #[error("invalid network {network:?}: expected CIDR like 10.0.0.0/8 or an address")]
     InvalidNetwork {
         /// The text that was given.
         network: String,
