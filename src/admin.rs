@@ -170,9 +170,12 @@ impl Admin {
     /// [`FailureMode::Local`](crate::FailureMode::Local) fallback. The
     /// client's next request is admitted with its full quota.
     ///
-    /// Other instances of the application may still answer the client from
-    /// their own blocked-client cache until its retry time (they cannot be
-    /// told); call `reset` on each of them if that matters.
+    /// Other instances may still answer the client from their own
+    /// blocked-client cache, but for no longer than their
+    /// [max age](crate::RateLimitLayerBuilder::blocked_cache_max_age) (1 s by
+    /// default): then they ask the backend, which has forgotten the counts.
+    /// A policy's [tiers](crate::Policy::tier) are policies of their own
+    /// (`api.pro`): reset each the client may be in.
     pub async fn reset(&self, policy: &str, key: &Key) -> Result<(), AdminError> {
         let compiled = self.find(policy)?;
         self.limiter.backend.reset(&compiled.policy, key).await?;

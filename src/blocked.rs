@@ -1,5 +1,13 @@
 //! The local cache of blocked clients: a client the backend has just denied
-//! is denied again locally, with zero backend calls, until its retry time.
+//! is denied again locally, with zero backend calls, until its retry time or
+//! the cache's max age, whichever comes first.
+//!
+//! The max age (the layer's `blocked_cache_max_age`, 1 s by default) bounds
+//! how long a reset elsewhere goes unseen: after `Admin::reset` on another
+//! instance, or a `DEL` of the client's keys in Redis, this instance asks the
+//! backend again within the max age, even for a per-day quota whose retry
+//! time is hours away. A flood from a blocked client then costs one backend
+//! call per client per max age per instance, instead of one per request.
 //!
 //! This is safe because a denial can only last *longer* than the backend said
 //! (other instances' traffic adds to the count, never removes from it): the
@@ -43,6 +51,8 @@ type Shard = LruCache<Key, Entry, RandomState>;
 pub(crate) struct BlockedClients {
     /// `None` when the cache is disabled.
     shards: Option<Sharded<Shard>>,
+    /// The longest an entry is kept, whatever its retry time, in microseconds.
+    max_age: u64,
     clock: Arc<dyn Clock>,
 }
 
@@ -50,17 +60,21 @@ impl std::fmt::Debug for BlockedClients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockedClients")
             .field("enabled", &self.shards.is_some())
+            .field("max_age_us", &self.max_age)
             .finish_non_exhaustive()
     }
 }
 
 impl BlockedClients {
-    /// A cache of at most about `capacity` blocked clients (0 disables it).
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self::with_clock(capacity, Arc::new(MonotonicClock))
+    /// A cache of at most about `capacity` blocked clients, each kept at most
+    /// `max_age` (a capacity of 0 or a zero max age disables it).
+    pub(crate) fn new(capacity: usize, max_age: Duration) -> Self {
+        Self::with_clock(capacity, max_age, Arc::new(MonotonicClock))
     }
 
-    pub(crate) fn with_clock(capacity: usize, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn with_clock(capacity: usize, max_age: Duration, clock: Arc<dyn Clock>) -> Self {
+        let max_age = u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX);
+        let capacity = if max_age == 0 { 0 } else { capacity };
         let shards = NonZeroUsize::new(capacity.div_ceil(SHARDS)).map(|per_shard| {
             Sharded::new(SHARDS, || {
                 // Unbounded then resized: the same bound as `with_hasher`, but
@@ -71,16 +85,23 @@ impl BlockedClients {
                 shard
             })
         });
-        Self { shards, clock }
+        Self {
+            shards,
+            max_age,
+            clock,
+        }
     }
 
-    /// The denial to repeat for this request, if the client is still blocked.
+    /// The denial to repeat for this request, if the client is still blocked
+    /// and the entry is younger than the max age. The retry time repeated is
+    /// the backend's (aged), not the max age: the client really must wait
+    /// that long unless it is reset.
     pub(crate) fn get(&self, key: &Key, cost: u64) -> Option<Decision> {
         let shards = self.shards.as_ref()?;
         let now = self.clock.now_micros();
         let mut shard = shards.lock(key);
         let entry = shard.get(key)?;
-        if entry.until <= now {
+        if entry.until <= now || now.saturating_sub(entry.at) >= self.max_age {
             shard.pop(key);
             return None;
         }
@@ -113,8 +134,9 @@ impl BlockedClients {
         }
     }
 
-    /// Remembers a denial. O(1): when the shard is full, its least recently
-    /// used entry makes room.
+    /// Remembers a denial until its retry time, or for the max age if that
+    /// is shorter. O(1): when the shard is full, its least recently used
+    /// entry makes room.
     pub(crate) fn insert(&self, key: &Key, cost: u64, decision: &Decision) {
         let Some(retry) = decision.retry_after() else {
             return;
@@ -165,8 +187,8 @@ mod tests {
     #[test]
     fn repeats_denials_until_retry_time_for_same_or_higher_cost() {
         let clock = FakeClock::new(1_000_000);
-        let cache = BlockedClients::with_clock(50, Arc::new(clock.clone()));
-        let other_policy = BlockedClients::with_clock(50, Arc::new(clock.clone()));
+        let cache = BlockedClients::with_clock(50, Duration::MAX, Arc::new(clock.clone()));
+        let other_policy = BlockedClients::with_clock(50, Duration::MAX, Arc::new(clock.clone()));
         let k = Key::new("a");
         assert!(cache.get(&k, 1).is_none());
         cache.insert(&k, 2, &denied(40));
@@ -189,8 +211,39 @@ mod tests {
     }
 
     #[test]
+    fn entries_expire_at_the_max_age_before_the_retry_time() {
+        let clock = FakeClock::new(1_000_000);
+        let max_age = Duration::from_secs(1);
+        let cache = BlockedClients::with_clock(50, max_age, Arc::new(clock.clone()));
+        let day = Key::new("day");
+        let short = Key::new("short");
+        // A per-day denial, and one shorter than the max age.
+        cache.insert(&day, 1, &denied(86_400_000));
+        cache.insert(&short, 1, &denied(300));
+        clock.advance(Duration::from_millis(999));
+        let d = cache.get(&day, 1).expect("still within the max age");
+        assert_eq!(
+            d.retry_after(),
+            Some(Duration::from_millis(86_400_000 - 999)),
+            "the backend's retry time is repeated, not the max age"
+        );
+        assert!(
+            cache.get(&short, 1).is_none(),
+            "its own retry time came first"
+        );
+        clock.advance(Duration::from_millis(1));
+        assert!(cache.get(&day, 1).is_none(), "the max age has passed");
+        assert_eq!(len(&cache), 0, "expired entries were dropped");
+        // A zero max age disables the cache.
+        let off = BlockedClients::with_clock(50, Duration::ZERO, Arc::new(clock.clone()));
+        off.insert(&day, 1, &denied(86_400_000));
+        assert!(off.get(&day, 1).is_none());
+        assert!(off.shards.is_none());
+    }
+
+    #[test]
     fn remove_forgets_one_client() {
-        let cache = BlockedClients::new(50);
+        let cache = BlockedClients::new(50, Duration::MAX);
         let (a, b) = (Key::new("a"), Key::new("b"));
         cache.insert(&a, 1, &denied(60_000));
         cache.insert(&b, 1, &denied(60_000));
@@ -200,18 +253,18 @@ mod tests {
         assert_eq!(len(&cache), 1);
         // Removing an unknown client, or from a disabled cache, is a no-op.
         cache.remove(&Key::new("c"));
-        BlockedClients::new(0).remove(&a);
+        BlockedClients::new(0, Duration::MAX).remove(&a);
         assert_eq!(len(&cache), 1);
     }
 
     #[test]
     fn bounded_and_disableable() {
-        let cache = BlockedClients::new(32);
+        let cache = BlockedClients::new(32, Duration::MAX);
         for i in 0..1000 {
             cache.insert(&Key::new(format!("k{i}")), 1, &denied(10_000));
         }
         assert!(len(&cache) <= 32, "{}", len(&cache));
-        let off = BlockedClients::new(0);
+        let off = BlockedClients::new(0, Duration::MAX);
         off.insert(&Key::new("a"), 1, &denied(10_000));
         assert!(off.get(&Key::new("a"), 1).is_none());
     }
@@ -219,7 +272,7 @@ mod tests {
     #[test]
     fn full_of_live_entries_keeps_the_newest() {
         // 16 shards of 4: every shard overflows many times over.
-        let cache = BlockedClients::new(64);
+        let cache = BlockedClients::new(64, Duration::MAX);
         let keys: Vec<Key> = (0..2000).map(|i| Key::new(format!("k{i}"))).collect();
         for key in &keys {
             cache.insert(key, 1, &denied(60_000));
@@ -239,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_blocked_client_asking_again_stays_cached() {
-        let cache = BlockedClients::new(SHARDS * 2);
+        let cache = BlockedClients::new(SHARDS * 2, Duration::MAX);
         let hammering = Key::new("hammering");
         cache.insert(&hammering, 1, &denied(60_000));
         for i in 0..1000 {

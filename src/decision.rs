@@ -98,6 +98,10 @@ pub enum RejectReason {
         /// The largest cost the policy admits for one request.
         max_cost: u64,
     },
+    /// The client is on the policy's [deny-list](crate::Policy::deny):
+    /// refused without asking the backend (HTTP 403, gRPC
+    /// `PERMISSION_DENIED`, no retry time: waiting does not help).
+    DenyListed,
 }
 
 /// A policy of one layer: its index in the layer's compiled policy list.

@@ -136,6 +136,50 @@ pub enum ConfigError {
         /// The duplicated name.
         name: String,
     },
+    /// A policy has tiers but no tier selector (see
+    /// [`Policy::tier`](crate::Policy::tier)): no request could reach them.
+    #[error(
+        "policy `{policy}` has tiers but no tier selector (Policy::tier_header, tier_keys or tier_fn)"
+    )]
+    TiersWithoutSelector {
+        /// The policy name.
+        policy: String,
+    },
+    /// A policy has a tier selector but no tier.
+    #[error("policy `{policy}` has a tier selector but no tier (Policy::tier)")]
+    SelectorWithoutTiers {
+        /// The policy name.
+        policy: String,
+    },
+    /// A tier name is empty, too long or has characters other than
+    /// `A-Z a-z 0-9 _ -`.
+    #[error(
+        "policy `{policy}`: invalid tier name {tier:?}: use 1 to 32 characters from A-Z, a-z, 0-9, `_`, `-`"
+    )]
+    InvalidTierName {
+        /// The policy name.
+        policy: String,
+        /// The tier name.
+        tier: String,
+    },
+    /// Two tiers of one policy have the same name.
+    #[error("policy `{policy}` has two tiers named `{tier}`")]
+    DuplicateTier {
+        /// The policy name.
+        policy: String,
+        /// The tier name.
+        tier: String,
+    },
+    /// A tier table names a tier the policy does not have.
+    #[error("policy `{policy}`: unknown tier {tier:?} (its tiers: {})", known.join(", "))]
+    UnknownTier {
+        /// The policy name.
+        policy: String,
+        /// The tier name.
+        tier: String,
+        /// The policy's tiers.
+        known: Vec<String>,
+    },
     /// The Redis key prefix is empty, too long or contains unsafe characters.
     #[error(
         "invalid key prefix {prefix:?}: use 1 to 64 characters from A-Z, a-z, 0-9, `.`, `_`, `-`, `:`"
@@ -179,8 +223,8 @@ pub enum ConfigError {
     /// The Redis connection URL could not be parsed.
     #[error("invalid Redis URL: {0}")]
     RedisUrl(String),
-    /// A trusted-proxy network could not be parsed.
-    #[error("invalid trusted network {network:?}: expected CIDR like 10.0.0.0/8 or an address")]
+    /// A network (of trusted proxies or of an access list) could not be parsed.
+    #[error("invalid network {network:?}: expected CIDR like 10.0.0.0/8 or an address")]
     InvalidNetwork {
         /// The text that was given.
         network: String,

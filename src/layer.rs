@@ -13,7 +13,7 @@ use crate::breaker::{Breaker, CircuitBreaker};
 use crate::error::ConfigError;
 use crate::failure::FailureLog;
 use crate::headers::HeaderStyle;
-use crate::limiter::{CompiledPolicy, Limiter};
+use crate::limiter::{Limiter, compile};
 use crate::policy::Policy;
 use crate::response::DefaultRejection;
 use crate::routes::{Action, RouteTable, Rule, tightest_rate};
@@ -21,6 +21,11 @@ use crate::service::RateLimit;
 
 /// The default capacity of the blocked-client cache.
 pub const DEFAULT_BLOCKED_CAPACITY: usize = 10_000;
+
+/// The default longest time an instance denies a client from its
+/// blocked-client cache without asking the backend again (see
+/// [`RateLimitLayerBuilder::blocked_cache_max_age`]).
+pub const DEFAULT_BLOCKED_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The default deadline for one backend decision.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(50);
@@ -132,6 +137,7 @@ pub struct RateLimitLayerBuilder {
     case_insensitive: bool,
     breaker: CircuitBreaker,
     blocked_capacity: usize,
+    blocked_max_age: Duration,
 }
 
 impl Default for RateLimitLayerBuilder {
@@ -145,6 +151,7 @@ impl Default for RateLimitLayerBuilder {
             case_insensitive: false,
             breaker: CircuitBreaker::new(),
             blocked_capacity: DEFAULT_BLOCKED_CAPACITY,
+            blocked_max_age: DEFAULT_BLOCKED_MAX_AGE,
         }
     }
 }
@@ -225,11 +232,28 @@ impl RateLimitLayerBuilder {
 
     /// How many denied clients to remember locally (default 10 000; 0 turns
     /// the cache off). A client the backend has denied is denied again by
-    /// this instance, without a backend call, until its retry time: floods
-    /// from blocked clients never reach Redis. Safe because a denial can only
-    /// last longer than the backend said, never shorter.
+    /// this instance, without a backend call, until its retry time or the
+    /// [max age](Self::blocked_cache_max_age), whichever comes first: floods
+    /// from blocked clients barely reach Redis. Safe because a denial can
+    /// only last longer than the backend said, never shorter, unless the
+    /// client is reset.
     pub fn blocked_cache(mut self, capacity: usize) -> Self {
         self.blocked_capacity = capacity;
+        self
+    }
+
+    /// The longest this instance denies a client from its blocked-client
+    /// cache without asking the backend again (default 1 s;
+    /// `Duration::ZERO` turns the cache off).
+    ///
+    /// It bounds how long a reset made elsewhere goes unseen here: after
+    /// [`Admin::reset`](crate::Admin::reset) on another instance, or a
+    /// `DEL` of the client's keys in Redis, every instance admits the client
+    /// again within this time, even under a per-day quota. The price is one
+    /// backend call per blocked client per max age per instance while the
+    /// client keeps trying.
+    pub fn blocked_cache_max_age(mut self, max_age: Duration) -> Self {
+        self.blocked_max_age = max_age;
         self
     }
 
@@ -287,16 +311,11 @@ impl RateLimitLayerBuilder {
             .backend
             .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
         let partitions = backend.partitions();
-        // The blocked-client capacity is shared out between the policies.
-        let blocked = self.blocked_capacity.div_ceil(policies.len().max(1));
         Ok(RateLimitLayer {
             limiter: Arc::new(Limiter {
                 backend,
                 routes,
-                policies: policies
-                    .into_iter()
-                    .map(|p| CompiledPolicy::new(p, blocked))
-                    .collect(),
+                policies: compile(policies, self.blocked_capacity, self.blocked_max_age)?,
                 deadline: self.deadline,
                 style: self.style,
                 breaker: Arc::new(Breaker::new(self.breaker, partitions)),

@@ -71,6 +71,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(unsafe_code)]
 
+mod access;
 mod admin;
 mod algorithm;
 pub mod backend;
@@ -96,6 +97,7 @@ mod routes;
 mod service;
 mod sharded;
 
+pub use crate::access::AccessList;
 pub use crate::admin::{Admin, AdminError};
 pub use crate::backend::{
     Backend, CheckFuture, MemoryBackend, RedisBackend, RedisBackendBuilder, ResetFuture,
@@ -110,7 +112,8 @@ pub use crate::future::ResponseFuture;
 pub use crate::headers::HeaderStyle;
 pub use crate::key::{Key, KeyExtractor};
 pub use crate::layer::{
-    DEFAULT_BLOCKED_CAPACITY, DEFAULT_DEADLINE, RateLimitLayer, RateLimitLayerBuilder,
+    DEFAULT_BLOCKED_CAPACITY, DEFAULT_BLOCKED_MAX_AGE, DEFAULT_DEADLINE, RateLimitLayer,
+    RateLimitLayerBuilder,
 };
 pub use crate::policy::{
     Algorithm, DEFAULT_MAX_LOG_COST, FailureMode, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW,
@@ -129,9 +132,13 @@ pub mod __bench {
     pub struct BlockedClients(crate::blocked::BlockedClients);
 
     impl BlockedClients {
-        /// A cache of about `capacity` clients.
+        /// A cache of about `capacity` clients, entries kept until their
+        /// retry time.
         pub fn new(capacity: usize) -> Self {
-            Self(crate::blocked::BlockedClients::new(capacity))
+            Self(crate::blocked::BlockedClients::new(
+                capacity,
+                std::time::Duration::MAX,
+            ))
         }
 
         /// The denial to repeat for this request, if any.

@@ -1,10 +1,10 @@
 //! The running limiter: the whole decision pipeline, in one place.
 //!
 //! ```text
-//! parts ─▶ route ─▶ key ─▶ cost ─▶ blocked cache ─▶ breaker + deadline ─▶ backend
-//!            │        │      │           │                  │
-//!            ▼        ▼      ▼           ▼                  ▼
-//!          Pass    Deny    Deny        Deny          Outcome ─▶ finish
+//! parts ─▶ route ─▶ key ─▶ lists ─▶ tier ─▶ cost ─▶ blocked cache ─▶ breaker + deadline ─▶ backend
+//!            │        │      │                 │           │                  │
+//!            ▼        ▼      ▼                 ▼           ▼                  ▼
+//!          Pass    Deny  Allow/Deny          Deny        Deny          Outcome ─▶ finish
 //!                                                               │
 //!                     every Verdict leaves through `settle` ◀───┘
 //! ```
@@ -27,10 +27,12 @@ use http::Response;
 use http::request::Parts;
 use tracing::{Span, field};
 
+use crate::access::Access;
 use crate::backend::{Backend, MemoryBackend};
 use crate::blocked::BlockedClients;
 use crate::breaker::{Breaker, Called, Guarded, Outcome};
 use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
+use crate::error::ConfigError;
 use crate::failure::FailureLog;
 use crate::headers::{HeaderStyle, PolicyHeaders, set_retry_after};
 use crate::key::Key;
@@ -52,18 +54,60 @@ pub(crate) struct CompiledPolicy {
     pub(crate) blocked: BlockedClients,
     /// Its decision counters (nothing without the `metrics` feature).
     pub(crate) metrics: PolicyMetrics,
+    /// The compiled policy of each of its tiers, in `Policy::tier_names`
+    /// order (empty for a policy without tiers and for a tier).
+    pub(crate) tiers: Vec<PolicyId>,
 }
 
 impl CompiledPolicy {
-    pub(crate) fn new(policy: Policy, blocked_capacity: usize) -> Self {
+    fn new(policy: Policy, blocked_capacity: usize, blocked_max_age: Duration) -> Self {
         Self {
             headers: PolicyHeaders::new(&policy),
             max_cost: policy.effective_max_cost().unwrap_or(MAX_LIMIT),
-            blocked: BlockedClients::new(blocked_capacity),
+            blocked: BlockedClients::new(blocked_capacity, blocked_max_age),
             metrics: PolicyMetrics::new(policy.name()),
+            tiers: Vec::new(),
             policy,
         }
     }
+}
+
+/// Compiles a layer's distinct, validated policies, keeping their indices
+/// (the route table's): each policy's tiers are appended after them as
+/// policies of their own (`<policy>.<tier>`), so each tier has its own
+/// headers, blocked-client cache, metrics and Redis keys, and the backend
+/// sees only plain policies. The blocked-client capacity is shared out
+/// between all of them.
+///
+/// # Errors
+///
+/// [`ConfigError::DuplicatePolicyName`] if a tier's name is another
+/// policy's.
+pub(crate) fn compile(
+    policies: Vec<Policy>,
+    blocked_capacity: usize,
+    blocked_max_age: Duration,
+) -> Result<Vec<CompiledPolicy>, ConfigError> {
+    let tiers: Vec<Vec<Policy>> = policies.iter().map(Policy::tier_policies).collect();
+    let count = policies.len() + tiers.iter().map(Vec::len).sum::<usize>();
+    let capacity = blocked_capacity.div_ceil(count.max(1));
+    let mut compiled: Vec<CompiledPolicy> = policies
+        .into_iter()
+        .map(|p| CompiledPolicy::new(p, capacity, blocked_max_age))
+        .collect();
+    for (base, tiers) in tiers.into_iter().enumerate() {
+        for tier in tiers {
+            if compiled.iter().any(|c| c.policy.name() == tier.name()) {
+                return Err(ConfigError::DuplicatePolicyName {
+                    name: tier.name().to_owned(),
+                });
+            }
+            let id = PolicyId(compiled.len());
+            compiled.push(CompiledPolicy::new(tier, capacity, blocked_max_age));
+            compiled[base].tiers.push(id);
+        }
+    }
+    Ok(compiled)
 }
 
 /// Everything a layer needs at request time, shared by all its clones.
@@ -149,6 +193,7 @@ impl Limiter {
             policy = policy.name(),
             backend = self.backend.metrics_label(),
             key_hash = field::Empty,
+            tier = field::Empty,
             outcome = field::Empty,
             backend_us = field::Empty,
         );
@@ -160,6 +205,33 @@ impl Limiter {
         if !span.is_disabled() {
             span.record("key_hash", field::display(KeyHash::of(&key)));
         }
+        // Allow- and deny-lists: decided here, without a backend call, for
+        // the policy as a whole (before its tier).
+        match policy.access().classify(policy.extractor(), parts, &key) {
+            Access::Unlisted => {}
+            Access::Denied => {
+                let verdict = Verdict::Deny(id, RejectReason::DenyListed, None);
+                let reached = Reached::at_once(id, Source::Listed, &span);
+                return Start::Settled(self.settle(verdict, reached));
+            }
+            Access::Allowed => {
+                let reached = Reached::at_once(id, Source::Listed, &span);
+                return Start::Settled(self.settle(Verdict::AllowUnlimited, reached));
+            }
+        }
+        // The client's tier, if the policy has tiers: from here on the
+        // request belongs to the tier's compiled policy.
+        let (id, compiled) = match policy.tier_for(parts, &key) {
+            Some(tier) => {
+                let tier_id = compiled.tiers[tier];
+                if !span.is_disabled() {
+                    span.record("tier", policy.tier_names().nth(tier).unwrap_or_default());
+                }
+                (tier_id, self.policy(tier_id))
+            }
+            None => (id, compiled),
+        };
+        let policy = &compiled.policy;
         // A cost above the max cost can never be admitted; refusing it here
         // keeps one request from making the backend work in proportion to its
         // cost (the sliding log stores one entry per unit). The max cost is at

@@ -32,7 +32,15 @@
 //! - `local_allowed` / `local_denied`: the backend could not decide and the
 //!   in-process limiter of [`FailureMode::Local`](crate::FailureMode::Local) did;
 //! - `shadow_denied`: a policy in [shadow mode](crate::Policy::shadow) would
-//!   have refused the request (any of the refusals above) and let it through.
+//!   have refused the request (any of the refusals above) and let it through;
+//! - `allow_listed`: the client is on the policy's
+//!   [allow-list](crate::Policy::allow): let through, no backend call;
+//! - `deny_listed`: the client is on the policy's
+//!   [deny-list](crate::Policy::deny): refused (403), no backend call.
+//!
+//! A policy with [tiers](crate::Policy::tier) counts each tier's decisions
+//! under the tier's own name (`api.pro`); allow- and deny-listed requests,
+//! decided before the tier, under the policy's.
 //!
 //! Requests no policy limits (exempt routes, no default policy) are not
 //! counted, nor are requests dropped while waiting for the backend (the
@@ -91,6 +99,8 @@ pub(crate) enum Source {
     BlockedCache,
     /// Refused before any backend call (no key, cost too high).
     Refused,
+    /// Decided by the policy's allow- or deny-list.
+    Listed,
     /// The backend could not decide: the failure mode did.
     Failure,
 }
@@ -105,12 +115,14 @@ pub(crate) enum DecisionOutcome {
     LocalAllowed,
     LocalDenied,
     ShadowDenied,
+    AllowListed,
+    DenyListed,
 }
 
 impl DecisionOutcome {
     /// Every outcome, in the order of their discriminants.
     #[cfg(any(feature = "metrics", test))]
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 9] = [
         Self::Allowed,
         Self::Denied,
         Self::FailedOpen,
@@ -118,6 +130,8 @@ impl DecisionOutcome {
         Self::LocalAllowed,
         Self::LocalDenied,
         Self::ShadowDenied,
+        Self::AllowListed,
+        Self::DenyListed,
     ];
 
     /// The outcome of an enforced `verdict` reached from `source`.
@@ -127,6 +141,8 @@ impl DecisionOutcome {
             (Source::Failure, Verdict::Allow(..)) => Self::LocalAllowed,
             (Source::Failure, Verdict::Deny(_, _, Some(_))) => Self::LocalDenied,
             (Source::Failure, Verdict::Deny(_, _, None)) => Self::FailedClosed,
+            (Source::Listed, Verdict::Deny(..)) => Self::DenyListed,
+            (Source::Listed, Verdict::Allow(..) | Verdict::AllowUnlimited) => Self::AllowListed,
             (_, Verdict::Allow(..) | Verdict::AllowUnlimited) => Self::Allowed,
             (_, Verdict::Deny(..)) => Self::Denied,
         }
@@ -142,6 +158,8 @@ impl DecisionOutcome {
             Self::LocalAllowed => "local_allowed",
             Self::LocalDenied => "local_denied",
             Self::ShadowDenied => "shadow_denied",
+            Self::AllowListed => "allow_listed",
+            Self::DenyListed => "deny_listed",
         }
     }
 }
@@ -205,7 +223,7 @@ mod recording {
     /// One policy's metric keys, made once when the layer is built: recording
     /// a decision allocates nothing and asks whichever recorder is current.
     pub(crate) struct PolicyMetrics {
-        decisions: [Key; 7],
+        decisions: [Key; DecisionOutcome::ALL.len()],
         blocked_hits: Key,
     }
 
@@ -393,6 +411,9 @@ mod tests {
         assert_eq!(of(&closed, Source::Failure), FailedClosed);
         assert_eq!(of(&allow(), Source::Failure), LocalAllowed);
         assert_eq!(of(&limited(), Source::Failure), LocalDenied);
+        let listed = Verdict::Deny(id, RejectReason::DenyListed, None);
+        assert_eq!(of(&listed, Source::Listed), DenyListed);
+        assert_eq!(of(&Verdict::AllowUnlimited, Source::Listed), AllowListed);
         let labels: Vec<&str> = DecisionOutcome::ALL.map(DecisionOutcome::as_str).to_vec();
         assert_eq!(
             labels,
@@ -403,7 +424,9 @@ mod tests {
                 "failed_closed",
                 "local_allowed",
                 "local_denied",
-                "shadow_denied"
+                "shadow_denied",
+                "allow_listed",
+                "deny_listed"
             ]
         );
     }

@@ -4,8 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use http::HeaderName;
 use http::request::Parts;
 
+use crate::access::{AccessList, AccessLists};
 use crate::error::ConfigError;
 pub use crate::failure::FailureMode;
 use crate::key::{Key, KeyExtractor, PeerIp};
@@ -30,6 +32,26 @@ pub enum MissingKey {
 
 type CostFn = dyn Fn(&Parts) -> u64 + Send + Sync;
 
+type TierFn = dyn Fn(&Parts, &Key) -> Option<String> + Send + Sync;
+
+/// How a request's tier is chosen (see [`Policy::tier`]).
+#[derive(Clone)]
+enum TierSelector {
+    /// The value of a request header, e.g. `x-plan: pro`.
+    Header(HeaderName),
+    /// A fixed table from client key to tier name.
+    Keys(Arc<std::collections::HashMap<Key, String>>),
+    /// A function of the request head and the client key.
+    Fn(Arc<TierFn>),
+}
+
+/// One tier of a policy: a name and its own quotas.
+#[derive(Clone, Debug)]
+struct Tier {
+    name: Arc<str>,
+    quotas: Vec<Quota>,
+}
+
 #[derive(Clone)]
 enum Cost {
     Fixed(u64),
@@ -51,6 +73,11 @@ struct PolicyInner {
     shadow: bool,
     /// Set once a keyless request has been logged (logged once per policy).
     warned_missing_key: Arc<AtomicBool>,
+    /// Clients never limited / always refused.
+    access: AccessLists,
+    /// Named alternative quotas (see [`Policy::tier`]).
+    tiers: Vec<Tier>,
+    tier_selector: Option<TierSelector>,
 }
 
 /// A named rate-limit policy: one or more quotas, an algorithm, a key extractor,
@@ -93,6 +120,9 @@ impl fmt::Debug for Policy {
             .field("failure_mode", &self.inner.failure_mode)
             .field("missing_key", &self.inner.missing_key)
             .field("shadow", &self.inner.shadow)
+            .field("allow", &self.inner.access.allow)
+            .field("deny", &self.inner.access.deny)
+            .field("tiers", &self.inner.tiers)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +147,9 @@ impl Policy {
                 missing_key: MissingKey::default(),
                 shadow: false,
                 warned_missing_key: Arc::default(),
+                access: AccessLists::default(),
+                tiers: Vec::new(),
+                tier_selector: None,
             }),
         }
     }
@@ -287,6 +320,196 @@ impl Policy {
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.edit().shadow = shadow;
         self
+    }
+
+    /// Clients this policy never limits: requests whose client IP (as the
+    /// key extractor establishes it) is in one of the list's networks, or
+    /// whose key is one of its keys, pass without a backend call and without
+    /// rate-limit headers. Counted as `allow_listed` in the metrics and the
+    /// decision's span. Adds to the lists given before.
+    ///
+    /// A client on both lists is refused. See [`AccessList`].
+    #[must_use]
+    pub fn allow(mut self, list: AccessList) -> Self {
+        let access = &mut self.edit().access;
+        access.allow.extend(list);
+        self
+    }
+
+    /// Clients this policy always refuses, without a backend call:
+    /// [`RejectReason::DenyListed`](crate::RejectReason::DenyListed) (HTTP
+    /// 403, gRPC `PERMISSION_DENIED`, no `Retry-After`: waiting does not
+    /// help). Counted as `deny_listed`. Adds to the lists given before. The
+    /// deny-list wins over the allow-list. See [`AccessList`].
+    #[must_use]
+    pub fn deny(mut self, list: AccessList) -> Self {
+        let access = &mut self.edit().access;
+        access.deny.extend(list);
+        self
+    }
+
+    /// Adds a tier: other quotas for the clients the
+    /// [tier selector](Policy::tier_header) puts in tier `name` (plans such
+    /// as `pro` or `enterprise`).
+    ///
+    /// A tier is the policy with these quotas instead of its own: same key,
+    /// algorithm, cost, failure mode, access lists and shadow mode, still one
+    /// atomic backend call per request. It runs as its own policy named
+    /// `<policy>.<tier>` (e.g. `api.pro`): that name is in its
+    /// `RateLimit-Policy` header, its metrics label, its Redis keys and its
+    /// [`Admin`](crate::Admin) calls, and it has its own blocked-client cache.
+    /// Counters are therefore per tier: a client moving to another plan
+    /// starts that plan's windows afresh.
+    ///
+    /// The policy's own quotas are the default tier: a request whose
+    /// selector gives no tier, or a name that is not a tier, gets them (never
+    /// an error, never unlimited).
+    ///
+    /// Checked when the layer is built: tier names are 1–32 characters from
+    /// `A-Z a-z 0-9 _ -`, each once, each with valid quotas, and a policy with
+    /// tiers needs a selector (and a selector needs tiers).
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_redis_ratelimit::{Policy, Quota};
+    /// use tower_redis_ratelimit::key::Header;
+    ///
+    /// // Per API key: 100/min on the free plan, more for paying customers.
+    /// // `x-plan` is set by the authenticating gateway in front of the app
+    /// // (which strips any client-sent value): clients cannot pick their tier.
+    /// let api = Policy::new("api")
+    ///     .key(Header::new("x-api-key"))
+    ///     .quota(Quota::per_minute(100))
+    ///     .tier("pro", [Quota::per_minute(1_000)])
+    ///     .tier("enterprise", [Quota::per_minute(10_000), Quota::per_day(1_000_000)])
+    ///     .tier_header(HeaderName::from_static("x-plan"));
+    /// # tower_redis_ratelimit::RateLimitLayer::builder().default_policy(api).build().unwrap();
+    /// ```
+    #[must_use]
+    pub fn tier(
+        mut self,
+        name: impl Into<String>,
+        quotas: impl IntoIterator<Item = Quota>,
+    ) -> Self {
+        let tier = Tier {
+            name: name.into().into(),
+            quotas: quotas.into_iter().collect(),
+        };
+        self.edit().tiers.push(tier);
+        self
+    }
+
+    /// Selects the tier by the value of request header `name` (e.g.
+    /// `x-plan: pro`). Only for a header the client cannot set itself: one
+    /// your authenticating proxy or gateway writes, after removing any the
+    /// client sent. Replaces any other tier selector.
+    #[must_use]
+    pub fn tier_header(mut self, name: HeaderName) -> Self {
+        self.edit().tier_selector = Some(TierSelector::Header(name));
+        self
+    }
+
+    /// Selects the tier from a fixed table of client keys (as the key
+    /// extractor makes them, e.g. API keys) to tier names; clients not in it
+    /// get the default tier. Replaces any other tier selector. Every tier
+    /// named must exist (checked at build).
+    #[must_use]
+    pub fn tier_keys<I, K, T>(mut self, table: I) -> Self
+    where
+        I: IntoIterator<Item = (K, T)>,
+        K: AsRef<[u8]>,
+        T: Into<String>,
+    {
+        let table = table
+            .into_iter()
+            .map(|(key, tier)| (Key::new(key), tier.into()))
+            .collect();
+        self.edit().tier_selector = Some(TierSelector::Keys(Arc::new(table)));
+        self
+    }
+
+    /// Selects the tier with a function of the request head and the client
+    /// key, e.g. a lookup in the application's own table of customers.
+    /// `None`, or a name that is not a tier, means the default tier.
+    /// Replaces any other tier selector.
+    ///
+    /// It runs on every request of the policy, before the backend call:
+    /// keep it fast and non-blocking (an in-memory map, a value an earlier
+    /// middleware put in the request's extensions).
+    ///
+    /// ```
+    /// use tower_redis_ratelimit::{Policy, Quota};
+    /// use tower_redis_ratelimit::key::Header;
+    ///
+    /// #[derive(Clone)]
+    /// struct Plan(&'static str); // inserted by the app's auth middleware
+    ///
+    /// let api = Policy::new("api")
+    ///     .key(Header::new("x-api-key"))
+    ///     .quota(Quota::per_minute(100))
+    ///     .tier("pro", [Quota::per_minute(1_000)])
+    ///     .tier_fn(|parts, _key| parts.extensions.get::<Plan>().map(|p| p.0.to_owned()));
+    /// # let _ = api;
+    /// ```
+    #[must_use]
+    pub fn tier_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts, &Key) -> Option<String> + Send + Sync + 'static,
+    {
+        self.edit().tier_selector = Some(TierSelector::Fn(Arc::new(f)));
+        self
+    }
+
+    /// The names of the policy's tiers (without the default tier, which is
+    /// the policy itself).
+    pub fn tier_names(&self) -> impl Iterator<Item = &str> {
+        self.inner.tiers.iter().map(|t| &*t.name)
+    }
+
+    /// The index of this request's tier in [`Policy::tier_names`] order, or
+    /// `None` for the default tier.
+    pub(crate) fn tier_for(&self, parts: &Parts, key: &Key) -> Option<usize> {
+        let inner = &*self.inner;
+        if inner.tiers.is_empty() {
+            return None;
+        }
+        let find = |name: &[u8]| inner.tiers.iter().position(|t| t.name.as_bytes() == name);
+        match inner.tier_selector.as_ref()? {
+            TierSelector::Header(header) => {
+                find(parts.headers.get(header)?.as_bytes().trim_ascii())
+            }
+            TierSelector::Keys(table) => find(table.get(key)?.as_bytes()),
+            TierSelector::Fn(f) => find(f(parts, key)?.as_bytes()),
+        }
+    }
+
+    /// The policy each tier runs as: this one, named `<name>.<tier>`, with
+    /// the tier's quotas and no tiers of its own.
+    pub(crate) fn tier_policies(&self) -> Vec<Policy> {
+        self.inner
+            .tiers
+            .iter()
+            .map(|tier| {
+                let mut inner = (*self.inner).clone();
+                inner.name = format!("{}.{}", self.inner.name, tier.name).into();
+                inner.quotas = tier.quotas.clone();
+                inner.tiers = Vec::new();
+                inner.tier_selector = None;
+                Policy {
+                    inner: Arc::new(inner),
+                }
+            })
+            .collect()
+    }
+
+    /// The policy's access lists.
+    pub(crate) fn access(&self) -> &AccessLists {
+        &self.inner.access
+    }
+
+    /// The key extractor.
+    pub(crate) fn extractor(&self) -> &dyn KeyExtractor {
+        &*self.inner.key
     }
 
     /// The policy name.
@@ -463,6 +686,51 @@ impl Policy {
                     max_cost,
                 });
             }
+        }
+        self.validate_tiers()
+    }
+
+    /// Checks the tiers, their selector and every tier as a policy.
+    fn validate_tiers(&self) -> Result<(), ConfigError> {
+        let inner = &*self.inner;
+        let policy = || inner.name.to_string();
+        match (&inner.tier_selector, inner.tiers.is_empty()) {
+            (None, false) => return Err(ConfigError::TiersWithoutSelector { policy: policy() }),
+            (Some(_), true) => return Err(ConfigError::SelectorWithoutTiers { policy: policy() }),
+            _ => {}
+        }
+        for (index, tier) in inner.tiers.iter().enumerate() {
+            let valid = (1..=32).contains(&tier.name.len())
+                && crate::key::is_plain(tier.name.as_bytes(), b"_-");
+            if !valid {
+                return Err(ConfigError::InvalidTierName {
+                    policy: policy(),
+                    tier: tier.name.to_string(),
+                });
+            }
+            if inner.tiers[..index].iter().any(|t| t.name == tier.name) {
+                return Err(ConfigError::DuplicateTier {
+                    policy: policy(),
+                    tier: tier.name.to_string(),
+                });
+            }
+        }
+        if let Some(TierSelector::Keys(table)) = &inner.tier_selector {
+            let mut named: Vec<&String> = table.values().collect();
+            named.sort();
+            if let Some(unknown) = named
+                .into_iter()
+                .find(|name| !inner.tiers.iter().any(|t| *t.name == ***name))
+            {
+                return Err(ConfigError::UnknownTier {
+                    policy: policy(),
+                    tier: unknown.clone(),
+                    known: inner.tiers.iter().map(|t| t.name.to_string()).collect(),
+                });
+            }
+        }
+        for tier in self.tier_policies() {
+            tier.validate()?;
         }
         Ok(())
     }

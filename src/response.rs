@@ -36,7 +36,9 @@ impl Rejection<'_> {
         match self.reason {
             RejectReason::Limited => self.decision.and_then(Decision::retry_after),
             RejectReason::Unavailable => Some(std::time::Duration::from_secs(1)),
-            RejectReason::MissingKey | RejectReason::CostTooHigh { .. } => None,
+            RejectReason::MissingKey
+            | RejectReason::CostTooHigh { .. }
+            | RejectReason::DenyListed => None,
         }
     }
 }
@@ -75,6 +77,7 @@ where
 /// | [`Unavailable`](RejectReason::Unavailable) | 503 | 14 `UNAVAILABLE` |
 /// | [`MissingKey`](RejectReason::MissingKey) | 403 | 7 `PERMISSION_DENIED` |
 /// | [`CostTooHigh`](RejectReason::CostTooHigh) | 413 | 3 `INVALID_ARGUMENT` |
+/// | [`DenyListed`](RejectReason::DenyListed) | 403 | 7 `PERMISSION_DENIED` |
 ///
 /// A request costing more than the policy's max cost can never be admitted:
 /// 413 and `INVALID_ARGUMENT` say so, where 429 and `RESOURCE_EXHAUSTED`
@@ -236,6 +239,7 @@ fn message(r: &Rejection<'_>) -> String {
         (RejectReason::Limited, None) => "rate limit exceeded".to_owned(),
         (RejectReason::Unavailable, _) => "rate limiter unavailable; retry shortly".to_owned(),
         (RejectReason::MissingKey, _) => "request has no client identity".to_owned(),
+        (RejectReason::DenyListed, _) => "client is not allowed".to_owned(),
         (RejectReason::CostTooHigh { cost, max_cost }, _) => format!(
             "request cost {cost} is above the maximum of {max_cost} per request for policy {}; \
              it can never be admitted, retrying will not help",
@@ -248,7 +252,7 @@ fn http_status(reason: RejectReason) -> StatusCode {
     match reason {
         RejectReason::Limited => StatusCode::TOO_MANY_REQUESTS,
         RejectReason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        RejectReason::MissingKey => StatusCode::FORBIDDEN,
+        RejectReason::MissingKey | RejectReason::DenyListed => StatusCode::FORBIDDEN,
         RejectReason::CostTooHigh { .. } => StatusCode::PAYLOAD_TOO_LARGE,
     }
 }
@@ -258,7 +262,7 @@ fn grpc_response<B>(r: &Rejection<'_>, message: &str, body: B) -> Response<B> {
     let code = match r.reason {
         RejectReason::Limited => "8",
         RejectReason::Unavailable => "14",
-        RejectReason::MissingKey => "7",
+        RejectReason::MissingKey | RejectReason::DenyListed => "7",
         RejectReason::CostTooHigh { .. } => "3",
     };
     let mut res = Response::new(body);

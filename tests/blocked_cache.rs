@@ -1,6 +1,7 @@
 //! The blocked-client cache: once Redis has denied a client, the layer denies
 //! that client's further requests locally, with zero Redis calls, until the
-//! retry time — and asks Redis again afterwards.
+//! retry time or the cache's max age, whichever comes first — and asks Redis
+//! again afterwards.
 
 mod support;
 
@@ -174,4 +175,48 @@ async fn local_fallback_denials_are_not_remembered() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A per-day denial is repeated locally for at most the max age; then one
+/// request asks Redis again (and is denied again, and cached again): one
+/// Redis call per max age per blocked client, however hard it hammers.
+#[tokio::test]
+async fn denials_are_repeated_locally_for_at_most_the_max_age() {
+    let server = support::RedisServer::start();
+    let mut conn = server.conn();
+    let backend = support::redis_backend(&server.url(), "blocked-max-age");
+    let policy = Policy::new("daily")
+        .quota(Quota::per_day(2))
+        .key(Header::new("x-client"));
+    let max_age = Duration::from_millis(300);
+    let layer = RateLimitLayer::builder()
+        .backend(backend)
+        .default_policy(policy)
+        .deadline(Duration::from_secs(2))
+        .blocked_cache_max_age(max_age)
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(send(&layer, "a", "1").await.status(), StatusCode::OK);
+    }
+    let first = send(&layer, "a", "1").await;
+    assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
+    let after_first = evalsha_calls(&mut conn);
+    let denied_at = std::time::Instant::now();
+    // Hammer for three max ages: each local entry lives at most 300 ms.
+    let mut requests = 0;
+    while denied_at.elapsed() < max_age * 3 {
+        let res = send(&layer, "a", "1").await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        // The retry time repeated is the backend's (about a day), not the max age.
+        assert!(support::headers::retry_after(res.headers()) > 3_600);
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = evalsha_calls(&mut conn) - after_first;
+    assert!(requests > 30, "{requests} requests");
+    assert!(
+        (2..=4).contains(&asked),
+        "{asked} Redis calls for {requests} requests over 3 max ages"
+    );
 }

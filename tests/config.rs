@@ -9,6 +9,7 @@
 #[allow(dead_code)]
 #[path = "../examples/common/config.rs"]
 mod example_config;
+mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -274,6 +275,169 @@ async fn shadow_policies_from_a_file_decide_but_deny_nothing() {
     }
 }
 
+/// Tiers, access lists and the blocked-cache max age, from a file.
+const PER_CLIENT: &str = r#"
+default_policy = "api"
+blocked_cache_max_age = "300ms"
+
+[policies.api]
+quotas = ["2/min"]
+key = { client_ip = ["127.0.0.1"] }
+allow = { networks = ["10.20.0.0/16"], keys = ["192.0.2.200"] }
+deny = { networks = ["203.0.113.0/24"] }
+tier_header = "X-Plan"
+
+[policies.api.tiers]
+pro = ["4/min"]
+
+[policies.partner]
+quotas = ["1/min"]
+key = { header = "x-api-key" }
+tier_keys = { "gold-key" = "gold" }
+deny = { keys = ["revoked-key"] }
+
+[policies.partner.tiers]
+gold = ["3/min"]
+
+[[routes]]
+path = "/partner"
+policy = "partner"
+"#;
+
+async fn send_from(
+    layer: &RateLimitLayer,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Response<String> {
+    let service = layer.layer(tower::service_fn(|_: Request<String>| async {
+        Ok::<_, Infallible>(Response::new("ok".to_owned()))
+    }));
+    let mut request = Request::get(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(String::new()).unwrap();
+    // The trusted proxy: X-Forwarded-For names the client.
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    request.extensions_mut().insert(peer);
+    service.oneshot(request).await.unwrap()
+}
+
+/// `limit` admitted under `policy`, then 429.
+async fn limits(
+    layer: &RateLimitLayer,
+    uri: &str,
+    headers: &[(&str, &str)],
+    limit: usize,
+    policy: &str,
+) {
+    for i in 0..limit {
+        let response = send_from(layer, uri, headers).await;
+        assert_eq!(response.status(), StatusCode::OK, "{headers:?} request {i}");
+        assert_eq!(
+            header(&response, "ratelimit-policy"),
+            Some(policy),
+            "{headers:?}"
+        );
+    }
+    let response = send_from(layer, uri, headers).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "{headers:?}"
+    );
+}
+
+/// `instance()` builds the file's layer as one more instance of an
+/// application: every instance shares the counters.
+async fn per_client_limits_from_a_file(instance: impl Fn() -> RateLimitLayer) {
+    let layer = instance();
+    // Tiers by header (any case in the file) and by key table.
+    limits(
+        &layer,
+        "/",
+        &[("x-forwarded-for", "198.51.100.1")],
+        2,
+        "\"api\";q=2;w=60",
+    )
+    .await;
+    let pro = [("x-forwarded-for", "198.51.100.2"), ("x-plan", "pro")];
+    limits(&layer, "/", &pro, 4, "\"api.pro\";q=4;w=60").await;
+    let unknown = [("x-forwarded-for", "198.51.100.3"), ("x-plan", "platinum")];
+    limits(&layer, "/", &unknown, 2, "\"api\";q=2;w=60").await;
+    limits(
+        &layer,
+        "/partner",
+        &[("x-api-key", "gold-key")],
+        3,
+        "\"partner.gold\";q=3;w=60",
+    )
+    .await;
+    limits(
+        &layer,
+        "/partner",
+        &[("x-api-key", "plain-key")],
+        1,
+        "\"partner\";q=1;w=60",
+    )
+    .await;
+    // Allow- and deny-lists by network (of the client behind the trusted
+    // proxy) and by key.
+    for _ in 0..4 {
+        for allowed in ["10.20.3.4", "192.0.2.200"] {
+            let response = send_from(&layer, "/", &[("x-forwarded-for", allowed)]).await;
+            assert_eq!(response.status(), StatusCode::OK, "{allowed}");
+            assert_eq!(header(&response, "ratelimit-policy"), None, "{allowed}");
+        }
+        let denied = send_from(&layer, "/", &[("x-forwarded-for", "203.0.113.50")]).await;
+        assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+        assert_eq!(header(&denied, "retry-after"), None);
+        let revoked = send_from(&layer, "/partner", &[("x-api-key", "revoked-key")]).await;
+        assert_eq!(revoked.status(), StatusCode::FORBIDDEN);
+    }
+    // The blocked-cache max age (300 ms) reaches the layer: another
+    // instance, holding the client's denial, admits it again within it after
+    // a reset made on this one.
+    let other = instance();
+    let client = [("x-forwarded-for", "198.51.100.1")];
+    assert_eq!(
+        send_from(&other, "/", &client).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    layer
+        .admin()
+        .reset("api", &tower_redis_ratelimit::Key::new("198.51.100.1"))
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while send_from(&other, "/", &client).await.status() != StatusCode::OK {
+        assert!(
+            start.elapsed() < std::time::Duration::from_millis(700),
+            "still denied after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn per_client_limits_from_a_file_in_memory() {
+    let config = load(PER_CLIENT).unwrap();
+    let shared = MemoryBackend::new();
+    per_client_limits_from_a_file(|| config.build_with_backend(shared.clone()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn per_client_limits_from_a_file_on_redis() {
+    let (url, _server) = support::redis_url();
+    let prefix = support::unique_prefix("config-per-client");
+    let config = load(&format!(
+        "{PER_CLIENT}\n[redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n"
+    ))
+    .unwrap();
+    per_client_limits_from_a_file(|| config.build().unwrap()).await;
+}
+
 #[test]
 fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
     let policy = |quota: &str| format!("[policies.auth]\nquotas = [{quota:?}]\n");
@@ -390,7 +554,7 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
             "bad trusted proxy",
             "[policies.api]\nquotas = [\"1/s\"]\nkey = { client_ip = [\"10.0.0.0/8\", \"lan\"] }"
                 .to_owned(),
-            "policies.api.key.client_ip[1]: invalid trusted network \"lan\": expected CIDR like \
+            "policies.api.key.client_ip[1]: invalid network \"lan\": expected CIDR like \
              10.0.0.0/8 or an address",
         ),
         (
@@ -405,14 +569,15 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
             "unknown top-level field",
             "deadlines = \"50ms\"".to_owned(),
             "deadlines: unknown field `deadlines`, expected one of `deadline`, `headers`, \
-             `default_policy`, `exempt`, `case_insensitive_paths`, `blocked_cache`, `redis`, \
-             `policies`, `routes`",
+             `default_policy`, `exempt`, `case_insensitive_paths`, `blocked_cache`, \
+             `blocked_cache_max_age`, `redis`, `policies`, `routes`",
         ),
         (
             "unknown policy field",
             "[policies.api]\nquotas = [\"1/s\"]\nquota = \"1/s\"".to_owned(),
             "policies.api.quota: unknown field `quota`, expected one of `quotas`, `algorithm`, \
-             `key`, `failure_mode`, `missing_key`, `cost`, `max_cost`, `shadow`",
+             `key`, `failure_mode`, `missing_key`, `cost`, `max_cost`, `shadow`, `allow`, \
+             `deny`, `tiers`, `tier_header`, `tier_keys`",
         ),
         (
             "unknown route field",
@@ -510,6 +675,79 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
             "cost above the limit",
             "[policies.api]\nquotas = [\"3/s\"]\ncost = 4".to_owned(),
             "policies.api.cost: policy `api`: cost 4 is outside 1..=3",
+        ),
+        // Access lists and tiers.
+        (
+            "bad network in an allow-list",
+            "[policies.api]\nquotas = [\"3/s\"]\nallow = { networks = [\"10.0.0.0/8\", \"10.0.0/8\"] }"
+                .to_owned(),
+            "policies.api.allow.networks[1]: invalid network \"10.0.0/8\": expected CIDR like \
+             10.0.0.0/8 or an address",
+        ),
+        (
+            "unknown access-list field",
+            "[policies.api]\nquotas = [\"3/s\"]\ndeny = { ips = [\"10.0.0.1\"] }".to_owned(),
+            "policies.api.deny.ips: unknown field `ips`, expected `networks` or `keys`",
+        ),
+        (
+            "tiers without a selector",
+            "[policies.api]\nquotas = [\"3/s\"]\n[policies.api.tiers]\npro = [\"30/s\"]"
+                .to_owned(),
+            "policies.api.tiers: policy `api` has tiers but no tier selector \
+             (Policy::tier_header, tier_keys or tier_fn)",
+        ),
+        (
+            "a selector without tiers",
+            "[policies.api]\nquotas = [\"3/s\"]\ntier_header = \"x-plan\"".to_owned(),
+            "policies.api.tier_header: policy `api` has a tier selector but no tier \
+             (Policy::tier)",
+        ),
+        (
+            "both selectors",
+            "[policies.api]\nquotas = [\"3/s\"]\ntier_header = \"x-plan\"\n\
+             tier_keys = { k = \"pro\" }\n[policies.api.tiers]\npro = [\"30/s\"]"
+                .to_owned(),
+            "policies.api.tier_keys: set tier_header or tier_keys, not both",
+        ),
+        (
+            "a key table naming an unknown tier",
+            "[policies.api]\nquotas = [\"3/s\"]\ntier_keys = { k1 = \"pro\", k2 = \"gold\" }\n\
+             [policies.api.tiers]\npro = [\"30/s\"]\nteam = [\"10/s\"]"
+                .to_owned(),
+            "policies.api.tier_keys: policy `api`: unknown tier \"gold\" (its tiers: pro, team)",
+        ),
+        (
+            "an empty tier",
+            "[policies.api]\nquotas = [\"3/s\"]\ntier_header = \"x-plan\"\n\
+             [policies.api.tiers]\npro = []"
+                .to_owned(),
+            "policies.api.tiers.pro: policy `api.pro` has no quota",
+        ),
+        (
+            "a bad quota in a tier",
+            "[policies.api]\nquotas = [\"3/s\"]\ntier_header = \"x-plan\"\n\
+             [policies.api.tiers]\npro = [\"30/s\", \"60/1000ms\"]"
+                .to_owned(),
+            "policies.api.tiers.pro[1]: policy `api.pro`: quotas 0 and 1 have the same window",
+        ),
+        (
+            "a bad tier name",
+            "[policies.api]\nquotas = [\"3/s\"]\ntier_header = \"x-plan\"\n\
+             [policies.api.tiers]\n\"pro.plus\" = [\"30/s\"]"
+                .to_owned(),
+            "policies.api.tiers.pro.plus: policy `api`: invalid tier name \"pro.plus\": use 1 to \
+             32 characters from A-Z, a-z, 0-9, `_`, `-`",
+        ),
+        (
+            "a bad tier header",
+            "[policies.api]\nquotas = [\"3/s\"]\ntier_header = \"x plan\"".to_owned(),
+            "policies.api.tier_header: \"x plan\" is not an HTTP header name",
+        ),
+        (
+            "a bad blocked-cache max age",
+            "blocked_cache_max_age = \"1 sek\"".to_owned(),
+            "blocked_cache_max_age: \"1 sek\" is not a duration: unknown unit \"sek\", \
+             expected ms, s, m, h or d (or sec, min, hour, day...), e.g. \"50ms\" or \"2s\"",
         ),
         (
             "invalid policy name",

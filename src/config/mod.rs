@@ -20,6 +20,8 @@
 //! exempt = ["/health", "/metrics"]  # never limited
 //! case_insensitive_paths = false    # optional
 //! blocked_cache = 10000             # optional: denied clients remembered locally (0: off)
+//! blocked_cache_max_age = "1s"      # optional: the longest a client is denied locally
+//!                                   # without asking Redis again ("0s": cache off)
 //!
 //! [redis]                           # optional; absent = in-memory
 //! url = "redis://127.0.0.1:6379"    # or: cluster = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
@@ -35,6 +37,14 @@
 //! cost = 1                          # optional fixed cost per request
 //! max_cost = 100                    # optional
 //! shadow = false                    # optional: decide and report, never deny
+//! allow = { networks = ["10.0.0.0/8"], keys = ["batch-job"] }  # optional: never limited
+//! deny = { networks = ["203.0.113.0/24"] }                      # optional: always 403
+//! tier_header = "x-plan"            # optional: the tier of a request (set by a trusted gateway)
+//! # tier_keys = { "key-123" = "pro" } # or: the tier of each client key
+//!
+//! [policies.api.tiers]              # optional: other quotas per tier; absent/unknown = the policy's
+//! pro = ["1000/min"]                # runs as policy "api.pro"
+//! enterprise = ["10000/min", "1000000/day"]
 //!
 //! [policies.auth]
 //! quotas = ["5/min"]
@@ -101,7 +111,8 @@ use http::{HeaderName, Method};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
-use self::text::{Parsed, TrustedProxy};
+use self::text::{Network, Parsed, TrustedProxy};
+use crate::access::AccessList;
 use crate::algorithm::Algorithm;
 use crate::backend::{Backend, MemoryBackend, RedisBackend, redact_url};
 use crate::error::ConfigError;
@@ -130,6 +141,7 @@ pub struct Config {
     exempt: Vec<String>,
     case_insensitive_paths: Option<bool>,
     blocked_cache: Option<usize>,
+    blocked_cache_max_age: Option<Parsed<Duration>>,
     redis: Option<RedisConfig>,
     #[serde(default)]
     policies: BTreeMap<String, PolicyConfig>,
@@ -150,6 +162,32 @@ struct PolicyConfig {
     max_cost: Option<u64>,
     #[serde(default)]
     shadow: bool,
+    allow: Option<AccessConfig>,
+    deny: Option<AccessConfig>,
+    #[serde(default)]
+    tiers: BTreeMap<String, Vec<Parsed<Quota>>>,
+    tier_header: Option<Parsed<HeaderName>>,
+    tier_keys: Option<BTreeMap<String, String>>,
+}
+
+/// A policy's `allow` or `deny` list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessConfig {
+    #[serde(default)]
+    networks: Vec<Parsed<Network>>,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+impl AccessConfig {
+    fn list(&self) -> AccessList {
+        let networks = self.networks.iter().map(|Parsed(n)| n.0.as_str());
+        AccessList::new()
+            .networks(networks)
+            .expect("each network was checked when read")
+            .keys(&self.keys)
+    }
 }
 
 /// One `[[routes]]` entry.
@@ -391,22 +429,70 @@ impl PolicyConfig {
             policy = policy.max_cost(max_cost);
         }
         policy = policy.shadow(self.shadow);
+        if let Some(allow) = &self.allow {
+            policy = policy.allow(allow.list());
+        }
+        if let Some(deny) = &self.deny {
+            policy = policy.deny(deny.list());
+        }
+        for (tier, quotas) in &self.tiers {
+            policy = policy.tier(tier.clone(), quotas.iter().map(|Parsed(q)| *q));
+        }
+        policy = match (&self.tier_header, &self.tier_keys) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    format!("{path}.tier_keys"),
+                    "set tier_header or tier_keys, not both",
+                ));
+            }
+            (Some(Parsed(header)), None) => policy.tier_header(header.clone()),
+            (None, Some(table)) => policy.tier_keys(table.clone()),
+            (None, None) => policy,
+        };
+        let selector = if self.tier_keys.is_some() {
+            ".tier_keys"
+        } else {
+            ".tier_header"
+        };
         policy.validate().map_err(|error| {
-            let field = match &error {
-                ConfigError::NoQuota { .. } => ".quotas".to_owned(),
-                ConfigError::ZeroLimit { index, .. }
-                | ConfigError::WindowTooShort { index, .. }
-                | ConfigError::WindowTooLong { index, .. }
-                | ConfigError::WindowNotWholeMillis { index, .. }
-                | ConfigError::LimitTooLarge { index, .. } => format!(".quotas[{index}]"),
-                ConfigError::DuplicateQuota { second, .. } => format!(".quotas[{second}]"),
-                ConfigError::InvalidCost { .. } | ConfigError::CostAboveMaxCost { .. } => {
-                    ".cost".to_owned()
+            // Errors of a tier's quotas name policy `<name>.<tier>`.
+            let (of, field) = match &error {
+                ConfigError::NoQuota { policy } => (policy, String::new()),
+                ConfigError::ZeroLimit { policy, index }
+                | ConfigError::WindowTooShort { policy, index, .. }
+                | ConfigError::WindowTooLong { policy, index, .. }
+                | ConfigError::WindowNotWholeMillis { policy, index, .. }
+                | ConfigError::LimitTooLarge { policy, index, .. } => {
+                    (policy, format!("[{index}]"))
                 }
-                ConfigError::InvalidMaxCost { .. } => ".max_cost".to_owned(),
-                _ => String::new(),
+                ConfigError::DuplicateQuota { policy, second, .. } => {
+                    (policy, format!("[{second}]"))
+                }
+                ConfigError::InvalidCost { .. } | ConfigError::CostAboveMaxCost { .. } => {
+                    return at(format!("{path}.cost"), error);
+                }
+                ConfigError::InvalidMaxCost { .. } => {
+                    return at(format!("{path}.max_cost"), error);
+                }
+                ConfigError::TiersWithoutSelector { .. } => {
+                    return at(format!("{path}.tiers"), error);
+                }
+                ConfigError::SelectorWithoutTiers { .. } | ConfigError::UnknownTier { .. } => {
+                    return at(format!("{path}{selector}"), error);
+                }
+                ConfigError::InvalidTierName { tier, .. }
+                | ConfigError::DuplicateTier { tier, .. } => {
+                    return at(format!("{path}.tiers.{tier}"), error);
+                }
+                _ => return at(path, error),
             };
-            at(format!("{path}{field}"), error)
+            let tier = of
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('.'));
+            match tier {
+                Some(tier) => at(format!("{path}.tiers.{tier}{field}"), error),
+                None => at(format!("{path}.quotas{field}"), error),
+            }
         })?;
         Ok(policy)
     }
@@ -487,6 +573,9 @@ impl Config {
         }
         if let Some(capacity) = self.blocked_cache {
             builder = builder.blocked_cache(capacity);
+        }
+        if let Some(Parsed(max_age)) = self.blocked_cache_max_age {
+            builder = builder.blocked_cache_max_age(max_age);
         }
         if let Some(name) = &self.default_policy {
             builder = builder.default_policy(policies[name.as_str()].clone());

@@ -263,6 +263,22 @@ impl Text for TrustedProxy {
     }
 }
 
+/// One IP network of an access list: a network or an address, checked as
+/// [`AccessList::networks`](crate::AccessList::networks) checks it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Network(pub String);
+
+impl Text for Network {
+    const EXPECTING: &'static str = "a network such as \"10.0.0.0/8\" or an address";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        crate::access::AccessList::new()
+            .networks([text])
+            .map(|_| Network(text.to_owned()))
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,12 +182,16 @@ impl KeyExtractor for ClientIp {
         let ip = self.client_addr(request)?;
         Some(Key::from_ip(ip, self.v6_prefix.unwrap_or(64)))
     }
+
+    fn client_ip(&self, request: &Parts) -> Option<IpAddr> {
+        self.client_addr(request)
+    }
 }
 
 /// A trusted network as matched against canonical addresses: truncated to
 /// its prefix, and IPv4-mapped IPv6 networks (`::ffff:a.b.c.d/n`, n >= 96)
 /// as the IPv4 network `a.b.c.d/(n-96)`. `text` is how the user wrote it.
-fn normalize_network(net: IpNet, text: &str) -> Result<IpNet, ConfigError> {
+pub(crate) fn normalize_network(net: IpNet, text: &str) -> Result<IpNet, ConfigError> {
     let IpNet::V6(v6) = net else {
         return Ok(net.trunc());
     };
@@ -207,7 +211,7 @@ fn normalize_network(net: IpNet, text: &str) -> Result<IpNet, ConfigError> {
 /// dual-stack socket reports an IPv4 peer, the same host. Other IPv6 forms
 /// embedding an IPv4 address (NAT64, 6to4, ...) are a translator or a tunnel,
 /// not that host, and must not match a trusted IPv4 proxy.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

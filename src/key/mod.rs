@@ -26,6 +26,7 @@ use http::request::Parts;
 use sha2::{Digest, Sha256};
 
 pub use self::client_ip::{ClientIp, ForwardedHeader};
+pub(crate) use self::client_ip::{canonical, normalize_network};
 pub use self::header::Header;
 pub use self::peer::PeerIp;
 pub use self::per_route::{PerRoute, UNMATCHED_ROUTE};
@@ -129,6 +130,20 @@ fn hashed(parts: &[&[u8]]) -> String {
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The key of this request, if it has one.
     fn extract(&self, request: &Parts) -> Option<Key>;
+
+    /// The client's IP address as this extractor establishes it, if it keys
+    /// clients by address: what the IP networks of a policy's
+    /// [access lists](crate::AccessList) are matched against.
+    ///
+    /// [`PeerIp`] returns the connection's address and [`ClientIp`] the
+    /// client behind its trusted proxies (never an address a client could
+    /// write in a header itself); [`PerRoute`] its inner extractor's. The
+    /// default is `None`: extractors that do not key by address (an API-key
+    /// [`Header`], [`Global`], closures) match no network, only listed keys.
+    fn client_ip(&self, request: &Parts) -> Option<std::net::IpAddr> {
+        let _ = request;
+        None
+    }
 }
 
 impl<F> KeyExtractor for F

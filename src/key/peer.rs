@@ -181,6 +181,10 @@ impl KeyExtractor for PeerIp {
     fn extract(&self, request: &Parts) -> Option<Key> {
         Self::peer_addr(request).map(|addr| Key::from_ip(addr.ip(), self.v6_prefix))
     }
+
+    fn client_ip(&self, request: &Parts) -> Option<IpAddr> {
+        Self::peer_addr(request).map(|addr| addr.ip())
+    }
 }
 
 #[cfg(test)]

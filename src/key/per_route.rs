@@ -97,6 +97,10 @@ impl<K: KeyExtractor> KeyExtractor for PerRoute<K> {
             inner.as_str().as_bytes(),
         ]))
     }
+
+    fn client_ip(&self, request: &Parts) -> Option<std::net::IpAddr> {
+        self.inner.client_ip(request)
+    }
 }
 
 #[cfg(test)]
