@@ -160,9 +160,9 @@ run() {
     wait "$SERVER_PID" 2>/dev/null || status=$?
     SERVER_PID=""
     local why
-    why=$(tr '\n' ' ' <"$TMP/server.log" | sed 's/,/;/g' | cut -c1-160)
+    why=$(tr '\n' ' ' <"$TMP/server.log" | sed "s/,/;/g; s/\"/'/g" | cut -c1-160)
     printf "%-34s not run: server exited (status %s): %s\n" "$name" "$status" "$why"
-    echo "$name,$group,,,,,,,,,not run: $why" >>"$CSV"
+    echo "$name,$group,,,,,,,,,,not run: $why" >>"$CSV"
     return
   fi
 
@@ -191,9 +191,9 @@ run() {
   errors=${errors:-0}
   if [ -z "$rps" ] || [ -z "$requests" ]; then
     local why
-    why=$(echo "$out" | tr '\n' ' ' | sed 's/,/;/g' | cut -c1-160)
+    why=$(echo "$out" | tr '\n' ' ' | sed "s/,/;/g; s/\"/'/g" | cut -c1-160)
     printf "%-34s failed: %s\n" "$name" "$why"
-    echo "$name,$group,,,,,,,,,failed: $why" >>"$CSV"
+    echo "$name,$group,,,,,,,,,,failed: $why" >>"$CSV"
     return
   fi
   [ "$name" = off ] && OFF_RPS=$rps

@@ -200,8 +200,15 @@ fn with_governor(app: Router, config: &Config) -> Result<Router, Box<dyn std::er
     let period_ns = (config.window_secs.saturating_mul(1_000_000_000) / config.limit).max(1);
     let burst = u32::try_from(config.limit).unwrap_or(u32::MAX);
     let mut builder = GovernorConfigBuilder::default();
-    builder.period(Duration::from_nanos(period_ns)).burst_size(burst);
-    let invalid = || format!("tower_governor rejects LIMIT={} WINDOW_SECS={}", config.limit, config.window_secs);
+    builder
+        .period(Duration::from_nanos(period_ns))
+        .burst_size(burst);
+    let invalid = || {
+        format!(
+            "tower_governor rejects LIMIT={} WINDOW_SECS={}",
+            config.limit, config.window_secs
+        )
+    };
     Ok(match &config.header {
         None => app.layer(GovernorLayer::new(builder.finish().ok_or_else(invalid)?)),
         Some(name) => app.layer(GovernorLayer::new(
@@ -223,7 +230,11 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             let url = config.redis_url.as_deref().unwrap_or_default();
             let client = redis::Client::open(url)?;
             let connection = client.get_multiplexed_async_connection().await?;
-            with_trl(app, &config, tower_rate_limiter::RedisStore::new(connection))?
+            with_trl(
+                app,
+                &config,
+                tower_rate_limiter::RedisStore::new(connection),
+            )?
         }
     };
     println!(
