@@ -5,8 +5,8 @@
 # tower-rate-limiter with its memory and Redis Lua stores), all behind the
 # same axum server, driven by wrk on loopback, one after the other.
 #
-#   scripts/loadrun.sh                  # the full run, 10 s per configuration (~4 min)
-#   DURATION=2s scripts/loadrun.sh      # a quick check of the script (~1.5 min)
+#   scripts/loadrun.sh                  # the full run, 10 s per configuration (~3 min)
+#   DURATION=2s scripts/loadrun.sh      # a quick check of the script (~35 s once built)
 #   ONLY='redis' scripts/loadrun.sh     # only the configurations whose name matches
 #
 # Environment (all optional):
@@ -18,6 +18,9 @@
 #   OUT          results folder                   (default benches/results)
 #   NO_BUILD=1   use the release binaries already built
 #   REDIS_PORT, APP_PORT  first loopback ports tried (default 6395, 3100)
+# The servers inherit the environment, so e.g. DEADLINE_MS reaches
+# loadtest_server; each configuration sets its own LIMITER, REDIS_URL, KEY,
+# ALGORITHM and LIMIT.
 #
 # Needs wrk (Debian package `wrk`: installed here with apt-get when missing and
 # running as root), redis-server and redis-cli, cargo, python3 (the chart).
@@ -146,7 +149,10 @@ run() {
   [[ $group == *redis ]] && uses_redis=1
   [ -n "$uses_redis" ] && rcli flushall sync >/dev/null
 
-  env BIND="127.0.0.1:$AP" WORKERS="$WORKERS" "$@" "${args[@]}" >"$TMP/server.log" 2>&1 &
+  # Defaults first, so that a REDIS_URL, KEY or LIMITER exported by the caller
+  # does not change a configuration; the configuration's own values follow.
+  env BIND="127.0.0.1:$AP" WORKERS="$WORKERS" LIMITER=on REDIS_URL= KEY=ip ALGORITHM=counter \
+    "$@" "${args[@]}" >"$TMP/server.log" 2>&1 &
   SERVER_PID=$!
   local up=""
   for _ in $(seq 100); do
