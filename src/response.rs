@@ -50,9 +50,9 @@ pub(crate) fn is_grpc(request: &Parts) -> bool {
 
 /// Builds the response for a rejected request.
 ///
-/// The layer adds `Retry-After` (unless the response already has one) and the
-/// rate-limit headers afterwards, so an implementation only chooses status and
-/// body. Any `Fn(&Rejection<'_>) -> Response<B> + Clone` closure implements it.
+/// The layer adds `Retry-After` (keeping the longer wait if the response
+/// already has one) and the rate-limit headers afterwards, so an
+/// implementation only chooses status and body. Any `Fn(&Rejection<'_>) -> Response<B> + Clone` closure implements it.
 pub trait OnRejection<B>: Clone + Send + Sync + 'static {
     /// The response for this rejection.
     fn response(&self, rejection: &Rejection<'_>) -> Response<B>;
