@@ -246,29 +246,49 @@ impl RateLimitLayerBuilder {
     }
 
     /// Checks everything and builds the layer.
+    ///
+    /// Besides each policy's own checks, a configuration that could never
+    /// do what it says is an error: a layer with no policy at all
+    /// ([`ConfigError::NoPolicy`]), an axum 0.7 pattern such as `/users/:id`
+    /// ([`ConfigError::OldRouteSyntax`], with the axum 0.8 spelling), two
+    /// rules on one pattern and method ([`ConfigError::DuplicateRoute`]), and
+    /// two different policies of one name
+    /// ([`ConfigError::DuplicatePolicyName`], naming where each is used).
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
         if self.deadline.is_zero() {
             return Err(ConfigError::ZeroDeadline);
         }
-        let mut policies: Vec<Policy> = Vec::new();
-        let mut intern = |policy: Policy| -> Result<usize, ConfigError> {
-            if let Some(i) = policies.iter().position(|p| p.name() == policy.name()) {
-                if policies[i].same_as(&policy) {
+        // Each policy once, with where it was first used (for errors).
+        let mut policies: Vec<(Policy, String)> = Vec::new();
+        let mut intern = |policy: Policy, used: String| -> Result<usize, ConfigError> {
+            if let Some(i) = policies.iter().position(|(p, _)| p.name() == policy.name()) {
+                if policies[i].0.same_as(&policy) {
                     return Ok(i);
                 }
                 return Err(ConfigError::DuplicatePolicyName {
                     name: policy.name().to_owned(),
+                    first: policies[i].1.clone(),
+                    second: used,
                 });
             }
             policy.validate()?;
-            policies.push(policy);
+            policies.push((policy, used));
             Ok(policies.len() - 1)
         };
-        let default = self.default.map(&mut intern).transpose()?;
+        let default = self
+            .default
+            .map(|p| intern(p, "the default policy".to_owned()))
+            .transpose()?;
         let mut rules = Vec::with_capacity(self.rules.len());
         for (method, pattern, target) in self.rules {
             let action = match target {
-                Target::Limit(policy) => Action::Limit(intern(policy)?),
+                Target::Limit(policy) => {
+                    let used = match &method {
+                        Some(m) => format!("route {m} {pattern:?}"),
+                        None => format!("route {pattern:?}"),
+                    };
+                    Action::Limit(intern(policy, used)?)
+                }
                 Target::Exempt => Action::Exempt,
             };
             rules.push(Rule {
@@ -277,12 +297,17 @@ impl RateLimitLayerBuilder {
                 action,
             });
         }
+        let policies: Vec<Policy> = policies.into_iter().map(|(p, _)| p).collect();
         let routes = RouteTable::new(
             rules,
             default,
             self.case_insensitive,
             policies.iter().map(tightest_rate).collect(),
         )?;
+        // Checked last, so that a mistyped pattern is reported as such.
+        if policies.is_empty() {
+            return Err(ConfigError::NoPolicy);
+        }
         let backend = self
             .backend
             .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
@@ -319,7 +344,36 @@ mod tests {
             .route("/x", Policy::auth())
             .build()
             .unwrap_err();
-        assert!(matches!(err, ConfigError::DuplicatePolicyName { .. }));
+        assert_eq!(
+            err,
+            ConfigError::DuplicatePolicyName {
+                name: "auth".to_owned(),
+                first: "the default policy".to_owned(),
+                second: "route \"/x\"".to_owned(),
+            }
+        );
+        let err = RateLimitLayer::builder()
+            .route("/a", Policy::auth())
+            .route_method(Method::POST, "/b", Policy::auth())
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("(route \"/a\" and route POST \"/b\")"),
+            "{text}"
+        );
+        assert!(text.contains("policy.clone()"), "{text}");
+        for empty in [
+            RateLimitLayer::builder(),
+            RateLimitLayer::builder().exempt("/health"),
+        ] {
+            assert_eq!(empty.build().unwrap_err(), ConfigError::NoPolicy);
+        }
+        let err = RateLimitLayer::builder()
+            .route("/users/:id", Policy::auth())
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().ends_with("write \"/users/{id}\""), "{err}");
         let auth = Policy::auth();
         RateLimitLayer::builder()
             .route("/a", auth.clone())
@@ -327,6 +381,7 @@ mod tests {
             .build()
             .unwrap();
         let err = RateLimitLayer::builder()
+            .default_policy(Policy::auth())
             .deadline(Duration::ZERO)
             .build()
             .unwrap_err();
