@@ -30,8 +30,9 @@
 //!     .route("/auth/login", post(|| async { "welcome" }))
 //!     .route("/health", get(|| async { "ok" }))
 //!     .layer(limits);
-//! // Serve with `app.into_make_service_with_connect_info::<SocketAddr>()` so the
-//! // peer IP is known.
+//! // The limits are per client IP: serve with the peer address, or every client
+//! // shares one bucket (logged at ERROR with this fix).
+//! // axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
 //! # let _ = app;
 //! # Ok(())
 //! # }
@@ -52,6 +53,18 @@
 //!   `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`.
 //! - **hyper**: insert the connection's `SocketAddr` as a request extension
 //!   and adapt the tower service with `hyper_util::service::TowerToHyperService`.
+//!
+//! The client identity per framework, for [`key::PeerIp`] (the default key):
+//!
+//! | framework | the peer address comes from |
+//! |---|---|
+//! | axum | `app.into_make_service_with_connect_info::<SocketAddr>()` |
+//! | tonic | this crate's feature `tonic` (reads tonic's `TcpConnectInfo`) |
+//! | hyper | `request.extensions_mut().insert(peer_addr)` per connection |
+//!
+//! Without it every client shares one bucket (logged at `ERROR`, once per
+//! policy, with the fix); `Header::new("x-api-key").or(PeerIp::new())`
+//! falls back from one identity to another.
 //!
 //! See `examples/` for a complete server of each.
 //!

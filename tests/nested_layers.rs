@@ -57,10 +57,13 @@ fn app(url: &str, style: HeaderStyle, api_limit: u64) -> Router {
         .layer(outer)
 }
 
+/// A list member: its name and two integer parameters.
+type Item = (String, i64, i64);
+
 /// `(name, q, w)` of each `RateLimit-Policy` item and `(name, r, t)` of each
 /// `RateLimit` item, in order, both checked as RFC 8941 lists.
-fn ietf(headers: &HeaderMap) -> (Vec<(String, i64, i64)>, Vec<(String, i64, i64)>) {
-    let items = |name: &str, keys: [&str; 2]| -> Vec<(String, i64, i64)> {
+fn ietf(headers: &HeaderMap) -> (Vec<Item>, Vec<Item>) {
+    let items = |name: &str, keys: [&str; 2]| -> Vec<Item> {
         headers
             .get_all(name)
             .iter()

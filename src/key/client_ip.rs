@@ -182,6 +182,10 @@ impl KeyExtractor for ClientIp {
         let ip = self.client_addr(request)?;
         Some(Key::from_ip(ip, self.v6_prefix.unwrap_or(64)))
     }
+
+    fn missing_key_hint(&self, request: &Parts) -> Option<String> {
+        super::peer::missing_peer_hint(request)
+    }
 }
 
 /// A trusted network as matched against canonical addresses: truncated to

@@ -97,6 +97,10 @@ impl<K: KeyExtractor> KeyExtractor for PerRoute<K> {
             inner.as_str().as_bytes(),
         ]))
     }
+
+    fn missing_key_hint(&self, request: &Parts) -> Option<String> {
+        self.inner.missing_key_hint(request)
+    }
 }
 
 #[cfg(test)]
