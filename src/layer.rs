@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{Method, Response};
 use tower_layer::Layer;
 
 use crate::admin::Admin;
@@ -15,7 +15,7 @@ use crate::failure::FailureLog;
 use crate::headers::HeaderStyle;
 use crate::limiter::{CompiledPolicy, Limiter};
 use crate::policy::Policy;
-use crate::response::DefaultRejection;
+use crate::response::{DefaultRejection, Rejection};
 use crate::routes::{Action, RouteTable, Rule, tightest_rate};
 use crate::service::RateLimit;
 
@@ -97,13 +97,50 @@ impl<R> RateLimitLayer<R> {
         Admin::new(Arc::clone(&self.limiter))
     }
 
-    /// Replaces the rejection response (see [`OnRejection`](crate::OnRejection)).
+    /// Replaces the rejection response (see [`OnRejection`](crate::OnRejection)):
+    /// [`GrpcRejection`](crate::GrpcRejection) behind tonic,
+    /// [`ProblemJson`](crate::ProblemJson), or your own type. For a closure,
+    /// use [`reject_fn`](Self::reject_fn).
     #[must_use]
     pub fn on_rejection<R2>(self, on_rejection: R2) -> RateLimitLayer<R2> {
         RateLimitLayer {
             limiter: self.limiter,
             on_rejection,
         }
+    }
+
+    /// Replaces the rejection response with a closure, whose argument and
+    /// body types are inferred (with `on_rejection` they must be written
+    /// out). The layer still adds `Retry-After` and the rate-limit headers.
+    ///
+    /// ```
+    /// use axum::body::Body;
+    /// use tower_redis_ratelimit::http::{Response, StatusCode};
+    /// use tower_redis_ratelimit::{Policy, RateLimitLayer};
+    ///
+    /// # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
+    /// let layer = RateLimitLayer::builder()
+    ///     .default_policy(Policy::default_api())
+    ///     .build()?
+    ///     .reject_fn(|rejection| {
+    ///         let mut response = Response::new(Body::from(format!(
+    ///             "slow down ({})",
+    ///             rejection.policy.name()
+    ///         )));
+    ///         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    ///         response
+    ///     });
+    /// let app: axum::Router = axum::Router::new().layer(layer);
+    /// # let _ = app;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn reject_fn<F, B>(self, f: F) -> RateLimitLayer<F>
+    where
+        F: Fn(&Rejection<'_>) -> Response<B> + Clone + Send + Sync + 'static,
+    {
+        self.on_rejection(f)
     }
 }
 

@@ -68,6 +68,21 @@
 //!
 //! See `examples/` for a complete server of each.
 //!
+//! # Names
+//!
+//! tower has a rate limiter of its own, `tower::limit::{RateLimitLayer,
+//! RateLimit}` (blocking in `poll_ready`, not `Clone`: unsuitable for axum).
+//! This crate's service is named [`RateLimitService`] so that the two never
+//! clash; its layer keeps the plain name [`RateLimitLayer`], the one users
+//! write. If a module imports both layers, rename tower's
+//! (`use tower::limit::RateLimitLayer as TowerRateLimitLayer;`) or refer to
+//! this crate's by path (`tower_redis_ratelimit::RateLimitLayer`).
+//!
+//! [`Policy`] is builder and value at once: `policy.algorithm(Algorithm::..)`
+//! sets, and the getters whose plain name the setter holds read with a
+//! suffix (`algorithm_kind()`, `failure_mode_kind()`); the others are plain
+//! (`name()`, `quotas()`, `missing_key()`).
+//!
 //! # Modules
 //!
 //! - [`policy`](Policy): quotas, algorithms, presets, failure modes.
@@ -131,6 +146,12 @@ pub use crate::policy::{
 };
 pub use crate::response::{DefaultRejection, GrpcRejection, OnRejection, ProblemJson, Rejection};
 pub use crate::service::RateLimit;
+/// The `http` crate, whose types the API uses (`Request`, `Response`,
+/// `HeaderMap`, `Method`...): no need to add it to your own dependencies.
+pub use http;
+/// The request head, the argument of key extractors, cost functions and
+/// rejections (`Policy::key_fn(|parts| ..)`): `http::request::Parts`.
+pub use http::request::Parts;
 
 // Exists only so `benches/blocked.rs` can reach the blocked cache: not API.
 #[doc(hidden)]
