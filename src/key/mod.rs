@@ -130,8 +130,8 @@ fn hashed(parts: &[&[u8]]) -> String {
     message = "`{Self}` is not a key extractor",
     label = "expected a `KeyExtractor`",
     note = "use a built-in extractor (`key::PeerIp::new()`, `key::ClientIp::new()`, \
-            `key::Header::new(\"x-api-key\")`, `key::Global`), or a closure through \
-            `Policy::key_fn(|parts: &Parts| -> Option<Key> {{ .. }})`"
+            `key::Header::new(\"x-api-key\")`, `key::Global`), or a closure returning \
+            `Option<Key>` through `Policy::key_fn(|parts| ..)`"
 )]
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The key of this request, if it has one.
