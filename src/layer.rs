@@ -17,7 +17,7 @@ use crate::limiter::{CompiledPolicy, Limiter};
 use crate::policy::Policy;
 use crate::response::{DefaultRejection, Rejection};
 use crate::routes::{Action, RouteTable, Rule, tightest_rate};
-use crate::service::RateLimit;
+use crate::service::RateLimitService;
 
 /// The default capacity of the blocked-client cache.
 pub const DEFAULT_BLOCKED_CAPACITY: usize = 10_000;
@@ -145,10 +145,10 @@ impl<R> RateLimitLayer<R> {
 }
 
 impl<S, R: Clone> Layer<S> for RateLimitLayer<R> {
-    type Service = RateLimit<S, R>;
+    type Service = RateLimitService<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, Arc::clone(&self.limiter), self.on_rejection.clone())
+        RateLimitService::new(inner, Arc::clone(&self.limiter), self.on_rejection.clone())
     }
 }
 

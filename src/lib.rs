@@ -145,7 +145,7 @@ pub use crate::policy::{
     MissingKey, Policy, Quota,
 };
 pub use crate::response::{DefaultRejection, GrpcRejection, OnRejection, ProblemJson, Rejection};
-pub use crate::service::RateLimit;
+pub use crate::service::RateLimitService;
 /// The `http` crate, whose types the API uses (`Request`, `Response`,
 /// `HeaderMap`, `Method`...): no need to add it to your own dependencies.
 pub use http;
