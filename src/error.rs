@@ -131,10 +131,20 @@ pub enum ConfigError {
     ///
     /// Reusing one policy value (a clone) for several routes is fine: those routes
     /// then share the client's counters.
-    #[error("two different policies are named `{name}`; give each policy its own name")]
+    #[error(
+        "two different policies are named `{name}` ({first} and {second}), so their counters \
+         would collide: to share one limit, build the policy once and pass clones of that one \
+         value (`let policy = Policy::new(\"{name}\")...;`, then `.route(.., policy.clone())`); \
+         otherwise give each policy its own name"
+    )]
     DuplicatePolicyName {
         /// The duplicated name.
         name: String,
+        /// Where the first policy of that name is used: `the default policy`
+        /// or `route "/path"` (with its method, if any).
+        first: String,
+        /// Where the other one is used.
+        second: String,
     },
     /// A policy has tiers but no tier selector (see
     /// [`Policy::tier`](crate::Policy::tier)): no request could reach them.
@@ -196,6 +206,26 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A route pattern uses axum 0.7's `:param` or `*rest` syntax. axum 0.8
+    /// panics on it; here it would be literal text that no request matches.
+    #[error(
+        "route {pattern:?} uses the axum 0.7 syntax `:param` / `*rest`, which axum 0.8 rejects \
+         and which would never match a request here; write {suggestion:?}"
+    )]
+    OldRouteSyntax {
+        /// The pattern that was given.
+        pattern: String,
+        /// The same pattern in axum 0.8 syntax (`/users/{id}`, `/files/{*rest}`).
+        suggestion: String,
+    },
+    /// The builder has no default policy and no route policy, so the layer
+    /// would limit nothing.
+    #[error(
+        "the rate-limit layer has no policy, so it would limit nothing: add \
+         `.default_policy(Policy::default_api())` (every request) or \
+         `.route(\"/path\", policy)` (some routes)"
+    )]
+    NoPolicy,
     /// Two rules have the same pattern and method: the second could never
     /// decide anything.
     #[error(

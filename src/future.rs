@@ -17,7 +17,7 @@ use crate::limiter::{Limiter, Pending};
 use crate::response::OnRejection;
 
 pin_project! {
-    /// The response future of [`RateLimit`](crate::RateLimit).
+    /// The response future of [`RateLimitService`](crate::RateLimitService).
     pub struct ResponseFuture<S, ReqBody, R>
     where
         S: Service<Request<ReqBody>>,

@@ -10,6 +10,23 @@
 //!
 //! All durations are rounded *up* to whole seconds: a client told
 //! `Retry-After: 0` would retry at once.
+//!
+//! # Stacked layers
+//!
+//! When layers are nested (a `route_layer` group under a global `.layer()`,
+//! or several layers on one service), every layer that limited the request
+//! adds its headers to the one response, and none hides another's:
+//!
+//! - `RateLimit-Policy` and `RateLimit` are lists of named items, so the
+//!   outer layer *appends* its items to the inner layer's. If both use a
+//!   policy of the same name, the inner layer's item is kept (it decided
+//!   last, so its remaining count is the lower one when they share counters).
+//! - The legacy headers hold one quota, so the three of them are taken
+//!   together from the layer whose quota has the **fewest units remaining**
+//!   (the inner layer's on a tie): a denial (`0`) is never hidden by an
+//!   admission.
+//! - `Retry-After` keeps the **longest** wait of all the layers that denied
+//!   (an HTTP-date value set by the application is left alone).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -99,10 +116,10 @@ impl PolicyHeaders {
         }
     }
 
-    /// Adds the rate-limit headers for `decision`.
+    /// Adds the rate-limit headers for `decision`, merging them with those
+    /// already on the response (an inner layer's; see the module docs).
     pub(crate) fn apply(&self, headers: &mut HeaderMap, style: HeaderStyle, decision: &Decision) {
         if style.ietf() {
-            headers.insert(RATELIMIT_POLICY.clone(), self.policy_value.clone());
             let mut value = String::new();
             for (item, q) in self.items.iter().zip(decision.quotas()) {
                 if !value.is_empty() {
@@ -115,24 +132,130 @@ impl PolicyHeaders {
                     ceil_secs(q.reset_after)
                 );
             }
-            if let Ok(v) = HeaderValue::try_from(value) {
-                headers.insert(RATELIMIT.clone(), v);
-            }
+            let policy_value = self.policy_value.to_str().unwrap_or_default();
+            merge_list(headers, &RATELIMIT_POLICY, policy_value, &self.items);
+            merge_list(headers, &RATELIMIT, &value, &self.items);
         }
         if style.legacy()
             && let Some(q) = decision.tightest()
         {
-            headers.insert(X_RATELIMIT_LIMIT.clone(), q.limit.into());
-            headers.insert(X_RATELIMIT_REMAINING.clone(), q.remaining.into());
-            headers.insert(X_RATELIMIT_RESET.clone(), ceil_secs(q.reset_after).into());
+            // The three legacy headers describe one quota: the one with the
+            // fewest units left, whichever layer reported it.
+            let theirs = headers
+                .get(&X_RATELIMIT_REMAINING)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+            if theirs.is_none_or(|remaining| q.remaining < remaining) {
+                headers.insert(X_RATELIMIT_LIMIT.clone(), q.limit.into());
+                headers.insert(X_RATELIMIT_REMAINING.clone(), q.remaining.into());
+                headers.insert(X_RATELIMIT_RESET.clone(), ceil_secs(q.reset_after).into());
+            }
         }
     }
 }
 
-/// Sets `Retry-After` (at least one second) unless already present.
+/// Adds the list members `ours` (named `names`) to the list header `name`,
+/// after the members already there; a member whose name is already present
+/// is left out (the response's own, i.e. the inner layer's, is kept).
+fn merge_list(headers: &mut HeaderMap, name: &HeaderName, ours: &str, names: &[String]) {
+    let existing: Vec<&HeaderValue> = headers.get_all(name).iter().collect();
+    if existing.is_empty() {
+        if let Ok(v) = HeaderValue::try_from(ours) {
+            headers.insert(name.clone(), v);
+        }
+        return;
+    }
+    let Ok(texts) = existing
+        .iter()
+        .map(|v| v.to_str())
+        .collect::<Result<Vec<&str>, _>>()
+    else {
+        // Not visible ASCII, so not ours to parse: leave it alone and add
+        // ours as another field line (recipients join lines with commas).
+        if let Ok(v) = HeaderValue::try_from(ours) {
+            headers.append(name.clone(), v);
+        }
+        return;
+    };
+    let mut merged = String::new();
+    for text in texts.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        if !merged.is_empty() {
+            merged.push_str(", ");
+        }
+        merged.push_str(text);
+    }
+    let present = member_names(&merged);
+    for (member, item) in split_members(ours).into_iter().zip(names) {
+        if present.iter().any(|p| p == item) {
+            continue;
+        }
+        if !merged.is_empty() {
+            merged.push_str(", ");
+        }
+        merged.push_str(member);
+    }
+    if let Ok(v) = HeaderValue::try_from(merged) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// The top-level members of a structured-field list: split at commas outside
+/// quoted strings.
+fn split_members(list: &str) -> Vec<&str> {
+    let mut members = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in list.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                members.push(list[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    members.push(list[start..].trim());
+    members.retain(|m| !m.is_empty());
+    members
+}
+
+/// The names (string items, unquoted) of a list's members.
+fn member_names(list: &str) -> Vec<String> {
+    split_members(list)
+        .into_iter()
+        .filter_map(|m| {
+            let rest = m.strip_prefix('"')?;
+            let mut name = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => return Some(name),
+                    '\\' => name.push(chars.next()?),
+                    c => name.push(c),
+                }
+            }
+            None
+        })
+        .collect()
+}
+
+/// Sets `Retry-After` (at least one second), keeping the longer wait when
+/// the response already has one (an inner layer's, or the rejection's own):
+/// a client must wait until every limit that refused it allows it again. A
+/// `Retry-After` that is not delay-seconds (an HTTP date) is left as it is.
 pub(crate) fn set_retry_after(headers: &mut HeaderMap, after: Duration) {
-    if !headers.contains_key(http::header::RETRY_AFTER) {
-        headers.insert(http::header::RETRY_AFTER, ceil_secs(after).max(1).into());
+    let ours = ceil_secs(after).max(1);
+    match headers.get(http::header::RETRY_AFTER) {
+        None => {
+            headers.insert(http::header::RETRY_AFTER, ours.into());
+        }
+        Some(v) => {
+            let theirs = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+            if theirs.is_some_and(|theirs| theirs < ours) {
+                headers.insert(http::header::RETRY_AFTER, ours.into());
+            }
+        }
     }
 }
 
@@ -197,5 +320,108 @@ mod tests {
         let mut none = HeaderMap::new();
         h.apply(&mut none, HeaderStyle::None, &d);
         assert!(none.is_empty());
+    }
+
+    fn status(limit: u64, remaining: u64, reset_ms: u64) -> QuotaStatus {
+        QuotaStatus {
+            limit,
+            window: Duration::from_secs(60),
+            remaining,
+            reset_after: Duration::from_millis(reset_ms),
+        }
+    }
+
+    #[test]
+    fn stacked_layers_merge_their_headers() {
+        let inner = PolicyHeaders::new(&Policy::new("login").quota(Quota::per_minute(5)));
+        let outer = PolicyHeaders::new(&Policy::new("api").quota(Quota::per_minute(100)));
+        let mut map = HeaderMap::new();
+        // The inner layer denied; then the outer layer, which admitted, adds its own.
+        inner.apply(
+            &mut map,
+            HeaderStyle::Both,
+            &Decision::denied(vec![status(5, 0, 2000)], 0, Duration::from_secs(2)),
+        );
+        set_retry_after(&mut map, Duration::from_secs(2));
+        outer.apply(
+            &mut map,
+            HeaderStyle::Both,
+            &Decision::allowed(vec![status(100, 96, 60_000)]),
+        );
+        assert_eq!(
+            map[&RATELIMIT_POLICY],
+            "\"login\";q=5;w=60, \"api\";q=100;w=60"
+        );
+        assert_eq!(map[&RATELIMIT], "\"login\";r=0;t=2, \"api\";r=96;t=60");
+        assert_eq!(map[&X_RATELIMIT_LIMIT], "5");
+        assert_eq!(map[&X_RATELIMIT_REMAINING], "0");
+        assert_eq!(map[&X_RATELIMIT_RESET], "2");
+        assert_eq!(map[http::header::RETRY_AFTER], "2");
+        // The same name twice: the inner item stays, once.
+        inner.apply(
+            &mut map,
+            HeaderStyle::Ietf,
+            &Decision::allowed(vec![status(5, 4, 1000)]),
+        );
+        assert_eq!(map[&RATELIMIT], "\"login\";r=0;t=2, \"api\";r=96;t=60");
+        // The legacy triple moves to a layer with fewer units left.
+        let mut map = HeaderMap::new();
+        outer.apply(
+            &mut map,
+            HeaderStyle::Legacy,
+            &Decision::allowed(vec![status(100, 50, 9000)]),
+        );
+        inner.apply(
+            &mut map,
+            HeaderStyle::Legacy,
+            &Decision::allowed(vec![status(5, 3, 1000)]),
+        );
+        assert_eq!(
+            (
+                &map[&X_RATELIMIT_LIMIT],
+                &map[&X_RATELIMIT_REMAINING],
+                &map[&X_RATELIMIT_RESET]
+            ),
+            (
+                &HeaderValue::from(5),
+                &HeaderValue::from(3),
+                &HeaderValue::from(1)
+            )
+        );
+    }
+
+    #[test]
+    fn retry_after_keeps_the_longest_wait() {
+        let mut map = HeaderMap::new();
+        set_retry_after(&mut map, Duration::from_millis(1));
+        assert_eq!(map[http::header::RETRY_AFTER], "1");
+        set_retry_after(&mut map, Duration::from_millis(7500));
+        assert_eq!(map[http::header::RETRY_AFTER], "8");
+        set_retry_after(&mut map, Duration::from_secs(3));
+        assert_eq!(map[http::header::RETRY_AFTER], "8");
+        let date = HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
+        map.insert(http::header::RETRY_AFTER, date.clone());
+        set_retry_after(&mut map, Duration::from_secs(3));
+        assert_eq!(map[http::header::RETRY_AFTER], date);
+    }
+
+    #[test]
+    fn list_members_respect_quotes() {
+        assert_eq!(
+            split_members("\"a,b\";r=1, \"c\\\"d\";r=2,,x"),
+            vec!["\"a,b\";r=1", "\"c\\\"d\";r=2", "x"]
+        );
+        assert_eq!(
+            member_names("\"a,b\";r=1, \"c\\\"d\";r=2, token"),
+            vec!["a,b".to_owned(), "c\"d".to_owned()]
+        );
+        // A foreign value that is not visible ASCII is kept, ours appended.
+        let mut map = HeaderMap::new();
+        map.insert(
+            RATELIMIT,
+            HeaderValue::from_bytes(b"\"x\xff\";r=1").unwrap(),
+        );
+        merge_list(&mut map, &RATELIMIT, "\"api\";r=2;t=3", &["api".to_owned()]);
+        assert_eq!(map.get_all(&RATELIMIT).iter().count(), 2);
     }
 }

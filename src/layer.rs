@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{Method, Response};
 use tower_layer::Layer;
 
 use crate::admin::Admin;
@@ -15,9 +15,9 @@ use crate::failure::FailureLog;
 use crate::headers::HeaderStyle;
 use crate::limiter::{Limiter, compile};
 use crate::policy::Policy;
-use crate::response::DefaultRejection;
+use crate::response::{DefaultRejection, Rejection};
 use crate::routes::{Action, RouteTable, Rule, tightest_rate};
-use crate::service::RateLimit;
+use crate::service::RateLimitService;
 
 /// The default capacity of the blocked-client cache.
 pub const DEFAULT_BLOCKED_CAPACITY: usize = 10_000;
@@ -102,7 +102,10 @@ impl<R> RateLimitLayer<R> {
         Admin::new(Arc::clone(&self.limiter))
     }
 
-    /// Replaces the rejection response (see [`OnRejection`](crate::OnRejection)).
+    /// Replaces the rejection response (see [`OnRejection`](crate::OnRejection)):
+    /// [`GrpcRejection`](crate::GrpcRejection) behind tonic,
+    /// [`ProblemJson`](crate::ProblemJson), or your own type. For a closure,
+    /// use [`reject_fn`](Self::reject_fn).
     #[must_use]
     pub fn on_rejection<R2>(self, on_rejection: R2) -> RateLimitLayer<R2> {
         RateLimitLayer {
@@ -110,13 +113,47 @@ impl<R> RateLimitLayer<R> {
             on_rejection,
         }
     }
+
+    /// Replaces the rejection response with a closure, whose argument and
+    /// body types are inferred (with `on_rejection` they must be written
+    /// out). The layer still adds `Retry-After` and the rate-limit headers.
+    ///
+    /// ```
+    /// use axum::body::Body;
+    /// use tower_redis_ratelimit::http::{Response, StatusCode};
+    /// use tower_redis_ratelimit::{Policy, RateLimitLayer};
+    ///
+    /// # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
+    /// let layer = RateLimitLayer::builder()
+    ///     .default_policy(Policy::default_api())
+    ///     .build()?
+    ///     .reject_fn(|rejection| {
+    ///         let mut response = Response::new(Body::from(format!(
+    ///             "slow down ({})",
+    ///             rejection.policy.name()
+    ///         )));
+    ///         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    ///         response
+    ///     });
+    /// let app: axum::Router = axum::Router::new().layer(layer);
+    /// # let _ = app;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn reject_fn<F, B>(self, f: F) -> RateLimitLayer<F>
+    where
+        F: Fn(&Rejection<'_>) -> Response<B> + Clone + Send + Sync + 'static,
+    {
+        self.on_rejection(f)
+    }
 }
 
 impl<S, R: Clone> Layer<S> for RateLimitLayer<R> {
-    type Service = RateLimit<S, R>;
+    type Service = RateLimitService<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, Arc::clone(&self.limiter), self.on_rejection.clone())
+        RateLimitService::new(inner, Arc::clone(&self.limiter), self.on_rejection.clone())
     }
 }
 
@@ -270,29 +307,49 @@ impl RateLimitLayerBuilder {
     }
 
     /// Checks everything and builds the layer.
+    ///
+    /// Besides each policy's own checks, a configuration that could never
+    /// do what it says is an error: a layer with no policy at all
+    /// ([`ConfigError::NoPolicy`]), an axum 0.7 pattern such as `/users/:id`
+    /// ([`ConfigError::OldRouteSyntax`], with the axum 0.8 spelling), two
+    /// rules on one pattern and method ([`ConfigError::DuplicateRoute`]), and
+    /// two different policies of one name
+    /// ([`ConfigError::DuplicatePolicyName`], naming where each is used).
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
         if self.deadline.is_zero() {
             return Err(ConfigError::ZeroDeadline);
         }
-        let mut policies: Vec<Policy> = Vec::new();
-        let mut intern = |policy: Policy| -> Result<usize, ConfigError> {
-            if let Some(i) = policies.iter().position(|p| p.name() == policy.name()) {
-                if policies[i].same_as(&policy) {
+        // Each policy once, with where it was first used (for errors).
+        let mut policies: Vec<(Policy, String)> = Vec::new();
+        let mut intern = |policy: Policy, used: String| -> Result<usize, ConfigError> {
+            if let Some(i) = policies.iter().position(|(p, _)| p.name() == policy.name()) {
+                if policies[i].0.same_as(&policy) {
                     return Ok(i);
                 }
                 return Err(ConfigError::DuplicatePolicyName {
                     name: policy.name().to_owned(),
+                    first: policies[i].1.clone(),
+                    second: used,
                 });
             }
             policy.validate()?;
-            policies.push(policy);
+            policies.push((policy, used));
             Ok(policies.len() - 1)
         };
-        let default = self.default.map(&mut intern).transpose()?;
+        let default = self
+            .default
+            .map(|p| intern(p, "the default policy".to_owned()))
+            .transpose()?;
         let mut rules = Vec::with_capacity(self.rules.len());
         for (method, pattern, target) in self.rules {
             let action = match target {
-                Target::Limit(policy) => Action::Limit(intern(policy)?),
+                Target::Limit(policy) => {
+                    let used = match &method {
+                        Some(m) => format!("route {m} {pattern:?}"),
+                        None => format!("route {pattern:?}"),
+                    };
+                    Action::Limit(intern(policy, used)?)
+                }
                 Target::Exempt => Action::Exempt,
             };
             rules.push(Rule {
@@ -301,12 +358,17 @@ impl RateLimitLayerBuilder {
                 action,
             });
         }
+        let policies: Vec<Policy> = policies.into_iter().map(|(p, _)| p).collect();
         let routes = RouteTable::new(
             rules,
             default,
             self.case_insensitive,
             policies.iter().map(tightest_rate).collect(),
         )?;
+        // Checked last, so that a mistyped pattern is reported as such.
+        if policies.is_empty() {
+            return Err(ConfigError::NoPolicy);
+        }
         let backend = self
             .backend
             .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
@@ -339,7 +401,36 @@ mod tests {
             .route("/x", Policy::auth())
             .build()
             .unwrap_err();
-        assert!(matches!(err, ConfigError::DuplicatePolicyName { .. }));
+        assert_eq!(
+            err,
+            ConfigError::DuplicatePolicyName {
+                name: "auth".to_owned(),
+                first: "the default policy".to_owned(),
+                second: "route \"/x\"".to_owned(),
+            }
+        );
+        let err = RateLimitLayer::builder()
+            .route("/a", Policy::auth())
+            .route_method(Method::POST, "/b", Policy::auth())
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("(route \"/a\" and route POST \"/b\")"),
+            "{text}"
+        );
+        assert!(text.contains("policy.clone()"), "{text}");
+        for empty in [
+            RateLimitLayer::builder(),
+            RateLimitLayer::builder().exempt("/health"),
+        ] {
+            assert_eq!(empty.build().unwrap_err(), ConfigError::NoPolicy);
+        }
+        let err = RateLimitLayer::builder()
+            .route("/users/:id", Policy::auth())
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().ends_with("write \"/users/{id}\""), "{err}");
         let auth = Policy::auth();
         RateLimitLayer::builder()
             .route("/a", auth.clone())
@@ -347,6 +438,7 @@ mod tests {
             .build()
             .unwrap();
         let err = RateLimitLayer::builder()
+            .default_policy(Policy::auth())
             .deadline(Duration::ZERO)
             .build()
             .unwrap_err();

@@ -30,8 +30,9 @@
 //!     .route("/auth/login", post(|| async { "welcome" }))
 //!     .route("/health", get(|| async { "ok" }))
 //!     .layer(limits);
-//! // Serve with `app.into_make_service_with_connect_info::<SocketAddr>()` so the
-//! // peer IP is known.
+//! // The limits are per client IP: serve with the peer address, or every client
+//! // shares one bucket (logged at ERROR with this fix).
+//! // axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
 //! # let _ = app;
 //! # Ok(())
 //! # }
@@ -53,7 +54,34 @@
 //! - **hyper**: insert the connection's `SocketAddr` as a request extension
 //!   and adapt the tower service with `hyper_util::service::TowerToHyperService`.
 //!
+//! The client identity per framework, for [`key::PeerIp`] (the default key):
+//!
+//! | framework | the peer address comes from |
+//! |---|---|
+//! | axum | `app.into_make_service_with_connect_info::<SocketAddr>()` |
+//! | tonic | this crate's feature `tonic` (reads tonic's `TcpConnectInfo`) |
+//! | hyper | `request.extensions_mut().insert(peer_addr)` per connection |
+//!
+//! Without it every client shares one bucket (logged at `ERROR`, once per
+//! policy, with the fix); `Header::new("x-api-key").or(PeerIp::new())`
+//! falls back from one identity to another.
+//!
 //! See `examples/` for a complete server of each.
+//!
+//! # Names
+//!
+//! tower has a rate limiter of its own, `tower::limit::{RateLimitLayer,
+//! RateLimit}` (blocking in `poll_ready`, not `Clone`: unsuitable for axum).
+//! This crate's service is named [`RateLimitService`] so that the two never
+//! clash; its layer keeps the plain name [`RateLimitLayer`], the one users
+//! write. If a module imports both layers, rename tower's
+//! (`use tower::limit::RateLimitLayer as TowerRateLimitLayer;`) or refer to
+//! this crate's by path (`tower_redis_ratelimit::RateLimitLayer`).
+//!
+//! [`Policy`] is builder and value at once: `policy.algorithm(Algorithm::..)`
+//! sets, and the getters whose plain name the setter holds read with a
+//! suffix (`algorithm_kind()`, `failure_mode_kind()`); the others are plain
+//! (`name()`, `quotas()`, `missing_key()`).
 //!
 //! # Modules
 //!
@@ -120,7 +148,13 @@ pub use crate::policy::{
     MissingKey, Policy, Quota,
 };
 pub use crate::response::{DefaultRejection, GrpcRejection, OnRejection, ProblemJson, Rejection};
-pub use crate::service::RateLimit;
+pub use crate::service::RateLimitService;
+/// The `http` crate, whose types the API uses (`Request`, `Response`,
+/// `HeaderMap`, `Method`...): no need to add it to your own dependencies.
+pub use http;
+/// The request head, the argument of key extractors, cost functions and
+/// rejections (`Policy::key_fn(|parts| ..)`): `http::request::Parts`.
+pub use http::request::Parts;
 
 // Exists only so `benches/blocked.rs` can reach the blocked cache: not API.
 #[doc(hidden)]

@@ -100,6 +100,8 @@ pub(crate) fn compile(
             if compiled.iter().any(|c| c.policy.name() == tier.name()) {
                 return Err(ConfigError::DuplicatePolicyName {
                     name: tier.name().to_owned(),
+                    first: format!("a policy named `{}`", tier.name()),
+                    second: format!("a tier of policy `{}`", compiled[base].policy.name()),
                 });
             }
             let id = PolicyId(compiled.len());

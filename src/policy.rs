@@ -197,6 +197,17 @@ impl Policy {
         self
     }
 
+    /// Sets a closure as the key extractor, like [`Policy::key`], with its
+    /// argument type inferred: `.key_fn(|parts| ...)` compiles where
+    /// `.key(|parts| ...)` needs `|parts: &Parts|`.
+    #[must_use]
+    pub fn key_fn<F>(self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<Key> + Send + Sync + 'static,
+    {
+        self.key(f)
+    }
+
     /// Sets a fixed cost per request (default 1). Must be between 1 and the
     /// smallest limit of the policy, and not above its
     /// [max cost](Policy::max_cost).
@@ -574,12 +585,20 @@ impl Policy {
             Some(key) => Some(key),
             None => {
                 if !self.inner.warned_missing_key.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        policy = %self.inner.name,
-                        action = ?self.inner.missing_key,
-                        "request without a client key (is the peer address available, e.g. \
-                         into_make_service_with_connect_info?); logged once per policy"
-                    );
+                    let (policy, action) = (&self.inner.name, self.inner.missing_key);
+                    // A hint means a setup mistake (e.g. no peer address): ERROR.
+                    match self.inner.key.missing_key_hint(parts) {
+                        Some(hint) => tracing::error!(
+                            %policy,
+                            ?action,
+                            "request without a client key: {hint}; logged once per policy"
+                        ),
+                        None => tracing::warn!(
+                            %policy,
+                            ?action,
+                            "request without a client key; logged once per policy"
+                        ),
+                    }
                 }
                 self.keyless()
             }

@@ -52,9 +52,18 @@ pub(crate) fn is_grpc(request: &Parts) -> bool {
 
 /// Builds the response for a rejected request.
 ///
-/// The layer adds `Retry-After` (unless the response already has one) and the
-/// rate-limit headers afterwards, so an implementation only chooses status and
-/// body. Any `Fn(&Rejection<'_>) -> Response<B> + Clone` closure implements it.
+/// The layer adds `Retry-After` (keeping the longer wait if the response
+/// already has one) and the rate-limit headers afterwards, so an
+/// implementation only chooses status and body. Any `Fn(&Rejection<'_>) -> Response<B> + Clone` closure implements it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot make a rejection response with body type `{B}`",
+    label = "this rejection cannot build a `Response<{B}>`",
+    note = "`DefaultRejection` and `ProblemJson` need a body made from a `String`; tonic's \
+            (`tonic::body::Body`) is not: call `.on_rejection(GrpcRejection)` on the layer you \
+            give `tonic::transport::Server::builder().layer(..)`",
+    note = "for a closure, use `layer.reject_fn(|rejection| ..)`, which infers its argument \
+            type and the body type"
+)]
 pub trait OnRejection<B>: Clone + Send + Sync + 'static {
     /// The response for this rejection.
     fn response(&self, rejection: &Rejection<'_>) -> Response<B>;

@@ -1,4 +1,4 @@
-//! [`RateLimit`]: the middleware service.
+//! [`RateLimitService`]: the middleware service.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,13 +17,13 @@ use crate::response::OnRejection;
 /// the response future, so the service is always as ready as the one it wraps.
 /// The inner service's error type passes through unchanged: rejections are
 /// responses.
-pub struct RateLimit<S, R> {
+pub struct RateLimitService<S, R> {
     inner: S,
     limiter: Arc<Limiter>,
     on_rejection: R,
 }
 
-impl<S, R> RateLimit<S, R> {
+impl<S, R> RateLimitService<S, R> {
     pub(crate) fn new(inner: S, limiter: Arc<Limiter>, on_rejection: R) -> Self {
         Self {
             inner,
@@ -38,7 +38,7 @@ impl<S, R> RateLimit<S, R> {
     }
 }
 
-impl<S: Clone, R: Clone> Clone for RateLimit<S, R> {
+impl<S: Clone, R: Clone> Clone for RateLimitService<S, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -48,15 +48,15 @@ impl<S: Clone, R: Clone> Clone for RateLimit<S, R> {
     }
 }
 
-impl<S: fmt::Debug, R> fmt::Debug for RateLimit<S, R> {
+impl<S: fmt::Debug, R> fmt::Debug for RateLimitService<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimit")
+        f.debug_struct("RateLimitService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, R>
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimitService<S, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     R: OnRejection<ResBody>,

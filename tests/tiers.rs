@@ -341,7 +341,9 @@ fn tier_mistakes_are_config_errors_at_build() {
     assert_eq!(
         err,
         ConfigError::DuplicatePolicyName {
-            name: "api.pro".into()
+            name: "api.pro".into(),
+            first: "a policy named `api.pro`".into(),
+            second: "a tier of policy `api`".into(),
         }
     );
     // The name `<policy>.<tier>` must be a valid policy name (64 characters).

@@ -44,6 +44,12 @@ pub type ResetFuture = Pin<Box<dyn Future<Output = Result<(), BackendError>> + S
 /// [`BackendError::Unsupported`], so a custom backend only needs `check`;
 /// implement them to make [`Admin::peek`](crate::Admin::peek) and
 /// [`Admin::reset`](crate::Admin::reset) work with it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a rate-limit backend",
+    label = "expected a `Backend`",
+    note = "use `RedisBackend::new(url)?` (it returns a `Result`: mind the `?`), \
+            `RedisBackend::builder(url)...build()?`, or `MemoryBackend::new()`"
+)]
 pub trait Backend: Send + Sync + 'static {
     /// Checks and consumes `cost` units of every quota of `policy` for `key`.
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture;

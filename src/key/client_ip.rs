@@ -186,6 +186,10 @@ impl KeyExtractor for ClientIp {
     fn client_ip(&self, request: &Parts) -> Option<IpAddr> {
         self.client_addr(request)
     }
+
+    fn missing_key_hint(&self, request: &Parts) -> Option<String> {
+        super::peer::missing_peer_hint(request)
+    }
 }
 
 /// A trusted network as matched against canonical addresses: truncated to

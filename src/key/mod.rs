@@ -127,6 +127,13 @@ fn hashed(parts: &[&[u8]]) -> String {
 ///
 /// Returning `None` means "no identity": the policy's
 /// [`MissingKey`](crate::MissingKey) rule decides what happens.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a key extractor",
+    label = "expected a `KeyExtractor`",
+    note = "use a built-in extractor (`key::PeerIp::new()`, `key::ClientIp::new()`, \
+            `key::Header::new(\"x-api-key\")`, `key::Global`), or a closure returning \
+            `Option<Key>` through `Policy::key_fn(|parts| ..)`"
+)]
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The key of this request, if it has one.
     fn extract(&self, request: &Parts) -> Option<Key>;
@@ -143,6 +150,81 @@ pub trait KeyExtractor: Send + Sync + 'static {
     fn client_ip(&self, request: &Parts) -> Option<std::net::IpAddr> {
         let _ = request;
         None
+    }
+
+    /// Why `request` has no key and how to fix it, when the likely cause is
+    /// the server's setup rather than the client: [`PeerIp`] and
+    /// [`ClientIp`] without a peer address name the fix for axum, tonic or
+    /// hyper. The layer logs it at `ERROR`, once per policy, the first time
+    /// a request has no key. The default says nothing (`None`): a request
+    /// without an `x-api-key` header, say, is the client's doing.
+    fn missing_key_hint(&self, request: &Parts) -> Option<String> {
+        let _ = request;
+        None
+    }
+
+    /// Tries `self`, then `fallback` for requests `self` has no key for:
+    /// `Header::new("x-api-key").or(PeerIp::new())` keys clients by their
+    /// API key, and those without one by IP address (see [`Or`]).
+    fn or<K: KeyExtractor>(self, fallback: K) -> Or<Self, K>
+    where
+        Self: Sized,
+    {
+        Or {
+            first: self,
+            fallback,
+        }
+    }
+}
+
+/// The key of the first extractor that has one: made by
+/// [`KeyExtractor::or`].
+///
+/// The two extractors' keys never share a bucket: each is tagged with the
+/// position of the extractor that made it (`1:` or `2:`, e.g. `1:k-42`,
+/// `2:203.0.113.9`), so a client cannot send an API key spelled like another
+/// client's IP address and spend that client's quota. Chains nest:
+/// `a.or(b).or(c)`.
+///
+/// ```
+/// use tower_redis_ratelimit::key::{Header, KeyExtractor, PeerIp};
+/// use tower_redis_ratelimit::{Policy, Quota};
+///
+/// let policy = Policy::new("api")
+///     .quota(Quota::per_minute(100))
+///     .key(Header::new("x-api-key").or(PeerIp::new()));
+/// # let _ = policy;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Or<A, B> {
+    first: A,
+    fallback: B,
+}
+
+impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for Or<A, B> {
+    fn extract(&self, request: &Parts) -> Option<Key> {
+        if let Some(key) = self.first.extract(request) {
+            return Some(Key::concat(&[b"1:", key.as_str().as_bytes()]));
+        }
+        let key = self.fallback.extract(request)?;
+        Some(Key::concat(&[b"2:", key.as_str().as_bytes()]))
+    }
+
+    fn missing_key_hint(&self, request: &Parts) -> Option<String> {
+        self.fallback
+            .missing_key_hint(request)
+            .or_else(|| self.first.missing_key_hint(request))
+    }
+
+    /// The client IP of the extractor that made the key: an access list's
+    /// networks match a client keyed by its API key only if that extractor
+    /// itself keys by address.
+    fn client_ip(&self, request: &Parts) -> Option<std::net::IpAddr> {
+        if self.first.extract(request).is_some() {
+            self.first.client_ip(request)
+        } else {
+            self.fallback.client_ip(request)
+        }
     }
 }
 
@@ -222,6 +304,28 @@ mod tests {
         assert_eq!(Global.extract(&p), Some(Key::new("global")));
         let f = |_: &Parts| Some(Key::new("c"));
         assert_eq!(f.extract(&p), Some(Key::new("c")));
+    }
+
+    #[test]
+    fn fallback_chains() {
+        let chain = Header::new("x-api-key").or(PeerIp::new());
+        let mut p = parts();
+        assert_eq!(chain.extract(&p), None);
+        assert!(chain.missing_key_hint(&p).is_some(), "PeerIp explains");
+        assert_eq!(Header::new("x-api-key").missing_key_hint(&p), None);
+        p.extensions
+            .insert("192.0.2.7:1234".parse::<SocketAddr>().unwrap());
+        assert_eq!(chain.extract(&p), Some(Key::new("2:192.0.2.7")));
+        // An API key spelled like that IP is another bucket.
+        p.headers.insert("x-api-key", "192.0.2.7".parse().unwrap());
+        assert_eq!(chain.extract(&p), Some(Key::new("1:192.0.2.7")));
+        let hostile = Key::new("a{b}");
+        p.headers.insert("x-api-key", "a{b}".parse().unwrap());
+        let tagged = chain.extract(&p).unwrap();
+        assert!(tagged.as_str().starts_with('#'));
+        assert_ne!(tagged, hostile);
+        let three = Header::new("x-a").or(Header::new("x-b")).or(Global);
+        assert_eq!(three.extract(&parts()), Some(Key::new("2:global")));
     }
 
     #[test]

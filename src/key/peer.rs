@@ -132,6 +132,22 @@ fn is_local_nat64(v6: Ipv6Addr) -> bool {
 ///
 /// Forwarding headers (`X-Forwarded-For`, `Forwarded`) are ignored: they are
 /// written by the client and trivially spoofed.
+///
+/// # Without a peer address
+///
+/// If the server passes no peer address on, `PeerIp` has no key for any
+/// request, and under the default [`MissingKey::SharedBucket`](crate::MissingKey)
+/// every client shares one bucket: a per-IP limit silently becomes a global
+/// one (never no limit). The first such request of each policy is logged at
+/// `ERROR` with the fix for the server it came through:
+///
+/// - axum: `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())`;
+/// - tonic: this crate's `tonic` feature (tonic's server inserts
+///   `TcpConnectInfo` for plain TCP; with its TLS, a closure key);
+/// - hyper: insert the peer `SocketAddr` into the request extensions.
+///
+/// Or fall back to another identity: `Header::new("x-api-key").or(PeerIp::new())`
+/// (see [`KeyExtractor::or`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerIp {
     v6_prefix: u8,
@@ -185,6 +201,106 @@ impl KeyExtractor for PeerIp {
     fn client_ip(&self, request: &Parts) -> Option<IpAddr> {
         Self::peer_addr(request).map(|addr| addr.ip())
     }
+
+    fn missing_key_hint(&self, request: &Parts) -> Option<String> {
+        missing_peer_hint(request)
+    }
+}
+
+/// What a request without a peer address says about the server it came
+/// through, for [`peer_hint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerFacts {
+    /// `content-type: application/grpc*`: most likely tonic.
+    pub grpc: bool,
+    /// axum's `MatchedPath` is there: certainly axum.
+    pub axum_routed: bool,
+    /// tonic's `TcpConnectInfo` is there, without a remote address.
+    pub tonic_without_remote: bool,
+    /// This crate's features.
+    pub axum_feature: bool,
+    /// This crate's features.
+    pub tonic_feature: bool,
+}
+
+/// The hint of [`PeerIp`] and [`ClientIp`](super::ClientIp) for a request
+/// with no peer address, or `None` if it has one.
+pub(crate) fn missing_peer_hint(request: &Parts) -> Option<String> {
+    if PeerIp::peer_addr(request).is_some() {
+        return None;
+    }
+    #[cfg(feature = "axum")]
+    let axum_routed = request
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .is_some();
+    #[cfg(not(feature = "axum"))]
+    let axum_routed = false;
+    #[cfg(feature = "tonic")]
+    let tonic_without_remote = request
+        .extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .is_some();
+    #[cfg(not(feature = "tonic"))]
+    let tonic_without_remote = false;
+    Some(peer_hint(PeerFacts {
+        grpc: crate::response::is_grpc(request),
+        axum_routed,
+        tonic_without_remote,
+        axum_feature: cfg!(feature = "axum"),
+        tonic_feature: cfg!(feature = "tonic"),
+    }))
+}
+
+const AXUM_FIX: &str = "axum: serve with \
+    `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())` \
+    (`axum::serve(listener, app)` passes no peer address)";
+const AXUM_FEATURE_FIX: &str = "axum: enable this crate's `axum` feature (on by default) so \
+    that `PeerIp` reads axum's `ConnectInfo<SocketAddr>`, and serve with \
+    `app.into_make_service_with_connect_info::<SocketAddr>()`";
+const TONIC_FEATURE_FIX: &str = "tonic: enable this crate's `tonic` feature \
+    (`tower-redis-ratelimit = { version = \"..\", features = [\"tonic\"] }`) so that `PeerIp` \
+    reads the `TcpConnectInfo` tonic's server inserts";
+const TONIC_TRANSPORT_FIX: &str = "tonic: its server inserts `TcpConnectInfo` only for plain \
+    TCP connections; behind tonic's TLS (`TlsConnectInfo`) or a custom incoming stream, key \
+    with `Policy::key_fn(|parts| ..)` reading your connection type";
+const HYPER_FIX: &str = "hyper or another tower server: insert the connection's peer \
+    `SocketAddr` into each request's extensions before the layer \
+    (`request.extensions_mut().insert(peer)`)";
+const FALLBACK: &str = "or key by something else, with a fallback chain such as \
+    `Header::new(\"x-api-key\").or(PeerIp::new())`";
+
+/// The fix for a request without a peer address, from what the request says
+/// about the server: the framework's own fix first.
+pub(crate) fn peer_hint(facts: PeerFacts) -> String {
+    let mut fixes: Vec<&str> = Vec::new();
+    if facts.tonic_without_remote {
+        fixes.push(
+            "tonic's `TcpConnectInfo` has no remote address (a Unix socket or a custom \
+            incoming stream?): key with `Policy::key_fn(|parts| ..)`",
+        );
+    } else if facts.grpc {
+        fixes.push(if facts.tonic_feature {
+            TONIC_TRANSPORT_FIX
+        } else {
+            TONIC_FEATURE_FIX
+        });
+        fixes.push(HYPER_FIX);
+    } else if facts.axum_routed {
+        fixes.push(AXUM_FIX);
+    } else {
+        fixes.push(if facts.axum_feature {
+            AXUM_FIX
+        } else {
+            AXUM_FEATURE_FIX
+        });
+        fixes.push(HYPER_FIX);
+    }
+    format!(
+        "the request has no peer address, so `PeerIp` found no client IP and every such \
+         request shares one bucket (a per-IP limit became a global one). Fix: {}; {FALLBACK}",
+        fixes.join("; ")
+    )
 }
 
 #[cfg(test)]
@@ -302,6 +418,60 @@ mod tests {
                 remote_addr: None,
             });
         assert_eq!(PeerIp::new().extract(&p), None);
+    }
+
+    #[test]
+    fn hints_name_the_framework_fix() {
+        let facts = PeerFacts {
+            grpc: false,
+            axum_routed: false,
+            tonic_without_remote: false,
+            axum_feature: true,
+            tonic_feature: false,
+        };
+        let hint = |f: PeerFacts| peer_hint(f);
+        let axum = hint(PeerFacts {
+            axum_routed: true,
+            ..facts
+        });
+        assert!(axum.contains("into_make_service_with_connect_info::<SocketAddr>()"));
+        assert!(!axum.contains("tonic") && !axum.contains("hyper"), "{axum}");
+        assert!(axum.contains("Header::new(\"x-api-key\").or(PeerIp::new())"));
+        let unknown = hint(facts);
+        assert!(unknown.contains("axum: serve with") && unknown.contains("hyper"));
+        assert!(!unknown.contains("tonic"), "{unknown}");
+        let no_axum = hint(PeerFacts {
+            axum_feature: false,
+            ..facts
+        });
+        assert!(no_axum.contains("enable this crate's `axum` feature"));
+        let grpc = hint(PeerFacts {
+            grpc: true,
+            ..facts
+        });
+        assert!(
+            grpc.contains("enable this crate's `tonic` feature"),
+            "{grpc}"
+        );
+        assert!(!grpc.contains("axum"), "{grpc}");
+        let grpc_tls = hint(PeerFacts {
+            grpc: true,
+            tonic_feature: true,
+            ..facts
+        });
+        assert!(grpc_tls.contains("TlsConnectInfo"), "{grpc_tls}");
+        assert!(!grpc_tls.contains("enable this crate"), "{grpc_tls}");
+        let unix = hint(PeerFacts {
+            tonic_without_remote: true,
+            ..facts
+        });
+        assert!(unix.contains("no remote address"), "{unix}");
+        // A request with a peer address needs no hint.
+        let mut p = parts();
+        p.extensions
+            .insert("192.0.2.1:1".parse::<SocketAddr>().unwrap());
+        assert_eq!(PeerIp::new().missing_key_hint(&p), None);
+        assert!(PeerIp::new().missing_key_hint(&parts()).is_some());
     }
 
     #[cfg(feature = "axum")]

@@ -101,6 +101,10 @@ impl<K: KeyExtractor> KeyExtractor for PerRoute<K> {
     fn client_ip(&self, request: &Parts) -> Option<std::net::IpAddr> {
         self.inner.client_ip(request)
     }
+
+    fn missing_key_hint(&self, request: &Parts) -> Option<String> {
+        self.inner.missing_key_hint(request)
+    }
 }
 
 #[cfg(test)]

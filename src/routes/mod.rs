@@ -90,6 +90,12 @@ impl Pattern {
         if !pattern.starts_with('/') {
             return Err(err("must start with `/`"));
         }
+        if let Some(suggestion) = old_syntax_fix(pattern) {
+            return Err(ConfigError::OldRouteSyntax {
+                pattern: pattern.to_owned(),
+                suggestion,
+            });
+        }
         let raw = if case_insensitive {
             pattern.to_ascii_lowercase()
         } else {
@@ -140,6 +146,30 @@ impl Pattern {
             canonical,
         })
     }
+}
+
+/// The pattern in axum 0.8 syntax if `pattern` uses axum 0.7's `:param` or
+/// `*rest` segments (which axum 0.8 refuses, and which would otherwise be
+/// literal text here that no request path ever matches).
+fn old_syntax_fix(pattern: &str) -> Option<String> {
+    let mut found = false;
+    let fixed: Vec<String> = pattern
+        .split('/')
+        .map(|seg| {
+            if let Some(name) = seg.strip_prefix(':') {
+                found = true;
+                let name = if name.is_empty() { "param" } else { name };
+                format!("{{{name}}}")
+            } else if let Some(name) = seg.strip_prefix('*') {
+                found = true;
+                let name = if name.is_empty() { "rest" } else { name };
+                format!("{{*{name}}}")
+            } else {
+                seg.to_owned()
+            }
+        })
+        .collect();
+    found.then(|| fixed.join("/"))
 }
 
 /// The rules that apply to one method, in both spellings.
@@ -384,6 +414,23 @@ mod tests {
         for bad in ["x", "/{*}", "/{*a}/b", "/{}", "/a{b}", "/a/../b", "/{a*}"] {
             assert!(Pattern::parse(bad, false).is_err(), "{bad}");
         }
+        for (old, fixed) in [
+            ("/users/:id", "/users/{id}"),
+            ("/Users/:id/files/*path", "/Users/{id}/files/{*path}"),
+            ("/:", "/{param}"),
+            ("/files/*", "/files/{*rest}"),
+        ] {
+            assert_eq!(
+                Pattern::parse(old, true),
+                Err(ConfigError::OldRouteSyntax {
+                    pattern: old.to_owned(),
+                    suggestion: fixed.to_owned()
+                })
+            );
+            Pattern::parse(fixed, false).unwrap();
+        }
+        // Not at the start of a segment, `:` and `*` are literal, as in axum.
+        assert_eq!(Pattern::parse("/a:b/c*", false).unwrap().raw, "/a:b/c*");
         let t = table(
             vec![
                 rule(None, "/users/{id}", Action::Limit(1)),
