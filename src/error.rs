@@ -179,6 +179,11 @@ pub enum ConfigError {
     /// The Redis connection URL could not be parsed.
     #[error("invalid Redis URL: {0}")]
     RedisUrl(String),
+    /// The TLS settings of a Redis backend cannot be used: a CA or client
+    /// certificate that is not PEM, a client key that does not parse, TLS
+    /// settings for a `redis://` (not `rediss://`) URL.
+    #[error("invalid Redis TLS settings: {0}")]
+    Tls(String),
     /// A trusted-proxy network could not be parsed.
     #[error("invalid trusted network {network:?}: expected CIDR like 10.0.0.0/8 or an address")]
     InvalidNetwork {
