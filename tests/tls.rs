@@ -7,7 +7,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -28,7 +27,7 @@ const MARGIN: Duration = Duration::from_millis(300);
 const LIMIT: usize = 5;
 
 /// The log capture is process-wide: tests that read it take turns.
-static LOG_TURN: Mutex<()> = Mutex::new(());
+static LOG_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn inner()
 -> impl Service<Request<String>, Response = Response<String>, Error = Infallible, Future: Send> + Clone
@@ -146,7 +145,7 @@ async fn limits_are_exact_over_tls_with_the_minimal_acl_user() {
 #[tokio::test]
 async fn a_wrong_password_fails_open_and_the_log_names_wrongpass_once() {
     let server = TlsRedis::start(false);
-    let _turn = LOG_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = LOG_TURN.lock().await;
     capture_logs();
     let backend = trusting(&server, &server.url(USER, "not-the-password"))
         .build()
@@ -162,7 +161,7 @@ async fn a_wrong_password_fails_open_and_the_log_names_wrongpass_once() {
 #[tokio::test]
 async fn plain_redis_to_the_tls_port_fails_open_with_its_cause_logged() {
     let server = TlsRedis::start(false);
-    let _turn = LOG_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = LOG_TURN.lock().await;
     capture_logs();
     let url = format!("redis://{USER}:{PASSWORD}@127.0.0.1:{}/", server.tls_port);
     let backend = RedisBackend::new(&url).unwrap();
@@ -183,7 +182,7 @@ async fn plain_redis_to_the_tls_port_fails_open_with_its_cause_logged() {
 #[tokio::test]
 async fn a_server_certificate_from_an_untrusted_ca_is_named_in_the_log() {
     let server = TlsRedis::start(false);
-    let _turn = LOG_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = LOG_TURN.lock().await;
     capture_logs();
     // No CA given: only the system's roots, which never signed the test CA.
     let backend = RedisBackend::new(&server.url(USER, PASSWORD)).unwrap();
@@ -206,7 +205,7 @@ async fn mutual_tls_with_a_client_certificate() {
     assert_eq!(server.acl_denials(), Vec::<String>::new());
 
     // Without the client certificate the server refuses the handshake.
-    let _turn = LOG_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = LOG_TURN.lock().await;
     capture_logs();
     let backend = trusting(&server, &url).build().unwrap();
     fails_open_naming(
