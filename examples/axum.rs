@@ -14,9 +14,11 @@
 //!
 //! Environment: `BIND` (default `127.0.0.1:3000`); `CONFIG` (a TOML file of
 //! policies, routes, exemptions and backend, feature `serde`; unset: the
-//! limits above); `REDIS_URL` or `REDIS_CLUSTER` (comma-separated nodes,
-//! feature `cluster`), which override the file's backend (unset: the file's,
-//! else memory).
+//! limits above); `REDIS_URL` (`redis://` or `rediss://`), `REDIS_CLUSTER`
+//! (comma-separated nodes) or `REDIS_SENTINEL` (comma-separated sentinels,
+//! with `REDIS_SENTINEL_MASTER`), and `REDIS_CA_CERT` (a PEM file) for a
+//! private CA: they override the file's backend (unset: the file's, else
+//! memory). All of them: `examples/common/env.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -10,7 +10,8 @@
 //! - `GET /health`: exempt
 //! - anything else: 404
 //!
-//! Environment: `BIND` (default `127.0.0.1:3001`), `REDIS_URL` (unset: memory).
+//! Environment: `BIND` (default `127.0.0.1:3001`), `REDIS_URL`, `REDIS_CLUSTER` or
+//! `REDIS_SENTINEL` (unset: memory; see `examples/common/env.rs`).
 //! The app, the tower stack and the accept loop are in
 //! `examples/common/hyper_app.rs`: the peer `SocketAddr` is inserted as a
 //! request extension so that `PeerIp` finds it, and

@@ -14,10 +14,10 @@
 //! the `RateLimit` header). Looking consumes nothing; `--reset` forgets the
 //! client's counts first.
 //!
-//! - Backend: `REDIS_URL` (one node), or `REDIS_CLUSTER` (comma-separated
-//!   seed node URLs; needs `--features cluster`), else the `[redis]` table of
-//!   the `CONFIG` file, else in-memory — which only sees this process, so it
-//!   is a demo.
+//! - Backend: `REDIS_URL` (one node), `REDIS_CLUSTER` (comma-separated seed
+//!   node URLs) or `REDIS_SENTINEL` (see `examples/common/env.rs`), else the
+//!   `[redis]` table of the `CONFIG` file, else in-memory — which only sees
+//!   this process, so it is a demo.
 //! - Policies: those of the `CONFIG` file (a TOML file, feature `serde`, as
 //!   the axum example reads it), else the axum example's built-in ones, `api`
 //!   (`Policy::default_api()`) and `auth` (`Policy::auth()`).
@@ -44,8 +44,9 @@ const USAGE: &str = "usage: inspect --policy <name> --key <client key> [--reset]
   --reset          forget the client's counts, then print them
 
 Prints one line per quota: `<policy> <window> limit=<n> remaining=<n> reset=<seconds>`.
-Backend: REDIS_URL (one node) or REDIS_CLUSTER (comma-separated node URLs,
-needs `--features cluster`), else the CONFIG file's, else in-memory (this
+Backend: REDIS_URL (one node), REDIS_CLUSTER (comma-separated node URLs) or
+REDIS_SENTINEL (comma-separated sentinels, REDIS_SENTINEL_MASTER), with
+REDIS_CA_CERT for a private CA; else the CONFIG file's, else in-memory (this
 process only: a demo). Policies: those of CONFIG (a TOML file, `--features
 serde`), else the axum example's.";
 
@@ -140,7 +141,7 @@ fn layer() -> Result<RateLimitLayer, String> {
     if description.contains("backend: in-memory") {
         eprintln!(
             "An in-memory inspect only sees its own process, which has just started: this is \
-             a demo. Set REDIS_URL or REDIS_CLUSTER to inspect the counts your servers share."
+             a demo. Set REDIS_URL, REDIS_CLUSTER or REDIS_SENTINEL to inspect the counts your servers share."
         );
     }
     Ok(layer)

@@ -11,7 +11,8 @@
 //! `grpcurl -plaintext -import-path examples/proto -proto helloworld.proto
 //! -d '{"name":"you"}' 127.0.0.1:50051 helloworld.Greeter/SayHello`.
 //!
-//! Environment: `BIND` (default `127.0.0.1:50051`), `REDIS_URL` (unset: memory).
+//! Environment: `BIND` (default `127.0.0.1:50051`), `REDIS_URL`, `REDIS_CLUSTER` or
+//! `REDIS_SENTINEL` (unset: memory; see `examples/common/env.rs`).
 //! The peer IP comes from tonic's `TcpConnectInfo`, read by `PeerIp` with this
 //! crate's `tonic` feature. The service code is in `examples/common/greeter.rs`;
 //! the protobuf code in `examples/proto/helloworld.rs` is generated (no build.rs).

@@ -253,6 +253,11 @@ pub enum ConfigError {
     /// The Redis connection URL could not be parsed.
     #[error("invalid Redis URL: {0}")]
     RedisUrl(String),
+    /// The TLS settings of a Redis backend cannot be used: a CA or client
+    /// certificate that is not PEM, a client key that does not parse, TLS
+    /// settings for a `redis://` (not `rediss://`) URL.
+    #[error("invalid Redis TLS settings: {0}")]
+    Tls(String),
     /// A network (of trusted proxies or of an access list) could not be parsed.
     #[error("invalid network {network:?}: expected CIDR like 10.0.0.0/8 or an address")]
     InvalidNetwork {

@@ -330,9 +330,16 @@ impl Limiter {
     fn log_failure(&self, compiled: &CompiledPolicy, outcome: &Outcome) {
         let policy = compiled.policy.name();
         let mode = compiled.policy.failure_mode_kind();
+        // A timeout names the backend's last error, if any, as its likely
+        // cause (a connection attempt refused, `WRONGPASS`, an untrusted
+        // certificate...).
+        let timed_out;
         let error: &dyn std::fmt::Display = match outcome {
             Outcome::Failed(error) => error,
-            Outcome::TimedOut(deadline) => &DeadlineExceeded(*deadline),
+            Outcome::TimedOut(deadline) => {
+                timed_out = DeadlineExceeded(*deadline, self.backend.last_error());
+                &timed_out
+            }
             Outcome::Decided(_) | Outcome::Skipped => return,
         };
         match self.failures.warning() {
@@ -426,11 +433,15 @@ impl Limiter {
     }
 }
 
-/// How a missed deadline reads in the log.
-struct DeadlineExceeded(Duration);
+/// How a missed deadline reads in the log, with the backend's last error.
+struct DeadlineExceeded(Duration, Option<String>);
 
 impl std::fmt::Display for DeadlineExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "backend deadline of {:?} exceeded", self.0)
+        write!(f, "backend deadline of {:?} exceeded", self.0)?;
+        match &self.1 {
+            Some(cause) => write!(f, " (last backend error: {cause})"),
+            None => Ok(()),
+        }
     }
 }

@@ -888,8 +888,8 @@ async fn the_examples_read_config_and_let_the_environment_choose_the_backend() {
     let (layer, shown) = example_limits(&[("CONFIG", "")]).unwrap();
     assert_eq!(
         shown,
-        "limits: built in (set CONFIG to read a file); backend: in-memory (set REDIS_URL or \
-         REDIS_CLUSTER to share limits through Redis)"
+        "limits: built in (set CONFIG to read a file); backend: in-memory (set REDIS_URL, \
+         REDIS_CLUSTER or REDIS_SENTINEL to share limits through Redis)"
     );
     let response = send(&layer, Method::GET, "/", "192.0.2.1").await;
     assert_eq!(
@@ -902,8 +902,8 @@ async fn the_examples_read_config_and_let_the_environment_choose_the_backend() {
     assert_eq!(
         shown,
         format!(
-            "limits: {file} (policies: api, auth, partner); backend: in-memory (set REDIS_URL \
-             or REDIS_CLUSTER to share limits through Redis)"
+            "limits: {file} (policies: api, auth, partner); backend: in-memory (set REDIS_URL, \
+             REDIS_CLUSTER or REDIS_SENTINEL to share limits through Redis)"
         )
     );
     let response = send(&layer, Method::POST, "/auth/login", "192.0.2.1").await;
@@ -966,7 +966,7 @@ async fn the_examples_read_config_and_let_the_environment_choose_the_backend() {
             ("REDIS_CLUSTER", "redis://b:7000")
         ])
         .unwrap_err(),
-        "set REDIS_URL (one server) or REDIS_CLUSTER, not both"
+        "set one of REDIS_URL (one server), REDIS_CLUSTER or REDIS_SENTINEL, not several"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -206,7 +206,7 @@ fn inspect_refuses_bad_usage_with_status_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not both"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not several"), "{}", stderr(&out));
 }
 
 /// A backend that is down: status 1 and the error, never a hang.

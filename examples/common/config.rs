@@ -1,17 +1,20 @@
 //! The limits of an example: its own, or those of the TOML file at `CONFIG`
 //! (feature `serde`, e.g. `CONFIG=examples/limits.toml`); counted in the
-//! Redis at `REDIS_URL` or the Redis Cluster at `REDIS_CLUSTER` (feature
-//! `cluster`; comma-separated node URLs) when set, else where the file's
-//! `[redis]` table says, else in memory.
+//! Redis that the environment names (`REDIS_URL`, `REDIS_CLUSTER`,
+//! `REDIS_SENTINEL`...: see `env.rs`, the one place that reads them) when
+//! set, else where the file's `[redis]` table says, else in memory.
 //!
 //! Examples and `tests/config.rs` include this file as a module with
 //! `#[path]`.
 
 use std::error::Error;
-use std::sync::Arc;
 
-use tower_redis_ratelimit::backend::redact_url;
-use tower_redis_ratelimit::{Backend, MemoryBackend, RateLimitLayer, RateLimitLayerBuilder};
+use tower_redis_ratelimit::{RateLimitLayer, RateLimitLayerBuilder};
+
+#[path = "env.rs"]
+mod env;
+
+use self::env::{Chosen, memory};
 
 /// [`limits_from`] the process environment.
 pub fn limits(defaults: RateLimitLayerBuilder) -> Result<(RateLimitLayer, String), Box<dyn Error>> {
@@ -26,7 +29,7 @@ pub fn limits_from(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(RateLimitLayer, String), Box<dyn Error>> {
     let env = |name: &str| env(name).filter(|value| !value.is_empty());
-    let backend = backend_from(&env)?;
+    let backend = env::redis_from(&env)?;
     match env("CONFIG") {
         Some(path) => from_file(&path, backend),
         None => {
@@ -38,46 +41,6 @@ pub fn limits_from(
             ))
         }
     }
-}
-
-/// A backend and how to show it.
-type Chosen = (Arc<dyn Backend>, String);
-
-fn memory() -> Chosen {
-    (
-        Arc::new(MemoryBackend::new()),
-        "in-memory (set REDIS_URL or REDIS_CLUSTER to share limits through Redis)".to_owned(),
-    )
-}
-
-/// The backend `REDIS_URL` or `REDIS_CLUSTER` asks for, if any.
-fn backend_from(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Chosen>, Box<dyn Error>> {
-    match (env("REDIS_URL"), env("REDIS_CLUSTER")) {
-        (Some(_), Some(_)) => Err("set REDIS_URL (one server) or REDIS_CLUSTER, not both".into()),
-        (Some(url), None) => {
-            let backend = tower_redis_ratelimit::RedisBackend::new(&url)
-                .map_err(|e| format!("REDIS_URL: {e}"))?;
-            let shown = format!("redis at {} (REDIS_URL)", redact_url(&url));
-            Ok(Some((Arc::new(backend), shown)))
-        }
-        (None, Some(nodes)) => cluster(&nodes).map(Some),
-        (None, None) => Ok(None),
-    }
-}
-
-#[cfg(feature = "cluster")]
-fn cluster(nodes: &str) -> Result<Chosen, Box<dyn Error>> {
-    let nodes: Vec<&str> = nodes.split(',').map(str::trim).collect();
-    let backend = tower_redis_ratelimit::RedisBackend::cluster(nodes.iter().copied())
-        .map_err(|e| format!("REDIS_CLUSTER: {e}"))?;
-    let shown: Vec<_> = nodes.iter().map(|url| redact_url(url)).collect();
-    let shown = format!("redis cluster at {} (REDIS_CLUSTER)", shown.join(", "));
-    Ok((Arc::new(backend), shown))
-}
-
-#[cfg(not(feature = "cluster"))]
-fn cluster(_nodes: &str) -> Result<Chosen, Box<dyn Error>> {
-    Err("REDIS_CLUSTER needs the `cluster` feature (cargo run --features cluster ...)".into())
 }
 
 /// The limits of the TOML file at `path`, on `backend` if given, else on the

@@ -85,6 +85,15 @@ pub trait Backend: Send + Sync + 'static {
         0
     }
 
+    /// The backend's last error, if its latest calls failed: named in the
+    /// log line of a decision that timed out, whose own error is only
+    /// "deadline exceeded" (the connection attempt behind it may have
+    /// failed with `WRONGPASS` or an untrusted certificate). `None` by
+    /// default.
+    fn last_error(&self) -> Option<String> {
+        None
+    }
+
     // Administration: peek and reset.
 
     /// Reads every quota of `policy` for `key` without consuming, dropping
@@ -140,5 +149,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn partition(&self, policy: &Policy, key: &Key) -> usize {
         (**self).partition(policy, key)
+    }
+
+    fn last_error(&self) -> Option<String> {
+        (**self).last_error()
     }
 }

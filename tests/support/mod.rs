@@ -9,7 +9,9 @@
 //! serves apps on loopback and sends requests to them, [`load`] generates
 //! load and measures latency, [`logs`] captures the crate's log lines,
 //! [`security`] holds what the `security_*` tests share, and `cluster`
-//! (feature `cluster`) starts a throwaway Redis Cluster.
+//! (feature `cluster`) starts a throwaway Redis Cluster, `tls` (feature
+//! `tls`) a Redis with a TLS port and a test-time CA, `sentinel` (feature
+//! `sentinel`) a primary, a replica and a sentinel.
 #![allow(dead_code)]
 
 #[cfg(feature = "cluster")]
@@ -18,6 +20,10 @@ pub mod headers;
 pub mod load;
 pub mod logs;
 pub mod security;
+#[cfg(feature = "sentinel")]
+pub mod sentinel;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod web;
 
 use std::net::TcpListener;

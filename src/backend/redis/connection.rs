@@ -1,18 +1,18 @@
-//! The connections: one Redis node through a `ConnectionManager`, or a
-//! Redis Cluster through a `ClusterConnection` made in the background.
+//! The connections: one Redis node through a `ConnectionManager`, a Redis
+//! Cluster through a `ClusterConnection` made in the background, or the
+//! primary named by Redis Sentinel (`super::sentinel`).
 //!
 //! Both are made lazily, on the first call, inside the runtime: building a
 //! backend never blocks or fails because Redis is down.
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{
-    Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation,
-    ServerErrorKind,
+    Client, Cmd, ErrorKind, FromRedisValue, RedisResult, ScriptInvocation, ServerErrorKind,
 };
 
 use super::script::{ReadOnlyCall, read_only_refused};
@@ -75,7 +75,63 @@ where
     }
 }
 
-/// Where the commands go.
+/// The last error of a backend's calls (or of its background work: a
+/// Sentinel lookup), until a call succeeds: what a timed-out decision's log
+/// line names as its likely cause.
+#[derive(Debug, Default)]
+pub(super) struct LastError {
+    /// Whether `text` holds an error (read without the lock on every call).
+    set: AtomicBool,
+    text: Mutex<Option<String>>,
+}
+
+impl LastError {
+    /// Remembers `error`.
+    pub fn record(&self, error: &dyn fmt::Display) {
+        let text = error.to_string();
+        *self.text.lock().unwrap_or_else(PoisonError::into_inner) = Some(text);
+        self.set.store(true, Ordering::Release);
+    }
+
+    /// Forgets the error: a call succeeded.
+    pub fn clear(&self) {
+        if self.set.swap(false, Ordering::AcqRel) {
+            *self.text.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
+
+    /// The error, if no call succeeded since.
+    pub fn get(&self) -> Option<String> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
+        self.text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The `ConnectionManager` settings of a single node or a Sentinel primary.
+///
+/// One connection attempt per reconnection (no retries inside the
+/// manager): a failing attempt (refused, `WRONGPASS`, a certificate the
+/// client does not trust) reaches the waiting request with its cause
+/// instead of hiding behind the manager's back-off until the layer's
+/// deadline; the next request starts the next attempt.
+pub(super) fn manager_config(
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(0)
+        .set_max_delay(Duration::from_secs(1))
+}
+
+/// Where the commands go (one per backend, so its size does not matter).
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Connection {
     Single {
         client: Client,
@@ -84,24 +140,22 @@ pub(super) enum Connection {
     },
     #[cfg(feature = "cluster")]
     Cluster(cluster::Cluster),
+    #[cfg(feature = "sentinel")]
+    Sentinel(super::sentinel::Sentinel),
 }
 
 impl Connection {
-    /// One node at `url`; connects nothing.
+    /// One node, through `client`; connects nothing.
     pub(super) fn single(
-        url: &str,
+        client: Client,
         connect_timeout: Duration,
         response_timeout: Duration,
-    ) -> Result<Self, RedisError> {
-        Ok(Connection::Single {
-            client: Client::open(url)?,
-            config: ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(response_timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(1)),
+    ) -> Self {
+        Connection::Single {
+            client,
+            config: manager_config(connect_timeout, response_timeout),
             conn: OnceLock::new(),
-        })
+        }
     }
 
     /// A Redis Cluster known by one or more of its nodes (`urls`, never
@@ -111,13 +165,19 @@ impl Connection {
         urls: &[String],
         connect_timeout: Duration,
         response_timeout: Duration,
-    ) -> Result<Self, RedisError> {
-        let client = cluster::retries(
+        #[cfg(feature = "tls")] certs: Option<redis::TlsCertificates>,
+    ) -> Result<Self, redis::RedisError> {
+        let builder = cluster::retries(
             redis::cluster::ClusterClient::builder(urls.to_vec())
                 .connection_timeout(connect_timeout)
                 .response_timeout(response_timeout),
-        )
-        .build()?;
+        );
+        #[cfg(feature = "tls")]
+        let builder = match certs {
+            Some(certs) => builder.certs(certs),
+            None => builder,
+        };
+        let client = builder.build()?;
         let nodes = urls.iter().map(|u| super::redact_url(u).into_owned());
         Ok(Connection::Cluster(cluster::Cluster::new(
             client,
@@ -137,15 +197,11 @@ impl Connection {
             Connection::Cluster(c) => {
                 d.field("cluster", &c.nodes);
             }
+            #[cfg(feature = "sentinel")]
+            Connection::Sentinel(s) => {
+                d.field("sentinels", &s.shown).field("master", &s.master);
+            }
         }
-    }
-
-    /// Runs a decision script (see [`Connection::send`]).
-    pub(super) async fn invoke(
-        &self,
-        invocation: &ScriptInvocation<'static>,
-    ) -> Result<Vec<i64>, BackendError> {
-        self.send(Request::Script(invocation)).await
     }
 
     /// Sends a request. Connections are made here, inside the runtime, never
@@ -186,6 +242,15 @@ impl Connection {
             Connection::Cluster(cluster) => {
                 let mut conn = cluster.connection().await;
                 Ok(request.send(&mut conn).await?)
+            }
+            #[cfg(feature = "sentinel")]
+            Connection::Sentinel(sentinel) => {
+                let mut conn = sentinel.connection().await;
+                let result = request.send(&mut conn).await;
+                if let Err(error) = &result {
+                    sentinel.failed(error);
+                }
+                Ok(result?)
             }
         }
     }

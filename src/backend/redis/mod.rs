@@ -2,7 +2,9 @@
 //! script call; a reset: one DEL).
 //!
 //! - `script`: the script protocol (keys, arguments, reply), without I/O;
-//! - `connection`: single-node and cluster connections;
+//! - `connection`: single-node, cluster and Sentinel connections;
+//! - `sentinel`: finding the primary through Redis Sentinel;
+//! - `tls`: private CAs and client certificates for `rediss://`;
 //! - `redact`: Redis URLs without their passwords;
 //! - here: [`RedisBackend`] and its builder, gluing them together.
 
@@ -11,18 +13,22 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use self::connection::{Connection, Request};
+use self::connection::{Connection, LastError, Request};
 pub use self::redact::redact_url;
 use self::redact::secrets;
 use self::script::Nonces;
 use super::{Backend, CheckFuture, ResetFuture};
-use crate::error::ConfigError;
+use crate::error::{BackendError, ConfigError};
 use crate::key::Key;
 use crate::policy::Policy;
 
 mod connection;
 mod redact;
 mod script;
+#[cfg(feature = "sentinel")]
+mod sentinel;
+#[cfg(feature = "tls")]
+mod tls;
 
 /// Counters in Redis, shared by every application instance.
 ///
@@ -55,6 +61,20 @@ mod script;
 /// With the `cluster` feature, [`RedisBackend::cluster`] talks to a Redis
 /// Cluster: the one-hash-tag key layout sends every decision to the node that
 /// owns its slot, and the script is loaded on every primary when missing.
+///
+/// With the `sentinel` feature, [`RedisBackend::sentinel`] talks to the
+/// primary of a primary/replica deployment watched by Redis Sentinel, and
+/// follows it through failovers.
+///
+/// TLS (feature `tls`): `rediss://` URLs, verified against the system's
+/// root certificates, plus a private CA if given
+/// ([`RedisBackendBuilder::tls_ca_pem`]); a client certificate for mutual
+/// TLS with [`RedisBackendBuilder::tls_client_pem`]. ACL users: put the
+/// user name and password in the URL (`rediss://limiter:secret@host:6380`).
+///
+/// When a decision times out, the log line names the backend's last error
+/// ([`Backend::last_error`]): a refused connection, `WRONGPASS`, a
+/// certificate that is not trusted...
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
@@ -67,6 +87,23 @@ struct Inner {
     /// Whether peeks are sent as `EVALSHA_RO` (cleared once the server
     /// refuses it: Redis before 7.0).
     read_only: AtomicBool,
+    /// The last error, until a call succeeds.
+    last_error: Arc<LastError>,
+}
+
+impl Inner {
+    /// Sends a request; remembers its error, or forgets the last one.
+    async fn send<T: redis::FromRedisValue>(
+        &self,
+        request: Request<'_>,
+    ) -> Result<T, BackendError> {
+        let result = self.connection.send(request).await;
+        match &result {
+            Ok(_) => self.last_error.clear(),
+            Err(error) => self.last_error.record(error),
+        }
+        result
+    }
 }
 
 /// Shows the address (no credentials) or, for a cluster, the node URLs with
@@ -85,23 +122,52 @@ impl fmt::Debug for RedisBackend {
 #[must_use]
 pub struct RedisBackendBuilder {
     urls: Vec<String>,
-    cluster: bool,
+    kind: Kind,
     prefix: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: tls::Tls,
+}
+
+/// What the URLs of a builder are.
+#[derive(Clone, Debug)]
+enum Kind {
+    /// One node.
+    Single,
+    /// Nodes of a Redis Cluster.
+    #[cfg(feature = "cluster")]
+    Cluster,
+    /// Sentinels, the name of the primary they watch and the URL settings
+    /// (TLS, user, password, database) used to reach it.
+    #[cfg(feature = "sentinel")]
+    Sentinel { master: String, master_url: String },
 }
 
 /// Shows the URLs with their passwords redacted ([`redact_url`]).
 impl fmt::Debug for RedisBackendBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls: Vec<_> = self.urls.iter().map(|url| redact_url(url)).collect();
-        f.debug_struct("RedisBackendBuilder")
-            .field("urls", &urls)
-            .field("cluster", &self.cluster)
-            .field("prefix", &self.prefix)
+        let mut d = f.debug_struct("RedisBackendBuilder");
+        d.field("urls", &urls);
+        match &self.kind {
+            Kind::Single => {}
+            #[cfg(feature = "cluster")]
+            Kind::Cluster => {
+                d.field("cluster", &true);
+            }
+            #[cfg(feature = "sentinel")]
+            Kind::Sentinel { master, master_url } => {
+                d.field("master", master)
+                    .field("master_url", &redact_url(master_url));
+            }
+        }
+        d.field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
-            .finish()
+            .field("response_timeout", &self.response_timeout);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish()
     }
 }
 
@@ -129,6 +195,12 @@ fn url_error(urls: &[String], error: &redis::RedisError) -> ConfigError {
     }
 }
 
+/// Whether `url` asks for TLS.
+fn is_tls(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or("");
+    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+}
+
 impl RedisBackendBuilder {
     /// The prefix of every key (default `rl`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -150,6 +222,67 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Trusts the CA certificate(s) in `pem` (PEM text, e.g. the contents of
+    /// `ca.crt`) for `rediss://` connections, in addition to the system's
+    /// root certificates: for servers whose certificate a private CA signed.
+    /// Checked by [`build`](Self::build) ([`ConfigError::Tls`]).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca = Some(pem.into());
+        self
+    }
+
+    /// Presents the client certificate chain `cert_pem` with its private key
+    /// `key_pem` (both PEM text) on `rediss://` connections: mutual TLS, for
+    /// servers with `tls-auth-clients yes`. Checked by
+    /// [`build`](Self::build) ([`ConfigError::Tls`]).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_client_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// The URL settings used to reach the primary of a Sentinel deployment
+    /// (default `redis://sentinel-primary/`): its scheme (`rediss://` for
+    /// TLS), user name, password, database and protocol. Its host and port
+    /// are ignored: the sentinels name the primary's address. Without
+    /// effect on other backends.
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
+    pub fn master_url(mut self, url: impl Into<String>) -> Self {
+        if let Kind::Sentinel { master_url, .. } = &mut self.kind {
+            *master_url = url.into();
+        }
+        self
+    }
+
+    /// The TLS certificates for redis-rs, if any were set; an error if
+    /// there are some but no URL is `rediss://`.
+    #[cfg(feature = "tls")]
+    fn certificates(&self) -> Result<Option<redis::TlsCertificates>, ConfigError> {
+        let certs = self.tls.certificates()?;
+        let mut urls = self.urls.iter();
+        #[cfg(feature = "sentinel")]
+        let master = match &self.kind {
+            Kind::Sentinel { master_url, .. } => Some(master_url),
+            _ => None,
+        };
+        #[cfg(not(feature = "sentinel"))]
+        let master = None::<&String>;
+        if certs.is_some() && !urls.any(|u| is_tls(u)) && !master.is_some_and(|u| is_tls(u)) {
+            return Err(ConfigError::Tls(
+                "TLS certificates were given, but no URL is `rediss://`".to_owned(),
+            ));
+        }
+        Ok(certs)
+    }
+
     /// Checks the configuration; connects nothing.
     pub fn build(self) -> Result<RedisBackend, ConfigError> {
         let prefix_ok = (1..=64).contains(&self.prefix.len())
@@ -159,22 +292,66 @@ impl RedisBackendBuilder {
                 prefix: self.prefix,
             });
         }
-        let url_error = |e: redis::RedisError| url_error(&self.urls, &e);
-        let connection = if self.cluster {
+        #[cfg(not(feature = "tls"))]
+        if let Some(url) = self.urls.iter().find(|u| is_tls(u)) {
+            return Err(ConfigError::RedisUrl(format!(
+                "{:?}: TLS (`rediss://`) needs the crate feature `tls`",
+                redact_url(url)
+            )));
+        }
+        #[cfg(feature = "tls")]
+        let certs = self.certificates()?;
+        let last_error = Arc::new(LastError::default());
+        let connection = match &self.kind {
+            Kind::Single => {
+                let url = self.urls.first().map_or("", String::as_str);
+                #[cfg(feature = "tls")]
+                let client = tls::client(url, certs.as_ref());
+                #[cfg(not(feature = "tls"))]
+                let client = redis::Client::open(url);
+                let client = client.map_err(|e| url_error(&self.urls, &e))?;
+                Connection::single(client, self.connect_timeout, self.response_timeout)
+            }
             #[cfg(feature = "cluster")]
-            {
+            Kind::Cluster => {
                 if self.urls.is_empty() {
                     return Err(ConfigError::RedisUrl("no cluster node given".to_owned()));
                 }
-                Connection::cluster(&self.urls, self.connect_timeout, self.response_timeout)
-                    .map_err(url_error)?
+                Connection::cluster(
+                    &self.urls,
+                    self.connect_timeout,
+                    self.response_timeout,
+                    #[cfg(feature = "tls")]
+                    certs,
+                )
+                .map_err(|e| url_error(&self.urls, &e))?
             }
-            #[cfg(not(feature = "cluster"))]
-            unreachable!("cluster builders exist only with the `cluster` feature")
-        } else {
-            let url = self.urls.first().map_or("", String::as_str);
-            Connection::single(url, self.connect_timeout, self.response_timeout)
-                .map_err(url_error)?
+            #[cfg(feature = "sentinel")]
+            Kind::Sentinel { master, master_url } => {
+                if self.urls.is_empty() {
+                    return Err(ConfigError::RedisUrl("no sentinel given".to_owned()));
+                }
+                if master.is_empty() {
+                    return Err(ConfigError::RedisUrl(
+                        "the name of the sentinels' master is empty".to_owned(),
+                    ));
+                }
+                let settings = sentinel::Settings {
+                    sentinels: &self.urls,
+                    master,
+                    master_url,
+                    connect_timeout: self.connect_timeout,
+                    config: connection::manager_config(self.connect_timeout, self.response_timeout),
+                    #[cfg(feature = "tls")]
+                    certs,
+                    last_error: Arc::clone(&last_error),
+                };
+                let mut urls = self.urls.clone();
+                urls.push(master_url.clone());
+                Connection::Sentinel(
+                    sentinel::Sentinel::new(settings).map_err(|e| url_error(&urls, &e))?,
+                )
+            }
         };
         Ok(RedisBackend {
             inner: Arc::new(Inner {
@@ -182,6 +359,7 @@ impl RedisBackendBuilder {
                 prefix: self.prefix,
                 nonces: Nonces::new(),
                 read_only: AtomicBool::new(true),
+                last_error,
             }),
         })
     }
@@ -198,10 +376,12 @@ impl RedisBackend {
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
         RedisBackendBuilder {
             urls: vec![url.into()],
-            cluster: false,
+            kind: Kind::Single,
             prefix: "rl".to_owned(),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+            #[cfg(feature = "tls")]
+            tls: tls::Tls::default(),
         }
     }
 
@@ -228,7 +408,54 @@ impl RedisBackend {
     {
         RedisBackendBuilder {
             urls: nodes.into_iter().map(Into::into).collect(),
-            cluster: true,
+            kind: Kind::Cluster,
+            ..Self::builder("")
+        }
+    }
+
+    /// A backend for the primary of a primary/replica deployment watched by
+    /// Redis Sentinel: `sentinels` are the sentinels' URLs
+    /// (`redis://127.0.0.1:26379`), `master` the name they know the primary
+    /// by (`sentinel monitor <master> ...`). Connects nothing.
+    ///
+    /// The sentinels are asked for the primary's address on the first call,
+    /// again after a connection error or a `READONLY` / `MASTERDOWN` reply,
+    /// and at most every second while calls are made: after a failover the
+    /// limiter counts on the new primary within about a second of the
+    /// sentinels naming it. Until then, decisions fail as when Redis is down
+    /// (the policy's [`FailureMode`](crate::FailureMode) applies), never
+    /// waiting longer than the layer's deadline. The primary's user,
+    /// password and TLS: [`RedisBackendBuilder::master_url`].
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
+    pub fn sentinel<I, S>(sentinels: I, master: &str) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::sentinel_builder(sentinels, master).build()
+    }
+
+    /// A builder for a Redis Sentinel backend (see [`RedisBackend::sentinel`]).
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
+    pub fn sentinel_builder<I, S>(sentinels: I, master: &str) -> RedisBackendBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let urls: Vec<String> = sentinels.into_iter().map(Into::into).collect();
+        let scheme = if urls.first().is_some_and(|u| is_tls(u)) {
+            "rediss"
+        } else {
+            "redis"
+        };
+        RedisBackendBuilder {
+            urls,
+            kind: Kind::Sentinel {
+                master: master.to_owned(),
+                master_url: format!("{scheme}://sentinel-primary/"),
+            },
             ..Self::builder("")
         }
     }
@@ -279,7 +506,7 @@ impl Backend for RedisBackend {
         let quotas = policy.quotas().to_vec();
         let inner = Arc::clone(&self.inner);
         let call = async move {
-            let reply = inner.connection.invoke(&invocation).await?;
+            let reply: Vec<i64> = inner.send(Request::Script(&invocation)).await?;
             script::decode(&reply, &quotas)
         };
         // On a cluster the call runs to completion even if the layer's
@@ -328,7 +555,7 @@ impl Backend for RedisBackend {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let request = Request::ReadOnly(&call, &inner.read_only);
-            let reply: Vec<i64> = inner.connection.send(request).await?;
+            let reply: Vec<i64> = inner.send(request).await?;
             script::decode(&reply, &quotas)
         })
     }
@@ -338,7 +565,7 @@ impl Backend for RedisBackend {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             if let Some(command) = command {
-                let _deleted: u64 = inner.connection.send(Request::Command(&command)).await?;
+                let _deleted: u64 = inner.send(Request::Command(&command)).await?;
             }
             Ok(())
         })
@@ -349,7 +576,13 @@ impl Backend for RedisBackend {
             Connection::Single { .. } => "redis",
             #[cfg(feature = "cluster")]
             Connection::Cluster(_) => "redis_cluster",
+            #[cfg(feature = "sentinel")]
+            Connection::Sentinel(_) => "redis_sentinel",
         }
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.inner.last_error.get()
     }
 }
 
