@@ -118,7 +118,7 @@ impl Model for Counter {
         )
     }
 
-    fn commit(&mut self, now: u64, window: u64, cost: u64, admit: bool) -> Usage {
+    fn commit(&mut self, now: u64, _limit: u64, window: u64, cost: u64, admit: bool) -> Usage {
         let (mut rolled, elapsed) = roll(*self, now, window);
         if admit {
             rolled.cur += cost;
@@ -140,7 +140,7 @@ pub(super) struct Definition;
 
 #[cfg(test)]
 impl super::reference::Definition for Definition {
-    fn units(&self, history: &[(u64, u64)], window: u64, at: u64) -> u64 {
+    fn units(&self, history: &[(u64, u64)], _limit: u64, window: u64, at: u64) -> u64 {
         let (start, elapsed) = (at - at % window, at % window);
         let admitted_in = |from: u64| -> u64 {
             history
@@ -157,12 +157,17 @@ impl super::reference::Definition for Definition {
 
     /// Until the newest fixed window holding units is neither the current
     /// nor the previous one.
-    fn reset(&self, history: &[(u64, u64)], window: u64, now: u64) -> u64 {
+    fn reset(&self, history: &[(u64, u64)], _limit: u64, window: u64, now: u64) -> u64 {
         history
             .iter()
             .map(|&(t, _)| (t - t % window + 2 * window).saturating_sub(now))
             .max()
             .unwrap_or(0)
+    }
+
+    /// Nothing older than two windows counts.
+    fn horizon(&self, window: u64) -> Option<u64> {
+        Some(2 * window)
     }
 
     /// The retry-after is never shorter than the real wait and at most 1 µs
