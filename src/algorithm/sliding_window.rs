@@ -2,15 +2,19 @@
 //! weighted by its overlap with the sliding window, plus the current count.
 //!
 //! `sliding_window.lua` beside this file is the Redis translation of this
-//! model, with the same floating-point operations in the same order: one hash
-//! `{s, c, p}` per quota. `sliding_window_peek.lua` translates [`Model::peek`].
+//! model, with the same floating-point operations in the same order: one
+//! string `"<s> <c> <p>"` per quota (the current fixed window's start in µs,
+//! its count, the previous window's count), read with one `GET` and written
+//! with one `SET .. PX`. `sliding_window_peek.lua` translates [`Model::peek`].
 
 use super::{Model, Spec, Usage};
 use crate::quota::MAX_LIMIT;
 
 /// What backends need to know about the sliding window counter.
 pub(super) const SPEC: Spec = Spec {
-    tag: 'w',
+    // `c`, not the `w` of the earlier layout (a hash): a key of the old
+    // layout is never read as a string, which would be an error.
+    tag: 'c',
     lua: include_str!("sliding_window.lua"),
     peek_lua: include_str!("sliding_window_peek.lua"),
     nonce: false,
