@@ -8,13 +8,13 @@
 # CONFIG RESETSTAT. The "old" scripts are those of commit $OLD (before the
 # lean rewrite), read with `git show`; the new ones are the working tree's.
 #
-# Usage: scripts/script-cost.sh [requests per case, default 200000] [rounds, default 2]
+# Usage: scripts/script-cost.sh [requests per case, default 50000] [rounds, default 5]
 # Needs redis-server, redis-cli and redis-benchmark (apt-get install redis-server
 # redis-tools). Bounded: a few seconds per case.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-200000}
-ROUNDS=${2:-2}
+N=${1:-50000}
+ROUNDS=${2:-5}
 OLD=${OLD:-85d9c3f}
 for bin in redis-server redis-cli redis-benchmark; do
   command -v "$bin" >/dev/null || { echo "$bin not found: apt-get install redis-server redis-tools" >&2; exit 1; }
@@ -29,38 +29,60 @@ trap 'redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$DIR
 for _ in $(seq 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 CLI=(redis-cli -p "$PORT")
 
-load() { "${CLI[@]}" script load "$1"; }
-old() { git show "$OLD:src/algorithm/$1"; }
-new() { cat "src/algorithm/$1"; }
+# A script's source: "old:<file>" (at $OLD), "new:<file>" (working tree) or
+# "baseline" (TIME and a 5-element reply, nothing else).
+source_of() {
+  case "$1" in
+    old:*) git show "$OLD:src/algorithm/${1#old:}" ;;
+    new:*) cat "src/algorithm/${1#new:}" ;;
+    baseline) echo "local t = redis.call('TIME') return {1, 0, 0, 1, 1}" ;;
+  esac
+}
+load() { source_of "$1" | "${CLI[@]}" -x script load; }
 
 # name | script source | key pattern | limit | window (us) | clients (-r)
 # Limits far above the traffic: every call admits (the write path). The log
-# at limit 100: 1 000 clients, N/4 calls, so its sets hold up to about 100
-# entries and nearly every call still admits.
+# at limit 100: 200 clients, N/4 calls, so its sets grow to about 60 entries
+# (never 100: every call still admits), old and new on their own keys. The
+# baseline is a script doing nothing but TIME and a 5-element reply.
 cases=(
-  "counter, old (hash)|$(old sliding_window.lua)|rl:{api:__rand_int__}:w60000|1000000000|60000000|10000|$N"
-  "counter, new (string)|$(new sliding_window.lua)|rl:{api:__rand_int__}:c60000|1000000000|60000000|10000|$N"
-  "gcra|$(new gcra.lua)|rl:{api:__rand_int__}:g60000|1000000000|60000000|10000|$N"
-  "log limit 100, old|$(old sliding_log.lua)|rl:{auth:__rand_int__}:l60000|100|60000000|1000|$((N / 4))"
-  "log limit 100, new|$(new sliding_log.lua)|rl:{auth:__rand_int__}:l60000|100|60000000|1000|$((N / 4))"
-  "counter peek, old|$(old sliding_window_peek.lua)|rl:{api:__rand_int__}:w60000|1000000000|60000000|10000|$N"
-  "counter peek, new|$(new sliding_window_peek.lua)|rl:{api:__rand_int__}:c60000|1000000000|60000000|10000|$N"
-  "gcra peek|$(new gcra_peek.lua)|rl:{api:__rand_int__}:g60000|1000000000|60000000|10000|$N"
+  "baseline: TIME + reply|baseline|k|1|1|1|$N"
+  "counter, old (hash)|old:sliding_window.lua|rl:{api:__rand_int__}:w60000|1000000000|60000000|10000|$N"
+  "counter, new (string)|new:sliding_window.lua|rl:{api:__rand_int__}:c60000|1000000000|60000000|10000|$N"
+  "gcra|new:gcra.lua|rl:{api:__rand_int__}:g60000|1000000000|60000000|10000|$N"
+  "log limit 100, old|old:sliding_log.lua|rl:{auth:__rand_int__}:l60000|100|60000000|200|$((N / 4))"
+  "log limit 100, new|new:sliding_log.lua|rl:{auth2:__rand_int__}:l60000|100|60000000|200|$((N / 4))"
+  "counter peek, old|old:sliding_window_peek.lua|rl:{api:__rand_int__}:w60000|1000000000|60000000|10000|$N"
+  "counter peek, new|new:sliding_window_peek.lua|rl:{api:__rand_int__}:c60000|1000000000|60000000|10000|$N"
+  "gcra peek|new:gcra_peek.lua|rl:{api:__rand_int__}:g60000|1000000000|60000000|10000|$N"
 )
 
-printf "%-24s %s\n" "script" "usec_per_call by round"
+declare -A seen
 for ((round = 1; round <= ROUNDS; round++)); do
   "${CLI[@]}" flushall >/dev/null
   for c in "${cases[@]}"; do
     IFS='|' read -r name src key limit window clients n <<<"$c"
     sha=$(load "$src")
     "${CLI[@]}" config resetstat >/dev/null
-    redis-benchmark -h 127.0.0.1 -p "$PORT" -n "$n" -c 8 -P 16 -r "$clients" -q \
+    timeout 120 redis-benchmark -h 127.0.0.1 -p "$PORT" -n "$n" -c 8 -P 16 -r "$clients" -q \
       evalsha "$sha" 1 "$key" 1 "__rand_int__" "$limit" "$window" >/dev/null
-    usec=$("${CLI[@]}" info commandstats | tr -d '\r' |
-      awk -F'[=,]' '/^cmdstat_evalsha:/ {print $6}')
-    errs=$("${CLI[@]}" info errorstats | tr -d '\r' | grep -c '^errorstat' || true)
-    printf "round %d  %-24s %6s us%s\n" "$round" "$name" "$usec" \
-      "$([ "$errs" = 0 ] || echo "  ($errs error kinds!)")"
+    stats=$("${CLI[@]}" info commandstats | tr -d '\r' | grep '^cmdstat_evalsha:')
+    usec=$(echo "$stats" | sed 's/.*usec_per_call=\([0-9.]*\).*/\1/')
+    failed=$(echo "$stats" | sed 's/.*failed_calls=\([0-9]*\).*/\1/')
+    [ "$failed" = 0 ] || { echo "$name: $failed failed calls" >&2; exit 1; }
+    seen[$name]="${seen[$name]:-} $usec"
   done
+done
+
+# Per script: the smallest and the median usec_per_call over the rounds (the
+# smallest is the least disturbed by whatever else runs on the machine).
+printf "| %-24s | %8s | %8s | %s |\n" "script" "min µs" "median µs" "all rounds"
+printf "|%s|%s|%s|%s|\n" "--------------------------" "----------" "-----------" "-----------"
+for c in "${cases[@]}"; do
+  name=${c%%|*}
+  sorted=$(tr ' ' '\n' <<<"${seen[$name]}" | grep . | sort -g)
+  count=$(wc -l <<<"$sorted")
+  min=$(head -1 <<<"$sorted")
+  median=$(sed -n "$(((count + 1) / 2))p" <<<"$sorted")
+  printf "| %-24s | %8s | %9s | %s |\n" "$name" "$min" "$median" "$(echo ${seen[$name]})"
 done
