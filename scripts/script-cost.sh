@@ -23,7 +23,11 @@ done
 PORT=6400
 while redis-cli -p "$PORT" ping >/dev/null 2>&1; do PORT=$((PORT + 1)); done
 DIR=$(mktemp -d)
-redis-server --bind 127.0.0.1 --port "$PORT" --save "" --appendonly no \
+# Ahead of whatever else runs on the machine, where allowed (root): figures
+# for the scripts, not for the scheduler.
+NICE=()
+nice -n -10 true 2>/dev/null && NICE=(nice -n -10)
+"${NICE[@]}" redis-server --bind 127.0.0.1 --port "$PORT" --save "" --appendonly no \
   --dir "$DIR" --daemonize yes --logfile "$DIR/redis.log" --pidfile "$DIR/redis.pid"
 trap 'redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
 for _ in $(seq 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -47,42 +51,58 @@ load() { source_of "$1" | "${CLI[@]}" -x script load; }
 # baseline is a script doing nothing but TIME and a 5-element reply.
 cases=(
   "baseline: TIME + reply|baseline|k|1|1|1|$N"
-  "counter, old (hash)|old:sliding_window.lua|rl:{api:__rand_int__}:w60000|1000000000|60000000|10000|$N"
-  "counter, new (string)|new:sliding_window.lua|rl:{api:__rand_int__}:c60000|1000000000|60000000|10000|$N"
-  "gcra|new:gcra.lua|rl:{api:__rand_int__}:g60000|1000000000|60000000|10000|$N"
-  "log limit 100, old|old:sliding_log.lua|rl:{auth:__rand_int__}:l60000|100|60000000|200|$((N / 4))"
-  "log limit 100, new|new:sliding_log.lua|rl:{auth2:__rand_int__}:l60000|100|60000000|200|$((N / 4))"
-  "counter peek, old|old:sliding_window_peek.lua|rl:{api:__rand_int__}:w60000|1000000000|60000000|10000|$N"
-  "counter peek, new|new:sliding_window_peek.lua|rl:{api:__rand_int__}:c60000|1000000000|60000000|10000|$N"
-  "gcra peek|new:gcra_peek.lua|rl:{api:__rand_int__}:g60000|1000000000|60000000|10000|$N"
+  "counter, old (hash)|old:sliding_window.lua|rl:{api:__rand_int__}:w60000|1000000000|60000000|100|$N"
+  "counter, new (string)|new:sliding_window.lua|rl:{api:__rand_int__}:c60000|1000000000|60000000|100|$N"
+  "gcra|new:gcra.lua|rl:{api:__rand_int__}:g60000|1000000000|60000000|100|$N"
+  "log limit 100, old|old:sliding_log.lua|rl:{auth:__rand_int__}:l60000|100|60000000|100|$((N / 4))"
+  "log limit 100, new|new:sliding_log.lua|rl:{auth2:__rand_int__}:l60000|100|60000000|100|$((N / 4))"
+  "counter peek, old|old:sliding_window_peek.lua|rl:{api:__rand_int__}:w60000|1000000000|60000000|100|$N"
+  "counter peek, new|new:sliding_window_peek.lua|rl:{api:__rand_int__}:c60000|1000000000|60000000|100|$N"
+  "gcra peek|new:gcra_peek.lua|rl:{api:__rand_int__}:g60000|1000000000|60000000|100|$N"
 )
 
-declare -A seen
+# Redis main-thread CPU time so far, in µs (INFO cpu, Redis 6.2+): it
+# counts the command's parsing and reply too, but not time spent preempted.
+cpu_us() {
+  "${CLI[@]}" info cpu | tr -d '\r' | awk -F: '
+    /^used_cpu_(sys|user)_main_thread:/ { total += $2 }
+    END { printf "%d", total * 1000000 }'
+}
+
+declare -A seen cpus
 for ((round = 1; round <= ROUNDS; round++)); do
   "${CLI[@]}" flushall >/dev/null
   for c in "${cases[@]}"; do
     IFS='|' read -r name src key limit window clients n <<<"$c"
     sha=$(load "$src")
     "${CLI[@]}" config resetstat >/dev/null
-    timeout 120 redis-benchmark -h 127.0.0.1 -p "$PORT" -n "$n" -c 8 -P 16 -r "$clients" -q \
+    cpu0=$(cpu_us)
+    timeout 120 "${NICE[@]}" redis-benchmark -h 127.0.0.1 -p "$PORT" -n "$n" -c 8 -P 16 -r "$clients" -q \
       evalsha "$sha" 1 "$key" 1 "__rand_int__" "$limit" "$window" >/dev/null
     stats=$("${CLI[@]}" info commandstats | tr -d '\r' | grep '^cmdstat_evalsha:')
     usec=$(echo "$stats" | sed 's/.*usec_per_call=\([0-9.]*\).*/\1/')
     failed=$(echo "$stats" | sed 's/.*failed_calls=\([0-9]*\).*/\1/')
     [ "$failed" = 0 ] || { echo "$name: $failed failed calls" >&2; exit 1; }
+    cpu=$(( ($(cpu_us) - cpu0) * 100 / n ))
     seen[$name]="${seen[$name]:-} $usec"
+    cpus[$name]="${cpus[$name]:-} $((cpu / 100)).$(printf %02d $((cpu % 100)))"
   done
 done
 
-# Per script: the smallest and the median usec_per_call over the rounds (the
-# smallest is the least disturbed by whatever else runs on the machine).
-printf "| %-24s | %8s | %8s | %s |\n" "script" "min µs" "median µs" "all rounds"
-printf "|%s|%s|%s|%s|\n" "--------------------------" "----------" "-----------" "-----------"
+# Per script: the median and the smallest usec_per_call over the rounds (the
+# smallest is the least disturbed by whatever else runs on the machine), and
+# the median Redis main-thread CPU per call (script, parsing and reply).
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+smallest() { tr ' ' '\n' <<<"$1" | grep . | sort -g | head -1; }
+printf "| %-24s | %s | %s | %s |\n" "script" "usec_per_call, median" "min" "CPU per call, median"
+printf "|%s|%s|%s|%s|\n" "---" "---:" "---:" "---:"
 for c in "${cases[@]}"; do
   name=${c%%|*}
-  sorted=$(tr ' ' '\n' <<<"${seen[$name]}" | grep . | sort -g)
-  count=$(wc -l <<<"$sorted")
-  min=$(head -1 <<<"$sorted")
-  median=$(sed -n "$(((count + 1) / 2))p" <<<"$sorted")
-  printf "| %-24s | %8s | %9s | %s |\n" "$name" "$min" "$median" "$(echo ${seen[$name]})"
+  printf "| %-24s | %s | %s | %s |\n" "$name" "$(median "${seen[$name]}")" \
+    "$(smallest "${seen[$name]}")" "$(median "${cpus[$name]}")"
+done
+echo
+for c in "${cases[@]}"; do
+  name=${c%%|*}
+  echo "$name: usec_per_call${seen[$name]}; CPU${cpus[$name]}"
 done
