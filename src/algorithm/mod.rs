@@ -54,13 +54,21 @@ pub enum Algorithm {
     /// twice the limit within some window of length W.
     #[default]
     SlidingWindow,
-    /// GCRA, the generic cell rate algorithm: a quota of `limit` per `window`
-    /// is a steady rate of `limit / window` with a burst of `limit`. One
-    /// number per client (the theoretical arrival time), O(1) and the
-    /// cheapest in Redis; exact about the rate (a denied request's
-    /// retry-after is exact), but a client that spends its burst and then
-    /// keeps to the rate may get up to about twice the limit within some
-    /// window of length W. See [the module](gcra) for the headers it sets.
+    /// GCRA, the generic cell rate algorithm (as in governor, redis-cell and
+    /// go-redis/redis_rate): a quota of `limit` per `window` is a steady rate
+    /// of one unit per `window / limit` (the emission interval, rounded up to
+    /// a whole microsecond) with a burst of `limit`. One number per client
+    /// (the theoretical arrival time), O(1), the cheapest in Redis. Exact
+    /// about the rate, not about counts per window: a client that spends its
+    /// burst and then keeps to the rate may get up to about twice the limit
+    /// within some window of length W. For a smaller burst at the same rate,
+    /// scale the quota down (10 per 6 s: the rate of 100 per minute, a burst
+    /// of 10).
+    ///
+    /// Headers: `remaining` is how many requests of cost 1 would be admitted
+    /// now, one after the other; `reset` is when the whole limit is available
+    /// again (the bucket has drained); the `Retry-After` of a denied request
+    /// is exactly when its cost fits (for cost 1: the next unit back).
     Gcra,
 }
 
