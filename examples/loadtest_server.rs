@@ -14,7 +14,7 @@
 //! | `REDIS_URL` | unset | Redis backend; unset or empty: in-memory backend |
 //! | `WORKERS` | `1` | tokio worker threads |
 //! | `KEY` | `ip` | `ip` (peer IP) or a header name such as `x-api-key` |
-//! | `ALGORITHM` | `counter` | `counter` (sliding window counter) or `log` (sliding log) |
+//! | `ALGORITHM` | `counter` | `counter` (sliding window counter), `log` (sliding log) or `gcra` |
 //! | `LIMIT` | `100` | requests per window, 1 to 1 000 000 000 |
 //! | `WINDOW_SECS` | `60` | window length in seconds, 1 to 31 536 000 |
 //! | `DEADLINE_MS` | `50` | longest wait for the backend before failing open |
@@ -90,9 +90,10 @@ fn config() -> Result<Config, String> {
     let algorithm = match var("ALGORITHM")?.as_deref() {
         None | Some("counter") => Algorithm::SlidingWindow,
         Some("log") => Algorithm::SlidingLog,
+        Some("gcra") => Algorithm::Gcra,
         Some(other) => {
             return Err(format!(
-                "ALGORITHM={other:?} is invalid: expected `log` or `counter`"
+                "ALGORITHM={other:?} is invalid: expected `log`, `counter` or `gcra`"
             ));
         }
     };
@@ -178,6 +179,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             },
             match config.algorithm {
                 Algorithm::SlidingLog => "log",
+                Algorithm::Gcra => "gcra",
                 _ => "counter",
             },
             config.limit,

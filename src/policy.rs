@@ -248,10 +248,11 @@ impl Policy {
     ///   milliseconds for 10 000), during which every other decision waits.
     ///   Raise it (up to the smallest limit) only if such pauses are
     ///   acceptable.
-    /// - [`Algorithm::SlidingWindow`]: the smallest limit. The counter does
-    ///   the same work whatever the cost, so the only bound is that a costlier
-    ///   request could never be admitted: it is answered at once, and never
-    ///   with a `Retry-After` that retrying would not honour.
+    /// - [`Algorithm::SlidingWindow`] and [`Algorithm::Gcra`]: the smallest
+    ///   limit. Both do the same work whatever the cost, so the only bound
+    ///   is that a costlier request could never be admitted: it is answered
+    ///   at once, and never with a `Retry-After` that retrying would not
+    ///   honour.
     ///
     /// Checked when the layer is built: it must be between 1 and the
     /// smallest limit of the policy.

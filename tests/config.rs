@@ -520,7 +520,7 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
             "unknown algorithm",
             "[policies.api]\nquotas = [\"1/s\"]\nalgorithm = \"token_bucket\"".to_owned(),
             "policies.api.algorithm: \"token_bucket\" is not an algorithm: expected \
-             \"sliding_log\" or \"sliding_window\"",
+             \"sliding_log\", \"sliding_window\" or \"gcra\"",
         ),
         (
             "unknown failure mode",

@@ -1,6 +1,8 @@
 //! Backend conformance: every scenario is written once against a small
 //! [`Harness`] (a backend, a clock reading and a `sleep`) and runs against
-//! both backends and, where meaningful, both algorithms.
+//! both backends and, where meaningful, every algorithm (GCRA, whose numbers
+//! follow from its emission interval rather than from windows, has scenarios
+//! of its own: `gcra_*`).
 //!
 //! - `memory::*`: [`MemoryBackend`] on a [`FakeClock`]; `sleep` advances the
 //!   clock, so every number is checked exactly, to the microsecond.
@@ -14,7 +16,7 @@
 //! the Redis keys themselves (contents and TTLs unchanged by a peek).
 //!
 //! The models themselves are compared with naive reference models by
-//! property tests inside the crate: `algorithm::check` for both algorithms in
+//! property tests inside the crate: `algorithm::check` for every algorithm in
 //! `src/algorithm/mod.rs`, the memory backend (several policies and clients)
 //! in `src/backend/memory.rs`.
 
@@ -47,6 +49,7 @@ fn micros(d: Duration) -> u64 {
 fn policy(name: &str, alg: Algorithm) -> Policy {
     let tag = match alg {
         Algorithm::SlidingLog => "log",
+        Algorithm::Gcra => "gcra",
         _ => "win",
     };
     Policy::new(format!("{name}-{tag}")).algorithm(alg)
@@ -873,6 +876,131 @@ async fn reset_restores_the_quota(h: &Harness, alg: Algorithm) {
     assert_eq!(remaining(&h.peek(&p, &b).await), [3, 5]);
 }
 
+/// GCRA, 5 per second: the burst of 5 at once, with `remaining` counting
+/// down and `reset` growing by one emission interval (200 ms) per unit; then
+/// a denial whose retry-after is exactly when the first unit is back, and
+/// from then on one unit per interval. A cost above the limit never fits.
+async fn gcra_burst_then_rate(h: &Harness, alg: Algorithm) {
+    const T: u64 = W / 5;
+    let p = policy("burst", alg).quota(quota(5, W));
+    let key = Key::new("bursty");
+    let m = h.margin();
+    let (d, a0, b0) = h.check_timed(&p, &key, 1).await;
+    assert_allowed(&d, "1st");
+    assert_eq!(d.quotas()[0].remaining, 4);
+    assert_between(
+        micros(d.quotas()[0].reset_after),
+        T - (b0 - a0),
+        T,
+        "1st reset",
+    );
+    for i in 1..5u64 {
+        let (d, _, e) = h.check_timed(&p, &key, 1).await;
+        let what = format!("burst request {i}");
+        assert_allowed(&d, &what);
+        assert_eq!(d.quotas()[0].remaining, 4 - i, "{what}");
+        let reset = micros(d.quotas()[0].reset_after);
+        // The level is (i + 1) T, drained since the first request.
+        assert_between(reset, (i + 1) * T - (e - a0), (i + 1) * T, &what);
+    }
+    let (d, c, e) = h.check_timed(&p, &key, 1).await;
+    assert_denied(&d, 0, "6th");
+    assert_eq!(d.quotas()[0].remaining, 0);
+    // The first unit is back T after the first request.
+    let r = retry_us(&d);
+    assert_between(r, (T + a0).saturating_sub(e), T + b0 - c, "retry-after");
+    if h.exact() {
+        assert_eq!(r, T);
+        h.sleep(r - 1).await;
+        assert_denied(&h.check(&p, &key, 1).await, 0, "1 us before retry-after");
+        h.sleep(1).await;
+    } else {
+        h.sleep(r + m).await;
+    }
+    let d = h.check(&p, &key, 1).await;
+    assert_allowed(&d, "after retry-after");
+    assert_eq!(d.quotas()[0].remaining, 0);
+    assert_denied(&h.check(&p, &key, 1).await, 0, "full again");
+    // Two intervals later, two units are back (not more: the level was full).
+    h.sleep(2 * T + m).await;
+    for i in 0..2 {
+        assert_allowed(&h.check(&p, &key, 1).await, &format!("steady {i}"));
+    }
+    assert_denied(&h.check(&p, &key, 1).await, 0, "full after the steady pair");
+    // A cost above the limit can never be admitted: retry-after is one window.
+    let d = h.check(&p, &key, 6).await;
+    assert_denied(&d, 0, "cost above the limit");
+    assert_eq!(retry_us(&d), W);
+    // Once the level has drained (one window), the whole burst is back.
+    h.sleep(W + m).await;
+    let d = h.check(&p, &key, 5).await;
+    assert_allowed(&d, "the whole burst, in one request of cost 5");
+    assert_eq!(d.quotas()[0].remaining, 0);
+}
+
+/// GCRA: denials, whatever their cost, consume nothing, and two quotas are
+/// charged all-or-nothing, the one with the longest wait named.
+async fn gcra_denials_are_free_and_quotas_all_or_nothing(h: &Harness, alg: Algorithm) {
+    let m = h.margin();
+    let p = policy("gcra-free", alg).quota(quota(4, W));
+    let key = Key::new("hammer");
+    for i in 0..4 {
+        assert_allowed(&h.check(&p, &key, 1).await, &format!("fill {i}"));
+    }
+    for i in 0..60 {
+        let cost = if i % 10 == 9 { 3 } else { 1 };
+        let d = h.check(&p, &key, cost).await;
+        assert_denied(&d, 0, &format!("denial {i}"));
+        assert_eq!(d.quotas()[0].remaining, 0);
+    }
+    h.sleep(W + m).await;
+    for i in 0..4 {
+        let d = h.check(&p, &key, 1).await;
+        assert_allowed(&d, &format!("after draining, {i}"));
+        assert_eq!(d.quotas()[0].remaining, 3 - i);
+    }
+
+    // 2 per second (T = 500 ms) and 3 per minute (T = 20 s).
+    let p = policy("gcra-multi", alg)
+        .quota(quota(2, W))
+        .quota(Quota::per_minute(3));
+    let key = Key::new("multi-client");
+    assert_eq!(remaining(&h.check(&p, &key, 1).await), [1, 2]);
+    assert_eq!(remaining(&h.check(&p, &key, 1).await), [0, 1]);
+    let mut retry = 0;
+    for i in 0..5 {
+        let d = h.check(&p, &key, 1).await;
+        let what = format!("denied by the second quota, try {i}");
+        assert_denied(&d, 0, &what);
+        assert_eq!(
+            remaining(&d),
+            [0, 1],
+            "{what}: the minute quota is not charged"
+        );
+        retry = retry_us(&d);
+        assert_between(retry, 1, W / 2, &what);
+    }
+    h.sleep(retry + m).await;
+    let d = h.check(&p, &key, 1).await;
+    assert_allowed(&d, "3rd, after the second quota's retry-after");
+    assert_eq!(d.quotas()[1].remaining, 0);
+    // Both deny a cost-2 request; the minute quota waits longest (~40 s).
+    let d = h.check(&p, &key, 2).await;
+    assert_denied(&d, 1, "both quotas deny");
+    assert_between(retry_us(&d), 30 * SEC, 40 * SEC, "the minute quota's wait");
+    h.sleep(2 * W + m).await;
+    for i in 0..3 {
+        let d = h.check(&p, &key, 1).await;
+        let what = format!("denied by the minute quota, try {i}");
+        assert_denied(&d, 1, &what);
+        assert_eq!(
+            remaining(&d),
+            [2, 0],
+            "{what}: the second quota is not charged"
+        );
+    }
+}
+
 /// The offset into a window from which a decaying count of `decaying` weighs
 /// at most `room` units: the first `x` with `floor(decaying * (W - x) / W) <=
 /// room`, i.e. `decaying * (W - x) / W < room + 1`, plus 1 µs against rounding.
@@ -926,6 +1054,8 @@ scenarios! {
     cost_above_one: [SlidingLog, SlidingWindow];
     denied_requests_consume_nothing: [SlidingLog, SlidingWindow];
     counter_estimate_at_window_boundaries: [SlidingWindow];
-    peek_consumes_nothing: [SlidingLog, SlidingWindow];
-    reset_restores_the_quota: [SlidingLog, SlidingWindow];
+    peek_consumes_nothing: [SlidingLog, SlidingWindow, Gcra];
+    reset_restores_the_quota: [SlidingLog, SlidingWindow, Gcra];
+    gcra_burst_then_rate: [Gcra];
+    gcra_denials_are_free_and_quotas_all_or_nothing: [Gcra];
 }

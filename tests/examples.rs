@@ -222,6 +222,19 @@ async fn loadtest_server_limits_per_ip_and_per_header() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(h["ratelimit-policy"], "\"loadtest\";q=2;w=30");
     assert_eq!(ping(&client, &url, Some("b")).await.0, StatusCode::OK);
+
+    // GCRA, 2 per minute: one unit back every 30 s. `r` counts the units
+    // left, `t` when all are back; a denial waits for the next unit.
+    let (_server, url) = start(&[("LIMIT", "2"), ("ALGORITHM", "gcra")]);
+    for (r, t) in [(1, 30), (0, 60)] {
+        let (status, h) = ping(&client, &url, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, fields) = headers::ietf(&h).unwrap();
+        assert_eq!((fields.param("r"), fields.param("t")), (r, t));
+    }
+    let (status, h) = ping(&client, &url, None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers::retry_after(&h), 30);
 }
 
 #[tokio::test]

@@ -1,11 +1,22 @@
-//! Property tests for `Key::new` and `Key::from_ip` (Redis key parts). The
-//! path readings' property tests live with the code, in `src/routes/path.rs`.
+//! Property tests for `Key::new` and `Key::from_ip` (Redis key parts), and
+//! for the Lua scripts against the model: every algorithm's check and peek
+//! scripts, run by a real `redis-server` on a clock the test sets, reply
+//! exactly what the memory backend (the Rust model) decides, over random
+//! request sequences. The path readings' property tests live with the code,
+//! in `src/routes/path.rs`; the models' own, against naive definitions, in
+//! `src/algorithm/mod.rs`.
+
+mod support;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use proptest::prelude::*;
+use tower_redis_ratelimit::clock::{Clock, FakeClock};
 use tower_redis_ratelimit::key::{Key, MAX_READABLE_LEN};
+use tower_redis_ratelimit::{Algorithm, Backend, Decision, MemoryBackend, Policy, Quota};
 
 fn is_readable(bytes: &[u8]) -> bool {
     !bytes.is_empty()
@@ -80,4 +91,163 @@ proptest! {
         check_key(&key)?;
         prop_assert!(!key.as_str().starts_with('#'), "IP keys stay readable: {key:?}");
     }
+}
+
+/// Each algorithm's check and peek scripts, as shipped.
+fn scripts(algorithm: Algorithm) -> (&'static str, &'static str, char) {
+    match algorithm {
+        Algorithm::SlidingLog => (
+            include_str!("../src/algorithm/sliding_log.lua"),
+            include_str!("../src/algorithm/sliding_log_peek.lua"),
+            'l',
+        ),
+        Algorithm::SlidingWindow => (
+            include_str!("../src/algorithm/sliding_window.lua"),
+            include_str!("../src/algorithm/sliding_window_peek.lua"),
+            'c',
+        ),
+        Algorithm::Gcra => (
+            include_str!("../src/algorithm/gcra.lua"),
+            include_str!("../src/algorithm/gcra_peek.lua"),
+            'g',
+        ),
+        other => panic!("no scripts listed for {other:?}"),
+    }
+}
+
+/// `script` reading the clock from its last two arguments (seconds and
+/// microseconds, as `TIME` replies) instead of `TIME`: the only change.
+fn on_test_clock(script: &str) -> String {
+    const TIME: &str = "redis.call('TIME')";
+    assert_eq!(script.matches(TIME).count(), 1, "one TIME call");
+    script.replace(TIME, "{ARGV[#ARGV - 1], ARGV[#ARGV]}")
+}
+
+/// The reply a script gives for `decision` (see `backend/redis/script.rs`).
+fn as_reply(decision: &Decision) -> Vec<i64> {
+    let mut reply = vec![
+        i64::from(decision.is_allowed()),
+        decision.denied_by().map_or(0, |i| i as i64 + 1),
+        decision
+            .retry_after()
+            .map_or(0, |r| i64::try_from(r.as_micros()).unwrap()),
+    ];
+    for q in decision.quotas() {
+        reply.push(q.remaining as i64);
+        reply.push(i64::try_from(q.reset_after.as_micros()).unwrap());
+    }
+    reply
+}
+
+/// One to three quotas of 1 to 20 per 1 ms to 4 s.
+fn quotas() -> impl Strategy<Value = Vec<Quota>> {
+    let window_ms = prop_oneof![
+        3 => prop::sample::select(vec![250_u64, 500, 1_000, 4_000]),
+        1 => 1_u64..=3_000,
+    ];
+    let quota = (1_u64..=20, window_ms)
+        .prop_map(|(limit, ms)| Quota::new(limit, Duration::from_millis(ms)));
+    prop::collection::vec(quota, 1..=3)
+}
+
+/// Clock advance (mostly small, on a 10 ms grid, sometimes odd or long) and
+/// cost (mostly 1, sometimes 0 or above most limits) of each request.
+fn steps() -> impl Strategy<Value = Vec<(u64, u64)>> {
+    let advance = prop_oneof![
+        20 => Just(0_u64),
+        60 => (0_u64..7).prop_map(|k| k * 10_000),
+        18 => 0_u64..60_000,
+        2 => 0_u64..9_000_000,
+    ];
+    let cost = prop_oneof![1 => Just(0_u64), 12 => Just(1), 6 => 1_u64..=4, 1 => 18_u64..=24];
+    prop::collection::vec((advance, cost), 1..120)
+}
+
+static CASE: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `steps` through the memory backend (the model, on a fake clock) and
+/// through the scripts in Redis (on the same instants): a peek, then a
+/// check, at every step; every reply must be the model's decision.
+fn scripts_agree(
+    conn: &mut redis::Connection,
+    algorithm: Algorithm,
+    quotas: &[Quota],
+    start: u64,
+    steps: &[(u64, u64)],
+) -> Result<(), TestCaseError> {
+    let (check, peek, tag) = scripts(algorithm);
+    let (check, peek) = (on_test_clock(check), on_test_clock(peek));
+    let case = CASE.fetch_add(1, Ordering::Relaxed);
+    let policy = quotas
+        .iter()
+        .fold(Policy::new("prop").algorithm(algorithm), |p, &q| p.quota(q));
+    // Keys by quota index: policies never have two quotas of one window (a
+    // configuration error), but the generated ones may.
+    let keys: Vec<String> = (0..quotas.len())
+        .map(|i| format!("prop{case}:{{k}}:{tag}{i}"))
+        .collect();
+    let clock = FakeClock::new(start);
+    let memory = MemoryBackend::with_clock(clock.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let key = Key::new("k");
+    for (n, &(advance, cost)) in steps.iter().enumerate() {
+        clock.advance(Duration::from_micros(advance));
+        let now = clock.now_micros();
+        let run = |conn: &mut redis::Connection, script: &str, cost: u64, nonce: String| {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(script)
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(cost)
+                .arg(nonce);
+            for q in quotas {
+                cmd.arg(q.limit()).arg(q.window().as_micros() as u64);
+            }
+            cmd.arg(now / 1_000_000).arg(now % 1_000_000);
+            cmd.query::<Vec<i64>>(conn)
+        };
+        let what = format!("{algorithm:?} step {n} at +{} us, cost {cost}", now - start);
+        let expected = as_reply(&runtime.block_on(memory.peek(&policy, &key)).unwrap());
+        let got = run(conn, &peek, 1, String::new())
+            .map_err(|e| TestCaseError::fail(format!("{what}, peek: redis error {e}")))?;
+        prop_assert_eq!(&got, &expected, "{}, peek", what);
+        let expected = as_reply(&runtime.block_on(memory.check(&policy, &key, cost)).unwrap());
+        let got = run(conn, &check, cost, format!("{case}.{n}"))
+            .map_err(|e| TestCaseError::fail(format!("{what}: redis error {e}")))?;
+        prop_assert_eq!(&got, &expected, "{}", what);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The scripts are exact translations of the model.
+    #[test]
+    fn scripts_reply_what_the_model_decides(
+        algorithm in prop::sample::select(vec![
+            Algorithm::SlidingLog,
+            Algorithm::SlidingWindow,
+            Algorithm::Gcra,
+        ]),
+        quotas in quotas(),
+        offset in 0_u64..20_000_000,
+        steps in steps(),
+    ) {
+        let (url, _server) = REDIS.with(|r| r.clone());
+        let mut conn = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+        // A day boundary plus an offset, in 2026.
+        let start = 1_798_761_600_000_000 + offset;
+        scripts_agree(&mut conn, algorithm, &quotas, start, &steps)?;
+    }
+}
+
+thread_local! {
+    /// One throwaway redis-server for the whole property test.
+    static REDIS: (String, std::rc::Rc<Option<support::RedisServer>>) = {
+        let (url, server) = support::redis_url();
+        (url, std::rc::Rc::new(server))
+    };
 }

@@ -67,7 +67,7 @@ async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
         .prefix(prefix.as_str())
         .build()
         .unwrap();
-    use Algorithm::{SlidingLog, SlidingWindow};
+    use Algorithm::{Gcra, SlidingLog, SlidingWindow};
     let policies = [
         Policy::new("log-min")
             .algorithm(SlidingLog)
@@ -89,6 +89,16 @@ async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
             .quota(Quota::new(3, Duration::from_millis(300))),
         Policy::new("short-win")
             .algorithm(SlidingWindow)
+            .quota(Quota::new(3, Duration::from_millis(300))),
+        Policy::new("gcra-min")
+            .algorithm(Gcra)
+            .quota(Quota::per_minute(5)),
+        Policy::new("multi-gcra")
+            .algorithm(Gcra)
+            .quota(Quota::per_second(2))
+            .quota(Quota::per_hour(4)),
+        Policy::new("short-gcra")
+            .algorithm(Gcra)
             .quota(Quota::new(3, Duration::from_millis(300))),
     ];
     let keys = [
@@ -135,11 +145,11 @@ async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
         let (p, k) = (&policies[pi], &keys[ki]);
         let q = &p.quotas()[qi];
         let w = window_us(q);
-        // Layout: <prefix>:{<policy>:<key>}:<l|w><window in ms>.
-        let letter = if p.algorithm_kind() == SlidingLog {
-            'l'
-        } else {
-            'w'
+        // Layout: <prefix>:{<policy>:<key>}:<l|c|g><window in ms>.
+        let letter = match p.algorithm_kind() {
+            SlidingLog => 'l',
+            SlidingWindow => 'c',
+            _ => 'g',
         };
         assert_eq!(
             name,
@@ -173,20 +183,37 @@ async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
             let newest = newest[0].1 as u64;
             // The newest entry leaves the window at newest + W.
             (newest + w).saturating_sub(now).div_ceil(MS)
-        } else {
-            assert_eq!(ty, "hash", "{name}");
-            let (s, c): (u64, u64) = redis::cmd("HMGET")
-                .arg(name)
-                .arg("s")
-                .arg("c")
-                .query(&mut conn)
-                .unwrap();
+        } else if letter == 'c' {
+            // A string "<start> <count> <previous count>".
+            assert_eq!(ty, "string", "{name}");
+            let value: String = redis::cmd("GET").arg(name).query(&mut conn).unwrap();
+            let fields: Vec<u64> = value
+                .split(' ')
+                .map(|f| f.parse().expect("whole numbers"))
+                .collect();
+            let [s, c, p] = fields[..] else {
+                panic!("{name}: {value:?}")
+            };
             assert!((1..=q.limit()).contains(&c), "{name}: count {c}");
+            assert!(p <= q.limit(), "{name}: previous count {p}");
             assert_eq!(s % w, 0, "{name}: window start {s} is aligned");
             // The current window's count stops mattering two windows after its start.
             (s + 2 * w).saturating_sub(now).div_ceil(MS)
+        } else {
+            // A string: the theoretical arrival time in µs, at most the
+            // tolerance (limit × interval) ahead.
+            assert_eq!(ty, "string", "{name}");
+            let tat: u64 = redis::cmd("GET").arg(name).query(&mut conn).unwrap();
+            let tolerance = q.limit() * w.div_ceil(q.limit());
+            assert!(tat > now && tat <= now + tolerance, "{name}: TAT {tat}");
+            // Nothing counts once the TAT has passed.
+            (tat - now).div_ceil(MS)
         };
-        let max_ms = if letter == 'l' { w / MS } else { 2 * w / MS };
+        let max_ms = match letter {
+            'l' => w / MS,
+            'c' => 2 * w / MS,
+            _ => (q.limit() * w.div_ceil(q.limit())).div_ceil(MS),
+        };
         assert!(pttl > 0, "{name}: no TTL ({pttl})");
         let pttl = pttl as u64;
         assert!(pttl <= max_ms, "{name}: PTTL {pttl} ms > {max_ms} ms");
@@ -256,7 +283,8 @@ fn hostile_identities(prefix: &str) -> Vec<Vec<u8>> {
         b"a?[b-c]\\".to_vec(),
         // Look like other keys, prefixes or the sanitised form of another identity.
         format!("{prefix}:{{hostile-log:victim}}:l60000").into_bytes(),
-        format!("{prefix}:{{hostile-win:victim}}:w60000").into_bytes(),
+        format!("{prefix}:{{hostile-win:victim}}:c60000").into_bytes(),
+        format!("{prefix}:{{hostile-gcra:victim}}:g60000").into_bytes(),
         format!("{prefix}:victim").into_bytes(),
         b"rl:{api:203.0.113.9}:w60000".to_vec(),
         Key::new("{").as_str().as_bytes().to_vec(),
@@ -312,6 +340,9 @@ async fn hostile_identities_are_limited_exactly_and_never_reach_redis_raw() {
         Policy::new("hostile-win")
             .algorithm(Algorithm::SlidingWindow)
             .quota(Quota::per_hour(3)),
+        Policy::new("hostile-gcra")
+            .algorithm(Algorithm::Gcra)
+            .quota(Quota::per_hour(3)),
     ];
     let victim_raw = b"victim".to_vec();
     let mut expected = BTreeSet::new();
@@ -346,7 +377,7 @@ async fn hostile_identities_are_limited_exactly_and_never_reach_redis_raw() {
 
     let found = scan(&mut conn, &format!("{prefix}:*"));
     assert_eq!(found, expected, "one key per identity and policy");
-    assert_eq!(found.len(), 2 * (identities.len() + 1));
+    assert_eq!(found.len(), policies.len() * (identities.len() + 1));
     for name in &found {
         let shown = String::from_utf8_lossy(name);
         assert!(name.len() < 200, "{shown}");
@@ -373,6 +404,53 @@ async fn hostile_identities_are_limited_exactly_and_never_reach_redis_raw() {
             }
         }
     }
+}
+
+/// Keys of the earlier counter layout (a hash `{s, c, p}` tagged `w`), left
+/// by an older version during an upgrade, are never read: the counter's keys
+/// are strings tagged `c` now, so no script ever meets a value of the wrong
+/// type (a `WRONGTYPE` error would fail open).
+#[tokio::test]
+async fn keys_of_the_earlier_counter_layout_are_never_read() {
+    let (url, _server) = support::redis_url();
+    let prefix = support::unique_prefix("old-layout");
+    let backend = RedisBackend::builder(url.as_str())
+        .prefix(prefix.as_str())
+        .build()
+        .unwrap();
+    let policy = Policy::new("api")
+        .algorithm(Algorithm::SlidingWindow)
+        .quota(Quota::per_minute(3));
+    let key = Key::new("203.0.113.9");
+    let mut conn = sync_conn(&url);
+    let now = redis_now_us(&mut conn);
+    let old = format!("{prefix}:{{api:203.0.113.9}}:w60000");
+    let () = redis::cmd("HSET")
+        .arg(&old)
+        .arg("s")
+        .arg(now - now % 60_000_000)
+        .arg("c")
+        .arg(3)
+        .arg("p")
+        .arg(0)
+        .query(&mut conn)
+        .unwrap();
+    let [new] = <[String; 1]>::try_from(backend.redis_keys(&policy, &key)).unwrap();
+    assert_ne!(new, old);
+    for left in (0..3).rev() {
+        let d = backend
+            .check(&policy, &key, 1)
+            .await
+            .expect("no redis error");
+        assert_eq!(d.quotas()[0].remaining, left);
+    }
+    assert!(!backend.check(&policy, &key, 1).await.unwrap().is_allowed());
+    let peeked = backend.peek(&policy, &key).await.expect("no redis error");
+    assert!(!peeked.is_allowed());
+    let ty: String = redis::cmd("TYPE").arg(&old).query(&mut conn).unwrap();
+    assert_eq!(ty, "hash", "the old key is left alone (its TTL ends it)");
+    let ty: String = redis::cmd("TYPE").arg(&new).query(&mut conn).unwrap();
+    assert_eq!(ty, "string");
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //! operations, so both produce identical numbers).
 //!
 //! - [`sliding_log`]: [`Algorithm::SlidingLog`], `sliding_log.lua`;
-//! - [`sliding_window`]: [`Algorithm::SlidingWindow`], `sliding_window.lua`.
+//! - [`sliding_window`]: [`Algorithm::SlidingWindow`], `sliding_window.lua`;
+//! - [`gcra`]: [`Algorithm::Gcra`], `gcra.lua`.
 //!
 //! This module holds what they share: the [`Algorithm`] enum, the dispatch
 //! from it to each algorithm, [`check`], the all-or-nothing driver over
@@ -32,6 +33,7 @@ use std::time::Duration;
 use crate::decision::{Decision, QuotaStatus};
 use crate::quota::Quota;
 
+mod gcra;
 #[cfg(test)]
 pub(crate) mod reference;
 mod sliding_log;
@@ -52,18 +54,39 @@ pub enum Algorithm {
     /// twice the limit within some window of length W.
     #[default]
     SlidingWindow,
+    /// GCRA, the generic cell rate algorithm (as in governor, redis-cell and
+    /// go-redis/redis_rate): a quota of `limit` per `window` is a steady rate
+    /// of one unit per `window / limit` (the emission interval, rounded up to
+    /// a whole microsecond) with a burst of `limit`. One number per client
+    /// (the theoretical arrival time), O(1), the cheapest in Redis. Exact
+    /// about the rate, not about counts per window: a client that spends its
+    /// burst and then keeps to the rate may get up to about twice the limit
+    /// within some window of length W. For a smaller burst at the same rate,
+    /// scale the quota down (10 per 6 s: the rate of 100 per minute, a burst
+    /// of 10).
+    ///
+    /// Headers: `remaining` is how many requests of cost 1 would be admitted
+    /// now, one after the other; `reset` is when the whole limit is available
+    /// again (the bucket has drained); the `Retry-After` of a denied request
+    /// is exactly when its cost fits (for cost 1: the next unit back).
+    Gcra,
 }
 
 impl Algorithm {
     /// Every algorithm (backends that prepare something per algorithm, such
     /// as a script cache, iterate over it).
-    pub(crate) const ALL: &[Algorithm] = &[Algorithm::SlidingLog, Algorithm::SlidingWindow];
+    pub(crate) const ALL: &[Algorithm] = &[
+        Algorithm::SlidingLog,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ];
 
     /// What backends need to know about this algorithm.
     pub(crate) fn spec(self) -> &'static Spec {
         match self {
             Algorithm::SlidingLog => &sliding_log::SPEC,
             Algorithm::SlidingWindow => &sliding_window::SPEC,
+            Algorithm::Gcra => &gcra::SPEC,
         }
     }
 }
@@ -75,6 +98,7 @@ impl Algorithm {
         match self {
             Algorithm::SlidingLog => &sliding_log::Definition,
             Algorithm::SlidingWindow => &sliding_window::Definition,
+            Algorithm::Gcra => &gcra::Definition,
         }
     }
 }
@@ -122,8 +146,9 @@ pub(crate) trait Model {
     /// that counts (it may drop what has left the window).
     fn look(&mut self, now: u64, limit: u64, window: u64, cost: u64) -> Option<u64>;
 
-    /// Consumes `cost` units at `now` if `admit`, and reports the usage.
-    fn commit(&mut self, now: u64, window: u64, cost: u64, admit: bool) -> Usage;
+    /// Consumes `cost` units at `now` if `admit` (only after a `look` that
+    /// found they fit), and reports the usage.
+    fn commit(&mut self, now: u64, limit: u64, window: u64, cost: u64, admit: bool) -> Usage;
 
     /// What `look` of `cost` and then `commit` of nothing would report at
     /// `now`, computed from the state as it is: drops nothing, writes nothing.
@@ -147,6 +172,8 @@ pub(crate) enum QuotaState {
     Log(sliding_log::Log),
     /// [`Algorithm::SlidingWindow`].
     Counter(sliding_window::Counter),
+    /// [`Algorithm::Gcra`].
+    Rate(gcra::Tat),
 }
 
 impl QuotaState {
@@ -154,6 +181,7 @@ impl QuotaState {
         match algorithm {
             Algorithm::SlidingLog => QuotaState::Log(Default::default()),
             Algorithm::SlidingWindow => QuotaState::Counter(Default::default()),
+            Algorithm::Gcra => QuotaState::Rate(Default::default()),
         }
     }
 
@@ -162,6 +190,7 @@ impl QuotaState {
         match self {
             QuotaState::Log(_) => Algorithm::SlidingLog,
             QuotaState::Counter(_) => Algorithm::SlidingWindow,
+            QuotaState::Rate(_) => Algorithm::Gcra,
         }
     }
 
@@ -173,6 +202,7 @@ impl QuotaState {
         match self {
             QuotaState::Log(log) => log,
             QuotaState::Counter(counter) => counter,
+            QuotaState::Rate(tat) => tat,
         }
     }
 
@@ -180,6 +210,7 @@ impl QuotaState {
         match self {
             QuotaState::Log(log) => log,
             QuotaState::Counter(counter) => counter,
+            QuotaState::Rate(tat) => tat,
         }
     }
 }
@@ -266,7 +297,9 @@ pub(crate) fn check(
         .iter_mut()
         .zip(quotas)
         .map(|(state, quota)| {
-            let usage = state.model().commit(now, quota.window_us(), cost, admit);
+            let usage = state
+                .model()
+                .commit(now, quota.limit(), quota.window_us(), cost, admit);
             keep = keep.max(usage.reset);
             status(quota, usage)
         })
@@ -348,7 +381,7 @@ mod tests {
 
     #[test]
     fn huge_costs_are_denied_without_overflow() {
-        for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {
+        for &alg in Algorithm::ALL {
             let q = [Quota::per_second(10)];
             let mut s = states(alg, 1);
             for _ in 0..10 {
@@ -378,9 +411,77 @@ mod tests {
     }
 
     #[test]
+    fn gcra_spends_the_burst_then_earns_one_unit_per_interval() {
+        // 4 per second: one unit back every 250 ms, a burst of 4.
+        let q = [Quota::per_second(4)];
+        let mut s = states(Algorithm::Gcra, 1);
+        let t0 = 10 * SEC;
+        for left in (0..4).rev() {
+            let (d, keep) = check(&mut s, &q, t0, 1);
+            assert!(d.is_allowed());
+            assert_eq!(d.quotas()[0].remaining, left);
+            assert_eq!(keep, (4 - left) * 250_000);
+        }
+        // Full: the next unit is back 250 ms after the burst, exactly.
+        let (d, _) = check(&mut s, &q, t0 + 100_000, 1);
+        assert_eq!(d.denied_by(), Some(0));
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(150)));
+        assert_eq!(d.quotas()[0].remaining, 0);
+        assert_eq!(d.quotas()[0].reset_after, Duration::from_millis(900));
+        assert!(!check(&mut s, &q, t0 + 250_000 - 1, 1).0.is_allowed());
+        let (d, _) = check(&mut s, &q, t0 + 250_000, 1);
+        assert!(d.is_allowed());
+        assert_eq!(d.quotas()[0].remaining, 0);
+        assert_eq!(d.quotas()[0].reset_after, Duration::from_secs(1));
+        // Two units need two intervals of room: 950 ms used, 500 ms more,
+        // 1 s of tolerance.
+        let (d, _) = check(&mut s, &q, t0 + 300_000, 2);
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(450)));
+        // Half a second idle gives two units back.
+        let (d, _) = check(&mut s, &q, t0 + 750_000, 2);
+        assert!(d.is_allowed());
+        assert_eq!(d.quotas()[0].remaining, 0);
+    }
+
+    #[test]
+    fn gcra_rounds_the_interval_up_and_keeps_the_whole_burst() {
+        // 3 per second: T = 333 334 µs (never faster than the quota), and
+        // the tolerance is 3 T, so the burst of 3 fits at once.
+        let q = [Quota::per_second(3)];
+        let mut s = states(Algorithm::Gcra, 1);
+        let t0 = 20 * SEC;
+        for _ in 0..3 {
+            assert!(check(&mut s, &q, t0, 1).0.is_allowed());
+        }
+        let (d, keep) = check(&mut s, &q, t0, 1);
+        assert_eq!(d.retry_after(), Some(Duration::from_micros(333_334)));
+        assert_eq!(keep, 1_000_002);
+        // 1 per µs at most, even for a limit above the window in µs.
+        let q = [Quota::new(5_000, Duration::from_millis(1))];
+        let mut s = states(Algorithm::Gcra, 1);
+        let (d, _) = check(&mut s, &q, t0, 5_000);
+        assert!(d.is_allowed());
+        assert_eq!(d.quotas()[0].reset_after, Duration::from_micros(5_000));
+        assert!(!check(&mut s, &q, t0 + 1, 2).0.is_allowed());
+    }
+
+    #[test]
+    fn gcra_keeps_its_level_when_the_clock_steps_back() {
+        let q = [Quota::per_minute(10)];
+        let mut s = states(Algorithm::Gcra, 1);
+        let t0 = 6_000 * SEC;
+        for _ in 0..10 {
+            assert!(check(&mut s, &q, t0, 1).0.is_allowed());
+        }
+        assert!(!check(&mut s, &q, t0 - 30 * SEC, 1).0.is_allowed());
+        assert!(!check(&mut s, &q, t0 + 2 * SEC, 1).0.is_allowed());
+        assert!(check(&mut s, &q, t0 + 6 * SEC, 1).0.is_allowed());
+    }
+
+    #[test]
     fn multi_quota_all_or_nothing() {
         let q = [Quota::per_second(2), Quota::per_minute(3)];
-        for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {
+        for &alg in Algorithm::ALL {
             let mut s = states(alg, 2);
             let t = 120 * SEC;
             assert!(check(&mut s, &q, t, 1).0.is_allowed());
@@ -398,7 +499,7 @@ mod tests {
 
     #[test]
     fn cost_above_limit_never_fits() {
-        for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {
+        for &alg in Algorithm::ALL {
             let q = [Quota::per_second(3)];
             let mut s = states(alg, 1);
             let (d, keep) = check(&mut s, &q, 5 * SEC, 4);

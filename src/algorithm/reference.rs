@@ -19,15 +19,19 @@ use crate::decision::{Decision, QuotaStatus};
 use crate::quota::Quota;
 
 /// An algorithm by its definition, over the history of admitted requests,
-/// `(time, cost)`, oldest first, none after the instant asked about. No
-/// definition may look back further than two windows: older requests are
-/// forgotten.
+/// `(time, cost)`, oldest first, none after the instant asked about.
+/// Requests older than the definition's [horizon](Definition::horizon) are
+/// forgotten, and the whole history once nothing counts any more.
 pub(crate) trait Definition: Sync {
-    /// The units a quota of length `window` counts at `at`.
-    fn units(&self, history: &[(u64, u64)], window: u64, at: u64) -> u64;
+    /// The units a quota of `limit` per `window` counts at `at`.
+    fn units(&self, history: &[(u64, u64)], limit: u64, window: u64, at: u64) -> u64;
 
     /// How long after `now` something is still counted (zero: nothing is).
-    fn reset(&self, history: &[(u64, u64)], window: u64, now: u64) -> u64;
+    fn reset(&self, history: &[(u64, u64)], limit: u64, window: u64, now: u64) -> u64;
+
+    /// How far back, at most, a request may still count for a quota of
+    /// length `window` (`None`: no fixed bound).
+    fn horizon(&self, window: u64) -> Option<u64>;
 
     /// How much longer than the real wait a retry-after may be.
     fn retry_slack(&self) -> u64;
@@ -77,9 +81,19 @@ impl Reference {
             self.history.push((now, cost));
         }
         let statuses = self.statuses(now);
-        // Forget what no definition looks at any more.
-        let longest = self.quotas.iter().map(Quota::window_us).max().unwrap_or(0);
-        self.history.retain(|&(t, _)| t + 2 * longest > now);
+        // Forget what the definition looks at no more.
+        if statuses.iter().all(|s| s.reset_after.is_zero()) {
+            self.history.clear();
+        }
+        let definition = self.algorithm.definition();
+        let horizons: Option<Vec<u64>> = self
+            .quotas
+            .iter()
+            .map(|q| definition.horizon(q.window_us()))
+            .collect();
+        if let Some(longest) = horizons.and_then(|h| h.into_iter().max()) {
+            self.history.retain(|&(t, _)| t + longest > now);
+        }
         Expected {
             allowed,
             statuses,
@@ -110,8 +124,8 @@ impl Reference {
         self.quotas
             .iter()
             .map(|q| {
-                let used = definition.units(&self.history, q.window_us(), now);
-                let reset = definition.reset(&self.history, q.window_us(), now);
+                let used = definition.units(&self.history, q.limit(), q.window_us(), now);
+                let reset = definition.reset(&self.history, q.limit(), q.window_us(), now);
                 QuotaStatus {
                     limit: q.limit(),
                     window: q.window(),
@@ -127,7 +141,7 @@ impl Reference {
     fn wait(&self, limit: u64, window: u64, now: u64, cost: u64) -> Option<u64> {
         let definition = self.algorithm.definition();
         let fits = |at: u64| {
-            let units = definition.units(&self.history, window, at);
+            let units = definition.units(&self.history, limit, window, at);
             units.saturating_add(cost) <= limit
         };
         if fits(now) {
@@ -137,9 +151,11 @@ impl Reference {
             // Never: by convention, one window.
             return Some(window);
         }
-        // Two windows on, nothing admitted by now counts any more: bisect
-        // for the first instant that fits (`lo` never fits, `hi` always does).
-        let (mut lo, mut hi) = (now, now + 2 * window);
+        // Once nothing admitted by now counts any more (two windows on, or
+        // for GCRA the reset), it fits: bisect for the first instant that
+        // does (`lo` never fits, `hi` always does).
+        let reset = definition.reset(&self.history, limit, window, now);
+        let (mut lo, mut hi) = (now, now + (2 * window).max(reset) + 1);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
             if fits(mid) {

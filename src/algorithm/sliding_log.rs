@@ -63,7 +63,7 @@ impl Model for Log {
         (retry, Usage { used: count, reset })
     }
 
-    fn commit(&mut self, now: u64, window: u64, cost: u64, admit: bool) -> Usage {
+    fn commit(&mut self, now: u64, _limit: u64, window: u64, cost: u64, admit: bool) -> Usage {
         if admit {
             let at = self.0.partition_point(|&t| t <= now);
             for _ in 0..cost {
@@ -87,7 +87,7 @@ pub(super) struct Definition;
 
 #[cfg(test)]
 impl super::reference::Definition for Definition {
-    fn units(&self, history: &[(u64, u64)], window: u64, at: u64) -> u64 {
+    fn units(&self, history: &[(u64, u64)], _limit: u64, window: u64, at: u64) -> u64 {
         history
             .iter()
             .filter(|&&(t, _)| t + window > at)
@@ -96,12 +96,17 @@ impl super::reference::Definition for Definition {
     }
 
     /// Until the newest unit leaves.
-    fn reset(&self, history: &[(u64, u64)], window: u64, now: u64) -> u64 {
+    fn reset(&self, history: &[(u64, u64)], _limit: u64, window: u64, now: u64) -> u64 {
         history
             .iter()
             .map(|&(t, _)| (t + window).saturating_sub(now))
             .max()
             .unwrap_or(0)
+    }
+
+    /// Nothing older than two windows counts.
+    fn horizon(&self, window: u64) -> Option<u64> {
+        Some(2 * window)
     }
 
     /// Exact.

@@ -1,35 +1,38 @@
 -- Sliding window counter (approximate). A translation of sliding_window.rs and
 -- `check` in mod.rs, with the same floating-point operations in the same order.
--- KEYS[i]  one hash per quota: s = start of the current fixed window (us),
---          c = its count, p = the previous fixed window's count.
+-- KEYS[i]  one string per quota, "<s> <c> <p>": s = start of the current
+--          fixed window (us), c = its count, p = the previous window's count.
 -- ARGV[1]  cost, ARGV[2] request nonce (unused here),
 -- ARGV[1+2i], ARGV[2+2i]  limit and window (microseconds) of quota i.
 -- Returns {allowed, denied quota (1-based, 0 = none), retry-after us,
 --          remaining_1, reset_us_1, ..., remaining_n, reset_us_n}.
 -- A denied request writes nothing.
-if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = t[1] * 1000000 + t[2]
 local cost = tonumber(ARGV[1])
 local n = #KEYS
 
-local starts, curs, prevs, elapsed = {}, {}, {}, {}
-local denied, retry = 0, -1
+-- Per quota: start, current count, previous count, elapsed, estimate.
+local st = {}
+local denied, retry = 0, 0
 for i = 1, n do
   local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local e = math.fmod(now, window)
+  local e = now % window
   local start = now - e
-  local h = redis.call('HMGET', KEYS[i], 's', 'c', 'p')
-  local s, c, p = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
-  if s ~= nil and s >= start then
-    -- same fixed window (or a later one: the clock stepped back; keep counts)
-    start = s
-  elseif s ~= nil and s + window == start then
-    p, c = c, 0
-  else
-    p, c = 0, 0
+  local c, p = 0, 0
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local s, sc, sp = string.match(v, '^(%d+) (%d+) (%d+)$')
+    s = tonumber(s)
+    if s == nil then
+      -- not ours: start afresh
+    elseif s >= start then
+      -- same fixed window (or a later one: the clock stepped back; keep counts)
+      start, c, p = s, tonumber(sc), tonumber(sp)
+    elseif s + window == start then
+      p = tonumber(sc)
+    end
   end
-  starts[i], curs[i], prevs[i], elapsed[i] = start, c, p, e
   local est = math.floor(p * ((window - e) / window)) + c
   if est + cost > limit then
     local r
@@ -45,21 +48,22 @@ for i = 1, n do
     end
     if r > retry then denied, retry = i, r end
   end
+  local j = 5 * i
+  st[j - 4], st[j - 3], st[j - 2], st[j - 1], st[j] = start, c, p, e, est
 end
 
-local out = {denied == 0 and 1 or 0, denied, math.max(retry, 0)}
+local out = {denied == 0 and 1 or 0, denied, retry}
 for i = 1, n do
   local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local c, p, e = curs[i], prevs[i], elapsed[i]
+  local j = 5 * i
+  local c, p, e, est = st[j - 3], st[j - 2], st[j - 1], st[j]
   if denied == 0 and cost > 0 then
-    c = c + cost
-    redis.call('HSET', KEYS[i], 's', starts[i], 'c', c, 'p', p)
-    redis.call('PEXPIRE', KEYS[i], math.ceil((2 * window - e) / 1000))
+    c, est = c + cost, est + cost
+    redis.call('SET', KEYS[i], string.format('%d %d %d', st[j - 4], c, p), 'PX', math.ceil((2 * window - e) / 1000))
   end
-  local est = math.floor(p * ((window - e) / window)) + c
   local reset = 0
   if c > 0 then reset = 2 * window - e elseif p > 0 then reset = window - e end
-  out[#out + 1] = math.max(limit - est, 0)
-  out[#out + 1] = reset
+  out[2 * i + 2] = math.max(limit - est, 0)
+  out[2 * i + 3] = reset
 end
 return out

@@ -2,15 +2,19 @@
 //! weighted by its overlap with the sliding window, plus the current count.
 //!
 //! `sliding_window.lua` beside this file is the Redis translation of this
-//! model, with the same floating-point operations in the same order: one hash
-//! `{s, c, p}` per quota. `sliding_window_peek.lua` translates [`Model::peek`].
+//! model, with the same floating-point operations in the same order: one
+//! string `"<s> <c> <p>"` per quota (the current fixed window's start in µs,
+//! its count, the previous window's count), read with one `GET` and written
+//! with one `SET .. PX`. `sliding_window_peek.lua` translates [`Model::peek`].
 
 use super::{Model, Spec, Usage};
 use crate::quota::MAX_LIMIT;
 
 /// What backends need to know about the sliding window counter.
 pub(super) const SPEC: Spec = Spec {
-    tag: 'w',
+    // `c`, not the `w` of the earlier layout (a hash): a key of the old
+    // layout is never read as a string, which would be an error.
+    tag: 'c',
     lua: include_str!("sliding_window.lua"),
     peek_lua: include_str!("sliding_window_peek.lua"),
     nonce: false,
@@ -118,7 +122,7 @@ impl Model for Counter {
         )
     }
 
-    fn commit(&mut self, now: u64, window: u64, cost: u64, admit: bool) -> Usage {
+    fn commit(&mut self, now: u64, _limit: u64, window: u64, cost: u64, admit: bool) -> Usage {
         let (mut rolled, elapsed) = roll(*self, now, window);
         if admit {
             rolled.cur += cost;
@@ -140,7 +144,7 @@ pub(super) struct Definition;
 
 #[cfg(test)]
 impl super::reference::Definition for Definition {
-    fn units(&self, history: &[(u64, u64)], window: u64, at: u64) -> u64 {
+    fn units(&self, history: &[(u64, u64)], _limit: u64, window: u64, at: u64) -> u64 {
         let (start, elapsed) = (at - at % window, at % window);
         let admitted_in = |from: u64| -> u64 {
             history
@@ -157,12 +161,17 @@ impl super::reference::Definition for Definition {
 
     /// Until the newest fixed window holding units is neither the current
     /// nor the previous one.
-    fn reset(&self, history: &[(u64, u64)], window: u64, now: u64) -> u64 {
+    fn reset(&self, history: &[(u64, u64)], _limit: u64, window: u64, now: u64) -> u64 {
         history
             .iter()
             .map(|&(t, _)| (t - t % window + 2 * window).saturating_sub(now))
             .max()
             .unwrap_or(0)
+    }
+
+    /// Nothing older than two windows counts.
+    fn horizon(&self, window: u64) -> Option<u64> {
+        Some(2 * window)
     }
 
     /// The retry-after is never shorter than the real wait and at most 1 µs

@@ -5,25 +5,26 @@
 -- Writes nothing.
 -- KEYS, ARGV and the reply as in sliding_window.lua (the nonce is unused).
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = t[1] * 1000000 + t[2]
 local cost = tonumber(ARGV[1])
-local n = #KEYS
-
-local denied, retry = 0, -1
-local tail = {}
-for i = 1, n do
+local out = {1, 0, 0}
+for i = 1, #KEYS do
   local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local e = math.fmod(now, window)
+  local e = now % window
   local start = now - e
-  local h = redis.call('HMGET', KEYS[i], 's', 'c', 'p')
-  local s, c, p = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
-  if s ~= nil and s >= start then
-    -- same fixed window (or a later one: the clock stepped back; keep counts)
-    start = s
-  elseif s ~= nil and s + window == start then
-    p, c = c, 0
-  else
-    p, c = 0, 0
+  local c, p = 0, 0
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local s, sc, sp = string.match(v, '^(%d+) (%d+) (%d+)$')
+    s = tonumber(s)
+    if s == nil then
+      -- not ours: as if absent
+    elseif s >= start then
+      -- same fixed window (or a later one: the clock stepped back; keep counts)
+      c, p = tonumber(sc), tonumber(sp)
+    elseif s + window == start then
+      p = tonumber(sc)
+    end
   end
   local est = math.floor(p * ((window - e) / window)) + c
   if est + cost > limit then
@@ -38,14 +39,11 @@ for i = 1, n do
       local overlap = math.ceil((limit - cost + 1) * window / c)
       r = window - e + math.max(window + 2 - overlap, 0)
     end
-    if r > retry then denied, retry = i, r end
+    if r > out[3] then out[1], out[2], out[3] = 0, i, r end
   end
   local reset = 0
   if c > 0 then reset = 2 * window - e elseif p > 0 then reset = window - e end
-  tail[#tail + 1] = math.max(limit - est, 0)
-  tail[#tail + 1] = reset
+  out[2 * i + 2] = math.max(limit - est, 0)
+  out[2 * i + 3] = reset
 end
-
-local out = {denied == 0 and 1 or 0, denied, math.max(retry, 0)}
-for j = 1, #tail do out[#out + 1] = tail[j] end
 return out

@@ -29,7 +29,7 @@
 //!
 //! [policies.api]                    # the policy name is the table's key
 //! quotas = ["100/min"]              # one or more, checked all-or-nothing
-//! algorithm = "sliding_window"      # sliding_window (default) | sliding_log
+//! algorithm = "sliding_window"      # sliding_window (default) | sliding_log | gcra
 //! key = "ip"                        # "ip" (default) | "global" | { header = "x-api-key" }
 //!                                   # | { client_ip = ["10.0.0.0/8"] } (behind trusted proxies)
 //! failure_mode = "open"             # open (default) | closed | local

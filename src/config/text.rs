@@ -161,6 +161,7 @@ pub(super) fn algorithm_name(algorithm: Algorithm) -> &'static str {
     match algorithm {
         Algorithm::SlidingLog => "sliding_log",
         Algorithm::SlidingWindow => "sliding_window",
+        Algorithm::Gcra => "gcra",
     }
 }
 
@@ -370,8 +371,8 @@ mod tests {
     fn names() {
         assert_eq!(Algorithm::parse("sliding_log"), Ok(Algorithm::SlidingLog));
         assert_eq!(
-            Algorithm::parse("gcra").unwrap_err(),
-            "\"gcra\" is not an algorithm: expected \"sliding_log\" or \"sliding_window\""
+            Algorithm::parse("token_bucket").unwrap_err(),
+            "\"token_bucket\" is not an algorithm: expected \"sliding_log\", \"sliding_window\" or \"gcra\""
         );
         for &algorithm in Algorithm::ALL {
             assert_eq!(Algorithm::parse(algorithm_name(algorithm)), Ok(algorithm));

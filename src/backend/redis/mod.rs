@@ -40,9 +40,10 @@ mod tls;
 /// Key layout, one key per quota, all keys of one decision in one hash slot:
 ///
 /// ```text
-/// <prefix>:{<policy>:<client key>}:<l|w><window in ms>
+/// <prefix>:{<policy>:<client key>}:<l|c|g><window in ms>
 /// rl:{auth:203.0.113.9}:l60000    sliding log, sorted set
-/// rl:{api:203.0.113.9}:w60000     sliding window counter, hash {s, c, p}
+/// rl:{api:203.0.113.9}:c60000     sliding window counter, string "<s> <c> <p>"
+/// rl:{pay:203.0.113.9}:g60000     GCRA, string: the theoretical arrival time
 /// ```
 ///
 /// Every key written carries a TTL no longer than its data matters.
@@ -469,12 +470,14 @@ impl RedisBackend {
     /// order of [`Policy::quotas`]:
     ///
     /// ```text
-    /// <prefix>:{<policy>:<key>}:<l|w><window in ms>
+    /// <prefix>:{<policy>:<key>}:<l|c|g><window in ms>
     /// ```
     ///
-    /// `l` tags a sliding log (a sorted set of admitted units), `w` a sliding
-    /// window counter (a hash `{s, c, p}`: the current fixed window's start
-    /// in µs, its count, the previous window's count). The algorithm letter
+    /// `l` tags a sliding log (a sorted set of admitted units), `c` a sliding
+    /// window counter (a string `"<s> <c> <p>"`: the current fixed window's
+    /// start in µs, its count, the previous window's count; earlier versions
+    /// kept a hash under a `w` key, never read now), `g` GCRA (a string: the
+    /// theoretical arrival time in µs). The algorithm letter
     /// and the window are part of the key, so two policies that share a name
     /// (in different layers or deployments) but count differently never read
     /// each other's data. All keys of one decision share a hash tag, so they

@@ -360,10 +360,14 @@ mod tests {
         assert_eq!(
             keys("app:v2", &counter, &key),
             [
-                "app:v2:{api:203.0.113.9}:w60000",
-                "app:v2:{api:203.0.113.9}:w1500"
+                "app:v2:{api:203.0.113.9}:c60000",
+                "app:v2:{api:203.0.113.9}:c1500"
             ]
         );
+        let gcra = Policy::new("pay")
+            .algorithm(Algorithm::Gcra)
+            .quota(Quota::per_second(10));
+        assert_eq!(keys("rl", &gcra, &key), ["rl:{pay:203.0.113.9}:g1000"]);
         assert!(keys("rl", &Policy::new("none"), &key).is_empty());
     }
 
@@ -388,6 +392,7 @@ mod tests {
         assert_eq!(seq, "0");
         assert!(Algorithm::SlidingLog.spec().nonce);
         assert!(!Algorithm::SlidingWindow.spec().nonce);
+        assert!(!Algorithm::Gcra.spec().nonce);
     }
 
     /// A command's words, as text.
