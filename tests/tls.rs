@@ -117,7 +117,11 @@ async fn limits_are_exact_over_tls_with_the_minimal_acl_user() {
     let backend = trusting(&server, &server.url(USER, PASSWORD))
         .build()
         .unwrap();
-    for algorithm in [Algorithm::SlidingWindow, Algorithm::SlidingLog] {
+    for algorithm in [
+        Algorithm::SlidingWindow,
+        Algorithm::SlidingLog,
+        Algorithm::Gcra,
+    ] {
         let backend = backend.clone();
         let policy_layer = layer(backend.clone(), algorithm);
         let got = statuses(&policy_layer, LIMIT + 1).await;
@@ -220,6 +224,41 @@ async fn mutual_tls_with_a_client_certificate() {
         ],
     )
     .await;
+}
+
+/// The documented ACL rule names exactly the commands the scripts run (read
+/// from their Lua sources) besides those the limiter sends itself, so a
+/// changed script cannot silently fail open for a minimal-ACL user.
+#[test]
+fn the_minimal_acl_rule_names_every_command_of_every_script() {
+    let sent_by_the_limiter = ["evalsha", "evalsha_ro", "script|load", "del"];
+    let mut run_by_scripts = std::collections::BTreeSet::new();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/algorithm");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "lua") {
+            let source = std::fs::read_to_string(&path).unwrap();
+            for call in source.split("redis.call(").skip(1) {
+                let name: String = call
+                    .trim_start_matches(['\'', '"'])
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphabetic() || *c == '_')
+                    .collect();
+                run_by_scripts.insert(name.to_ascii_lowercase());
+            }
+        }
+    }
+    assert!(run_by_scripts.contains("time"), "{run_by_scripts:?}");
+    let granted: std::collections::BTreeSet<String> = support::tls::LIMITER_ACL
+        .split_whitespace()
+        .filter_map(|rule| rule.strip_prefix('+'))
+        .map(str::to_owned)
+        .collect();
+    let needed: std::collections::BTreeSet<String> = run_by_scripts
+        .into_iter()
+        .chain(sent_by_the_limiter.map(str::to_owned))
+        .collect();
+    assert_eq!(granted, needed);
 }
 
 #[test]
