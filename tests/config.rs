@@ -590,7 +590,7 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
             "unknown redis field",
             "[redis]\nurl = \"redis://127.0.0.1\"\npassword = \"hunter2\"".to_owned(),
             "redis.password: unknown field `password`, expected one of `url`, `cluster`, \
-             `prefix`",
+             `sentinel`, `master`, `master_url`, `prefix`, `ca_cert`, `client_cert`, `client_key`",
         ),
         // References.
         (
@@ -609,17 +609,34 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
         (
             "url and cluster",
             "[redis]\nurl = \"redis://a\"\ncluster = [\"redis://b:7000\"]".to_owned(),
-            "redis: set `url` (one server) or `cluster` (its nodes), not both",
+            "redis: set one of `url` (one server), `cluster` (its nodes) or `sentinel` (the \
+             sentinels), not several",
         ),
         (
             "neither url nor cluster",
             "[redis]\nprefix = \"rl\"".to_owned(),
-            "redis: expected `url = \"redis://...\"` or `cluster = [\"redis://...\", ...]`",
+            "redis: expected `url = \"redis://...\"`, `cluster = [\"redis://...\", ...]` or \
+             `sentinel = [\"redis://...:26379\", ...]`",
         ),
         (
             "empty cluster",
             "[redis]\ncluster = []".to_owned(),
             "redis: `cluster` needs at least one node URL",
+        ),
+        (
+            "empty sentinel list",
+            "[redis]\nsentinel = []".to_owned(),
+            "redis: `sentinel` needs at least one sentinel URL",
+        ),
+        (
+            "master without sentinel",
+            "[redis]\nurl = \"redis://a\"\nmaster = \"mymaster\"".to_owned(),
+            "redis: `master` and `master_url` go with `sentinel = [...]`",
+        ),
+        (
+            "client certificate without its key",
+            "[redis]\nurl = \"rediss://a\"\nclient_cert = \"client.crt\"".to_owned(),
+            "redis: `client_cert` and `client_key` go together (mutual TLS)",
         ),
         // The builder's errors, located.
         (
@@ -969,4 +986,88 @@ async fn the_examples_read_config_and_let_the_environment_choose_the_backend() {
         "set one of REDIS_URL (one server), REDIS_CLUSTER or REDIS_SENTINEL, not several"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(feature = "sentinel")]
+#[test]
+fn a_sentinel_table_names_the_primary_and_hides_passwords() {
+    let config = load(
+        "[redis]\nsentinel = [\"redis://s1:26379\", \"redis://s2:26379\"]\nmaster = \"cache\"\n\
+         master_url = \"rediss://limiter:hunter2@ignored/0\"",
+    )
+    .unwrap();
+    let redis = config.redis().unwrap();
+    assert!(redis.is_sentinel() && !redis.is_cluster());
+    assert_eq!(
+        redis.to_string(),
+        "redis sentinel at redis://s1:26379, redis://s2:26379, primary `cache`"
+    );
+    assert!(!format!("{redis:?}").contains("hunter2"));
+    // Connects nothing.
+    redis.backend().unwrap();
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn an_unreadable_ca_certificate_is_located() {
+    let config =
+        load("[redis]\nurl = \"rediss://127.0.0.1:6380\"\nca_cert = \"/nonexistent/ca.crt\"")
+            .unwrap();
+    let message = config.build().unwrap_err().to_string();
+    assert!(
+        message.starts_with("redis.ca_cert: cannot read /nonexistent/ca.crt:"),
+        "{message}"
+    );
+    let bad = std::env::temp_dir().join(format!("not-a-pem-{}.crt", std::process::id()));
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let config = load(&format!(
+        "[redis]\nurl = \"rediss://127.0.0.1:6380\"\nca_cert = {:?}",
+        bad.display().to_string()
+    ))
+    .unwrap();
+    let err = config.build().unwrap_err();
+    let _ = std::fs::remove_file(&bad);
+    assert!(
+        err.to_string()
+            .starts_with("redis.ca_cert: invalid Redis TLS settings"),
+        "{err}"
+    );
+}
+
+/// `rediss://` with a private CA and the minimal ACL user, all from the
+/// file: limits exact over TLS.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_with_a_private_ca_from_the_file() {
+    use support::tls::{PASSWORD, TlsRedis, USER};
+    let server = TlsRedis::start(false);
+    let config = load(&format!(
+        "deadline = \"2s\"\ndefault_policy = \"api\"\n[policies.api]\nquotas = [\"3/min\"]\n\
+         key = \"global\"\n[redis]\nurl = {:?}\nca_cert = {:?}\n",
+        server.url(USER, PASSWORD),
+        server.pki.path("ca.crt").display().to_string(),
+    ))
+    .unwrap();
+    let layer = config.build().unwrap();
+    let service = layer.layer(tower::service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = service
+            .clone()
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap();
+        statuses.push(response.status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
 }

@@ -25,6 +25,8 @@
 //!
 //! [redis]                           # optional; absent = in-memory
 //! url = "redis://127.0.0.1:6379"    # or: cluster = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+//!                                   # or: sentinel = ["redis://10.0.0.1:26379"], master = "mymaster"
+//! # ca_cert = "ca.crt"              # rediss:// (feature tls): a private CA; client_cert + client_key: mTLS
 //! prefix = "rl"                     # optional key prefix
 //!
 //! [policies.api]                    # the policy name is the table's key
@@ -105,6 +107,7 @@ mod text;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -260,16 +263,32 @@ impl<'de> Deserialize<'de> for KeyConfig {
     }
 }
 
-/// The `[redis]` table of a [`Config`]: one server (`url`) or a Redis
-/// Cluster (`cluster`, feature `cluster`), and an optional key `prefix`.
+/// The `[redis]` table of a [`Config`]: one server (`url`), a Redis Cluster
+/// (`cluster`, feature `cluster`) or the sentinels of a primary/replica
+/// deployment (`sentinel`, with `master` and `master_url`, feature
+/// `sentinel`); an optional key `prefix`; and for `rediss://` (feature `tls`)
+/// PEM files: `ca_cert` (a CA trusted besides the system's roots),
+/// `client_cert` and `client_key` (mutual TLS).
 ///
 /// `Debug` and `Display` hide passwords ([`redact_url`]).
 #[derive(Clone, Deserialize)]
 #[serde(try_from = "RedisTable")]
 pub struct RedisConfig {
     urls: Vec<String>,
-    cluster: bool,
+    kind: RedisKind,
     prefix: Option<String>,
+    ca_cert: Option<PathBuf>,
+    client: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RedisKind {
+    Single,
+    Cluster,
+    Sentinel {
+        master: String,
+        master_url: Option<String>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -277,31 +296,60 @@ pub struct RedisConfig {
 struct RedisTable {
     url: Option<String>,
     cluster: Option<Vec<String>>,
+    sentinel: Option<Vec<String>>,
+    master: Option<String>,
+    master_url: Option<String>,
     prefix: Option<String>,
+    ca_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 impl TryFrom<RedisTable> for RedisConfig {
     type Error = &'static str;
 
     fn try_from(table: RedisTable) -> Result<Self, Self::Error> {
-        let (urls, cluster) = match (table.url, table.cluster) {
-            (Some(url), None) => (vec![url], false),
-            (None, Some(nodes)) if nodes.is_empty() => {
+        let sentinel_only = table.master.is_some() || table.master_url.is_some();
+        let (urls, kind) = match (table.url, table.cluster, table.sentinel) {
+            (Some(url), None, None) => (vec![url], RedisKind::Single),
+            (None, Some(nodes), None) if nodes.is_empty() => {
                 return Err("`cluster` needs at least one node URL");
             }
-            (None, Some(nodes)) => (nodes, true),
-            (Some(_), Some(_)) => {
-                return Err("set `url` (one server) or `cluster` (its nodes), not both");
+            (None, Some(nodes), None) => (nodes, RedisKind::Cluster),
+            (None, None, Some(sentinels)) if sentinels.is_empty() => {
+                return Err("`sentinel` needs at least one sentinel URL");
             }
-            (None, None) => {
-                return Err("expected `url = \"redis://...\"` or \
-                            `cluster = [\"redis://...\", ...]`");
+            (None, None, Some(sentinels)) => (
+                sentinels,
+                RedisKind::Sentinel {
+                    master: table.master.unwrap_or_else(|| "mymaster".to_owned()),
+                    master_url: table.master_url,
+                },
+            ),
+            (None, None, None) => {
+                return Err("expected `url = \"redis://...\"`, \
+                            `cluster = [\"redis://...\", ...]` or \
+                            `sentinel = [\"redis://...:26379\", ...]`");
             }
+            _ => {
+                return Err("set one of `url` (one server), `cluster` (its nodes) or \
+                            `sentinel` (the sentinels), not several");
+            }
+        };
+        if sentinel_only && !matches!(kind, RedisKind::Sentinel { .. }) {
+            return Err("`master` and `master_url` go with `sentinel = [...]`");
+        }
+        let client = match (table.client_cert, table.client_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("`client_cert` and `client_key` go together (mutual TLS)"),
         };
         Ok(Self {
             urls,
-            cluster,
+            kind,
             prefix: table.prefix,
+            ca_cert: table.ca_cert,
+            client,
         })
     }
 }
@@ -309,74 +357,156 @@ impl TryFrom<RedisTable> for RedisConfig {
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls: Vec<_> = self.urls.iter().map(|u| redact_url(u)).collect();
-        f.debug_struct("RedisConfig")
-            .field("urls", &urls)
-            .field("cluster", &self.cluster)
-            .field("prefix", &self.prefix)
+        let mut d = f.debug_struct("RedisConfig");
+        d.field("urls", &urls);
+        match &self.kind {
+            RedisKind::Single => d.field("kind", &"single"),
+            RedisKind::Cluster => d.field("kind", &"cluster"),
+            RedisKind::Sentinel { master, master_url } => d
+                .field("master", master)
+                .field("master_url", &master_url.as_deref().map(redact_url)),
+        };
+        d.field("prefix", &self.prefix)
+            .field("ca_cert", &self.ca_cert)
+            .field("client", &self.client)
             .finish()
     }
 }
 
-/// `redis at redis://host:6379` or `redis cluster at redis://a:7000, ...`,
-/// passwords hidden.
+/// `redis at redis://host:6379`, `redis cluster at redis://a:7000, ...` or
+/// `redis sentinel at redis://s1:26379, ..., primary `mymaster``, passwords
+/// hidden.
 impl fmt::Display for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls: Vec<_> = self.urls.iter().map(|u| redact_url(u)).collect();
-        let what = if self.cluster {
-            "redis cluster"
-        } else {
-            "redis"
-        };
-        write!(f, "{what} at {}", urls.join(", "))
+        match &self.kind {
+            RedisKind::Single => write!(f, "redis at {}", urls.join(", ")),
+            RedisKind::Cluster => write!(f, "redis cluster at {}", urls.join(", ")),
+            RedisKind::Sentinel { master, .. } => write!(
+                f,
+                "redis sentinel at {}, primary `{master}`",
+                urls.join(", ")
+            ),
+        }
     }
+}
+
+/// The error of a deployment or setting this build lacks the feature for.
+#[allow(dead_code)] // unused when every feature is on
+fn needs_feature(path: &str, what: &str, feature: &str) -> ConfigError {
+    invalid(
+        path,
+        format!(
+            "{what} needs the crate's `{feature}` feature \
+             (tower-redis-ratelimit = {{ features = [\"{feature}\"] }})"
+        ),
+    )
 }
 
 impl RedisConfig {
     /// Whether this is a Redis Cluster (`cluster = [...]`).
     pub fn is_cluster(&self) -> bool {
-        self.cluster
+        self.kind == RedisKind::Cluster
     }
 
-    /// The backend (connects nothing).
+    /// Whether this is a Sentinel deployment (`sentinel = [...]`).
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.kind, RedisKind::Sentinel { .. })
+    }
+
+    /// The backend (connects nothing; reads the PEM files named).
     ///
     /// # Errors
     ///
-    /// A bad URL or prefix, or a cluster without the crate's `cluster`
-    /// feature, located as `redis.url`, `redis.cluster` or `redis.prefix`.
+    /// A bad URL or prefix, a PEM file that cannot be read or used, or a
+    /// deployment or TLS setting without the crate's feature for it
+    /// (`cluster`, `sentinel`, `tls`), located as `redis.url`,
+    /// `redis.cluster`, `redis.sentinel`, `redis.prefix`, `redis.ca_cert` or
+    /// `redis.client_cert`.
     pub fn backend(&self) -> Result<RedisBackend, ConfigError> {
-        let field = if self.cluster {
-            "redis.cluster"
-        } else {
-            "redis.url"
+        let field = match self.kind {
+            RedisKind::Single => "redis.url",
+            RedisKind::Cluster => "redis.cluster",
+            RedisKind::Sentinel { .. } => "redis.sentinel",
         };
-        let builder = if self.cluster {
-            #[cfg(feature = "cluster")]
-            {
-                RedisBackend::cluster_builder(self.urls.iter().cloned())
+        let builder = match &self.kind {
+            RedisKind::Single => RedisBackend::builder(self.urls[0].clone()),
+            RedisKind::Cluster => {
+                #[cfg(feature = "cluster")]
+                {
+                    RedisBackend::cluster_builder(self.urls.iter().cloned())
+                }
+                #[cfg(not(feature = "cluster"))]
+                return Err(needs_feature(field, "Redis Cluster", "cluster"));
             }
-            #[cfg(not(feature = "cluster"))]
-            {
-                return Err(ConfigError::Invalid {
-                    path: field.to_owned(),
-                    message: "Redis Cluster needs the crate's `cluster` feature \
-                              (tower-redis-ratelimit = { features = [\"cluster\"] })"
-                        .to_owned(),
-                });
+            RedisKind::Sentinel { master, master_url } => {
+                #[cfg(feature = "sentinel")]
+                {
+                    let builder = RedisBackend::sentinel_builder(self.urls.iter().cloned(), master);
+                    match master_url {
+                        Some(url) => builder.master_url(url.clone()),
+                        None => builder,
+                    }
+                }
+                #[cfg(not(feature = "sentinel"))]
+                {
+                    let _ = (master, master_url);
+                    return Err(needs_feature(field, "Redis Sentinel", "sentinel"));
+                }
             }
-        } else {
-            RedisBackend::builder(self.urls[0].clone())
         };
         let builder = match &self.prefix {
             Some(prefix) => builder.prefix(prefix.clone()),
             None => builder,
         };
+        let builder = self.tls(builder)?;
         builder.build().map_err(|error| {
             let path = match error {
                 ConfigError::InvalidPrefix { .. } => "redis.prefix",
+                ConfigError::Tls(_) if self.client.is_some() && self.ca_cert.is_none() => {
+                    "redis.client_cert"
+                }
+                ConfigError::Tls(_) if self.ca_cert.is_some() => "redis.ca_cert",
                 _ => field,
             };
             at(path, error)
         })
+    }
+
+    /// Adds the PEM files of `ca_cert`, `client_cert` and `client_key`.
+    #[cfg(feature = "tls")]
+    fn tls(
+        &self,
+        mut builder: crate::RedisBackendBuilder,
+    ) -> Result<crate::RedisBackendBuilder, ConfigError> {
+        let read = |field: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                invalid(
+                    format!("redis.{field}"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })
+        };
+        if let Some(path) = &self.ca_cert {
+            builder = builder.tls_ca_pem(read("ca_cert", path)?);
+        }
+        if let Some((cert, key)) = &self.client {
+            builder = builder.tls_client_pem(read("client_cert", cert)?, read("client_key", key)?);
+        }
+        Ok(builder)
+    }
+
+    /// Without the `tls` feature, PEM files are an error.
+    #[cfg(not(feature = "tls"))]
+    fn tls(
+        &self,
+        builder: crate::RedisBackendBuilder,
+    ) -> Result<crate::RedisBackendBuilder, ConfigError> {
+        match (&self.ca_cert, &self.client) {
+            (None, None) => Ok(builder),
+            (Some(_), _) => Err(needs_feature("redis.ca_cert", "TLS", "tls")),
+            (None, Some(_)) => Err(needs_feature("redis.client_cert", "TLS", "tls")),
+        }
     }
 }
 
