@@ -10,7 +10,7 @@ use http::request::Parts;
 use ipnet::IpNet;
 
 use crate::error::ConfigError;
-use crate::key::{Key, KeyExtractor, canonical, normalize_network};
+use crate::key::{Key, KeyExtractor, canonical, normalize_network, parse_network};
 
 /// A set of clients, by IP network and by exact key: a policy's
 /// [allow-list](crate::Policy::allow) or [deny-list](crate::Policy::deny).
@@ -76,14 +76,7 @@ impl AccessList {
         S: AsRef<str>,
     {
         for net in networks {
-            let text = net.as_ref().trim();
-            let parsed = text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| ConfigError::InvalidNetwork {
-                    network: text.to_owned(),
-                })?;
-            self.networks.push(normalize_network(parsed, text)?);
+            self.networks.push(parse_network(net.as_ref())?);
         }
         Ok(self)
     }

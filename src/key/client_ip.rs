@@ -94,14 +94,7 @@ impl ClientIp {
         S: AsRef<str>,
     {
         for net in networks {
-            let text = net.as_ref().trim();
-            let parsed = text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| ConfigError::InvalidNetwork {
-                    network: text.to_owned(),
-                })?;
-            self.trusted.push(normalize_network(parsed, text)?);
+            self.trusted.push(parse_network(net.as_ref())?);
         }
         Ok(self)
     }
@@ -190,6 +183,19 @@ impl KeyExtractor for ClientIp {
     fn missing_key_hint(&self, request: &Parts) -> Option<String> {
         super::peer::missing_peer_hint(request)
     }
+}
+
+/// A network written as text (CIDR such as `10.0.0.0/8`, or a single
+/// address), normalised by [`normalize_network`].
+pub(crate) fn parse_network(text: &str) -> Result<IpNet, ConfigError> {
+    let text = text.trim();
+    let parsed = text
+        .parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| ConfigError::InvalidNetwork {
+            network: text.to_owned(),
+        })?;
+    normalize_network(parsed, text)
 }
 
 /// A trusted network as matched against canonical addresses: truncated to

@@ -26,7 +26,7 @@ use http::request::Parts;
 use sha2::{Digest, Sha256};
 
 pub use self::client_ip::{ClientIp, ForwardedHeader};
-pub(crate) use self::client_ip::{canonical, normalize_network};
+pub(crate) use self::client_ip::{canonical, normalize_network, parse_network};
 pub use self::header::Header;
 pub use self::peer::PeerIp;
 pub use self::per_route::{PerRoute, UNMATCHED_ROUTE};
