@@ -1072,7 +1072,11 @@ mod batching {
 
     fn policies() -> Vec<Policy> {
         let mut out = Vec::new();
-        for alg in &[Algorithm::SlidingLog, Algorithm::SlidingWindow, Algorithm::Gcra] {
+        for alg in &[
+            Algorithm::SlidingLog,
+            Algorithm::SlidingWindow,
+            Algorithm::Gcra,
+        ] {
             let name = format!("{alg:?}").to_lowercase();
             out.push(
                 Policy::new(format!("{name}-two"))
