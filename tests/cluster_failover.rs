@@ -76,8 +76,7 @@ type Inner = tower::util::ServiceFn<
     fn(Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>>,
 >;
 
-type Service =
-    tower_redis_ratelimit::RateLimitService<Inner, tower_redis_ratelimit::DefaultRejection>;
+type Service = tower_redis_ratelimit::RateLimitService<Inner, tower_redis_ratelimit::DefaultRejection>;
 
 fn ok(_req: Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>> {
     std::future::ready(Ok(Response::new(String::new())))
