@@ -1059,3 +1059,91 @@ scenarios! {
     gcra_burst_then_rate: [Gcra];
     gcra_denials_are_free_and_quotas_all_or_nothing: [Gcra];
 }
+
+/// Batching (Redis, one node): checks made at once go out as a few batch
+/// calls, each deciding its checks in order; together they must decide
+/// exactly as the model ([`MemoryBackend`]) deciding the same checks one by
+/// one in the order they were made: same admissions, same denying quota
+/// (multi-quota policies, all or nothing), same remaining counts. Windows
+/// are an hour or two, so the few milliseconds the Redis run takes change
+/// nothing (retry-after values are checked by the scenarios above).
+mod batching {
+    use super::*;
+
+    fn policies() -> Vec<Policy> {
+        let mut out = Vec::new();
+        for alg in &[
+            Algorithm::SlidingLog,
+            Algorithm::SlidingWindow,
+            Algorithm::Gcra,
+        ] {
+            let name = format!("{alg:?}").to_lowercase();
+            out.push(
+                Policy::new(format!("{name}-two"))
+                    .algorithm(*alg)
+                    .quota(Quota::per_hour(9))
+                    .quota(Quota::new(6, Duration::from_secs(7200))),
+            );
+            out.push(
+                Policy::new(format!("{name}-rev"))
+                    .algorithm(*alg)
+                    .quota(Quota::new(4, Duration::from_secs(7200)))
+                    .quota(Quota::per_hour(8)),
+            );
+            out.push(
+                Policy::new(format!("{name}-one"))
+                    .algorithm(*alg)
+                    .quota(Quota::per_hour(5)),
+            );
+        }
+        out
+    }
+
+    fn summary(d: &Decision) -> (bool, Option<usize>, Vec<u64>) {
+        let remaining = d.quotas().iter().map(|q| q.remaining).collect();
+        (d.is_allowed(), d.denied_by(), remaining)
+    }
+
+    #[tokio::test]
+    async fn batched_checks_decide_as_the_model_one_by_one() {
+        let h = Harness::redis("batching").await;
+        let model = MemoryBackend::with_clock(FakeClock::new(FAKE_START));
+        let policies = policies();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let seq: Vec<(usize, Key, u64)> = (0..600)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let cost = [1, 1, 2, 3, 7][(x >> 20) as usize % 5];
+                let key = Key::new(format!("c{}", (x >> 8) % 5));
+                ((x % policies.len() as u64) as usize, key, cost)
+            })
+            .collect();
+        // Away from the hour boundary where the counters' fixed windows start.
+        let left = 3600 * SEC - h.now().await % (3600 * SEC);
+        if left < 10 * SEC {
+            h.sleep(left + SEC).await;
+        }
+        // All made at once, in order: one lone call, then batches.
+        let checks: Vec<_> = seq
+            .iter()
+            .map(|(p, key, cost)| tokio::spawn(h.backend.check(&policies[*p], key, *cost)))
+            .collect();
+        let mut denied_by = [0; 2];
+        for (i, ((p, key, cost), check)) in seq.iter().zip(checks).enumerate() {
+            let got = check.await.unwrap().expect("redis answers");
+            let want = model.check(&policies[*p], key, *cost).await.unwrap();
+            assert_eq!(
+                summary(&got),
+                summary(&want),
+                "check {i}: {} {key:?} cost {cost}",
+                policies[*p].name()
+            );
+            if let Some(by) = got.denied_by() {
+                denied_by[by] += 1;
+            }
+        }
+        assert!(denied_by[0] > 0 && denied_by[1] > 0, "{denied_by:?}");
+    }
+}

@@ -94,28 +94,42 @@ pub(super) fn args(quotas: &[Quota], cost: u64, nonce: &str) -> Vec<String> {
     args
 }
 
+/// A check's script call, before it is sent alone (`invocation`) or in a
+/// batch (see `super::batch`).
+#[derive(Debug)]
+pub(super) struct Call {
+    pub algorithm: Algorithm,
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+}
+
+impl Call {
+    /// The call alone: `EVALSHA` of the algorithm's script.
+    pub(super) fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut invocation = script(self.algorithm).prepare_invoke();
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        for arg in &self.args {
+            invocation.arg(arg);
+        }
+        invocation
+    }
+}
+
 /// The script call checking `cost` units of every quota of `policy` for `key`.
-pub(super) fn invocation(
-    prefix: &str,
-    nonces: &Nonces,
-    policy: &Policy,
-    key: &Key,
-    cost: u64,
-) -> ScriptInvocation<'static> {
+pub(super) fn call(prefix: &str, nonces: &Nonces, policy: &Policy, key: &Key, cost: u64) -> Call {
     let algorithm = policy.algorithm_kind();
     let nonce = if algorithm.spec().nonce {
         nonces.next()
     } else {
         String::new()
     };
-    let mut invocation = script(algorithm).prepare_invoke();
-    for key in keys(prefix, policy, key) {
-        invocation.key(key);
+    Call {
+        algorithm,
+        keys: keys(prefix, policy, key),
+        args: args(policy.quotas(), cost, &nonce),
     }
-    for arg in args(policy.quotas(), cost, &nonce) {
-        invocation.arg(arg);
-    }
-    invocation
 }
 
 /// A call of a read-only script: `EVALSHA_RO` (Redis 7.0 and later: the

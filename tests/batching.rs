@@ -1,0 +1,286 @@
+//! Batching of the Redis backend: concurrent checks on one connection go out
+//! as few script calls, and decide exactly as the same checks sent one by one.
+//!
+//! Each test starts its own `redis-server`(s) (they read `INFO
+//! commandstats`, so they do not share `REDIS_URL`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::RedisServer;
+use tower_redis_ratelimit::{Algorithm, Backend, Decision, Key, Policy, Quota, RedisBackend};
+
+/// Hour-long windows: the few milliseconds between two runs of a sequence
+/// change no decision and no remaining count.
+fn policies() -> Vec<Policy> {
+    let mut out = Vec::new();
+    for algorithm in [
+        Algorithm::SlidingLog,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ] {
+        let name = format!("{algorithm:?}").to_lowercase();
+        // The second quota is the tighter one: it denies, and the first must
+        // then count nothing (all or nothing).
+        out.push(
+            Policy::new(format!("{name}-two"))
+                .algorithm(algorithm)
+                .quota(Quota::per_hour(9))
+                .quota(Quota::new(6, Duration::from_secs(7200))),
+        );
+        out.push(
+            Policy::new(format!("{name}-one"))
+                .algorithm(algorithm)
+                .quota(Quota::per_hour(5)),
+        );
+    }
+    out
+}
+
+/// A fixed pseudo-random sequence of (policy, key, cost).
+fn sequence(n: usize, policies: usize) -> Vec<(usize, String, u64)> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let policy = (x % policies as u64) as usize;
+            let key = format!("client-{}", (x >> 8) % 4);
+            let cost = 1 + (x >> 16) % 3;
+            (policy, key, cost)
+        })
+        .collect()
+}
+
+/// What must agree between a batched and a single decision.
+fn summary(d: &Decision) -> (bool, Option<usize>, Vec<u64>) {
+    (
+        d.is_allowed(),
+        d.denied_by(),
+        d.quotas().iter().map(|q| q.remaining).collect(),
+    )
+}
+
+fn backend(server: &RedisServer, batch: usize) -> RedisBackend {
+    RedisBackend::builder(server.url())
+        .prefix("b")
+        .batch(batch)
+        .build()
+        .expect("valid configuration")
+}
+
+/// `calls` of a command in `INFO commandstats`, 0 if never called.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+fn reset_stats(server: &RedisServer) {
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut server.conn())
+        .unwrap();
+}
+
+/// Waits while the next hour boundary (where the sliding window counter's
+/// fixed windows start) is less than 10 s away.
+fn away_from_hour_boundary(server: &RedisServer) {
+    let (secs, _): (u64, u64) = redis::cmd("TIME").query(&mut server.conn()).unwrap();
+    let left = 3600 - secs % 3600;
+    if left < 10 {
+        std::thread::sleep(Duration::from_secs(left + 1));
+    }
+}
+
+/// Makes every check of `seq` at once, in order, then waits for them all.
+async fn concurrently(
+    backend: &RedisBackend,
+    policies: &[Policy],
+    seq: &[(usize, String, u64)],
+) -> Vec<Decision> {
+    // A check takes its place in the connection's order when it is made.
+    let tasks: Vec<_> = seq
+        .iter()
+        .map(|(p, key, cost)| tokio::spawn(backend.check(&policies[*p], &Key::new(key), *cost)))
+        .collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        let decision = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("a batched check ends")
+            .unwrap();
+        out.push(decision.expect("redis answers"));
+    }
+    out
+}
+
+/// Sends every check of `seq` alone, one after the other.
+async fn one_by_one(
+    backend: &RedisBackend,
+    policies: &[Policy],
+    seq: &[(usize, String, u64)],
+) -> Vec<Decision> {
+    let mut out = Vec::new();
+    for (p, key, cost) in seq {
+        out.push(
+            backend
+                .check(&policies[*p], &Key::new(key), *cost)
+                .await
+                .expect("redis answers"),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_checks_decide_as_single_calls_in_order() {
+    let batched_server = RedisServer::start();
+    let single_server = RedisServer::start();
+    away_from_hour_boundary(&batched_server);
+    let policies = policies();
+    let seq = sequence(400, policies.len());
+    let batched = backend(&batched_server, 16);
+    let single = backend(&single_server, 1);
+
+    reset_stats(&batched_server);
+    let got = concurrently(&batched, &policies, &seq).await;
+    let batched_calls = calls(&batched_server, "evalsha");
+    let want = one_by_one(&single, &policies, &seq).await;
+
+    let mut denied = [0usize; 2];
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(summary(g), summary(w), "check {i}: {:?}", seq[i]);
+        if let Some(by) = g.denied_by() {
+            denied[by] += 1;
+        }
+    }
+    // The sequence exercised denials by either quota, and admissions.
+    assert!(denied[0] > 0 && denied[1] > 0, "{denied:?}");
+    assert!(got.iter().any(Decision::is_allowed));
+    // 400 checks at once: one lone call, then batches of at most 16 (and
+    // one script load per script: a NOSCRIPT reply counts as a call).
+    assert!(
+        (25..=40).contains(&batched_calls),
+        "{batched_calls} EVALSHA calls for 400 checks"
+    );
+    assert_eq!(calls(&single_server, "evalsha"), 400 + 3, "one per check");
+}
+
+#[tokio::test]
+async fn a_lone_check_goes_out_at_once_as_its_own_call() {
+    let server = RedisServer::start();
+    let backend = backend(&server, 64);
+    let policy = Policy::new("lone").quota(Quota::per_hour(1000));
+    let key = Key::new("k");
+    backend.check(&policy, &key, 1).await.unwrap(); // loads the script
+    reset_stats(&server);
+    let started = Instant::now();
+    for _ in 0..50 {
+        backend.check(&policy, &key, 1).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(calls(&server, "evalsha"), 50);
+    assert_eq!(calls(&server, "script|load"), 0, "no batch script needed");
+    // No timer: 50 round trips on loopback take well under a second.
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_survive_a_script_flush_and_share_calls() {
+    let server = RedisServer::start();
+    let backend = backend(&server, 64);
+    let policies = policies();
+    let seq = sequence(200, policies.len());
+    for round in 0..3 {
+        let () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut server.conn())
+            .unwrap();
+        reset_stats(&server);
+        let decisions = concurrently(&backend, &policies, &seq).await;
+        assert_eq!(decisions.len(), 200);
+        let evalsha = calls(&server, "evalsha");
+        assert!(
+            evalsha < 20,
+            "round {round}: {evalsha} calls for 200 checks"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_fails_each_of_its_checks() {
+    let backend = RedisBackend::builder(format!("redis://127.0.0.1:{}", support::dead_port()))
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let policy = Policy::new("down").quota(Quota::per_hour(10));
+    let tasks: Vec<_> = (0..100)
+        .map(|i| tokio::spawn(backend.check(&policy, &Key::new(format!("k{}", i % 3)), 1)))
+        .collect();
+    for task in tasks {
+        let result = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("a failed batch never leaves a check waiting")
+            .unwrap();
+        assert!(result.is_err(), "{result:?}");
+    }
+    assert!(backend.last_error().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_checks_never_stall_the_queue() {
+    let server = RedisServer::start();
+    let backend = backend(&server, 8);
+    let policy = Policy::new("drop").quota(Quota::per_hour(1000));
+    for _ in 0..20 {
+        // The lone call and some queued ones dropped before they are polled.
+        let checks: Vec<_> = (0..30)
+            .map(|i| backend.check(&policy, &Key::new(format!("k{i}")), 1))
+            .collect();
+        for (i, check) in checks.into_iter().enumerate() {
+            if i % 3 == 0 {
+                drop(check);
+            } else {
+                tokio::time::timeout(Duration::from_secs(5), check)
+                    .await
+                    .expect("never stalls")
+                    .unwrap();
+            }
+        }
+    }
+    let d = backend.check(&policy, &Key::new("k1"), 1).await.unwrap();
+    // Dropped checks may still run (as a check cancelled by the deadline).
+    assert!(d.quotas()[0].remaining <= 1000 - 21);
+}
+
+#[test]
+fn batch_sizes_are_checked() {
+    assert!(
+        RedisBackend::builder("redis://127.0.0.1/")
+            .batch(1024)
+            .build()
+            .is_ok()
+    );
+    assert!(
+        RedisBackend::builder("redis://127.0.0.1/")
+            .batch(0)
+            .build()
+            .is_ok()
+    );
+    let err = RedisBackend::builder("redis://127.0.0.1/")
+        .batch(1025)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("1024"), "{err}");
+    let off = RedisBackend::builder("redis://127.0.0.1/").batching(false);
+    assert!(format!("{off:?}").contains("batch: 1"), "{off:?}");
+}
