@@ -65,7 +65,14 @@ fn main() {
         .port();
     let _server = Server(
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server on the PATH (apt-get install redis-server)"),
@@ -87,7 +94,11 @@ fn main() {
         "{:<14} {:>6} {:>12} {:>14} {:>16}",
         "algorithm", "batch", "decisions/s", "calls/decision", "redis µs/decision"
     );
-    for algorithm in [Algorithm::SlidingWindow, Algorithm::SlidingLog, Algorithm::Gcra] {
+    for algorithm in [
+        Algorithm::SlidingWindow,
+        Algorithm::SlidingLog,
+        Algorithm::Gcra,
+    ] {
         for batch in [1, 64] {
             let backend = RedisBackend::builder(url.as_str())
                 .batch(batch)
@@ -97,7 +108,10 @@ fn main() {
                 .algorithm(algorithm)
                 .quota(Quota::per_second(1_000_000_000));
             let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
-            let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn).unwrap();
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query(&mut conn)
+                .unwrap();
             let cpu0 = cpu(&mut conn);
             let done = Arc::new(AtomicU64::new(0));
             let end = Instant::now() + Duration::from_secs(secs);
