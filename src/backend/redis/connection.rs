@@ -288,7 +288,7 @@ pub(super) mod cluster {
     use crate::error::BackendError;
 
     /// Redis Cluster's hash slots.
-    const SLOTS: usize = 16_384;
+    const SLOTS: u16 = 16_384;
 
     /// The partitions of a cluster backend (see
     /// [`Backend::partitions`](crate::Backend::partitions)): groups of
@@ -325,6 +325,7 @@ pub(super) mod cluster {
 
     /// Redis Cluster's hash slot of `key` (CRC16/XMODEM of its hash tag, or
     /// of the whole key when it has none), as `CLUSTER KEYSLOT` computes it.
+    #[cfg(test)]
     pub(in crate::backend::redis) fn slot(key: &[u8]) -> u16 {
         let hashed = match key.iter().position(|&b| b == b'{') {
             Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
@@ -333,23 +334,23 @@ pub(super) mod cluster {
             },
             None => key,
         };
-        let mut crc: u16 = 0;
-        for &byte in hashed {
-            crc ^= u16::from(byte) << 8;
-            for _ in 0..8 {
-                crc = if crc & 0x8000 == 0 {
-                    crc << 1
-                } else {
-                    (crc << 1) ^ 0x1021
-                };
-            }
-        }
-        crc % 16_384
+        slot_of_tag(&[hashed])
     }
 
-    /// The partition of the hash slot of `key`.
-    pub(in crate::backend::redis) fn partition(key: &[u8]) -> usize {
-        usize::from(slot(key)) / (SLOTS / PARTITIONS)
+    /// The hash slot of a key whose hash tag is the concatenation of
+    /// `parts` (no allocation: the CRC runs over the parts in turn).
+    pub(in crate::backend::redis) fn slot_of_tag(parts: &[&[u8]]) -> u16 {
+        let mut crc = crc16::State::<crc16::XMODEM>::new();
+        for part in parts {
+            crc.update(part);
+        }
+        crc.get() % SLOTS
+    }
+
+    /// The partition of the hash slot of a key whose hash tag is the
+    /// concatenation of `parts`.
+    pub(in crate::backend::redis) fn partition(parts: &[&[u8]]) -> usize {
+        usize::from(slot_of_tag(parts)) / (usize::from(SLOTS) / PARTITIONS)
     }
 
     pub(in crate::backend::redis) struct Cluster {
@@ -474,7 +475,8 @@ mod tests {
         assert_eq!(slot(b"{}foo"), slot(b"{}foo"), "an empty tag hashes all");
         assert_ne!(slot(b"{}foo"), slot(b""));
         assert_eq!(slot(b"{foo"), slot(b"{foo"));
-        assert_eq!(partition(b"foo"), 12_182 / 256);
-        assert!((0..=255u8).all(|b| partition(&[b]) < PARTITIONS));
+        assert_eq!(partition(&[b"foo"]), 12_182 / 256);
+        assert_eq!(partition(&[b"f", b"o", b"o"]), 12_182 / 256);
+        assert!((0..=255u8).all(|b| partition(&[&[b]]) < PARTITIONS));
     }
 }

@@ -608,10 +608,14 @@ impl Backend for RedisBackend {
         match self.inner.connection {
             #[cfg(feature = "cluster")]
             Connection::Cluster(_) => {
-                // Every key of a decision shares this hash tag (see
-                // `redis_keys`); the prefix has no brace.
-                let tagged = format!("{{{}:{}}}", policy.name(), key.as_str());
-                connection::cluster::partition(tagged.as_bytes())
+                // Every key of a decision shares the hash tag
+                // `{<policy>:<key>}` (see `redis_keys`); neither part can
+                // hold a brace (validated names, sanitised keys).
+                connection::cluster::partition(&[
+                    policy.name().as_bytes(),
+                    b":",
+                    key.as_str().as_bytes(),
+                ])
             }
             #[allow(unreachable_patterns)]
             _ => {
