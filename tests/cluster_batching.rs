@@ -335,3 +335,151 @@ async fn dropped_checks_never_stall_a_slot() {
     // this last one in its slot's order: 8 checks of `k1` in each round.
     assert_eq!(d.quotas()[0].remaining, 1000 - 20 * 8 - 1, "{d:?}");
 }
+
+/// How a check of [`a_master_killed_under_batched_load_strands_no_check`]
+/// ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Decided,
+    Failed,
+    /// Not within the layer's usual 50 ms deadline.
+    Late,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_batched_load_strands_no_check() {
+    const DEADLINE: Duration = Duration::from_millis(50);
+    const BURST: usize = 10;
+    let mut cluster = RedisCluster::start_with_replicas();
+    let backend = backend(&cluster, "f", 64);
+    connect(&backend).await;
+    let policy = Policy::new("hot")
+        .algorithm(Algorithm::SlidingWindow)
+        .quota(Quota::per_hour(1_000_000));
+    // One hot identity on each master.
+    let shards = cluster.shards_seen_by(0);
+    assert_eq!(shards.len(), 3, "{shards:?}");
+    let hot: Vec<String> = (0..3)
+        .map(|m| {
+            (0..1000)
+                .map(|i| format!("hot-{i}"))
+                .find(|id| shards[m].owns(cluster.keyslot(0, &format!("{{hot:{id}}}"))))
+                .expect("an identity on each master")
+        })
+        .collect();
+    let victim = cluster.index_of(shards[1].port);
+    reset_stats(&cluster);
+
+    // Bursts of concurrent checks on each hot identity every 10 ms (so
+    // batches are in flight on each master when one dies), for 14 s; the
+    // master of `hot[1]` is killed after 1 s.
+    let started = Instant::now();
+    let mut bursts = Vec::new();
+    let mut killed_at = None;
+    let mut next = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(14) {
+        if killed_at.is_none() && started.elapsed() >= Duration::from_secs(1) {
+            cluster.kill(victim);
+            killed_at = Some(started.elapsed());
+        }
+        for (m, id) in hot.iter().enumerate() {
+            for _ in 0..BURST {
+                let at = started.elapsed();
+                let check = backend.check(&policy, &Key::new(id.as_str()), 1);
+                bursts.push((
+                    m,
+                    at,
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(DEADLINE, check).await {
+                            Ok(Ok(_)) => Outcome::Decided,
+                            Ok(Err(_)) => Outcome::Failed,
+                            Err(_) => Outcome::Late,
+                        }
+                    }),
+                ));
+            }
+        }
+        next += Duration::from_millis(10);
+        tokio::time::sleep_until(next.max(tokio::time::Instant::now())).await;
+    }
+    let killed_at = killed_at.unwrap();
+    let mut samples = Vec::new();
+    for (m, at, task) in bursts {
+        samples.push((m, at, task.await.unwrap()));
+    }
+
+    // The killed master's hot identity: decided again once its replica took
+    // over (the last undecided check, then only decisions), well within
+    // the 15 s the failover tests allow.
+    let last_undecided = samples
+        .iter()
+        .filter(|(m, _, o)| *m == 1 && *o != Outcome::Decided)
+        .map(|(_, at, _)| *at)
+        .max()
+        .expect("the killed master's checks failed for a while");
+    let recovered = last_undecided.saturating_sub(killed_at);
+    let decided_after = samples
+        .iter()
+        .filter(|(m, at, o)| *m == 1 && *at > last_undecided && *o == Outcome::Decided)
+        .count();
+    // The healthy masters' hot identities: decided throughout (but for the
+    // loaded machine's rare deadline misses).
+    let healthy: Vec<_> = samples.iter().filter(|(m, _, _)| *m != 1).collect();
+    let healthy_undecided = healthy
+        .iter()
+        .filter(|(_, _, o)| *o != Outcome::Decided)
+        .count();
+    // Batches kept flowing on every master, the promoted replica included.
+    let survivors: Vec<usize> = (0..cluster.ports.len())
+        .filter(|&i| cluster.alive(i))
+        .collect();
+    let evalsha: u64 = survivors
+        .iter()
+        .map(|&i| calls(&cluster, i, "evalsha"))
+        .sum();
+    eprintln!(
+        "{} checks; the killed master's hot identity decided again {} ms after the kill \
+         ({decided_after} decided since); healthy masters' hot identities: {healthy_undecided} \
+         of {} undecided; {evalsha} EVALSHA calls on the surviving nodes",
+        samples.len(),
+        recovered.as_millis(),
+        healthy.len()
+    );
+    assert!(recovered < Duration::from_secs(15), "{recovered:?}");
+    assert!(decided_after > 1000, "only {decided_after} decided after");
+    assert!(
+        healthy_undecided * 100 <= healthy.len(),
+        "{healthy_undecided} of {} healthy checks undecided",
+        healthy.len()
+    );
+    assert!(
+        evalsha * 2 <= samples.len() as u64,
+        "{evalsha} EVALSHA calls for {} checks",
+        samples.len()
+    );
+
+    // Every lane settles: a burst on each identity is decided, batched, with
+    // exact counts on the promoted replica.
+    let before = backend
+        .check(&policy, &Key::new(hot[1].as_str()), 1)
+        .await
+        .expect("the promoted replica decides");
+    let checks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(backend.check(&policy, &Key::new(hot[1].as_str()), 1)))
+        .collect();
+    for check in checks {
+        tokio::time::timeout(Duration::from_secs(5), check)
+            .await
+            .expect("a settled lane decides")
+            .unwrap()
+            .unwrap();
+    }
+    let after = backend
+        .check(&policy, &Key::new(hot[1].as_str()), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        before.quotas()[0].remaining - after.quotas()[0].remaining,
+        51
+    );
+}
