@@ -1,12 +1,24 @@
-//! Batching: checks waiting for the same connection go out as one script
-//! call that decides them in order.
+//! Batching: checks waiting for the same lane go out as one script call
+//! that decides them in order.
 //!
 //! A lone check is sent at once, as its algorithm's own `EVALSHA` (no timer,
 //! no added latency). While a call is in flight, further checks queue; when
 //! it returns, everything queued (up to the batch size) goes out as one call
 //! of the batch script, which runs each check's algorithm in arrival order,
 //! each seeing the writes of those before it, exactly as that many single
-//! calls would. One call is in flight per connection at a time.
+//! calls would. One call is in flight per lane at a time.
+//!
+//! Lanes: a single node or a Sentinel primary has one lane (0). On a Redis
+//! Cluster a script call may only touch keys of one hash slot, so each hash
+//! slot is a lane of its own (every key of a decision shares the hash tag
+//! `{<policy>:<key>}`): checks are batched with those of the same slot only,
+//! and the lanes run independently, each with its own call in flight. A
+//! lane exists only while a call is in flight on it (its entry is removed
+//! when it goes idle with nothing queued), so memory follows the load, not
+//! the 16384 slots. On a cluster every call runs detached from its callers,
+//! bounded and abandoned as `connection::cluster` describes: the lone call
+//! through `Cluster::detached`, the batch calls in the lane's draining task,
+//! each holding one of the same permits.
 //!
 //! The batch script is made at start-up from the algorithms' own scripts:
 //! each body becomes a function of `(KEYS, ARGV)` (the parameters shadow the
@@ -26,7 +38,7 @@
 //! inside the call keep their effect, as when a lone call fails after Redis
 //! ran it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +46,8 @@ use redis::{Script, ScriptInvocation};
 use tokio::sync::oneshot;
 
 use super::Inner;
+#[cfg(feature = "cluster")]
+use super::connection::Connection;
 use super::connection::Request;
 use super::script::Call;
 use crate::algorithm::Algorithm;
@@ -189,7 +203,7 @@ pub(super) fn split(reply: &[i64], n: usize) -> Option<Vec<Vec<i64>>> {
 }
 
 /// The reply of one check: its raw script reply, or the call's error.
-type Reply = Result<Vec<i64>, BackendError>;
+pub(super) type Reply = Result<Vec<i64>, BackendError>;
 
 /// A queued check.
 struct Waiting {
@@ -197,22 +211,29 @@ struct Waiting {
     reply: oneshot::Sender<Reply>,
 }
 
-/// The batching of one connection's checks.
+/// The batching of one backend's checks, in independent lanes.
 pub(super) struct Batcher {
     max: usize,
-    state: Mutex<State>,
+    /// The busy lanes: a lane has an entry while a call is in flight on it
+    /// (or is about to be sent), and only then. A map, not an array of the
+    /// 16384 slots: an array would take 640 KiB per backend (one lane on a
+    /// single node), and the map's lookups cost about 50 ns per lone check
+    /// (measured: insert and remove under the lock), nothing beside a
+    /// round trip to Redis. Its capacity stays at the most lanes ever busy
+    /// at once: at most 16384 small entries.
+    lanes: Mutex<HashMap<u16, State>>,
 }
 
+/// A busy lane.
 #[derive(Default)]
 struct State {
-    /// Whether a call is in flight (or about to be sent).
-    busy: bool,
+    /// The checks waiting for the call in flight to end.
     queue: VecDeque<Waiting>,
 }
 
 /// What to do with a check.
 pub(super) enum Submitted {
-    /// Send it now, alone; then call [`Batcher::done`] (see [`Lead`]).
+    /// Send it now, alone, holding a [`Lead`] until the call ends.
     Lead(Call),
     /// Wait for its reply: it goes out in a batch.
     Queued(oneshot::Receiver<Reply>),
@@ -223,108 +244,132 @@ impl Batcher {
     pub(super) fn new(max: usize) -> Self {
         Self {
             max,
-            state: Mutex::default(),
+            lanes: Mutex::default(),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<u16, State>> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `call` now if nothing is in flight, else queues it.
-    pub(super) fn submit(&self, call: Call) -> Submitted {
-        let mut state = self.state();
-        if state.busy {
-            let (tx, rx) = oneshot::channel();
-            state.queue.push_back(Waiting { call, reply: tx });
-            Submitted::Queued(rx)
-        } else {
-            state.busy = true;
-            Submitted::Lead(call)
+    /// Sends `call` now if nothing is in flight on `lane`, else queues it.
+    pub(super) fn submit(&self, lane: u16, call: Call) -> Submitted {
+        let mut lanes = self.lanes();
+        match lanes.get_mut(&lane) {
+            Some(state) => {
+                let (tx, rx) = oneshot::channel();
+                state.queue.push_back(Waiting { call, reply: tx });
+                Submitted::Queued(rx)
+            }
+            None => {
+                lanes.insert(lane, State::default());
+                Submitted::Lead(call)
+            }
         }
     }
 
-    /// The next batch, or `None` (and nothing in flight any more) if no
-    /// check is waiting.
-    fn next_batch(&self) -> Option<Vec<Waiting>> {
-        let mut state = self.state();
+    /// The next batch of `lane`, or `None` (and the lane idle, its entry
+    /// gone) if no check is waiting.
+    fn next_batch(&self, lane: u16) -> Option<Vec<Waiting>> {
+        let mut lanes = self.lanes();
+        let state = lanes.get_mut(&lane)?;
         if state.queue.is_empty() {
-            state.busy = false;
+            lanes.remove(&lane);
             return None;
         }
         let n = state.queue.len().min(self.max);
         Some(state.queue.drain(..n).collect())
     }
-}
 
-/// A lone call in flight: when it ends (or its caller drops it), the checks
-/// queued meanwhile go out.
-pub(super) struct Lead(pub Arc<Inner>);
-
-impl Drop for Lead {
-    fn drop(&mut self) {
-        done(&self.0);
+    /// How many lanes are busy.
+    #[cfg(test)]
+    fn busy(&self) -> usize {
+        self.lanes().len()
     }
 }
 
-/// A call ended: sends what queued meanwhile, in a task of its own, or
-/// marks the connection idle.
-fn done(inner: &Arc<Inner>) {
+/// A lone call in flight on a lane: when it ends (or is dropped), the
+/// checks queued meanwhile on that lane go out.
+pub(super) struct Lead {
+    inner: Arc<Inner>,
+    lane: u16,
+}
+
+impl Lead {
+    /// The guard of the lone call that [`Batcher::submit`] answered with
+    /// [`Submitted::Lead`] for `lane`.
+    pub(super) fn new(inner: Arc<Inner>, lane: u16) -> Self {
+        Self { inner, lane }
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        done(&self.inner, self.lane);
+    }
+}
+
+/// A call on `lane` ended: sends what queued meanwhile, in a task of its
+/// own, or marks the lane idle.
+fn done(inner: &Arc<Inner>, lane: u16) {
     let Some(batcher) = &inner.batcher else {
         return;
     };
-    let Some(batch) = batcher.next_batch() else {
+    let Some(batch) = batcher.next_batch(lane) else {
         return;
     };
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            runtime.spawn(drain(Arc::clone(inner), batch));
+            runtime.spawn(drain(Arc::clone(inner), lane, batch));
         }
         Err(_) => {
             // No runtime to send from (a check dropped outside one): fail
             // the waiting checks rather than leave them waiting.
             drop(batch);
-            while batcher.next_batch().is_some() {}
+            while batcher.next_batch(lane).is_some() {}
         }
     }
 }
 
-/// Sends batches until no check is waiting.
-async fn drain(inner: Arc<Inner>, mut batch: Vec<Waiting>) {
+/// Sends batches of `lane` until no check is waiting on it.
+async fn drain(inner: Arc<Inner>, lane: u16, mut batch: Vec<Waiting>) {
     loop {
         send(&inner, batch).await;
         let Some(batcher) = &inner.batcher else {
             return;
         };
-        match batcher.next_batch() {
+        match batcher.next_batch(lane) {
             Some(next) => batch = next,
             None => return,
         }
     }
 }
 
+/// Sends `invocation` from a lane's draining task: bounded and abandoned
+/// like a detached call on a cluster, else abandoned after
+/// [`MAX_BATCH_TIME`].
+async fn call(inner: &Inner, invocation: &ScriptInvocation<'static>) -> Reply {
+    let call = inner.send::<Vec<i64>>(Request::Script(invocation));
+    #[cfg(feature = "cluster")]
+    if let Connection::Cluster(cluster) = &inner.connection {
+        return cluster.bounded(call).await;
+    }
+    tokio::time::timeout(MAX_BATCH_TIME, call)
+        .await
+        .unwrap_or_else(|_| Err(abandoned()))
+}
+
 /// Sends one batch (a lone check as its own script) and hands each check its
 /// reply.
 async fn send(inner: &Inner, batch: Vec<Waiting>) {
     if let [one] = batch.as_slice() {
-        let invocation = one.call.invocation();
-        let result = tokio::time::timeout(
-            MAX_BATCH_TIME,
-            inner.send::<Vec<i64>>(Request::Script(&invocation)),
-        )
-        .await
-        .unwrap_or_else(|_| Err(abandoned()));
+        let result = call(inner, &one.call.invocation()).await;
         let [one] = <[Waiting; 1]>::try_from(batch).ok().expect("one check");
         let _ = one.reply.send(result);
         return;
     }
     let invocation = batch_invocation(batch.iter().map(|w| &w.call));
-    let result = tokio::time::timeout(
-        MAX_BATCH_TIME,
-        inner.send::<Vec<i64>>(Request::Script(&invocation)),
-    )
-    .await
-    .unwrap_or_else(|_| Err(abandoned()));
+    let result = call(inner, &invocation).await;
     match result {
         Ok(reply) => match split(&reply, batch.len()) {
             Some(replies) => {
@@ -388,6 +433,49 @@ mod tests {
         ] {
             assert_eq!(split(reply, n), None, "{reply:?}");
         }
+    }
+
+    fn a_call(n: u64) -> Call {
+        let policy = crate::Policy::new("lanes").quota(crate::Quota::per_hour(10));
+        let key = crate::Key::new(format!("k{n}"));
+        super::super::script::call("t", &super::super::script::Nonces::new(), &policy, &key, 1)
+    }
+
+    #[test]
+    fn lanes_are_independent_and_idle_lanes_leave_nothing() {
+        let batcher = Batcher::new(2);
+        // The first check of each lane leads; the next ones queue there.
+        for lane in [7, 9, 16_383] {
+            assert!(matches!(
+                batcher.submit(lane, a_call(0)),
+                Submitted::Lead(_)
+            ));
+        }
+        let mut waiting = Vec::new();
+        for n in 0..3 {
+            match batcher.submit(7, a_call(n)) {
+                Submitted::Queued(rx) => waiting.push(rx),
+                Submitted::Lead(_) => panic!("lane 7 is busy"),
+            }
+        }
+        assert_eq!(batcher.busy(), 3);
+        // Lane 7 drains in batches of at most 2, in arrival order.
+        let first = batcher.next_batch(7).unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].call.keys, a_call(0).keys);
+        assert_eq!(first[1].call.keys, a_call(1).keys);
+        assert_eq!(batcher.next_batch(7).unwrap().len(), 1);
+        // Still busy until a look finds nothing waiting; then gone.
+        assert_eq!(batcher.busy(), 3);
+        assert!(batcher.next_batch(7).is_none());
+        assert!(batcher.next_batch(9).is_none());
+        assert_eq!(batcher.busy(), 1);
+        // An idle lane leads again; an unknown lane has nothing.
+        assert!(matches!(batcher.submit(7, a_call(5)), Submitted::Lead(_)));
+        assert!(batcher.next_batch(12).is_none());
+        assert!(batcher.next_batch(7).is_none());
+        assert!(batcher.next_batch(16_383).is_none());
+        assert_eq!(batcher.busy(), 0);
     }
 
     #[test]

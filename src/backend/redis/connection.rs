@@ -273,6 +273,11 @@ pub(super) mod cluster {
     //! be outstanding; and the client retries quickly (tens of
     //! milliseconds, not redis-rs' default of over a second) a few times
     //! ([`retries`]), so a detached call ends soon after the cluster settles.
+    //!
+    //! Batching (`super::super::batch`) keeps this: a lane's lone call is
+    //! detached, and its batch calls run in the lane's own spawned task,
+    //! each holding one of the same permits and abandoned after the same
+    //! time ([`Cluster::bounded`]).
 
     use std::future::Future;
     use std::sync::Arc;
@@ -413,6 +418,36 @@ pub(super) mod cluster {
                     Err(error) => Err(BackendError::Other(Box::new(error))),
                 }
             })
+        }
+
+        /// Whether the connection has been made (once made, it stays: it
+        /// follows the cluster by itself). Until then checks are not
+        /// batched, and run in their callers' tasks.
+        pub fn is_connected(&self) -> bool {
+            self.ready.borrow().is_some()
+        }
+
+        /// Runs `call` (a batch call, already in a task of its own that
+        /// its callers cannot cancel) under the bounds of detached calls:
+        /// it waits for one of the [`MAX_DETACHED`] permits (so batch and
+        /// detached calls together never exceed it), and the wait plus the
+        /// call are abandoned after [`MAX_DETACHED_TIME`].
+        pub async fn bounded<F, T>(&self, call: F) -> Result<T, BackendError>
+        where
+            F: Future<Output = Result<T, BackendError>>,
+        {
+            let run = async {
+                // The semaphore is never closed.
+                let _permit = self.detached.acquire().await;
+                call.await
+            };
+            tokio::time::timeout(MAX_DETACHED_TIME, run)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(BackendError::Protocol(
+                        "redis cluster batch call abandoned after 10 s".to_owned(),
+                    ))
+                })
         }
 
         /// The connection, once made. The first caller starts a background

@@ -2,7 +2,8 @@
 //! under load (a peek: one read-only
 //! script call; a reset: one DEL).
 //!
-//! - `batch`: checks waiting for one connection sent as one script call;
+//! - `batch`: checks waiting for one lane (the connection, or a cluster's
+//!   hash slot) sent as one script call;
 //! - `script`: the script protocol (keys, arguments, reply), without I/O;
 //! - `connection`: single-node, cluster and Sentinel connections;
 //! - `sentinel`: finding the primary through Redis Sentinel;
@@ -15,15 +16,18 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use self::batch::{Batcher, Submitted};
+use tokio::sync::oneshot;
+
+use self::batch::{Batcher, Lead, Submitted};
 use self::connection::{Connection, LastError, Request};
 pub use self::redact::redact_url;
 use self::redact::secrets;
-use self::script::Nonces;
+use self::script::{Call, Nonces};
 use super::{Backend, CheckFuture, ResetFuture};
+use crate::decision::Decision;
 use crate::error::{BackendError, ConfigError};
 use crate::key::Key;
-use crate::policy::Policy;
+use crate::policy::{Policy, Quota};
 
 mod batch;
 mod connection;
@@ -59,14 +63,16 @@ mod tls;
 /// on older servers or when an ACL allows only `EVALSHA`; it changes no key,
 /// member or TTL. A [reset](Backend::reset) is one `DEL` of the client's keys.
 ///
-/// Batching (single node and Sentinel): a lone check is sent at once; while
-/// a call is in flight, further checks queue, and go out together as one
-/// call of a batch script (at most [`RedisBackendBuilder::batch`] checks,
-/// default 64) when it returns. The batch script runs each check's own
-/// algorithm in arrival order, so a batch decides exactly as the same
-/// checks sent one by one would; under load it spares Redis most of the
-/// per-call cost. A failed batch call fails each check in it. On a cluster
-/// every check is its own call.
+/// Batching: a lone check is sent at once; while a call is in flight,
+/// further checks queue, and go out together as one call of a batch script
+/// (at most [`RedisBackendBuilder::batch`] checks, default 64) when it
+/// returns. The batch script runs each check's own algorithm in arrival
+/// order, so a batch decides exactly as the same checks sent one by one
+/// would; under load it spares Redis most of the per-call cost. A failed
+/// batch call fails each check in it. On a cluster, checks are batched per
+/// hash slot (a script's keys must share one): each slot has its own call
+/// in flight and its own queue, and every call runs to completion even
+/// when its callers stop waiting, as a lone call does there.
 ///
 /// The connection is made lazily, on the first check: building the backend
 /// never blocks or fails because Redis is down. The connection is multiplexed
@@ -103,7 +109,8 @@ struct Inner {
     read_only: AtomicBool,
     /// The last error, until a call succeeds.
     last_error: Arc<LastError>,
-    /// Batches checks, if batching is on (not on a cluster).
+    /// Batches checks, if batching is on: in one lane, or one per hash slot
+    /// on a cluster.
     batcher: Option<Batcher>,
 }
 
@@ -243,15 +250,18 @@ impl RedisBackendBuilder {
     /// The largest number of checks sent in one batch call (default 64, at
     /// most 1024; 0 or 1: no batching). See [`RedisBackend`]: a lone check
     /// is always sent at once, alone; only checks that would wait for a call
-    /// in flight are batched. Without effect on a cluster. A value above
-    /// 1024 is a [`ConfigError::Invalid`] at [`build`](Self::build).
+    /// in flight are batched. On a cluster, only checks whose keys share a
+    /// hash slot are batched together (each slot has its own call in
+    /// flight). A value above 1024 is a [`ConfigError::Invalid`] at
+    /// [`build`](Self::build).
     pub fn batch(mut self, max: usize) -> Self {
         self.batch = max;
         self
     }
 
-    /// Whether checks are batched (default `true`): `false` sends each
-    /// check as its own call, as [`batch(1)`](Self::batch) does.
+    /// Whether checks are batched (default `true`, on every kind of
+    /// deployment, clusters included): `false` sends each check as its own
+    /// call, as [`batch(1)`](Self::batch) does.
     pub fn batching(mut self, enabled: bool) -> Self {
         self.batch = if enabled { batch::DEFAULT_MAX } else { 1 };
         self
@@ -398,12 +408,7 @@ impl RedisBackendBuilder {
                 )
             }
         };
-        let batcher = match &connection {
-            #[cfg(feature = "cluster")]
-            Connection::Cluster(_) => None,
-            _ if self.batch <= 1 => None,
-            _ => Some(Batcher::new(self.batch)),
-        };
+        let batcher = (self.batch > 1).then(|| Batcher::new(self.batch));
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 batcher,
@@ -554,43 +559,72 @@ impl RedisBackend {
     }
 }
 
+/// A check sent alone: its algorithm's own script; `lead` is released
+/// when the call ends or is dropped.
+async fn lone(
+    inner: Arc<Inner>,
+    call: Call,
+    quotas: Vec<Quota>,
+    lead: Option<Lead>,
+) -> Result<Decision, BackendError> {
+    let _lead = lead;
+    let invocation = call.invocation();
+    let reply: Vec<i64> = inner.send(Request::Script(&invocation)).await?;
+    script::decode(&reply, &quotas)
+}
+
+/// A check queued on a busy lane: its share of a batch call's reply.
+fn queued(reply: oneshot::Receiver<batch::Reply>, quotas: Vec<Quota>) -> CheckFuture {
+    Box::pin(async move {
+        let reply = batch::wait(reply).await?;
+        script::decode(&reply, &quotas)
+    })
+}
+
 impl Backend for RedisBackend {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
         let call = script::call(&self.inner.prefix, &self.inner.nonces, policy, key, cost);
         let quotas = policy.quotas().to_vec();
         let inner = Arc::clone(&self.inner);
+        // On a cluster the call runs to completion even if the layer's
+        // deadline gives up on it: the client repairs its topology from the
+        // errors its calls meet (see `connection::cluster`). Checks are
+        // batched per hash slot (a script call's keys must share one), once
+        // the connection is made (before, they run in their callers' tasks,
+        // see `Cluster::detached`).
+        #[cfg(feature = "cluster")]
+        if let Connection::Cluster(cluster) = &self.inner.connection {
+            let batcher = self.inner.batcher.as_ref();
+            if let Some(batcher) = batcher.filter(|_| cluster.is_connected()) {
+                // Every key of a decision shares the hash tag
+                // `{<policy>:<key>}` (see `redis_keys`).
+                let lane = connection::cluster::slot_of_tag(&[
+                    policy.name().as_bytes(),
+                    b":",
+                    key.as_str().as_bytes(),
+                ]);
+                return match batcher.submit(lane, call) {
+                    Submitted::Queued(reply) => queued(reply, quotas),
+                    Submitted::Lead(call) => {
+                        let lead = Lead::new(Arc::clone(&inner), lane);
+                        cluster.detached(lone(inner, call, quotas, Some(lead)))
+                    }
+                };
+            }
+            return cluster.detached(lone(inner, call, quotas, None));
+        }
         // The check's place in its connection's order is taken here, when
         // it is made, not when it is first polled.
         if let Some(batcher) = &self.inner.batcher {
-            return match batcher.submit(call) {
-                Submitted::Queued(reply) => Box::pin(async move {
-                    let reply = batch::wait(reply).await?;
-                    script::decode(&reply, &quotas)
-                }),
+            return match batcher.submit(0, call) {
+                Submitted::Queued(reply) => queued(reply, quotas),
                 Submitted::Lead(call) => {
-                    let lead = batch::Lead(Arc::clone(&inner));
-                    Box::pin(async move {
-                        let _lead = lead;
-                        let invocation = call.invocation();
-                        let reply: Vec<i64> = inner.send(Request::Script(&invocation)).await?;
-                        script::decode(&reply, &quotas)
-                    })
+                    let lead = Lead::new(Arc::clone(&inner), 0);
+                    Box::pin(lone(inner, call, quotas, Some(lead)))
                 }
             };
         }
-        let call = async move {
-            let invocation = call.invocation();
-            let reply: Vec<i64> = inner.send(Request::Script(&invocation)).await?;
-            script::decode(&reply, &quotas)
-        };
-        // On a cluster the call runs to completion even if the layer's
-        // deadline gives up on it: the client repairs its topology from the
-        // errors its calls meet (see `connection::cluster`).
-        #[cfg(feature = "cluster")]
-        if let Connection::Cluster(cluster) = &self.inner.connection {
-            return cluster.detached(call);
-        }
-        Box::pin(call)
+        Box::pin(lone(inner, call, quotas, None))
     }
 
     // Failure isolation: one partition per group of hash slots on a cluster.
