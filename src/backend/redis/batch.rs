@@ -123,6 +123,14 @@ batched.call = function(command, key, ...)
   end
   return real.call(command, key, ...)
 end
+-- Every argument but the nonce (the second) is a number: each distinct one
+-- is converted once per batch, and the scripts' own `tonumber` of a number
+-- costs nothing.
+local number = setmetatable({}, {__index = function(t, s)
+  local v = tonumber(s)
+  t[s] = v
+  return v
+end})
 local decide = {}
 ",
     );
@@ -141,9 +149,17 @@ local function run()
   for _ = 1, n do
     local alg, nk, na = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
     a = a + 3
-    local keys, args = {}, {}
-    for i = 1, nk do keys[i] = KEYS[k + i] end
-    for i = 1, na do args[i] = ARGV[a + i] end
+    local keys, args
+    if nk == 1 then keys = {KEYS[k + 1]} else
+      keys = {}
+      for i = 1, nk do keys[i] = KEYS[k + i] end
+    end
+    if na == 4 then
+      args = {number[ARGV[a + 1]], ARGV[a + 2], number[ARGV[a + 3]], number[ARGV[a + 4]]}
+    else
+      args = {number[ARGV[a + 1]], ARGV[a + 2]}
+      for i = 3, na do args[i] = number[ARGV[a + i]] end
+    end
     k, a = k + nk, a + na
     local reply = decide[alg](keys, args, batched)
     out[#out + 1] = #reply
