@@ -216,6 +216,71 @@ async fn batches_survive_a_script_flush_and_share_calls() {
     }
 }
 
+/// The batch script keeps a copy of each string key it reads and writes it
+/// back when the batch ends: also when a check fails with a script error
+/// (here a foreign key of another type), so the checks decided before it
+/// keep their effect, as single calls would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_error_in_a_batch_keeps_the_checks_before_it() {
+    let server = RedisServer::start();
+    let backend = backend(&server, 64);
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::Gcra] {
+        let policy = Policy::new(format!("err-{algorithm:?}"))
+            .algorithm(algorithm)
+            .quota(Quota::per_hour(10));
+        let bad = Key::new("bad");
+        let [bad_key] = <[String; 1]>::try_from(backend.redis_keys(&policy, &bad)).unwrap();
+        let () = redis::cmd("RPUSH")
+            .arg(&bad_key)
+            .arg("not ours")
+            .query(&mut server.conn())
+            .unwrap();
+        let (a, b) = (Key::new("a"), Key::new("b"));
+        // A lone call, then one batch: b (twice, one key copy), the bad key,
+        // b again.
+        let checks = vec![
+            backend.check(&policy, &a, 1),
+            backend.check(&policy, &b, 1),
+            backend.check(&policy, &b, 2),
+            backend.check(&policy, &bad, 1),
+            backend.check(&policy, &b, 1),
+        ];
+        let results: Vec<_> = futures_join(checks).await;
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        // Alone, b's checks would pass: all four failing shows they were
+        // one batch.
+        for result in &results[1..] {
+            assert!(result.is_err(), "the whole batch fails: {result:?}");
+        }
+        // b's first two checks (3 units) were written back; the last never ran.
+        let d = backend.check(&policy, &b, 1).await.unwrap();
+        assert_eq!(d.quotas()[0].remaining, 10 - 3 - 1, "{algorithm:?}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&backend.redis_keys(&policy, &b)[0])
+            .query(&mut server.conn())
+            .unwrap();
+        assert!(ttl > 0, "written back with its expiry: {ttl}");
+    }
+}
+
+/// Polls every future at once (each has taken its place when it was made).
+async fn futures_join<F: std::future::Future + Send + 'static>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("ends")
+                .unwrap(),
+        );
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_fails_each_of_its_checks() {
     let backend = RedisBackend::builder(format!("redis://127.0.0.1:{}", support::dead_port()))
