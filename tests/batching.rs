@@ -175,6 +175,76 @@ async fn batched_checks_decide_as_single_calls_in_order() {
     assert_eq!(calls(&single_server, "evalsha"), 400 + 3, "one per check");
 }
 
+/// A hot client's identical checks go out as one run that Redis decides
+/// that many times: through the limit (admitted, then denied) and across
+/// both quotas (all or nothing), exactly as single calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_identical_checks_decide_as_single_calls() {
+    let batched_server = RedisServer::start();
+    let single_server = RedisServer::start();
+    away_from_hour_boundary(&batched_server);
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(0)
+        .query(&mut batched_server.conn())
+        .unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-max-len")
+        .arg(1000)
+        .query(&mut batched_server.conn())
+        .unwrap();
+    let policies = policies();
+    // 3 × 80 checks per policy: one hot client, cost 1 then 2 then 1.
+    let seq: Vec<(usize, String, u64)> = (0..policies.len())
+        .flat_map(|p| {
+            [1, 2, 1]
+                .into_iter()
+                .flat_map(move |cost| (0..80).map(move |_| (p, "hot".to_owned(), cost)))
+        })
+        .collect();
+    let batched = backend(&batched_server, 64);
+    let single = backend(&single_server, 1);
+    let got = concurrently(&batched, &policies, &seq).await;
+    let want = one_by_one(&single, &policies, &seq).await;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(summary(g), summary(w), "check {i}: {:?}", seq[i]);
+    }
+    assert!(got.iter().any(Decision::is_allowed));
+    assert!(
+        got.iter().any(|d| d.denied_by() == Some(1)),
+        "the tighter quota denied"
+    );
+
+    // The batch calls carried runs: `EVALSHA sha 1 <key> <runs> <algorithm>
+    // <run length> ...` with one run standing for many checks.
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1000)
+        .query(&mut batched_server.conn())
+        .unwrap();
+    let longest_run = log
+        .iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(fields) = entry else {
+                return None;
+            };
+            let args: Vec<String> = redis::from_redis_value(fields.get(3)?.clone()).ok()?;
+            (args.first()?.eq_ignore_ascii_case("evalsha")
+                && args.get(2)? == "1"
+                && args.get(4)? == "1")
+                .then(|| args.get(6)?.parse::<usize>().ok())
+                .flatten()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest_run >= 10,
+        "longest run of one batch call: {longest_run}"
+    );
+}
+
 #[tokio::test]
 async fn a_lone_check_goes_out_at_once_as_its_own_call() {
     let server = RedisServer::start();

@@ -6,35 +6,68 @@
 -- Returns {allowed, denied quota (1-based, 0 = none), retry-after us,
 --          remaining_1, reset_us_1, ..., remaining_n, reset_us_n}.
 -- A denied request writes nothing.
-local t = redis.call('TIME')
-local now = t[1] * 1000000 + t[2]
-local cost = tonumber(ARGV[1])
-local n = #KEYS
-local levels = {}
-local denied, retry = 0, 0
-for i = 1, n do
-  local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local level = (tonumber(redis.call('GET', KEYS[i])) or 0) - now
+--
+-- Above the line "-- main": `state`, `decide` and `write`, which the batch
+-- script (backend/redis/batch.rs) also calls, keeping each key's state from
+-- one check to the next; below it, one check.
+
+local floor, ceil, max = math.floor, math.ceil, math.max
+
+-- The state of one quota at `now`, from its stored value `v` (false: none):
+-- {level}, the time until the bucket has drained (us, at least 0).
+local function state(v, now, window)
+  local level = (tonumber(v) or 0) - now
   if level < 0 then level = 0 end
-  levels[i] = level
-  local r = window
-  if cost <= limit then
-    local interval = math.ceil(window / limit)
-    r = level + (cost - limit) * interval
-  end
-  if r > retry then denied, retry = i, r end
+  return {level}
 end
 
-local out = {denied == 0 and 1 or 0, denied, retry}
-for i = 1, n do
-  local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local interval = math.ceil(window / limit)
-  local level = levels[i]
-  if denied == 0 and cost > 0 then
-    level = level + cost * interval
-    redis.call('SET', KEYS[i], now + level, 'PX', math.ceil(level / 1000))
+-- Decides `cost` units against the states `qs` (quota order) at `now`; if
+-- admitted, counts them in `qs`. Returns the reply and whether `qs` changed.
+local function decide(qs, now, cost, ARGV, n)
+  local denied, retry = 0, 0
+  for i = 1, n do
+    local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+    local r = window
+    if cost <= limit then
+      local interval = ceil(window / limit)
+      r = qs[i][1] + (cost - limit) * interval
+    end
+    if r > retry then denied, retry = i, r end
   end
-  out[2 * i + 2] = math.max(limit - math.ceil(level / interval), 0)
-  out[2 * i + 3] = level
+
+  local admit = denied == 0 and cost > 0
+  -- Sized for one quota up front (a table grown one entry at a time is
+  -- copied as it grows).
+  local out = {denied == 0 and 1 or 0, denied, retry, 0, 0}
+  for i = 1, n do
+    local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+    local interval = ceil(window / limit)
+    local level = qs[i][1]
+    if admit then
+      level = level + cost * interval
+      qs[i][1] = level
+    end
+    out[2 * i + 2] = max(limit - ceil(level / interval), 0)
+    out[2 * i + 3] = level
+  end
+  return out, admit
+end
+
+-- Stores the state `q` of a quota at `now`, until the bucket has drained.
+local function write(key, q, now, window)
+  redis.call('SET', key, now + q[1], 'PX', ceil(q[1] / 1000))
+end
+
+-- main
+local t = redis.call('TIME')
+local now = t[1] * 1000000 + t[2]
+local n = #KEYS
+local qs = {}
+for i = 1, n do
+  qs[i] = state(redis.call('GET', KEYS[i]), now, tonumber(ARGV[2 + 2 * i]))
+end
+local out, changed = decide(qs, now, tonumber(ARGV[1]), ARGV, n)
+if changed then
+  for i = 1, n do write(KEYS[i], qs[i], now, tonumber(ARGV[2 + 2 * i])) end
 end
 return out

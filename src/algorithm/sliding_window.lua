@@ -7,20 +7,18 @@
 -- Returns {allowed, denied quota (1-based, 0 = none), retry-after us,
 --          remaining_1, reset_us_1, ..., remaining_n, reset_us_n}.
 -- A denied request writes nothing.
-local t = redis.call('TIME')
-local now = t[1] * 1000000 + t[2]
-local cost = tonumber(ARGV[1])
-local n = #KEYS
+--
+-- Above the line "-- main": `state`, `decide` and `write`, which the batch
+-- script (backend/redis/batch.rs) also calls, keeping each key's state from
+-- one check to the next; below it, one check.
 
--- Per quota: start, current count, previous count, elapsed, estimate.
-local st = {}
-local denied, retry = 0, 0
-for i = 1, n do
-  local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local e = now % window
-  local start = now - e
+local floor, ceil, max = math.floor, math.ceil, math.max
+
+-- The state of one quota at `now`, from its stored value `v` (false: none):
+-- {start, current count, previous count}, rolled to the fixed window of `now`.
+local function state(v, now, window)
+  local start = now - now % window
   local c, p = 0, 0
-  local v = redis.call('GET', KEYS[i])
   if v then
     local s, sc, sp = string.match(v, '^(%d+) (%d+) (%d+)$')
     s = tonumber(s)
@@ -33,37 +31,71 @@ for i = 1, n do
       p = tonumber(sc)
     end
   end
-  local est = math.floor(p * ((window - e) / window)) + c
-  if est + cost > limit then
-    local r
-    if cost > limit then
-      r = window
-    elseif c + cost <= limit then
-      local overlap = math.ceil((limit - cost - c + 1) * window / p)
-      local target = math.max(window + 2 - overlap, 0)
-      r = math.max(target - e, 1)
-    else
-      local overlap = math.ceil((limit - cost + 1) * window / c)
-      r = window - e + math.max(window + 2 - overlap, 0)
-    end
-    if r > retry then denied, retry = i, r end
-  end
-  local j = 5 * i
-  st[j - 4], st[j - 3], st[j - 2], st[j - 1], st[j] = start, c, p, e, est
+  return {start, c, p}
 end
 
-local out = {denied == 0 and 1 or 0, denied, retry}
-for i = 1, n do
-  local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local j = 5 * i
-  local c, p, e, est = st[j - 3], st[j - 2], st[j - 1], st[j]
-  if denied == 0 and cost > 0 then
-    c, est = c + cost, est + cost
-    redis.call('SET', KEYS[i], string.format('%d %d %d', st[j - 4], c, p), 'PX', math.ceil((2 * window - e) / 1000))
+-- Decides `cost` units against the states `qs` (quota order) at `now`; if
+-- admitted, counts them in `qs`. Returns the reply and whether `qs` changed.
+local function decide(qs, now, cost, ARGV, n)
+  local denied, retry = 0, 0
+  for i = 1, n do
+    local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+    local q, e = qs[i], now % window
+    local c, p = q[2], q[3]
+    local est = floor(p * ((window - e) / window)) + c
+    if est + cost > limit then
+      local r
+      if cost > limit then
+        r = window
+      elseif c + cost <= limit then
+        local overlap = ceil((limit - cost - c + 1) * window / p)
+        local target = max(window + 2 - overlap, 0)
+        r = max(target - e, 1)
+      else
+        local overlap = ceil((limit - cost + 1) * window / c)
+        r = window - e + max(window + 2 - overlap, 0)
+      end
+      if r > retry then denied, retry = i, r end
+    end
   end
-  local reset = 0
-  if c > 0 then reset = 2 * window - e elseif p > 0 then reset = window - e end
-  out[2 * i + 2] = math.max(limit - est, 0)
-  out[2 * i + 3] = reset
+
+  local admit = denied == 0 and cost > 0
+  -- Sized for one quota up front (a table grown one entry at a time is
+  -- copied as it grows).
+  local out = {denied == 0 and 1 or 0, denied, retry, 0, 0}
+  for i = 1, n do
+    local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+    local q, e = qs[i], now % window
+    local c, p = q[2], q[3]
+    local est = floor(p * ((window - e) / window)) + c
+    if admit then
+      c, est = c + cost, est + cost
+      q[2] = c
+    end
+    local reset = 0
+    if c > 0 then reset = 2 * window - e elseif p > 0 then reset = window - e end
+    out[2 * i + 2] = max(limit - est, 0)
+    out[2 * i + 3] = reset
+  end
+  return out, admit
+end
+
+-- Stores the state `q` of a quota at `now`, until it stops mattering.
+local function write(key, q, now, window)
+  redis.call('SET', key, string.format('%d %d %d', q[1], q[2], q[3]),
+    'PX', ceil((2 * window - now % window) / 1000))
+end
+
+-- main
+local t = redis.call('TIME')
+local now = t[1] * 1000000 + t[2]
+local n = #KEYS
+local qs = {}
+for i = 1, n do
+  qs[i] = state(redis.call('GET', KEYS[i]), now, tonumber(ARGV[2 + 2 * i]))
+end
+local out, changed = decide(qs, now, tonumber(ARGV[1]), ARGV, n)
+if changed then
+  for i = 1, n do write(KEYS[i], qs[i], now, tonumber(ARGV[2 + 2 * i])) end
 end
 return out

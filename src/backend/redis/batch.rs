@@ -20,16 +20,17 @@
 //! through `Cluster::detached`, the batch calls in the lane's draining task,
 //! each holding one of the same permits.
 //!
-//! The batch script is made at start-up from the algorithms' own scripts:
-//! each body becomes a function of `(KEYS, ARGV)` (the parameters shadow the
-//! globals), called once per check:
+//! The batch script is made at start-up from the algorithms' own scripts
+//! (see `batch_lua`: the counter and GCRA through the functions their
+//! scripts define, the sliding log as a whole), and called as:
 //!
 //! ```text
-//! ARGV[1]                 number of checks
-//! then per check          algorithm (1-based, `Algorithm::ALL` order),
-//!                         its key count k, its argument count a,
-//!                         its a arguments (see `script`)
-//! KEYS                    every check's k keys, one check after the other
+//! ARGV[1]                 number of runs
+//! then per run            algorithm (1-based, `Algorithm::ALL` order),
+//!                         how many identical checks in a row it stands for,
+//!                         their key count k, their argument count a,
+//!                         their a arguments (see `script`)
+//! KEYS                    every run's k keys, one run after the other
 //! ```
 //!
 //! It replies, per check in order, the length of that check's reply, then
@@ -64,65 +65,40 @@ pub(super) const MAX_MAX: usize = 1024;
 /// then sends what queued meanwhile.
 const MAX_BATCH_TIME: Duration = Duration::from_secs(10);
 
+/// The line of an algorithm's script above which it defines `state`,
+/// `decide` and `write` (see `batch_lua`).
+const MAIN: &str = "\n-- main\n";
+
 /// The Lua source of the batch script.
 ///
-/// Each algorithm's body runs as a function whose parameters shadow the
-/// globals `KEYS`, `ARGV` and `redis`. The `redis` it sees passes every
-/// command through to Redis except three, which make a batch cheaper than
-/// that many single calls while deciding exactly as they would:
+/// Every check of a batch is decided at the instant the batch starts (`TIME`
+/// is read once: Redis runs the batch atomically, so no other client can
+/// tell the difference).
 ///
-/// - `TIME` is read once per batch: every check of a batch is decided at
-///   the instant the batch starts (Redis runs the batch atomically, so no
-///   other client can tell).
-/// - `GET` of a string key is read from Redis once per batch, then from
-///   the batch's own copy, which `SET key value PX ms` updates; each key's
-///   last value and expiry are written back once, when the batch ends (also
-///   when a check fails with a script error, so checks decided before it
-///   keep their effect, as with single calls). A check of a hot key thus
-///   costs one `GET` and one `SET` per batch, not per check.
-/// - Any other command on a key first writes back that key's pending value
-///   (and forgets the copy), so no command sees a stale value. The sorted
-///   set of the sliding log is never copied.
+/// An algorithm whose script has a line `-- main` (the counter, GCRA)
+/// defines above it three functions, which the batch calls rather than the
+/// whole script: `state(value, now, window)` turns a key's stored value into
+/// its state at `now`, `decide(states, now, cost, ARGV, n)` decides a check
+/// against its quotas' states (counting the cost in them if admitted) and
+/// replies, `write(key, state, now, window)` stores a state. The batch reads
+/// each key once (`GET`), keeps its state from one check to the next, and
+/// writes each changed key once when the batch ends (also when a check fails
+/// with a script error, so that the checks decided before it keep their
+/// effect, as with single calls). Checks of one hot key thus cost one `GET`
+/// and one `SET` per batch, and no parsing or formatting per check.
 ///
-/// Values written are kept as Redis stores them: a number is written in
-/// its `%.17g` form (exact below 2^53), as the reading scripts expect.
+/// Any other algorithm's whole script (the sliding log's) runs once per
+/// check, as a function whose parameters `KEYS`, `ARGV` and `redis` shadow
+/// the globals; the `redis` it sees answers `TIME` with the batch's.
 pub(super) fn batch_lua() -> String {
     let mut lua = String::from(
         "local clock = redis.call('TIME')
+local now = clock[1] * 1000000 + clock[2]
 local real = redis
-local copy, pending, order = {}, {}, {}
-local ok_reply = {ok = 'OK'}
-local function write_back(key)
-  local ms = pending[key]
-  if ms ~= nil then
-    real.call('SET', key, copy[key], 'PX', ms)
-    pending[key] = nil
-  end
-end
-local batched = setmetatable({}, {__index = real})
-batched.call = function(command, key, ...)
+local batched = setmetatable({call = function(command, ...)
   if command == 'TIME' then return clock end
-  if command == 'GET' then
-    local v = copy[key]
-    if v == nil then
-      v = real.call('GET', key)
-      copy[key] = v
-    end
-    return v
-  end
-  if command == 'SET' and select('#', ...) == 3 and select(2, ...) == 'PX' then
-    local value, _, ms = ...
-    if type(value) == 'number' then value = string.format('%.17g', value) end
-    if pending[key] == nil then order[#order + 1] = key end
-    copy[key], pending[key] = value, ms
-    return ok_reply
-  end
-  if key ~= nil and copy[key] ~= nil then
-    write_back(key)
-    copy[key] = nil
-  end
-  return real.call(command, key, ...)
-end
+  return real.call(command, ...)
+end}, {__index = real})
 -- Every argument but the nonce (the second) is a number: each distinct one
 -- is converted once per batch, and the scripts' own `tonumber` of a number
 -- costs nothing.
@@ -131,43 +107,85 @@ local number = setmetatable({}, {__index = function(t, s)
   t[s] = v
   return v
 end})
-local decide = {}
+-- Per key: its state, and while it must be written, its writer and window.
+local kept, writer, window_of, order = {}, {}, {}, {}
+local api, whole = {}, {}
 ",
     );
     for (i, algorithm) in Algorithm::ALL.iter().enumerate() {
-        lua.push_str(&format!(
-            "decide[{}] = function(KEYS, ARGV, redis)\n{}\nend\n",
-            i + 1,
-            algorithm.spec().lua
-        ));
+        let script = algorithm.spec().lua;
+        match script.split_once(MAIN) {
+            Some((functions, _)) => lua.push_str(&format!(
+                "api[{}] = (function()\n{functions}\nreturn {{state = state, decide = decide, write = write}}\nend)()\n",
+                i + 1
+            )),
+            None => lua.push_str(&format!(
+                "whole[{}] = function(KEYS, ARGV, redis)\n{script}\nend\n",
+                i + 1
+            )),
+        }
     }
     lua.push_str(
         "local out = {}
 local function run()
-  local n = tonumber(ARGV[1])
+  local m = 0
   local k, a = 0, 1
-  for _ = 1, n do
-    local alg, nk, na = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    a = a + 3
-    local keys, args
-    if nk == 1 then keys = {KEYS[k + 1]} else
-      keys = {}
-      for i = 1, nk do keys[i] = KEYS[k + i] end
-    end
+  for _ = 1, number[ARGV[1]] do
+    local alg, runs = number[ARGV[a + 1]], number[ARGV[a + 2]]
+    local nk, na = number[ARGV[a + 3]], number[ARGV[a + 4]]
+    a = a + 4
+    local args
     if na == 4 then
       args = {number[ARGV[a + 1]], ARGV[a + 2], number[ARGV[a + 3]], number[ARGV[a + 4]]}
     else
       args = {number[ARGV[a + 1]], ARGV[a + 2]}
       for i = 3, na do args[i] = number[ARGV[a + i]] end
     end
+    local f = api[alg]
+    local qs, keys = {}, {}
+    for i = 1, nk do
+      local key = KEYS[k + i]
+      keys[i] = key
+      if f then
+        local q = kept[key]
+        if q == nil then
+          q = f.state(real.call('GET', key), now, args[2 + 2 * i])
+          kept[key] = q
+        end
+        qs[i] = q
+      end
+    end
+    for _ = 1, runs do
+      local reply
+      if f then
+        local changed
+        reply, changed = f.decide(qs, now, args[1], args, nk)
+        if changed then
+          for i = 1, nk do
+            local key = keys[i]
+            if writer[key] == nil then
+              order[#order + 1] = key
+              writer[key] = f.write
+            end
+            window_of[key] = args[2 + 2 * i]
+          end
+        end
+      else
+        reply = whole[alg](keys, args, batched)
+      end
+      local len = #reply
+      out[m + 1] = len
+      for i = 1, len do out[m + 1 + i] = reply[i] end
+      m = m + 1 + len
+    end
     k, a = k + nk, a + na
-    local reply = decide[alg](keys, args, batched)
-    out[#out + 1] = #reply
-    for i = 1, #reply do out[#out + 1] = reply[i] end
   end
 end
 local ok, err = pcall(run)
-for i = 1, #order do write_back(order[i]) end
+for i = 1, #order do
+  local key = order[i]
+  writer[key](key, kept[key], now, window_of[key])
+end
 if not ok then error(err, 0) end
 return out
 ",
@@ -178,17 +196,28 @@ return out
 /// The batch script.
 static BATCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&batch_lua()));
 
-/// The batch call deciding `calls` in order.
+/// The batch call deciding `calls` in order. A run of identical checks
+/// (same algorithm, keys and arguments: a hot client's checks of the same
+/// cost; never the sliding log's, whose nonces differ) goes out once, with
+/// its length: Redis decides it that many times, one check after the other.
 pub(super) fn batch_invocation<'a>(
-    calls: impl ExactSizeIterator<Item = &'a Call>,
+    calls: impl Iterator<Item = &'a Call>,
 ) -> ScriptInvocation<'static> {
-    let mut invocation = BATCH_SCRIPT.prepare_invoke();
-    invocation.arg(calls.len());
+    let mut runs: Vec<(&Call, usize)> = Vec::new();
     for call in calls {
+        match runs.last_mut() {
+            Some((last, n)) if last.same_check(call) => *n += 1,
+            _ => runs.push((call, 1)),
+        }
+    }
+    let mut invocation = BATCH_SCRIPT.prepare_invoke();
+    invocation.arg(runs.len());
+    for (call, n) in runs {
         let index = Algorithm::ALL.iter().position(|&a| a == call.algorithm);
         let index = index.expect("every algorithm is in Algorithm::ALL") + 1;
         invocation
             .arg(index)
+            .arg(n)
             .arg(call.keys.len())
             .arg(call.args.len());
         for arg in &call.args {
@@ -497,14 +526,29 @@ mod tests {
     #[test]
     fn the_batch_script_wraps_every_algorithm() {
         let lua = batch_lua();
+        let mut with_functions = 0;
         for algorithm in Algorithm::ALL {
-            assert!(lua.contains(algorithm.spec().lua));
+            let script = algorithm.spec().lua;
+            match script.split_once(MAIN) {
+                Some((functions, main)) => {
+                    with_functions += 1;
+                    assert!(lua.contains(functions), "{algorithm:?}");
+                    for name in ["state", "decide", "write"] {
+                        let definition = format!("\nlocal function {name}(");
+                        assert!(functions.contains(&definition), "{algorithm:?} {name}");
+                    }
+                    // The single check calls the same functions.
+                    assert!(main.contains("decide(qs, now, "), "{algorithm:?}");
+                }
+                None => {
+                    assert!(lua.contains(script));
+                    // A `return` must end a block: the body's last statement
+                    // is its `return`, so the function's `end` may follow it.
+                    let last = script.trim_end().lines().last().unwrap();
+                    assert!(last.trim_start().starts_with("return "), "{algorithm:?}");
+                }
+            }
         }
-        // A `return` must end a block: each body's last statement is its
-        // `return`, so the function's `end` may follow it.
-        for algorithm in Algorithm::ALL {
-            let last = algorithm.spec().lua.trim_end().lines().last().unwrap();
-            assert!(last.trim_start().starts_with("return "), "{algorithm:?}");
-        }
+        assert_eq!(with_functions, 2, "the counter and GCRA");
     }
 }

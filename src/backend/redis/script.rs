@@ -104,6 +104,12 @@ pub(super) struct Call {
 }
 
 impl Call {
+    /// Whether `other` is the same check: same algorithm, keys and
+    /// arguments (so never two checks of an algorithm with nonces).
+    pub(super) fn same_check(&self, other: &Call) -> bool {
+        self.algorithm == other.algorithm && self.keys == other.keys && self.args == other.args
+    }
+
     /// The call alone: `EVALSHA` of the algorithm's script.
     pub(super) fn invocation(&self) -> ScriptInvocation<'static> {
         let mut invocation = script(self.algorithm).prepare_invoke();
