@@ -1,7 +1,9 @@
 //! Batching, measured: `CONCURRENCY` tasks check as fast as they can for
 //! `SECS` seconds against a fresh `redis-server` on loopback, with batching
-//! off (`batch(1)`) then on (`batch(64)`), per algorithm; prints decisions
-//! per second, script calls per decision and Redis CPU per decision.
+//! off (`batch(1)`) then on (`batch(64)`): the counter and GCRA on one hot
+//! key and on 10 000 keys (limit never reached), the sliding log on 10 000
+//! keys at limit 100 per minute; prints decisions per second, script calls
+//! per decision and Redis CPU per decision.
 //!
 //! ```text
 //! cargo bench --bench batching            # SECS=3 CONCURRENCY=64
@@ -91,22 +93,31 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "{:<14} {:>6} {:>12} {:>14} {:>16}",
-        "algorithm", "batch", "decisions/s", "calls/decision", "redis µs/decision"
+        "{:<14} {:>6} {:>6} {:>12} {:>14} {:>16}",
+        "algorithm", "keys", "batch", "decisions/s", "calls/decision", "redis µs/decision"
     );
-    for algorithm in [
-        Algorithm::SlidingWindow,
-        Algorithm::SlidingLog,
-        Algorithm::Gcra,
+    for (algorithm, keys) in [
+        (Algorithm::SlidingWindow, 1),
+        (Algorithm::SlidingWindow, 10_000),
+        (Algorithm::Gcra, 1),
+        (Algorithm::Gcra, 10_000),
+        (Algorithm::SlidingLog, 10_000),
     ] {
         for batch in [1, 64] {
             let backend = RedisBackend::builder(url.as_str())
                 .batch(batch)
                 .build()
                 .unwrap();
-            let policy = Policy::new(format!("{algorithm:?}-{batch}"))
+            // The log at limit 100 (its sets stay small); the others at a
+            // limit never reached.
+            let limit = if algorithm == Algorithm::SlidingLog {
+                100
+            } else {
+                1_000_000_000
+            };
+            let policy = Policy::new(format!("{algorithm:?}-{keys}-{batch}"))
                 .algorithm(algorithm)
-                .quota(Quota::per_second(1_000_000_000));
+                .quota(Quota::per_minute(limit));
             let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
             let _: () = redis::cmd("CONFIG")
                 .arg("RESETSTAT")
@@ -121,8 +132,11 @@ fn main() {
                         let (backend, policy, done) =
                             (backend.clone(), policy.clone(), Arc::clone(&done));
                         tokio::spawn(async move {
-                            let key = Key::new(format!("k{}", i % 16));
+                            // Task i checks keys i, i + concurrency, ...
+                            let mut next = i;
                             while Instant::now() < end {
+                                let key = Key::new(format!("k{}", next % keys));
+                                next += concurrency;
                                 backend.check(&policy, &key, 1).await.unwrap();
                                 done.fetch_add(1, Ordering::Relaxed);
                             }
@@ -137,8 +151,9 @@ fn main() {
             let cpu = cpu(&mut conn) - cpu0;
             let calls = field(&info(&mut conn, "commandstats"), "cmdstat_evalsha:");
             println!(
-                "{:<14} {:>6} {:>12.0} {:>14.3} {:>16.1}",
+                "{:<14} {:>6} {:>6} {:>12.0} {:>14.3} {:>16.1}",
                 format!("{algorithm:?}"),
+                keys,
                 batch,
                 n / secs as f64,
                 calls / n,

@@ -217,6 +217,14 @@ fn scripts_agree(
         let got = run(conn, &check, cost, format!("{case}.{n}"))
             .map_err(|e| TestCaseError::fail(format!("{what}: redis error {e}")))?;
         prop_assert_eq!(&got, &expected, "{}", what);
+        // The scripts' expiries run on Redis' real clock, not the test's: a
+        // key whose state lasts a few test-clock milliseconds could expire
+        // between two steps on a slow machine. Expired state reads like
+        // drained state (the scripts roll it forward on the test clock), so
+        // the keys are kept rather than raced.
+        for key in &keys {
+            let _: i64 = redis::cmd("PERSIST").arg(key).query(conn).unwrap();
+        }
     }
     Ok(())
 }

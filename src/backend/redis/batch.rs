@@ -52,6 +52,7 @@ use super::connection::Connection;
 use super::connection::Request;
 use super::script::Call;
 use crate::algorithm::Algorithm;
+use crate::decision::Decision;
 use crate::error::BackendError;
 
 /// The default largest number of checks per batch call.
@@ -219,10 +220,8 @@ pub(super) fn batch_invocation<'a>(
             .arg(index)
             .arg(n)
             .arg(call.keys.len())
-            .arg(call.args.len());
-        for arg in &call.args {
-            invocation.arg(arg);
-        }
+            .arg(call.arg_count());
+        call.push_args(&mut invocation);
         for key in &call.keys {
             invocation.key(key);
         }
@@ -232,7 +231,7 @@ pub(super) fn batch_invocation<'a>(
 
 /// Splits a batch reply into `n` replies; `None` if it is not `n` replies,
 /// each prefixed with its length.
-pub(super) fn split(reply: &[i64], n: usize) -> Option<Vec<Vec<i64>>> {
+pub(super) fn split(reply: &[i64], n: usize) -> Option<Vec<&[i64]>> {
     let mut out = Vec::with_capacity(n);
     let mut rest = reply;
     for _ in 0..n {
@@ -241,14 +240,14 @@ pub(super) fn split(reply: &[i64], n: usize) -> Option<Vec<Vec<i64>>> {
         if len > tail.len() {
             return None;
         }
-        out.push(tail[..len].to_vec());
+        out.push(&tail[..len]);
         rest = &tail[len..];
     }
     rest.is_empty().then_some(out)
 }
 
-/// The reply of one check: its raw script reply, or the call's error.
-pub(super) type Reply = Result<Vec<i64>, BackendError>;
+/// The outcome of one check: its decision, or the call's error.
+pub(super) type Reply = Result<Decision, BackendError>;
 
 /// A queued check.
 struct Waiting {
@@ -393,7 +392,10 @@ async fn drain(inner: Arc<Inner>, lane: u16, mut batch: Vec<Waiting>) {
 /// Sends `invocation` from a lane's draining task: bounded and abandoned
 /// like a detached call on a cluster, else abandoned after
 /// [`MAX_BATCH_TIME`].
-async fn call(inner: &Inner, invocation: &ScriptInvocation<'static>) -> Reply {
+async fn call(
+    inner: &Inner,
+    invocation: &ScriptInvocation<'static>,
+) -> Result<Vec<i64>, BackendError> {
     let call = inner.send::<Vec<i64>>(Request::Script(invocation));
     #[cfg(feature = "cluster")]
     if let Connection::Cluster(cluster) = &inner.connection {
@@ -405,12 +407,14 @@ async fn call(inner: &Inner, invocation: &ScriptInvocation<'static>) -> Reply {
 }
 
 /// Sends one batch (a lone check as its own script) and hands each check its
-/// reply.
+/// decision.
 async fn send(inner: &Inner, batch: Vec<Waiting>) {
     if let [one] = batch.as_slice() {
         let result = call(inner, &one.call.invocation()).await;
         let [one] = <[Waiting; 1]>::try_from(batch).ok().expect("one check");
-        let _ = one.reply.send(result);
+        let _ = one
+            .reply
+            .send(result.and_then(|reply| one.call.decode(&reply)));
         return;
     }
     let invocation = batch_invocation(batch.iter().map(|w| &w.call));
@@ -419,7 +423,7 @@ async fn send(inner: &Inner, batch: Vec<Waiting>) {
         Ok(reply) => match split(&reply, batch.len()) {
             Some(replies) => {
                 for (waiting, reply) in batch.into_iter().zip(replies) {
-                    let _ = waiting.reply.send(Ok(reply));
+                    let _ = waiting.reply.send(waiting.call.decode(reply));
                 }
             }
             None => {
@@ -467,7 +471,7 @@ mod tests {
     fn split_checks_every_length() {
         assert_eq!(
             split(&[3, 1, 0, 0, 5, 0, 1, 9, 2, 3], 2),
-            Some(vec![vec![1, 0, 0], vec![0, 1, 9, 2, 3]])
+            Some(vec![&[1, 0, 0][..], &[0, 1, 9, 2, 3][..]])
         );
         assert_eq!(split(&[], 0), Some(vec![]));
         for (reply, n) in [

@@ -27,7 +27,7 @@ use super::{Backend, CheckFuture, ResetFuture};
 use crate::decision::Decision;
 use crate::error::{BackendError, ConfigError};
 use crate::key::Key;
-use crate::policy::{Policy, Quota};
+use crate::policy::Policy;
 
 mod batch;
 mod connection;
@@ -561,30 +561,21 @@ impl RedisBackend {
 
 /// A check sent alone: its algorithm's own script; `lead` is released
 /// when the call ends or is dropped.
-async fn lone(
-    inner: Arc<Inner>,
-    call: Call,
-    quotas: Vec<Quota>,
-    lead: Option<Lead>,
-) -> Result<Decision, BackendError> {
+async fn lone(inner: Arc<Inner>, call: Call, lead: Option<Lead>) -> Result<Decision, BackendError> {
     let _lead = lead;
     let invocation = call.invocation();
     let reply: Vec<i64> = inner.send(Request::Script(&invocation)).await?;
-    script::decode(&reply, &quotas)
+    call.decode(&reply)
 }
 
 /// A check queued on a busy lane: its share of a batch call's reply.
-fn queued(reply: oneshot::Receiver<batch::Reply>, quotas: Vec<Quota>) -> CheckFuture {
-    Box::pin(async move {
-        let reply = batch::wait(reply).await?;
-        script::decode(&reply, &quotas)
-    })
+fn queued(reply: oneshot::Receiver<batch::Reply>) -> CheckFuture {
+    Box::pin(batch::wait(reply))
 }
 
 impl Backend for RedisBackend {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
         let call = script::call(&self.inner.prefix, &self.inner.nonces, policy, key, cost);
-        let quotas = policy.quotas().to_vec();
         let inner = Arc::clone(&self.inner);
         // On a cluster the call runs to completion even if the layer's
         // deadline gives up on it: the client repairs its topology from the
@@ -604,27 +595,27 @@ impl Backend for RedisBackend {
                     key.as_str().as_bytes(),
                 ]);
                 return match batcher.submit(lane, call) {
-                    Submitted::Queued(reply) => queued(reply, quotas),
+                    Submitted::Queued(reply) => queued(reply),
                     Submitted::Lead(call) => {
                         let lead = Lead::new(Arc::clone(&inner), lane);
-                        cluster.detached(lone(inner, call, quotas, Some(lead)))
+                        cluster.detached(lone(inner, call, Some(lead)))
                     }
                 };
             }
-            return cluster.detached(lone(inner, call, quotas, None));
+            return cluster.detached(lone(inner, call, None));
         }
         // The check's place in its connection's order is taken here, when
         // it is made, not when it is first polled.
         if let Some(batcher) = &self.inner.batcher {
             return match batcher.submit(0, call) {
-                Submitted::Queued(reply) => queued(reply, quotas),
+                Submitted::Queued(reply) => queued(reply),
                 Submitted::Lead(call) => {
                     let lead = Lead::new(Arc::clone(&inner), 0);
-                    Box::pin(lone(inner, call, quotas, Some(lead)))
+                    Box::pin(lone(inner, call, Some(lead)))
                 }
             };
         }
-        Box::pin(lone(inner, call, quotas, None))
+        Box::pin(lone(inner, call, None))
     }
 
     // Failure isolation: one partition per group of hash slots on a cluster.

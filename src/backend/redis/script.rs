@@ -95,46 +95,73 @@ pub(super) fn args(quotas: &[Quota], cost: u64, nonce: &str) -> Vec<String> {
 }
 
 /// A check's script call, before it is sent alone (`invocation`) or in a
-/// batch (see `super::batch`).
+/// batch (see `super::batch`): what goes into its keys and arguments, kept
+/// as numbers (written straight into the command, no string per argument).
 #[derive(Debug)]
 pub(super) struct Call {
     pub algorithm: Algorithm,
     pub keys: Vec<String>,
-    pub args: Vec<String>,
+    pub cost: u64,
+    /// The request nonce, empty if the algorithm needs none.
+    pub nonce: String,
+    /// The policy's quotas: their limits and windows are arguments, and the
+    /// reply is read against them (`decode`).
+    pub quotas: Vec<Quota>,
 }
 
 impl Call {
-    /// Whether `other` is the same check: same algorithm, keys and
-    /// arguments (so never two checks of an algorithm with nonces).
-    pub(super) fn same_check(&self, other: &Call) -> bool {
-        self.algorithm == other.algorithm && self.keys == other.keys && self.args == other.args
-    }
-
     /// The call alone: `EVALSHA` of the algorithm's script.
     pub(super) fn invocation(&self) -> ScriptInvocation<'static> {
         let mut invocation = script(self.algorithm).prepare_invoke();
         for key in &self.keys {
             invocation.key(key);
         }
-        for arg in &self.args {
-            invocation.arg(arg);
-        }
+        self.push_args(&mut invocation);
         invocation
+    }
+
+    /// The number of arguments (`ARGV`) of the call.
+    pub(super) fn arg_count(&self) -> usize {
+        2 + 2 * self.quotas.len()
+    }
+
+    /// Appends the call's arguments (`ARGV`, see the module docs).
+    pub(super) fn push_args(&self, invocation: &mut ScriptInvocation<'static>) {
+        invocation.arg(self.cost).arg(&self.nonce);
+        for quota in &self.quotas {
+            invocation.arg(quota.limit()).arg(quota.window_us());
+        }
+    }
+
+    /// Whether `other` is the same check: same algorithm, keys and
+    /// arguments (so never two checks of an algorithm with nonces).
+    pub(super) fn same_check(&self, other: &Call) -> bool {
+        self.algorithm == other.algorithm
+            && self.cost == other.cost
+            && self.nonce == other.nonce
+            && self.quotas == other.quotas
+            && self.keys == other.keys
+    }
+
+    /// The decision in the script's reply to this call.
+    pub(super) fn decode(&self, reply: &[i64]) -> Result<Decision, BackendError> {
+        decode(reply, &self.quotas)
     }
 }
 
 /// The script call checking `cost` units of every quota of `policy` for `key`.
 pub(super) fn call(prefix: &str, nonces: &Nonces, policy: &Policy, key: &Key, cost: u64) -> Call {
     let algorithm = policy.algorithm_kind();
-    let nonce = if algorithm.spec().nonce {
-        nonces.next()
-    } else {
-        String::new()
-    };
     Call {
         algorithm,
         keys: keys(prefix, policy, key),
-        args: args(policy.quotas(), cost, &nonce),
+        cost,
+        nonce: if algorithm.spec().nonce {
+            nonces.next()
+        } else {
+            String::new()
+        },
+        quotas: policy.quotas().to_vec(),
     }
 }
 
