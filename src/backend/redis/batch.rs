@@ -96,18 +96,24 @@ pub(super) fn batch_lua() -> String {
         "local clock = redis.call('TIME')
 local now = clock[1] * 1000000 + clock[2]
 local real = redis
-local batched = setmetatable({call = function(command, ...)
+-- The redis of whole scripts (made when first needed).
+local batched
+local function time_of_batch(command, ...)
   if command == 'TIME' then return clock end
   return real.call(command, ...)
-end}, {__index = real})
+end
 -- Every argument but the nonce (the second) is a number: each distinct one
 -- is converted once per batch, and the scripts' own `tonumber` of a number
 -- costs nothing.
-local number = setmetatable({}, {__index = function(t, s)
-  local v = tonumber(s)
-  t[s] = v
+local numbers = {}
+local function number(s)
+  local v = numbers[s]
+  if v == nil then
+    v = tonumber(s)
+    numbers[s] = v
+  end
   return v
-end})
+end
 -- Per key: its state, and while it must be written, its writer and window.
 local kept, writer, window_of, order = {}, {}, {}, {}
 local api, whole = {}, {}
@@ -131,16 +137,16 @@ local api, whole = {}, {}
 local function run()
   local m = 0
   local k, a = 0, 1
-  for _ = 1, number[ARGV[1]] do
-    local alg, runs = number[ARGV[a + 1]], number[ARGV[a + 2]]
-    local nk, na = number[ARGV[a + 3]], number[ARGV[a + 4]]
+  for _ = 1, number(ARGV[1]) do
+    local alg, runs = number(ARGV[a + 1]), number(ARGV[a + 2])
+    local nk, na = number(ARGV[a + 3]), number(ARGV[a + 4])
     a = a + 4
     local args
     if na == 4 then
-      args = {number[ARGV[a + 1]], ARGV[a + 2], number[ARGV[a + 3]], number[ARGV[a + 4]]}
+      args = {number(ARGV[a + 1]), ARGV[a + 2], number(ARGV[a + 3]), number(ARGV[a + 4])}
     else
-      args = {number[ARGV[a + 1]], ARGV[a + 2]}
-      for i = 3, na do args[i] = number[ARGV[a + i]] end
+      args = {number(ARGV[a + 1]), ARGV[a + 2]}
+      for i = 3, na do args[i] = number(ARGV[a + i]) end
     end
     local f = api[alg]
     local qs, keys = {}, {}
@@ -172,7 +178,10 @@ local function run()
           end
         end
       else
-        reply = whole[alg](keys, args, batched)
+        if batched == nil then
+        batched = setmetatable({call = time_of_batch}, {__index = real})
+      end
+      reply = whole[alg](keys, args, batched)
       end
       local len = #reply
       out[m + 1] = len
