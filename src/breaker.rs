@@ -36,6 +36,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tracing::{Instrument, Span};
@@ -422,29 +423,53 @@ impl Drop for Guard {
     }
 }
 
+/// A guarded backend call, as [`Breaker::start`] leaves it.
+pub(crate) enum Call {
+    /// Finished already: the breaker was open, or the backend answered at
+    /// once (the memory backend always does).
+    Ready(Called),
+    /// Still running: poll it to its end.
+    Waiting(Guarded),
+}
+
 impl Breaker {
     /// Runs one backend call under the breaker and `deadline`: the only way
     /// the crate calls a backend. When the circuit of `partition` (the key's
     /// [`Backend::partition`](crate::Backend::partition)) is open the backend
     /// is not called at all and the outcome is [`Outcome::Skipped`] at once.
     ///
+    /// The backend's future is polled once at once: one that is ready then
+    /// (the memory backend's) needs no deadline timer, no second allocation
+    /// and no further state, and its outcome is [`Call::Ready`]. Otherwise it
+    /// is [`Call::Waiting`], bounded by the deadline.
+    ///
     /// `backend` is the backend's metrics label; the call runs in `span`,
     /// and is timed if the `metrics` feature or that span wants it.
-    pub(crate) fn call(
+    pub(crate) fn start(
         self: &Arc<Self>,
         deadline: Duration,
         backend: &'static str,
         span: &Span,
         partition: usize,
         check: impl FnOnce() -> CheckFuture,
-    ) -> Guarded {
+    ) -> Call {
         let permit = self.permit(partition);
         if permit == Permit::Skip {
-            return Box::pin(std::future::ready(Outcome::Skipped.into()));
+            return Call::Ready(Outcome::Skipped.into());
         }
         self.metrics.start(backend);
         let started = (BackendMetrics::TIMED || !span.is_disabled()).then(Instant::now);
-        let future = span.in_scope(check);
+        let mut future = span.in_scope(check);
+        // Polling with a waker that does nothing is fine: a future wakes the
+        // waker of its latest poll, which is the task's from then on.
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(result) = span.in_scope(|| future.as_mut().poll(&mut cx)) {
+            let outcome = match result {
+                Ok(decision) => Outcome::Decided(decision),
+                Err(error) => Outcome::Failed(error),
+            };
+            return Call::Ready(span.in_scope(|| self.ended(partition, permit, started, outcome)));
+        }
         let mut guard = Guard {
             breaker: Arc::clone(self),
             partition,
@@ -457,20 +482,48 @@ impl Breaker {
                 Ok(Err(error)) => Outcome::Failed(error),
                 Err(_) => Outcome::TimedOut(deadline),
             };
-            let took = started.map(|started| started.elapsed());
             guard.done = true;
-            if let Some(took) = took {
-                guard.breaker.metrics.call_took(took);
-            }
-            let (ok, error) = match &outcome {
-                Outcome::Decided(_) => (true, None),
-                Outcome::Failed(error) => (false, Some(error)),
-                Outcome::TimedOut(_) | Outcome::Skipped => (false, None),
-            };
-            guard.breaker.record(partition, permit, Some(ok), error);
-            Called { outcome, took }
+            guard.breaker.ended(partition, permit, started, outcome)
         };
-        Box::pin(call.instrument(span.clone()))
+        Call::Waiting(Box::pin(call.instrument(span.clone())))
+    }
+
+    /// Records a call that ended (its duration, and its outcome for the
+    /// circuit of `partition`).
+    fn ended(
+        &self,
+        partition: usize,
+        permit: Permit,
+        started: Option<Instant>,
+        outcome: Outcome,
+    ) -> Called {
+        let took = started.map(|started| started.elapsed());
+        if let Some(took) = took {
+            self.metrics.call_took(took);
+        }
+        let (ok, error) = match &outcome {
+            Outcome::Decided(_) => (true, None),
+            Outcome::Failed(error) => (false, Some(error)),
+            Outcome::TimedOut(_) | Outcome::Skipped => (false, None),
+        };
+        self.record(partition, permit, Some(ok), error);
+        Called { outcome, took }
+    }
+
+    /// [`start`](Self::start) as one future, ready or not (for the tests).
+    #[cfg(test)]
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        deadline: Duration,
+        backend: &'static str,
+        span: &Span,
+        partition: usize,
+        check: impl FnOnce() -> CheckFuture,
+    ) -> Guarded {
+        match self.start(deadline, backend, span, partition, check) {
+            Call::Ready(called) => Box::pin(std::future::ready(called)),
+            Call::Waiting(call) => call,
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use tracing::{Span, field};
 use crate::access::Access;
 use crate::backend::{Backend, MemoryBackend};
 use crate::blocked::BlockedClients;
-use crate::breaker::{Breaker, Called, Guarded, Outcome};
+use crate::breaker::{Breaker, Call, Called, Guarded, Outcome};
 use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
 use crate::error::ConfigError;
 use crate::failure::FailureLog;
@@ -262,18 +262,20 @@ impl Limiter {
         let label = self.backend.metrics_label();
         let call = self
             .breaker
-            .call(self.deadline, label, &span, partition, || {
+            .start(self.deadline, label, &span, partition, || {
                 self.backend.check(policy, &key, cost)
             });
-        Start::Checking(
-            Pending {
-                policy: id,
-                key,
-                cost,
-                span,
-            },
-            call,
-        )
+        let pending = Pending {
+            policy: id,
+            key,
+            cost,
+            span,
+        };
+        match call {
+            // The memory backend: decided already, no state to keep.
+            Call::Ready(called) => Start::Settled(self.finish(pending, called)),
+            Call::Waiting(call) => Start::Checking(pending, call),
+        }
     }
 
     /// The verdict for a backend call's outcome.
