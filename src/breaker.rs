@@ -459,17 +459,28 @@ impl Breaker {
         }
         self.metrics.start(backend);
         let started = (BackendMetrics::TIMED || !span.is_disabled()).then(Instant::now);
-        let mut future = span.in_scope(check);
         // Polling with a waker that does nothing is fine: a future wakes the
         // waker of its latest poll, which is the task's from then on.
-        let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(result) = span.in_scope(|| future.as_mut().poll(&mut cx)) {
-            let outcome = match result {
-                Ok(decision) => Outcome::Decided(decision),
-                Err(error) => Outcome::Failed(error),
-            };
-            return Call::Ready(span.in_scope(|| self.ended(partition, permit, started, outcome)));
-        }
+        let first = span.in_scope(|| {
+            let mut future = check();
+            match future
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+            {
+                Poll::Ready(result) => {
+                    let outcome = match result {
+                        Ok(decision) => Outcome::Decided(decision),
+                        Err(error) => Outcome::Failed(error),
+                    };
+                    Err(self.ended(partition, permit, started, outcome))
+                }
+                Poll::Pending => Ok(future),
+            }
+        });
+        let future = match first {
+            Ok(future) => future,
+            Err(called) => return Call::Ready(called),
+        };
         let mut guard = Guard {
             breaker: Arc::clone(self),
             partition,
