@@ -423,6 +423,14 @@ impl Drop for Guard {
     }
 }
 
+/// A backend's answer, as [`Breaker::start`] asks for it.
+pub(crate) enum Checked {
+    /// Decided synchronously (the memory backend, called directly).
+    Now(Decision),
+    /// A backend call to poll.
+    Later(CheckFuture),
+}
+
 /// A guarded backend call, as [`Breaker::start`] leaves it.
 pub(crate) enum Call {
     /// Finished already: the breaker was open, or the backend answered at
@@ -438,7 +446,9 @@ impl Breaker {
     /// [`Backend::partition`](crate::Backend::partition)) is open the backend
     /// is not called at all and the outcome is [`Outcome::Skipped`] at once.
     ///
-    /// The backend's future is polled once at once: one that is ready then
+    /// A backend that answers synchronously ([`Checked::Now`]) is not
+    /// waited for; the future of one that does not is polled once at once:
+    /// one that is ready then
     /// (the memory backend's) needs no deadline timer, no second allocation
     /// and no further state, and its outcome is [`Call::Ready`]. Otherwise it
     /// is [`Call::Waiting`], bounded by the deadline.
@@ -451,7 +461,7 @@ impl Breaker {
         backend: &'static str,
         span: &Span,
         partition: usize,
-        check: impl FnOnce() -> CheckFuture,
+        check: impl FnOnce() -> Checked,
     ) -> Call {
         let permit = self.permit(partition);
         if permit == Permit::Skip {
@@ -462,7 +472,13 @@ impl Breaker {
         // Polling with a waker that does nothing is fine: a future wakes the
         // waker of its latest poll, which is the task's from then on.
         let first = span.in_scope(|| {
-            let mut future = check();
+            let mut future = match check() {
+                Checked::Now(decision) => {
+                    let outcome = Outcome::Decided(decision);
+                    return Err(self.ended(partition, permit, started, outcome));
+                }
+                Checked::Later(future) => future,
+            };
             match future
                 .as_mut()
                 .poll(&mut Context::from_waker(Waker::noop()))
@@ -531,7 +547,9 @@ impl Breaker {
         partition: usize,
         check: impl FnOnce() -> CheckFuture,
     ) -> Guarded {
-        match self.start(deadline, backend, span, partition, check) {
+        match self.start(deadline, backend, span, partition, || {
+            Checked::Later(check())
+        }) {
             Call::Ready(called) => Box::pin(std::future::ready(called)),
             Call::Waiting(call) => call,
         }

@@ -30,7 +30,7 @@ use tracing::{Span, field};
 use crate::access::Access;
 use crate::backend::{Backend, MemoryBackend};
 use crate::blocked::BlockedClients;
-use crate::breaker::{Breaker, Call, Called, Guarded, Outcome};
+use crate::breaker::{Breaker, Call, Called, Checked, Guarded, Outcome};
 use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
 use crate::error::ConfigError;
 use crate::failure::FailureLog;
@@ -115,6 +115,9 @@ pub(crate) fn compile(
 /// Everything a layer needs at request time, shared by all its clones.
 pub(crate) struct Limiter {
     pub(crate) backend: Arc<dyn Backend>,
+    /// `backend` itself when it is a [`MemoryBackend`]: asked directly, for
+    /// the same decision without a boxed future.
+    pub(crate) memory: Option<MemoryBackend>,
     pub(crate) routes: RouteTable,
     pub(crate) policies: Vec<CompiledPolicy>,
     pub(crate) deadline: Duration,
@@ -263,7 +266,10 @@ impl Limiter {
         let call = self
             .breaker
             .start(self.deadline, label, &span, partition, || {
-                self.backend.check(policy, &key, cost)
+                match &self.memory {
+                    Some(memory) => Checked::Now(memory.check_now(policy, &key, cost)),
+                    None => Checked::Later(self.backend.check(policy, &key, cost)),
+                }
             });
         let pending = Pending {
             policy: id,
