@@ -36,7 +36,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tracing::{Instrument, Span};
@@ -433,8 +432,8 @@ pub(crate) enum Checked {
 
 /// A guarded backend call, as [`Breaker::start`] leaves it.
 pub(crate) enum Call {
-    /// Finished already: the breaker was open, or the backend answered at
-    /// once (the memory backend always does).
+    /// Finished already: the breaker was open, or the backend decided
+    /// synchronously.
     Ready(Called),
     /// Still running: poll it to its end.
     Waiting(Guarded),
@@ -446,12 +445,9 @@ impl Breaker {
     /// [`Backend::partition`](crate::Backend::partition)) is open the backend
     /// is not called at all and the outcome is [`Outcome::Skipped`] at once.
     ///
-    /// A backend that answers synchronously ([`Checked::Now`]) is not
-    /// waited for; the future of one that does not is polled once at once:
-    /// one that is ready then
-    /// (the memory backend's) needs no deadline timer, no second allocation
-    /// and no further state, and its outcome is [`Call::Ready`]. Otherwise it
-    /// is [`Call::Waiting`], bounded by the deadline.
+    /// A decision made synchronously ([`Checked::Now`], the memory
+    /// backend's) is [`Call::Ready`] at once, as is a skipped call; a backend
+    /// future is [`Call::Waiting`], bounded by the deadline.
     ///
     /// `backend` is the backend's metrics label; the call runs in `span`,
     /// and is timed if the `metrics` feature or that span wants it.
@@ -469,31 +465,16 @@ impl Breaker {
         }
         self.metrics.start(backend);
         let started = (BackendMetrics::TIMED || !span.is_disabled()).then(Instant::now);
-        // Polling with a waker that does nothing is fine: a future wakes the
-        // waker of its latest poll, which is the task's from then on.
-        let first = span.in_scope(|| {
-            let mut future = match check() {
-                Checked::Now(decision) => {
-                    let outcome = Outcome::Decided(decision);
-                    return Err(self.ended(partition, permit, started, outcome));
-                }
-                Checked::Later(future) => future,
-            };
-            match future
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()))
-            {
-                Poll::Ready(result) => {
-                    let outcome = match result {
-                        Ok(decision) => Outcome::Decided(decision),
-                        Err(error) => Outcome::Failed(error),
-                    };
-                    Err(self.ended(partition, permit, started, outcome))
-                }
-                Poll::Pending => Ok(future),
+        // A decision made already (the memory backend's) needs no deadline
+        // timer, no boxed future and no further state.
+        let later = span.in_scope(|| match check() {
+            Checked::Now(decision) => {
+                let outcome = Outcome::Decided(decision);
+                Err(self.ended(partition, permit, started, outcome))
             }
+            Checked::Later(future) => Ok(future),
         });
-        let future = match first {
+        let future = match later {
             Ok(future) => future,
             Err(called) => return Call::Ready(called),
         };
