@@ -24,6 +24,7 @@
 use std::hash::RandomState;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -51,6 +52,10 @@ type Shard = LruCache<Key, Entry, RandomState>;
 pub(crate) struct BlockedClients {
     /// `None` when the cache is disabled.
     shards: Option<Sharded<Shard>>,
+    /// How many entries the shards hold, kept under their locks: while
+    /// none is held (no client blocked lately, the usual case), a lookup
+    /// reads no clock, hashes nothing and takes no lock.
+    len: AtomicUsize,
     /// The longest an entry is kept, whatever its retry time, in microseconds.
     max_age: u64,
     clock: Arc<dyn Clock>,
@@ -87,6 +92,7 @@ impl BlockedClients {
         });
         Self {
             shards,
+            len: AtomicUsize::new(0),
             max_age,
             clock,
         }
@@ -98,11 +104,14 @@ impl BlockedClients {
     /// that long unless it is reset.
     pub(crate) fn get(&self, key: &Key, cost: u64) -> Option<Decision> {
         let shards = self.shards.as_ref()?;
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let now = self.clock.now_micros();
         let mut shard = shards.lock(key);
         let entry = shard.get(key)?;
         if entry.until <= now || now.saturating_sub(entry.at) >= self.max_age {
-            shard.pop(key);
+            self.pop(&mut shard, key);
             return None;
         }
         if cost < entry.cost {
@@ -130,7 +139,14 @@ impl BlockedClients {
     /// (after an administrative reset, say).
     pub(crate) fn remove(&self, key: &Key) {
         if let Some(shards) = &self.shards {
-            shards.lock(key).pop(key);
+            self.pop(&mut shards.lock(key), key);
+        }
+    }
+
+    /// Drops `key`'s entry from its (locked) shard, keeping the count.
+    fn pop(&self, shard: &mut Shard, key: &Key) {
+        if shard.pop(key).is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -155,7 +171,11 @@ impl BlockedClients {
             decision: decision.clone(),
             at: now,
         };
-        shards.lock(key).put(key.clone(), entry);
+        // `push` hands back the entry it replaced or evicted: then the count
+        // is unchanged.
+        if shards.lock(key).push(key.clone(), entry).is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -178,10 +198,16 @@ mod tests {
     }
 
     fn len(cache: &BlockedClients) -> usize {
-        cache
+        let held = cache
             .shards
             .as_ref()
-            .map_or(0, |s| s.each().map(|s| s.len()).sum())
+            .map_or(0, |s| s.each().map(|s| s.len()).sum());
+        assert_eq!(
+            cache.len.load(Ordering::Relaxed),
+            held,
+            "the count is exact"
+        );
+        held
     }
 
     #[test]

@@ -422,29 +422,62 @@ impl Drop for Guard {
     }
 }
 
+/// A backend's answer, as [`Breaker::start`] asks for it.
+pub(crate) enum Checked {
+    /// Decided synchronously (the memory backend, called directly).
+    Now(Decision),
+    /// A backend call to poll.
+    Later(CheckFuture),
+}
+
+/// A guarded backend call, as [`Breaker::start`] leaves it.
+pub(crate) enum Call {
+    /// Finished already: the breaker was open, or the backend decided
+    /// synchronously.
+    Ready(Called),
+    /// Still running: poll it to its end.
+    Waiting(Guarded),
+}
+
 impl Breaker {
     /// Runs one backend call under the breaker and `deadline`: the only way
     /// the crate calls a backend. When the circuit of `partition` (the key's
     /// [`Backend::partition`](crate::Backend::partition)) is open the backend
     /// is not called at all and the outcome is [`Outcome::Skipped`] at once.
     ///
+    /// A decision made synchronously ([`Checked::Now`], the memory
+    /// backend's) is [`Call::Ready`] at once, as is a skipped call; a backend
+    /// future is [`Call::Waiting`], bounded by the deadline.
+    ///
     /// `backend` is the backend's metrics label; the call runs in `span`,
     /// and is timed if the `metrics` feature or that span wants it.
-    pub(crate) fn call(
+    pub(crate) fn start(
         self: &Arc<Self>,
         deadline: Duration,
         backend: &'static str,
         span: &Span,
         partition: usize,
-        check: impl FnOnce() -> CheckFuture,
-    ) -> Guarded {
+        check: impl FnOnce() -> Checked,
+    ) -> Call {
         let permit = self.permit(partition);
         if permit == Permit::Skip {
-            return Box::pin(std::future::ready(Outcome::Skipped.into()));
+            return Call::Ready(Outcome::Skipped.into());
         }
         self.metrics.start(backend);
         let started = (BackendMetrics::TIMED || !span.is_disabled()).then(Instant::now);
-        let future = span.in_scope(check);
+        // A decision made already (the memory backend's) needs no deadline
+        // timer, no boxed future and no further state.
+        let later = span.in_scope(|| match check() {
+            Checked::Now(decision) => {
+                let outcome = Outcome::Decided(decision);
+                Err(self.ended(partition, permit, started, outcome))
+            }
+            Checked::Later(future) => Ok(future),
+        });
+        let future = match later {
+            Ok(future) => future,
+            Err(called) => return Call::Ready(called),
+        };
         let mut guard = Guard {
             breaker: Arc::clone(self),
             partition,
@@ -457,20 +490,50 @@ impl Breaker {
                 Ok(Err(error)) => Outcome::Failed(error),
                 Err(_) => Outcome::TimedOut(deadline),
             };
-            let took = started.map(|started| started.elapsed());
             guard.done = true;
-            if let Some(took) = took {
-                guard.breaker.metrics.call_took(took);
-            }
-            let (ok, error) = match &outcome {
-                Outcome::Decided(_) => (true, None),
-                Outcome::Failed(error) => (false, Some(error)),
-                Outcome::TimedOut(_) | Outcome::Skipped => (false, None),
-            };
-            guard.breaker.record(partition, permit, Some(ok), error);
-            Called { outcome, took }
+            guard.breaker.ended(partition, permit, started, outcome)
         };
-        Box::pin(call.instrument(span.clone()))
+        Call::Waiting(Box::pin(call.instrument(span.clone())))
+    }
+
+    /// Records a call that ended (its duration, and its outcome for the
+    /// circuit of `partition`).
+    fn ended(
+        &self,
+        partition: usize,
+        permit: Permit,
+        started: Option<Instant>,
+        outcome: Outcome,
+    ) -> Called {
+        let took = started.map(|started| started.elapsed());
+        if let Some(took) = took {
+            self.metrics.call_took(took);
+        }
+        let (ok, error) = match &outcome {
+            Outcome::Decided(_) => (true, None),
+            Outcome::Failed(error) => (false, Some(error)),
+            Outcome::TimedOut(_) | Outcome::Skipped => (false, None),
+        };
+        self.record(partition, permit, Some(ok), error);
+        Called { outcome, took }
+    }
+
+    /// [`start`](Self::start) as one future, ready or not (for the tests).
+    #[cfg(test)]
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        deadline: Duration,
+        backend: &'static str,
+        span: &Span,
+        partition: usize,
+        check: impl FnOnce() -> CheckFuture,
+    ) -> Guarded {
+        match self.start(deadline, backend, span, partition, || {
+            Checked::Later(check())
+        }) {
+            Call::Ready(called) => Box::pin(std::future::ready(called)),
+            Call::Waiting(call) => call,
+        }
     }
 }
 

@@ -31,6 +31,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::decision::Decision;
@@ -82,6 +83,8 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
 #[derive(Debug, Clone)]
 pub(crate) struct PolicyHeaders {
     items: Vec<String>,
+    /// The items' total length, to size the `RateLimit` value.
+    items_len: usize,
     policy_value: HeaderValue,
 }
 
@@ -111,6 +114,7 @@ impl PolicyHeaders {
         // Names are validated to `[A-Za-z0-9._-]`, so the value is visible ASCII.
         let policy_value = HeaderValue::try_from(value).expect("policy header is ASCII");
         Self {
+            items_len: items.iter().map(String::len).sum(),
             items,
             policy_value,
         }
@@ -120,21 +124,31 @@ impl PolicyHeaders {
     /// already on the response (an inner layer's; see the module docs).
     pub(crate) fn apply(&self, headers: &mut HeaderMap, style: HeaderStyle, decision: &Decision) {
         if style.ietf() {
-            let mut value = String::new();
+            // Written by hand, not with `write!`: this runs for every
+            // limited response.
+            let mut value = String::with_capacity(self.items_len + 32 * self.items.len());
             for (item, q) in self.items.iter().zip(decision.quotas()) {
                 if !value.is_empty() {
                     value.push_str(", ");
                 }
-                let _ = write!(
-                    value,
-                    "\"{item}\";r={};t={}",
-                    q.remaining,
-                    ceil_secs(q.reset_after)
-                );
+                value.push('"');
+                value.push_str(item);
+                value.push_str("\";r=");
+                push_u64(&mut value, q.remaining);
+                value.push_str(";t=");
+                push_u64(&mut value, ceil_secs(q.reset_after));
             }
-            let policy_value = self.policy_value.to_str().unwrap_or_default();
-            merge_list(headers, &RATELIMIT_POLICY, policy_value, &self.items);
-            merge_list(headers, &RATELIMIT, &value, &self.items);
+            merge_list(
+                headers,
+                &RATELIMIT_POLICY,
+                self.policy_value.clone(),
+                &self.items,
+            );
+            // Names are validated to `[A-Za-z0-9._-]`: the value is visible
+            // ASCII, taken over without a copy.
+            if let Ok(value) = HeaderValue::try_from(value) {
+                merge_list(headers, &RATELIMIT, value, &self.items);
+            }
         }
         if style.legacy()
             && let Some(q) = decision.tightest()
@@ -153,17 +167,24 @@ impl PolicyHeaders {
     }
 }
 
+/// Appends the decimal digits of `n` to `out`, as `write!(out, "{n}")`
+/// would, without the formatting machinery.
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
 /// Adds the list members `ours` (named `names`) to the list header `name`,
 /// after the members already there; a member whose name is already present
 /// is left out (the response's own, i.e. the inner layer's, is kept).
-fn merge_list(headers: &mut HeaderMap, name: &HeaderName, ours: &str, names: &[String]) {
-    let existing: Vec<&HeaderValue> = headers.get_all(name).iter().collect();
-    if existing.is_empty() {
-        if let Ok(v) = HeaderValue::try_from(ours) {
-            headers.insert(name.clone(), v);
+fn merge_list(headers: &mut HeaderMap, name: &HeaderName, ours: HeaderValue, names: &[String]) {
+    let existing = match headers.entry(name) {
+        // The usual case: one layer, so nothing to merge with.
+        Entry::Vacant(slot) => {
+            slot.insert(ours);
+            return;
         }
-        return;
-    }
+        Entry::Occupied(entry) => entry,
+    };
     let Ok(texts) = existing
         .iter()
         .map(|v| v.to_str())
@@ -171,9 +192,10 @@ fn merge_list(headers: &mut HeaderMap, name: &HeaderName, ours: &str, names: &[S
     else {
         // Not visible ASCII, so not ours to parse: leave it alone and add
         // ours as another field line (recipients join lines with commas).
-        if let Ok(v) = HeaderValue::try_from(ours) {
-            headers.append(name.clone(), v);
-        }
+        headers.append(name.clone(), ours);
+        return;
+    };
+    let Ok(ours) = ours.to_str() else {
         return;
     };
     let mut merged = String::new();
@@ -275,6 +297,17 @@ fn window_label(q: &Quota) -> String {
 mod tests {
     use super::*;
     use crate::decision::QuotaStatus;
+
+    #[test]
+    fn digits_as_display_writes_them() {
+        let samples = [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX];
+        let more = (0..1_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (i % 64));
+        for n in samples.into_iter().chain(more) {
+            let mut out = String::from("x");
+            push_u64(&mut out, n);
+            assert_eq!(out, format!("x{n}"));
+        }
+    }
 
     #[test]
     fn rounding_up() {
@@ -421,7 +454,12 @@ mod tests {
             RATELIMIT,
             HeaderValue::from_bytes(b"\"x\xff\";r=1").unwrap(),
         );
-        merge_list(&mut map, &RATELIMIT, "\"api\";r=2;t=3", &["api".to_owned()]);
+        merge_list(
+            &mut map,
+            &RATELIMIT,
+            HeaderValue::from_static("\"api\";r=2;t=3"),
+            &["api".to_owned()],
+        );
         assert_eq!(map.get_all(&RATELIMIT).iter().count(), 2);
     }
 }

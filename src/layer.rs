@@ -1,5 +1,6 @@
 //! [`RateLimitLayer`]: configuration and its builder.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,6 +168,8 @@ enum Target {
 #[must_use]
 pub struct RateLimitLayerBuilder {
     backend: Option<Arc<dyn Backend>>,
+    /// The backend, when it is a [`MemoryBackend`].
+    memory: Option<MemoryBackend>,
     default: Option<Policy>,
     rules: Vec<(Option<Method>, String, Target)>,
     deadline: Duration,
@@ -181,6 +184,7 @@ impl Default for RateLimitLayerBuilder {
     fn default() -> Self {
         Self {
             backend: None,
+            memory: None,
             default: None,
             rules: Vec::new(),
             deadline: DEFAULT_DEADLINE,
@@ -206,6 +210,8 @@ impl fmt::Debug for RateLimitLayerBuilder {
 impl RateLimitLayerBuilder {
     /// Where counters live (default: a fresh [`MemoryBackend`]).
     pub fn backend(mut self, backend: impl Backend) -> Self {
+        let any: &dyn Any = &backend;
+        self.memory = any.downcast_ref::<MemoryBackend>().cloned();
         self.backend = Some(Arc::new(backend));
         self
     }
@@ -369,13 +375,19 @@ impl RateLimitLayerBuilder {
         if policies.is_empty() {
             return Err(ConfigError::NoPolicy);
         }
-        let backend = self
-            .backend
-            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let (backend, memory) = match self.backend {
+            Some(backend) => (backend, self.memory),
+            None => {
+                let memory = MemoryBackend::new();
+                let backend: Arc<dyn Backend> = Arc::new(memory.clone());
+                (backend, Some(memory))
+            }
+        };
         let partitions = backend.partitions();
         Ok(RateLimitLayer {
             limiter: Arc::new(Limiter {
                 backend,
+                memory,
                 routes,
                 policies: compile(policies, self.blocked_capacity, self.blocked_max_age)?,
                 deadline: self.deadline,

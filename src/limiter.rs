@@ -30,7 +30,7 @@ use tracing::{Span, field};
 use crate::access::Access;
 use crate::backend::{Backend, MemoryBackend};
 use crate::blocked::BlockedClients;
-use crate::breaker::{Breaker, Called, Guarded, Outcome};
+use crate::breaker::{Breaker, Call, Called, Checked, Guarded, Outcome};
 use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
 use crate::error::ConfigError;
 use crate::failure::FailureLog;
@@ -115,6 +115,9 @@ pub(crate) fn compile(
 /// Everything a layer needs at request time, shared by all its clones.
 pub(crate) struct Limiter {
     pub(crate) backend: Arc<dyn Backend>,
+    /// `backend` itself when it is a [`MemoryBackend`]: asked directly, for
+    /// the same decision without a boxed future.
+    pub(crate) memory: Option<MemoryBackend>,
     pub(crate) routes: RouteTable,
     pub(crate) policies: Vec<CompiledPolicy>,
     pub(crate) deadline: Duration,
@@ -262,18 +265,23 @@ impl Limiter {
         let label = self.backend.metrics_label();
         let call = self
             .breaker
-            .call(self.deadline, label, &span, partition, || {
-                self.backend.check(policy, &key, cost)
+            .start(self.deadline, label, &span, partition, || {
+                match &self.memory {
+                    Some(memory) => Checked::Now(memory.check_now(policy, &key, cost)),
+                    None => Checked::Later(self.backend.check(policy, &key, cost)),
+                }
             });
-        Start::Checking(
-            Pending {
-                policy: id,
-                key,
-                cost,
-                span,
-            },
-            call,
-        )
+        let pending = Pending {
+            policy: id,
+            key,
+            cost,
+            span,
+        };
+        match call {
+            // The memory backend: decided already, no state to keep.
+            Call::Ready(called) => Start::Settled(self.finish(pending, called)),
+            Call::Waiting(call) => Start::Checking(pending, call),
+        }
     }
 
     /// The verdict for a backend call's outcome.

@@ -44,6 +44,20 @@ impl<T> Sharded<T> {
         self.hasher.hash_one(key) as usize % self.shards.len()
     }
 
+    /// The hash of `key`, with the same random keys as the shard choice:
+    /// for a map in the shard to reuse, so a key is hashed once.
+    pub(crate) fn hash<K: Hash + ?Sized>(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Locks the shard of a [`hash`](Self::hash). The shard is taken from
+    /// bits 32 and up, so that a hash table in the shard, which places
+    /// entries by the low bits and tags them with the top seven, still sees
+    /// them spread evenly.
+    pub(crate) fn lock_hashed(&self, hash: u64) -> MutexGuard<'_, T> {
+        lock(&self.shards[(hash >> 32) as usize % self.shards.len()])
+    }
+
     /// Locks every shard in turn.
     pub(crate) fn each(&self) -> impl Iterator<Item = MutexGuard<'_, T>> {
         self.shards.iter().map(lock)
@@ -72,5 +86,11 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 1000);
         assert!(sizes.iter().all(|&n| n > 0), "{sizes:?}");
         assert_eq!(Sharded::new(0, || 0u8).count(), 1);
+        // By hash: every shard reachable too.
+        let map: Sharded<Vec<u32>> = Sharded::new(SHARDS, Vec::new);
+        for i in 0..1000u32 {
+            map.lock_hashed(map.hash(&i)).push(i);
+        }
+        assert!(map.each().all(|s| !s.is_empty()));
     }
 }

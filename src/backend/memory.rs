@@ -1,7 +1,8 @@
 //! The in-process backend.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use super::{Backend, CheckFuture, ResetFuture};
 use crate::algorithm::{self, QuotaState};
@@ -42,19 +43,31 @@ struct Inner {
     per_shard: usize,
 }
 
-#[derive(Default)]
+/// A shard's entries, placed by the hash that chose the shard (SipHash with
+/// random keys: client keys are attacker-chosen), so each decision hashes
+/// its key once and allocates nothing for a known client.
 struct Shard {
-    map: HashMap<String, Entry>,
+    map: HashTable<Entry>,
     /// Writes since the last sweep.
     writes: usize,
     /// Sweeps so far (a test helper).
     sweeps: u64,
 }
 
+impl Default for Shard {
+    fn default() -> Self {
+        Self {
+            map: HashTable::new(),
+            writes: 0,
+            sweeps: 0,
+        }
+    }
+}
+
 impl Shard {
     /// Drops the entries expired at `now`.
     fn sweep(&mut self, now: u64) {
-        self.map.retain(|_, e| e.expires_at > now);
+        self.map.retain(|e| e.expires_at > now);
         self.writes = 0;
         self.sweeps += 1;
     }
@@ -70,23 +83,41 @@ impl Shard {
             self.sweep(now);
         }
         while self.map.len() >= capacity {
-            let Some(victim) = self
+            let Some((hash, id)) = self
                 .map
                 .iter()
                 .take(EVICTION_SAMPLE)
-                .min_by_key(|(_, e)| e.expires_at)
-                .map(|(k, _)| k.clone())
+                .min_by_key(|e| e.expires_at)
+                .map(|e| (e.hash, e.id.as_ptr()))
             else {
                 return;
             };
-            self.map.remove(&victim);
+            if let Ok(victim) = self.map.find_entry(hash, |e| e.id.as_ptr() == id) {
+                victim.remove();
+            }
         }
     }
 }
 
 struct Entry {
+    /// `<policy>\0<key>`: the names of policies and the text of keys hold
+    /// no NUL, so two pairs never share one.
+    id: Box<str>,
+    /// The hash of `(policy, key)` that placed the entry.
+    hash: u64,
     quotas: Vec<QuotaState>,
     expires_at: u64,
+}
+
+impl Entry {
+    /// Whether this is the entry of `policy`'s `key`, without building its id.
+    fn is(&self, policy: &str, key: &str) -> bool {
+        let id = self.id.as_bytes();
+        id.len() == policy.len() + 1 + key.len()
+            && id.starts_with(policy.as_bytes())
+            && id[policy.len()] == 0
+            && id.ends_with(key.as_bytes())
+    }
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -156,15 +187,17 @@ impl MemoryBackend {
     pub(crate) fn check_now(&self, policy: &Policy, key: &Key, cost: u64) -> crate::Decision {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
-        let id = entry_id(policy, key);
-        let mut shard = inner.shards.lock(&id);
+        let (name, text) = (policy.name(), key.as_str());
+        let hash = inner.shards.hash(&(name, text));
+        let mut shard = inner.shards.lock_hashed(hash);
 
         let algorithm = policy.algorithm_kind();
         let quotas = policy.quotas();
         let fresh_quotas = || quotas.iter().map(|_| QuotaState::new(algorithm)).collect();
         let shard = &mut *shard;
-        let (decision, keep) = match shard.map.get_mut(id.as_str()) {
-            Some(entry) => {
+        let (decision, keep) = match shard.map.find_entry(hash, |e| e.is(name, text)) {
+            Ok(mut found) => {
+                let entry = found.get_mut();
                 let stale = entry.expires_at <= now
                     || entry.quotas.len() != quotas.len()
                     || !entry.quotas.iter().all(|q| q.matches(algorithm));
@@ -176,12 +209,14 @@ impl MemoryBackend {
                     entry.expires_at = now.saturating_add(keep);
                 } else {
                     // Nothing counts any more: the entry would only take room.
-                    shard.map.remove(id.as_str());
+                    found.remove();
                 }
                 (decision, keep)
             }
-            None => {
+            Err(_) => {
                 let mut entry = Entry {
+                    id: entry_id(name, text),
+                    hash,
                     quotas: fresh_quotas(),
                     expires_at: 0,
                 };
@@ -189,7 +224,7 @@ impl MemoryBackend {
                 if keep > 0 {
                     entry.expires_at = now.saturating_add(keep);
                     shard.make_room(inner.per_shard, now);
-                    shard.map.insert(id, entry);
+                    shard.map.insert_unique(hash, entry, |e| e.hash);
                 }
                 (decision, keep)
             }
@@ -209,11 +244,12 @@ impl MemoryBackend {
     pub(crate) fn peek_now(&self, policy: &Policy, key: &Key) -> crate::Decision {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
-        let id = entry_id(policy, key);
-        let shard = inner.shards.lock(&id);
+        let (name, text) = (policy.name(), key.as_str());
+        let hash = inner.shards.hash(&(name, text));
+        let shard = inner.shards.lock_hashed(hash);
         let algorithm = policy.algorithm_kind();
         let quotas = policy.quotas();
-        match shard.map.get(id.as_str()) {
+        match shard.map.find(hash, |e| e.is(name, text)) {
             // The entry `check_now` would use as it is.
             Some(entry)
                 if entry.expires_at > now
@@ -233,8 +269,12 @@ impl MemoryBackend {
 
     /// A reset, synchronously: drops the entry of `policy` and `key`.
     pub(crate) fn reset_now(&self, policy: &Policy, key: &Key) {
-        let id = entry_id(policy, key);
-        self.inner.shards.lock(&id).map.remove(id.as_str());
+        let (name, text) = (policy.name(), key.as_str());
+        let hash = self.inner.shards.hash(&(name, text));
+        let mut shard = self.inner.shards.lock_hashed(hash);
+        if let Ok(found) = shard.map.find_entry(hash, |e| e.is(name, text)) {
+            found.remove();
+        }
     }
 
     /// Sweeps done so far, over all shards (a test helper).
@@ -244,13 +284,13 @@ impl MemoryBackend {
     }
 }
 
-/// The map key of `policy`'s entry for `key`.
-fn entry_id(policy: &Policy, key: &Key) -> String {
-    let mut id = String::with_capacity(policy.name().len() + 1 + key.as_str().len());
-    id.push_str(policy.name());
+/// The id of `policy`'s entry for `key`.
+fn entry_id(policy: &str, key: &str) -> Box<str> {
+    let mut id = String::with_capacity(policy.len() + 1 + key.len());
+    id.push_str(policy);
     id.push('\0');
-    id.push_str(key.as_str());
-    id
+    id.push_str(key);
+    id.into()
 }
 
 impl Backend for MemoryBackend {
@@ -277,6 +317,7 @@ impl Backend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::collections::HashMap;
     use std::time::Duration;
 
     use proptest::collection::vec;
@@ -359,6 +400,27 @@ mod tests {
         let key = Key::new(format!("c{}", 2 * capacity - 1));
         assert_eq!(backend.check_now(&policy, &key, 1).quotas()[0].remaining, 0);
         assert_eq!(backend.len(), capacity);
+    }
+
+    #[test]
+    fn policy_and_key_pairs_never_share_an_entry() {
+        let backend = MemoryBackend::with_clock(FakeClock::new(1_000_000_000));
+        let quota = Quota::per_minute(2);
+        let (a, ab) = (
+            Policy::new("a").quota(quota),
+            Policy::new("ab").quota(quota),
+        );
+        let pairs = [(&a, "bc"), (&ab, "c"), (&a, "b"), (&ab, "")];
+        for (policy, key) in pairs {
+            let d = backend.check_now(policy, &Key::new(key), 1);
+            assert_eq!(d.quotas()[0].remaining, 1, "{} {key:?}", policy.name());
+        }
+        assert_eq!(backend.len(), 4);
+        for (policy, key) in pairs {
+            let d = backend.check_now(policy, &Key::new(key), 1);
+            assert_eq!(d.quotas()[0].remaining, 0, "{} {key:?}", policy.name());
+        }
+        assert_eq!(backend.len(), 4);
     }
 
     #[test]

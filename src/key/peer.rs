@@ -52,10 +52,10 @@ impl Key {
     /// ```
     pub fn from_ip(ip: IpAddr, v6_prefix: u8) -> Self {
         match ip {
-            IpAddr::V4(v4) => Key(v4.to_string().into()),
+            IpAddr::V4(v4) => ipv4_key(v4),
             IpAddr::V6(v6) => {
                 if let Some(v4) = embedded_ipv4(v6) {
-                    return Key(v4.to_string().into());
+                    return ipv4_key(v4);
                 }
                 let prefix = if is_local_nat64(v6) {
                     128
@@ -75,6 +75,25 @@ impl Key {
             }
         }
     }
+}
+
+/// The key of an IPv4 address: its dotted text, as `Display` writes it,
+/// written by hand (this runs for every request keyed by peer IP).
+fn ipv4_key(v4: Ipv4Addr) -> Key {
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    Key(text.into())
 }
 
 /// The NAT64 well-known prefix `64:ff9b::/96` (RFC 6052), as the top 96 bits.
@@ -306,6 +325,20 @@ pub(crate) fn peer_hint(facts: PeerFacts) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_keys_are_the_display_text() {
+        let samples = [0u32, 1, 9, 10, 99, 100, 255, 0x0a00_0001, 0xc000_0221];
+        let more = (0..2_000u32).map(|i| i.wrapping_mul(2_654_435_761));
+        for bits in samples.into_iter().chain(more) {
+            let ip = Ipv4Addr::from(bits);
+            assert_eq!(ipv4_key(ip).as_str(), ip.to_string());
+        }
+        for octet in 0..=255u8 {
+            let ip = Ipv4Addr::new(octet, octet, 0, octet);
+            assert_eq!(ipv4_key(ip).as_str(), ip.to_string());
+        }
+    }
 
     fn parts() -> Parts {
         http::Request::new(()).into_parts().0
