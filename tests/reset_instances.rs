@@ -12,13 +12,17 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use http::{Method, StatusCode};
-use tower_redis_ratelimit::{Admin, Key, Policy, Quota, RateLimitLayer, RedisBackend};
+use tower_redis_ratelimit::{Admin, Algorithm, Key, Policy, Quota, RateLimitLayer, RedisBackend};
 
 use support::web;
 
-/// A per-day quota of 2 per client IP: a denial's retry time is about a day.
+/// A per-day quota of 2 per client IP on the exact log: a denial's retry
+/// time is about a day at any hour (the counter's is the rest of the
+/// current UTC day).
 fn policy() -> Policy {
-    Policy::new("daily").quota(Quota::per_day(2))
+    Policy::new("daily")
+        .algorithm(Algorithm::SlidingLog)
+        .quota(Quota::per_day(2))
 }
 
 fn backend(url: &str, prefix: &str) -> RedisBackend {
