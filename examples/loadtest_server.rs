@@ -18,6 +18,8 @@
 //! | `LIMIT` | `100` | requests per window, 1 to 1 000 000 000 |
 //! | `WINDOW_SECS` | `60` | window length in seconds, 1 to 31 536 000 |
 //! | `DEADLINE_MS` | `50` | longest wait for the backend before failing open |
+//! | `HEADERS` | `ietf` | rate-limit headers on responses: `ietf`, `legacy`, `both` or `none` |
+//! | `BATCH` | `64` | Redis batch size, 1 to 1 024 (`1`: every decision its own call) |
 //! | `LIMITER` | `on` | `off`: the same server without the layer |
 //!
 //! Empty variables count as unset. A bad value stops the server at start-up
@@ -33,7 +35,8 @@ use http::HeaderName;
 use tower_redis_ratelimit::backend::redact_url;
 use tower_redis_ratelimit::key::{Header, PeerIp};
 use tower_redis_ratelimit::{
-    Algorithm, MAX_LIMIT, MAX_WINDOW, MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend,
+    Algorithm, HeaderStyle, MAX_LIMIT, MAX_WINDOW, MemoryBackend, Policy, Quota, RateLimitLayer,
+    RedisBackend,
 };
 
 #[derive(Debug)]
@@ -53,6 +56,7 @@ struct Config {
     limit: u64,
     window_secs: u64,
     deadline_ms: u64,
+    headers: HeaderStyle,
     limiter: bool,
 }
 
@@ -97,6 +101,17 @@ fn config() -> Result<Config, String> {
             ));
         }
     };
+    let headers = match var("HEADERS")?.as_deref() {
+        None | Some("ietf") => HeaderStyle::Ietf,
+        Some("legacy") => HeaderStyle::Legacy,
+        Some("both") => HeaderStyle::Both,
+        Some("none") => HeaderStyle::None,
+        Some(other) => {
+            return Err(format!(
+                "HEADERS={other:?} is invalid: expected `ietf`, `legacy`, `both` or `none`"
+            ));
+        }
+    };
     let limiter = match var("LIMITER")?.as_deref() {
         None | Some("on") => true,
         Some("off") => false,
@@ -111,7 +126,9 @@ fn config() -> Result<Config, String> {
         redis: match var("REDIS_URL")? {
             None => None,
             Some(url) => {
-                let backend = RedisBackend::new(&url)
+                let backend = RedisBackend::builder(&url)
+                    .batch(int("BATCH", 64, 1, 1024)? as usize)
+                    .build()
                     .map_err(|e| format!("REDIS_URL={:?} is invalid: {e}", redact_url(&url)))?;
                 Some((url, backend))
             }
@@ -122,6 +139,7 @@ fn config() -> Result<Config, String> {
         limit: int("LIMIT", 100, 1, MAX_LIMIT)?,
         window_secs: int("WINDOW_SECS", 60, 1, MAX_WINDOW.as_secs())?,
         deadline_ms: int("DEADLINE_MS", 50, 1, 60_000)?,
+        headers,
         limiter,
     })
 }
@@ -159,6 +177,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         };
         let builder = RateLimitLayer::builder()
             .default_policy(policy)
+            .headers(config.headers)
             .deadline(Duration::from_millis(config.deadline_ms));
         let builder = match config.redis {
             Some((url, backend)) => {
