@@ -232,7 +232,7 @@ for algorithm in counter gcra; do
   run "redis $algorithm (hot key)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$BIG ALGORITHM=$algorithm
 done
 WRK_SCRIPT=$KEYS_LUA run "redis log (10k keys)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$LOG_LIMIT ALGORITHM=log KEY=x-api-key
-WRK_SCRIPT=$KEYS_LUA run "redis log (10k keys, limit 100)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=100 ALGORITHM=log KEY=x-api-key
+WRK_SCRIPT=$KEYS_LUA run "redis log limit 100 (10k keys)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=100 ALGORITHM=log KEY=x-api-key
 WRK_SCRIPT=$KEYS_LUA run "redis gcra (10k keys)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$BIG ALGORITHM=gcra KEY=x-api-key
 WRK_SCRIPT=$KEYS_LUA run "redis counter (10k keys)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$BIG ALGORITHM=counter KEY=x-api-key
 run "redis counter (denied flood)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=10 ALGORITHM=counter

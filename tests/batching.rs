@@ -9,34 +9,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::RedisServer;
+use support::batching::{concurrently, one_by_one, policies, summary};
 use tower_redis_ratelimit::{Algorithm, Backend, Decision, Key, Policy, Quota, RedisBackend};
-
-/// Hour-long windows: the few milliseconds between two runs of a sequence
-/// change no decision and no remaining count.
-fn policies() -> Vec<Policy> {
-    let mut out = Vec::new();
-    for algorithm in [
-        Algorithm::SlidingLog,
-        Algorithm::SlidingWindow,
-        Algorithm::Gcra,
-    ] {
-        let name = format!("{algorithm:?}").to_lowercase();
-        // The second quota is the tighter one: it denies, and the first must
-        // then count nothing (all or nothing).
-        out.push(
-            Policy::new(format!("{name}-two"))
-                .algorithm(algorithm)
-                .quota(Quota::per_hour(9))
-                .quota(Quota::new(6, Duration::from_secs(7200))),
-        );
-        out.push(
-            Policy::new(format!("{name}-one"))
-                .algorithm(algorithm)
-                .quota(Quota::per_hour(5)),
-        );
-    }
-    out
-}
 
 /// A fixed pseudo-random sequence of (policy, key, cost).
 fn sequence(n: usize, policies: usize) -> Vec<(usize, String, u64)> {
@@ -52,15 +26,6 @@ fn sequence(n: usize, policies: usize) -> Vec<(usize, String, u64)> {
             (policy, key, cost)
         })
         .collect()
-}
-
-/// What must agree between a batched and a single decision.
-fn summary(d: &Decision) -> (bool, Option<usize>, Vec<u64>) {
-    (
-        d.is_allowed(),
-        d.denied_by(),
-        d.quotas().iter().map(|q| q.remaining).collect(),
-    )
 }
 
 fn backend(server: &RedisServer, batch: usize) -> RedisBackend {
@@ -99,46 +64,6 @@ fn away_from_hour_boundary(server: &RedisServer) {
     if left < 10 {
         std::thread::sleep(Duration::from_secs(left + 1));
     }
-}
-
-/// Makes every check of `seq` at once, in order, then waits for them all.
-async fn concurrently(
-    backend: &RedisBackend,
-    policies: &[Policy],
-    seq: &[(usize, String, u64)],
-) -> Vec<Decision> {
-    // A check takes its place in the connection's order when it is made.
-    let tasks: Vec<_> = seq
-        .iter()
-        .map(|(p, key, cost)| tokio::spawn(backend.check(&policies[*p], &Key::new(key), *cost)))
-        .collect();
-    let mut out = Vec::new();
-    for task in tasks {
-        let decision = tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("a batched check ends")
-            .unwrap();
-        out.push(decision.expect("redis answers"));
-    }
-    out
-}
-
-/// Sends every check of `seq` alone, one after the other.
-async fn one_by_one(
-    backend: &RedisBackend,
-    policies: &[Policy],
-    seq: &[(usize, String, u64)],
-) -> Vec<Decision> {
-    let mut out = Vec::new();
-    for (p, key, cost) in seq {
-        out.push(
-            backend
-                .check(&policies[*p], &Key::new(key), *cost)
-                .await
-                .expect("redis answers"),
-        );
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

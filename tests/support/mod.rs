@@ -5,7 +5,8 @@
 //! `REDIS_URL`, when set, is used by [`redis_url`] instead, for tests that do
 //! not inject faults.
 //!
-//! Submodules: [`headers`] checks the rate-limit response headers, [`web`]
+//! Submodules: [`batching`] holds what the batching tests share,
+//! [`headers`] checks the rate-limit response headers, [`web`]
 //! serves apps on loopback and sends requests to them, [`load`] generates
 //! load and measures latency, [`logs`] captures the crate's log lines,
 //! [`security`] holds what the `security_*` tests share, and `cluster`
@@ -14,6 +15,7 @@
 //! `sentinel`) a primary, a replica and a sentinel.
 #![allow(dead_code)]
 
+pub mod batching;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod headers;
