@@ -447,7 +447,10 @@ async fn sigstop_under_load_is_bounded_by_the_deadline_and_the_breaker_restores_
 /// Whether Redis' script cache holds the two scripts of the crate.
 fn scripts_cached(conn: &mut redis::Connection) -> Vec<bool> {
     let log = redis::Script::new(include_str!("../src/algorithm/sliding_log.lua"));
-    let window = redis::Script::new(include_str!("../src/algorithm/sliding_window.lua"));
+    let window = redis::Script::new(concat!(
+        include_str!("../src/algorithm/sliding_window.lua"),
+        include_str!("../src/algorithm/state_main.lua")
+    ));
     redis::cmd("SCRIPT")
         .arg("EXISTS")
         .arg(log.get_hash())

@@ -102,12 +102,18 @@ fn scripts(algorithm: Algorithm) -> (&'static str, &'static str, char) {
             'l',
         ),
         Algorithm::SlidingWindow => (
-            include_str!("../src/algorithm/sliding_window.lua"),
+            concat!(
+                include_str!("../src/algorithm/sliding_window.lua"),
+                include_str!("../src/algorithm/state_main.lua")
+            ),
             include_str!("../src/algorithm/sliding_window_peek.lua"),
             'c',
         ),
         Algorithm::Gcra => (
-            include_str!("../src/algorithm/gcra.lua"),
+            concat!(
+                include_str!("../src/algorithm/gcra.lua"),
+                include_str!("../src/algorithm/state_main.lua")
+            ),
             include_str!("../src/algorithm/gcra_peek.lua"),
             'g',
         ),

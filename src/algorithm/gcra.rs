@@ -46,7 +46,7 @@ use crate::quota::MAX_LIMIT;
 /// What backends need to know about GCRA.
 pub(super) const SPEC: Spec = Spec {
     tag: 'g',
-    lua: include_str!("gcra.lua"),
+    lua: concat!(include_str!("gcra.lua"), include_str!("state_main.lua")),
     peek_lua: include_str!("gcra_peek.lua"),
     nonce: false,
     max_limit: MAX_LIMIT,

@@ -8,9 +8,10 @@
 --          remaining_1, reset_us_1, ..., remaining_n, reset_us_n}.
 -- A denied request writes nothing.
 --
--- Above the line "-- main": `state`, `decide` and `write`, which the batch
--- script (backend/redis/batch.rs) also calls, keeping each key's state from
--- one check to the next; below it, one check.
+-- This file defines `state`, `decide` and `write`; the script is this file
+-- followed by state_main.lua (one check). The batch script
+-- (backend/redis/batch.rs) calls the functions alone, keeping each key's
+-- state from one check to the next.
 
 local floor, ceil, max = math.floor, math.ceil, math.max
 
@@ -86,16 +87,3 @@ local function write(key, q, now, window)
     'PX', ceil((2 * window - now % window) / 1000))
 end
 
--- main
-local t = redis.call('TIME')
-local now = t[1] * 1000000 + t[2]
-local n = #KEYS
-local qs = {}
-for i = 1, n do
-  qs[i] = state(redis.call('GET', KEYS[i]), now, tonumber(ARGV[2 + 2 * i]))
-end
-local out, changed = decide(qs, now, tonumber(ARGV[1]), ARGV, n)
-if changed then
-  for i = 1, n do write(KEYS[i], qs[i], now, tonumber(ARGV[2 + 2 * i])) end
-end
-return out

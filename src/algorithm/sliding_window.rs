@@ -15,7 +15,10 @@ pub(super) const SPEC: Spec = Spec {
     // `c`, not the `w` of the earlier layout (a hash): a key of the old
     // layout is never read as a string, which would be an error.
     tag: 'c',
-    lua: include_str!("sliding_window.lua"),
+    lua: concat!(
+        include_str!("sliding_window.lua"),
+        include_str!("state_main.lua")
+    ),
     peek_lua: include_str!("sliding_window_peek.lua"),
     nonce: false,
     max_limit: MAX_LIMIT,

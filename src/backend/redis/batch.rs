@@ -67,7 +67,8 @@ pub(super) const MAX_MAX: usize = 1024;
 const MAX_BATCH_TIME: Duration = Duration::from_secs(10);
 
 /// The line of an algorithm's script above which it defines `state`,
-/// `decide` and `write` (see `batch_lua`).
+/// `decide` and `write` (see `batch_lua`): the first line of
+/// `algorithm/state_main.lua`, the single check such scripts end with.
 const MAIN: &str = "\n-- main\n";
 
 /// The Lua source of the batch script.
