@@ -317,6 +317,13 @@ pub enum BackendError {
     /// The backend answered with something the crate does not understand.
     #[error("unexpected backend reply: {0}")]
     Protocol(String),
+    /// The backend works, but could not decide for this one client key: its
+    /// stored value has the wrong type or cannot be read, or writing it
+    /// would take Redis past `maxmemory`. The decision's policy applies its
+    /// [`FailureMode`](crate::FailureMode), and the circuit breaker does not
+    /// count it: a fault of one key stays with that key.
+    #[error("this client's state cannot be used: {0}")]
+    Key(String),
     /// Any other failure of a custom backend.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync>),
