@@ -43,9 +43,11 @@ mod sliding_window;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Algorithm {
-    /// Exact sliding log: every admitted unit is remembered until it leaves the
-    /// window. Never admits more than the limit in any window; memory grows with
-    /// the limit (one sorted-set member per admitted unit in Redis).
+    /// Exact sliding log: every admitted request is remembered, with its
+    /// cost, until it leaves the window. Never admits more than the limit in
+    /// any window; memory grows with the number of requests admitted in a
+    /// window (one sorted-set member per admitted request in Redis, however
+    /// costly: at most the limit).
     SlidingLog,
     /// Approximate sliding window counter: the previous fixed window's count,
     /// weighted by how much of it still overlaps the sliding window, plus the
@@ -191,6 +193,16 @@ impl QuotaState {
             QuotaState::Log(_) => Algorithm::SlidingLog,
             QuotaState::Counter(_) => Algorithm::SlidingWindow,
             QuotaState::Rate(_) => Algorithm::Gcra,
+        }
+    }
+
+    /// The heap bytes this state holds beside its own size: a sliding
+    /// log's entries (at most one per admitted request in its window, so at
+    /// most its limit), nothing for the counter and GCRA.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            QuotaState::Log(log) => log.bytes(),
+            QuotaState::Counter(_) | QuotaState::Rate(_) => 0,
         }
     }
 

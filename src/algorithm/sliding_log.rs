@@ -2,8 +2,8 @@
 //! the window.
 //!
 //! `sliding_log.lua` beside this file is the Redis translation of this model:
-//! one sorted set per quota, members are admitted units, scores their
-//! admission times. `sliding_log_peek.lua` translates [`Model::peek`]: it
+//! one sorted set per quota, one member per admitted request (its cost and
+//! the running sum of costs in the member, its admission time as the score). `sliding_log_peek.lua` translates [`Model::peek`]: it
 //! reads the set without trimming it.
 
 use std::collections::VecDeque;
@@ -22,16 +22,53 @@ pub(super) const SPEC: Spec = Spec {
     max_cost_cap: Some(DEFAULT_MAX_LOG_COST),
 };
 
-/// The state of one quota: the timestamp of every admitted unit, oldest first.
+/// The state of one quota: one weighted entry per admitted request (its
+/// admission time and its cost), oldest first, and the units they hold.
+///
+/// A request of cost n is one entry, not n: a quota of limit L holds at
+/// most L entries however costly the requests ([`Log::bytes`]).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct Log(VecDeque<u64>);
+pub(crate) struct Log {
+    entries: VecDeque<(u64, u64)>,
+    /// The sum of the entries' costs.
+    units: u64,
+}
 
 impl Log {
     /// Drops the entries that have left the window.
     fn trim(&mut self, now: u64, window: u64) {
-        while self.0.front().is_some_and(|&t| t + window <= now) {
-            self.0.pop_front();
+        while let Some(&(t, cost)) = self.entries.front() {
+            if t + window > now {
+                break;
+            }
+            self.units -= cost;
+            self.entries.pop_front();
         }
+    }
+
+    /// The heap bytes the state holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(u64, u64)>()
+    }
+
+    /// How long until `need` units of the entries from `first` on have left
+    /// the window (`window` if they hold fewer).
+    fn until_left(&self, first: usize, need: u64, now: u64, window: u64) -> u64 {
+        let mut left = 0;
+        for &(t, cost) in self.entries.range(first..) {
+            left += cost;
+            if left >= need {
+                return t + window - now;
+            }
+        }
+        window
+    }
+
+    /// How long until nothing is counted any more.
+    fn reset(&self, now: u64, window: u64) -> u64 {
+        self.entries
+            .back()
+            .map_or(0, |&(t, _)| (t + window).saturating_sub(now))
     }
 }
 
@@ -44,39 +81,34 @@ impl Model for Log {
     fn peek(&self, now: u64, limit: u64, window: u64, cost: u64) -> (Option<u64>, Usage) {
         // The entries that have left the window, oldest first, are skipped,
         // not dropped.
-        let gone = self.0.partition_point(|&t| t + window <= now);
-        let count = (self.0.len() - gone) as u64;
+        let gone = self.entries.partition_point(|&(t, _)| t + window <= now);
+        let gone_units: u64 = self.entries.range(..gone).map(|&(_, c)| c).sum();
+        let count = self.units - gone_units;
         let retry = (count.saturating_add(cost) > limit).then(|| {
             if cost > limit {
                 window
             } else {
-                // The k-th oldest entry still counted must leave before
-                // `cost` units fit.
-                let k = (count + cost - limit) as usize;
-                self.0[gone + k - 1] + window - now
+                // The oldest entries still counted must leave until `cost`
+                // units fit.
+                self.until_left(gone, count + cost - limit, now, window)
             }
         });
-        let reset = self
-            .0
-            .back()
-            .map_or(0, |&t| (t + window).saturating_sub(now));
+        let reset = self.reset(now, window);
         (retry, Usage { used: count, reset })
     }
 
     fn commit(&mut self, now: u64, _limit: u64, window: u64, cost: u64, admit: bool) -> Usage {
-        if admit {
-            let at = self.0.partition_point(|&t| t <= now);
-            for _ in 0..cost {
-                self.0.insert(at, now);
-            }
+        if admit && cost > 0 {
+            // Never before the newest entry (the clock stepped back): the
+            // entries stay in admission order, and leave no earlier than
+            // the clock says.
+            let at = self.entries.back().map_or(now, |&(t, _)| t.max(now));
+            self.entries.push_back((at, cost));
+            self.units += cost;
         }
-        let reset = self
-            .0
-            .back()
-            .map_or(0, |&t| (t + window).saturating_sub(now));
         Usage {
-            used: self.0.len() as u64,
-            reset,
+            used: self.units,
+            reset: self.reset(now, window),
         }
     }
 }
