@@ -511,6 +511,10 @@ impl Breaker {
         }
         let (ok, error) = match &outcome {
             Outcome::Decided(_) => (true, None),
+            // The backend answered: only this client's key is at fault (a
+            // value of the wrong type, maxmemory), and a fault of one key
+            // must not switch limiting off for every other client.
+            Outcome::Failed(BackendError::Key(_)) => (true, None),
             Outcome::Failed(error) => (false, Some(error)),
             Outcome::TimedOut(_) | Outcome::Skipped => (false, None),
         };

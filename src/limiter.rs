@@ -32,7 +32,7 @@ use crate::backend::{Backend, MemoryBackend};
 use crate::blocked::BlockedClients;
 use crate::breaker::{Breaker, Call, Called, Checked, Guarded, Outcome};
 use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
-use crate::error::ConfigError;
+use crate::error::{BackendError, ConfigError};
 use crate::failure::FailureLog;
 use crate::headers::{HeaderStyle, PolicyHeaders, set_retry_after};
 use crate::key::Key;
@@ -312,7 +312,7 @@ impl Limiter {
             }
             Outcome::Skipped => (self.on_failure(compiled, id, &key, cost), Source::Failure),
             Outcome::TimedOut(_) | Outcome::Failed(_) => {
-                self.log_failure(compiled, &outcome);
+                self.log_failure(compiled, &outcome, &key);
                 (self.on_failure(compiled, id, &key, cost), Source::Failure)
             }
         };
@@ -335,9 +335,35 @@ impl Limiter {
 
     /// Logs a failed decision: at `warn` at most once a second per layer
     /// (with the number of failures since), else at `debug`.
-    fn log_failure(&self, compiled: &CompiledPolicy, outcome: &Outcome) {
+    ///
+    /// A failure of the client's key alone ([`BackendError::Key`]) is
+    /// counted (`ratelimit_key_faults_total`) and logged the same way with
+    /// the key's hash, never the key.
+    fn log_failure(&self, compiled: &CompiledPolicy, outcome: &Outcome, key: &Key) {
         let policy = compiled.policy.name();
         let mode = compiled.policy.failure_mode_kind();
+        if let Outcome::Failed(error @ BackendError::Key(_)) = outcome {
+            compiled.metrics.key_fault();
+            let key = KeyHash::of(key);
+            match self.failures.warning() {
+                Some(suppressed) => tracing::warn!(
+                    policy,
+                    %key,
+                    %error,
+                    ?mode,
+                    suppressed,
+                    "rate limiter could not use this client's state; applying the failure mode"
+                ),
+                None => tracing::debug!(
+                    policy,
+                    %key,
+                    %error,
+                    ?mode,
+                    "rate limiter could not use this client's state; applying the failure mode"
+                ),
+            }
+            return;
+        }
         // A timeout names the backend's last error, if any, as its likely
         // cause (a connection attempt refused, `WRONGPASS`, an untrusted
         // certificate...).

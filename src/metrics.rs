@@ -84,6 +84,11 @@ use crate::key::Key;
 pub const DECISIONS_TOTAL: &str = "ratelimit_decisions_total";
 /// Counter of denials answered from the blocked-client cache, labelled `policy`.
 pub const BLOCKED_CACHE_HITS_TOTAL: &str = "ratelimit_blocked_cache_hits_total";
+/// Counter of decisions that failed for their client's key alone (a value of
+/// the wrong type, an admission refused past Redis' `maxmemory`), labelled
+/// `policy`: the failure mode applied to them, the circuit breaker did not
+/// count them.
+pub const KEY_FAULTS_TOTAL: &str = "ratelimit_key_faults_total";
 /// Histogram of backend call durations in seconds, labelled `backend`.
 pub const BACKEND_DURATION_SECONDS: &str = "ratelimit_backend_duration_seconds";
 /// Gauge, labelled `backend`: how many of the backend's partitions have their
@@ -206,6 +211,10 @@ mod recording {
             "Rate-limit decisions by policy and outcome"
         );
         ::metrics::describe_counter!(
+            KEY_FAULTS_TOTAL,
+            "Rate-limit decisions that failed for their client's key alone (wrong type, maxmemory)"
+        );
+        ::metrics::describe_counter!(
             BLOCKED_CACHE_HITS_TOTAL,
             "Rate-limit denials answered from the blocked-client cache, without a backend call"
         );
@@ -225,6 +234,7 @@ mod recording {
     pub(crate) struct PolicyMetrics {
         decisions: [Key; DecisionOutcome::ALL.len()],
         blocked_hits: Key,
+        key_faults: Key,
     }
 
     impl PolicyMetrics {
@@ -242,7 +252,17 @@ mod recording {
                     )
                 }),
                 blocked_hits: Key::from_parts(BLOCKED_CACHE_HITS_TOTAL, vec![label()]),
+                key_faults: Key::from_parts(KEY_FAULTS_TOTAL, vec![label()]),
             }
+        }
+
+        /// A decision failed for its key alone.
+        pub(crate) fn key_fault(&self) {
+            with_recorder(|recorder: &dyn Recorder| {
+                recorder
+                    .register_counter(&self.key_faults, &METADATA)
+                    .increment(1);
+            });
         }
 
         pub(crate) fn count(&self, outcome: DecisionOutcome, source: Source) {
@@ -340,6 +360,9 @@ mod recording {
 
         #[inline(always)]
         pub(crate) fn count(&self, _outcome: DecisionOutcome, _source: Source) {}
+
+        #[inline(always)]
+        pub(crate) fn key_fault(&self) {}
     }
 
     /// Without the `metrics` feature: nothing, at no cost.

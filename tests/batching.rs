@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use support::RedisServer;
 use support::batching::{concurrently, one_by_one, policies, summary};
-use tower_redis_ratelimit::{Algorithm, Backend, Decision, Key, Policy, Quota, RedisBackend};
+use tower_redis_ratelimit::{
+    Algorithm, Backend, BackendError, Decision, Key, Policy, Quota, RedisBackend,
+};
 
 /// A fixed pseudo-random sequence of (policy, key, cost).
 fn sequence(n: usize, policies: usize) -> Vec<(usize, String, u64)> {
@@ -211,15 +213,19 @@ async fn batches_survive_a_script_flush_and_share_calls() {
     }
 }
 
-/// The batch script keeps a copy of each string key it reads and writes it
-/// back when the batch ends: also when a check fails with a script error
-/// (here a foreign key of another type), so the checks decided before it
-/// keep their effect, as single calls would.
+/// A script error for one check of a batch (here a foreign key of another
+/// type) fails that check alone, as a fault of its key
+/// (`BackendError::Key`): the checks before and after it in the same batch
+/// are decided and written back, as single calls would be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_script_error_in_a_batch_keeps_the_checks_before_it() {
+async fn a_script_error_in_a_batch_fails_that_check_alone() {
     let server = RedisServer::start();
     let backend = backend(&server, 64);
-    for algorithm in [Algorithm::SlidingWindow, Algorithm::Gcra] {
+    for algorithm in [
+        Algorithm::SlidingLog,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ] {
         let policy = Policy::new(format!("err-{algorithm:?}"))
             .algorithm(algorithm)
             .quota(Quota::per_hour(10));
@@ -241,15 +247,25 @@ async fn a_script_error_in_a_batch_keeps_the_checks_before_it() {
             backend.check(&policy, &b, 1),
         ];
         let results: Vec<_> = futures_join(checks).await;
-        assert!(results[0].is_ok(), "{:?}", results[0]);
-        // Alone, b's checks would pass: all four failing shows they were
-        // one batch.
-        for result in &results[1..] {
-            assert!(result.is_err(), "the whole batch fails: {result:?}");
+        for (i, result) in results.iter().enumerate() {
+            if i == 3 {
+                assert!(
+                    matches!(result, Err(BackendError::Key(e)) if e.contains("WRONGTYPE")),
+                    "{algorithm:?}: the bad key fails alone: {result:?}"
+                );
+            } else {
+                assert!(
+                    result.as_ref().is_ok_and(|d| d.is_allowed()),
+                    "{algorithm:?} check {i}: {result:?}"
+                );
+            }
         }
-        // b's first two checks (3 units) were written back; the last never ran.
+        // Alone too, the bad key fails as a fault of its key.
+        let alone = backend.check(&policy, &bad, 1).await;
+        assert!(matches!(alone, Err(BackendError::Key(_))), "{alone:?}");
+        // b's three checks (4 units) were written back.
         let d = backend.check(&policy, &b, 1).await.unwrap();
-        assert_eq!(d.quotas()[0].remaining, 10 - 3 - 1, "{algorithm:?}");
+        assert_eq!(d.quotas()[0].remaining, 10 - 4 - 1, "{algorithm:?}");
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&backend.redis_keys(&policy, &b)[0])
             .query(&mut server.conn())

@@ -1,29 +1,68 @@
--- Sliding log (exact). A translation of sliding_log.rs and `check` in mod.rs.
--- KEYS[i]  one sorted set per quota; members are admitted units, scores are
---          admission times in microseconds (Redis server time).
+-- Sliding log (exact), one weighted entry per admitted request. A translation
+-- of sliding_log.rs and `check` in mod.rs.
+-- KEYS[i]  one sorted set per quota. One member per admitted request,
+--          "<sum>:<cost>:<nonce>": its cost, and <sum> the units admitted to
+--          this set up to and including it (a running sum, 16 digits with
+--          leading zeros, so members of one score sort in admission order);
+--          its score is the admission time in microseconds (Redis server
+--          time), never before the newest member's. So the units
+--          in the window are the newest member's sum minus (the oldest
+--          counted member's sum - its cost): two O(log n) reads, whatever the
+--          limit and the costs.
 -- ARGV[1]  cost, ARGV[2] request nonce (unique per request),
 -- ARGV[1+2i], ARGV[2+2i]  limit and window (microseconds) of quota i.
 -- Returns {allowed, denied quota (1-based, 0 = none), retry-after us,
 --          remaining_1, reset_us_1, ..., remaining_n, reset_us_n}.
--- A denied request only drops entries that have left the window.
+-- Reads come first, so the first write is the ZADD of an admission, which
+-- Redis refuses when it is past maxmemory (a denied request writes nothing).
+-- Entries that have left the window are trimmed when a request is admitted
+-- (each once: amortised O(1)); until then the key's TTL bounds them.
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local cost = tonumber(ARGV[1])
 local nonce = ARGV[2]
 local n = #KEYS
+local match, format, max, ceil = string.match, string.format, math.max, math.ceil
 
-local counts = {}
+-- The running sum and cost in a member.
+local function entry(m)
+  local sum, c = match(m, '^(%d+):(%d+):')
+  return tonumber(sum), tonumber(c)
+end
+
+local counts, sums, newest = {}, {}, {}
 local denied, retry = 0, 0
 for i = 1, n do
   local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-  local count = redis.call('ZCARD', KEYS[i])
-  counts[i] = count
+  local key, from = KEYS[i], '(' .. format('%d', now - window)
+  local count, sum = 0, 0
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if last[1] then
+    sum = entry(last[1])
+    newest[i] = tonumber(last[2])
+    if newest[i] > now - window then
+      local first = redis.call('ZRANGEBYSCORE', key, from, '+inf', 'LIMIT', 0, 1)
+      local fsum, fcost = entry(first[1])
+      count = sum - fsum + fcost
+    end
+  end
+  counts[i], sums[i] = count, sum
   if count + cost > limit then
     local r = window
     if cost <= limit then
-      local k = count + cost - limit - 1
-      r = redis.call('ZRANGE', KEYS[i], k, k, 'WITHSCORES')[2] + window - now
+      -- The oldest entries still counted leave until `cost` units fit: at
+      -- most `need` entries (each holds at least one unit).
+      local need = count + cost - limit
+      local olds = redis.call('ZRANGEBYSCORE', key, from, '+inf', 'WITHSCORES', 'LIMIT', 0, need)
+      local left = 0
+      for j = 1, #olds, 2 do
+        local _, c = entry(olds[j])
+        left = left + c
+        if left >= need then
+          r = tonumber(olds[j + 1]) + window - now
+          break
+        end
+      end
     end
     if r > retry then denied, retry = i, r end
   end
@@ -33,38 +72,19 @@ local admit = denied == 0 and cost > 0
 local out = {denied == 0 and 1 or 0, denied, retry}
 for i = 1, n do
   local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local count = counts[i]
-  local newest = nil
+  local key, count = KEYS[i], counts[i]
   if admit then
-    if cost == 1 then
-      redis.call('ZADD', KEYS[i], now, nonce .. ':1')
-    else
-      local j = 1
-      while j <= cost do
-        local last = math.min(j + 999, cost)
-        local args = {}
-        for u = j, last do
-          args[#args + 1] = now
-          args[#args + 1] = nonce .. ':' .. u
-        end
-        redis.call('ZADD', KEYS[i], unpack(args))
-        j = last + 1
-      end
-    end
-    redis.call('PEXPIRE', KEYS[i], math.ceil(window / 1000))
-    -- The newest entry is this request's, unless an older one is later
-    -- (the clock stepped back).
-    if count == 0 then newest = now end
+    -- Never before the newest entry (the clock stepped back).
+    local at = max(now, newest[i] or now)
+    redis.call('ZADD', key, at, format('%016d:%d:%s', sums[i] + cost, cost, nonce))
+    redis.call('PEXPIRE', key, ceil((at + window - now) / 1000))
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', format('%d', now - window))
+    newest[i] = at
     count = count + cost
   end
   local reset = 0
-  if count > 0 then
-    if newest == nil then
-      newest = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')[2]
-    end
-    reset = math.max(newest + window - now, 0)
-  end
-  out[2 * i + 2] = math.max(limit - count, 0)
+  if newest[i] then reset = max(newest[i] + window - now, 0) end
+  out[2 * i + 2] = max(limit - count, 0)
   out[2 * i + 3] = reset
 end
 return out

@@ -97,11 +97,37 @@ pub(super) fn batch_lua() -> String {
         "local clock = redis.call('TIME')
 local now = clock[1] * 1000000 + clock[2]
 local real = redis
+-- Whether Redis is past maxmemory. Redis refuses a script's first write
+-- that may grow memory (`ZADD`, `SET`) when it is, and lets every later
+-- write through: so the batch asks once, first, with a `ZADD XX` of a
+-- member no script writes (a no-op whatever the key holds; past
+-- maxmemory, refused before it runs), and then refuses every check that
+-- would write, as that check alone would have been refused.
+local oom = false
+do
+  local ok, e = pcall(real.call, 'ZADD', KEYS[1], 'XX', 0, '-')
+  if not ok then
+    if type(e) == 'table' then e = e.err end
+    oom = string.find(tostring(e), 'OOM', 1, true) ~= nil
+  end
+end
+local OOM = {err = 'OOM command not allowed when used memory > maxmemory (batch)'}
 -- The redis of whole scripts (made when first needed).
 local batched
 local function time_of_batch(command, ...)
   if command == 'TIME' then return clock end
+  if oom and command == 'ZADD' then error(OOM) end
   return real.call(command, ...)
+end
+-- A check that failed with a script error (a key of the wrong type, a
+-- value that is not ours, maxmemory) replies {-1, code} and fails alone:
+-- 1 wrong type, 2 out of memory, 3 anything else.
+local function fault(e)
+  if type(e) == 'table' then e = e.err end
+  e = tostring(e)
+  if string.find(e, 'WRONGTYPE', 1, true) then return {-1, 1} end
+  if string.find(e, 'OOM', 1, true) then return {-1, 2} end
+  return {-1, 3}
 end
 -- Every argument but the nonce (the second) is a number: each distinct one
 -- is converted once per batch, and the scripts' own `tonumber` of a number
@@ -151,24 +177,45 @@ local function run()
     end
     local f = api[alg]
     local qs, keys = {}, {}
+    -- A key that cannot be read fails the checks of this run only.
+    local broken
     for i = 1, nk do
       local key = KEYS[k + i]
       keys[i] = key
-      if f then
+      if f and not broken then
         local q = kept[key]
         if q == nil then
-          q = f.state(real.call('GET', key), now, args[2 + 2 * i])
-          kept[key] = q
+          local ok, v = pcall(real.call, 'GET', key)
+          if ok then
+            q = f.state(v, now, args[2 + 2 * i])
+            kept[key] = q
+          else
+            broken = fault(v)
+          end
         end
         qs[i] = q
       end
     end
     for _ = 1, runs do
       local reply
-      if f then
+      if broken then
+        reply = broken
+      elseif f then
+        local saved
+        if oom then
+          -- An admission cannot be written: it fails, and counts nothing.
+          saved = {}
+          for i = 1, nk do saved[i] = {unpack(qs[i])} end
+        end
         local changed
         reply, changed = f.decide(qs, now, args[1], args, nk)
-        if changed then
+        if changed and oom then
+          for i = 1, nk do
+            local q, s = qs[i], saved[i]
+            for j = 1, #s do q[j] = s[j] end
+          end
+          reply = {-1, 2}
+        elseif changed then
           for i = 1, nk do
             local key = keys[i]
             if writer[key] == nil then
@@ -180,9 +227,10 @@ local function run()
         end
       else
         if batched == nil then
-        batched = setmetatable({call = time_of_batch}, {__index = real})
-      end
-      reply = whole[alg](keys, args, batched)
+          batched = setmetatable({call = time_of_batch}, {__index = real})
+        end
+        local ok, r = pcall(whole[alg], keys, args, batched)
+        if ok then reply = r else reply = fault(r) end
       end
       local len = #reply
       out[m + 1] = len
@@ -420,7 +468,9 @@ async fn call(
 /// decision.
 async fn send(inner: &Inner, batch: Vec<Waiting>) {
     if let [one] = batch.as_slice() {
-        let result = call(inner, &one.call.invocation()).await;
+        let result = call(inner, &one.call.invocation())
+            .await
+            .map_err(super::script::key_fault);
         let [one] = <[Waiting; 1]>::try_from(batch).ok().expect("one check");
         let _ = one
             .reply
@@ -460,6 +510,7 @@ fn copy(error: &BackendError) -> BackendError {
     match error {
         BackendError::Redis(e) => BackendError::Redis(e.clone()),
         BackendError::Protocol(m) => BackendError::Protocol(m.clone()),
+        BackendError::Key(m) => BackendError::Key(m.clone()),
         other => BackendError::Protocol(other.to_string()),
     }
 }

@@ -564,7 +564,10 @@ impl RedisBackend {
 async fn lone(inner: Arc<Inner>, call: Call, lead: Option<Lead>) -> Result<Decision, BackendError> {
     let _lead = lead;
     let invocation = call.invocation();
-    let reply: Vec<i64> = inner.send(Request::Script(&invocation)).await?;
+    let reply: Vec<i64> = inner
+        .send(Request::Script(&invocation))
+        .await
+        .map_err(script::key_fault)?;
     call.decode(&reply)
 }
 

@@ -253,10 +253,44 @@ impl Nonces {
     }
 }
 
+/// The failure of one check of a batch whose script error the batch script
+/// caught (its reply `{-1, code}`, see `batch::batch_lua`): that check's
+/// key, not the backend.
+fn fault(code: i64) -> BackendError {
+    BackendError::Key(
+        match code {
+            1 => "WRONGTYPE: a key of this client holds a value of another type",
+            2 => "OOM: Redis is past maxmemory, so this admission cannot be counted",
+            _ => "a key of this client holds a value the script cannot read",
+        }
+        .to_owned(),
+    )
+}
+
+/// `error` as the failure of one check's key when it is a script's own
+/// error at run time (a key of the wrong type or holding a value that is
+/// not ours, an admission refused past `maxmemory`): Redis names the
+/// script (`@user_script`) in those, and in no error of the connection or
+/// of the server as a whole (`NOSCRIPT`, `BUSY`, `LOADING`, `READONLY`, a
+/// refused command). Other errors are left as they are.
+pub(super) fn key_fault(error: BackendError) -> BackendError {
+    match error {
+        BackendError::Redis(e) if is_script_error(&e) => BackendError::Key(e.to_string()),
+        other => other,
+    }
+}
+
+fn is_script_error(error: &redis::RedisError) -> bool {
+    error.kind() != redis::ErrorKind::Io && error.to_string().contains("user_script")
+}
+
 /// The decision in a script's reply to a check of `quotas`; a reply of any
 /// other shape (or with negative numbers) is a protocol error.
 pub(super) fn decode(reply: &[i64], quotas: &[Quota]) -> Result<Decision, BackendError> {
     let bad = || BackendError::Protocol(format!("{reply:?}"));
+    if let [-1, code] = reply {
+        return Err(fault(*code));
+    }
     if reply.len() != 3 + 2 * quotas.len() {
         return Err(bad());
     }
