@@ -131,15 +131,21 @@ async fn sliding_log_cost_above_the_max_is_refused_without_redis() {
         Some(10_000 - DEFAULT_MAX_LOG_COST)
     );
     assert_eq!(evalsha_calls(&mut conn), before + 1);
-    assert_eq!(zcard(&mut conn, &big_key), DEFAULT_MAX_LOG_COST);
+    // One member per request, whatever its cost.
+    assert_eq!(zcard(&mut conn, &big_key), 1);
     assert_eq!(send(&layer, "big", 2, false).await.status(), StatusCode::OK);
-    assert_eq!(zcard(&mut conn, &big_key), DEFAULT_MAX_LOG_COST + 2);
+    assert_eq!(zcard(&mut conn, &big_key), 2);
+    let res = send(&layer, "big", 1, false).await;
+    assert_eq!(
+        remaining(res.headers()),
+        Some(10_000 - DEFAULT_MAX_LOG_COST - 3)
+    );
 
     // Still refused locally afterwards, and the count is unchanged.
     let res = send(&layer, "big", 10_000, false).await;
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(evalsha_calls(&mut conn), before + 2);
-    assert_eq!(zcard(&mut conn, &big_key), DEFAULT_MAX_LOG_COST + 2);
+    assert_eq!(evalsha_calls(&mut conn), before + 3);
+    assert_eq!(zcard(&mut conn, &big_key), 3);
 }
 
 #[tokio::test]
@@ -181,7 +187,7 @@ async fn explicit_max_cost_opts_in_and_bounds_sliding_window_policies() {
     let res = send(&raised_layer, "a", 2_000, false).await;
     assert_eq!(res.status(), StatusCode::OK);
     let key = backend.redis_keys(&raised, &Key::new("a")).remove(0);
-    assert_eq!(zcard(&mut conn, &key), 2_000);
+    assert_eq!(zcard(&mut conn, &key), 1, "one member for 2 000 units");
     assert_eq!(
         send(&raised_layer, "a", 3_001, false).await.status(),
         StatusCode::PAYLOAD_TOO_LARGE

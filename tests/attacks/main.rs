@@ -7,3 +7,8 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod common;
+mod cost;
+mod maxmemory;
+mod poisoned;
