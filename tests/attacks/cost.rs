@@ -147,7 +147,14 @@ async fn costly_bursts_neither_open_the_breaker_nor_admit_an_over_quota_client()
         failed_open * 20 <= all,
         "{failed_open} of {all} decisions failed open"
     );
-    assert_eq!(slow, 0, "a limiter script took {slowest} us");
+    // On a quiet machine no script reaches 10 ms (a batch of 64 checks
+    // takes about 1 ms); a loaded 2-core machine deschedules Redis now and
+    // then, which SLOWLOG counts as the script's time. Before issue 17: 13
+    // to 20 scripts above 10 ms per run, the slowest 420-520 ms.
+    assert!(
+        slow <= 3 && slowest <= 50_000,
+        "{slow} limiter scripts above 10 ms, the slowest {slowest} us"
+    );
 
     // Failing closed: an honest client within its quota is not refused.
     let layer = RateLimitLayer::builder()
