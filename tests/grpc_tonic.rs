@@ -169,7 +169,7 @@ async fn say_hello_five_per_minute_per_peer_ip_redis() {
         .unwrap();
     assert_eq!(
         keys,
-        vec![format!("{prefix}:{{say_hello:127.0.0.1}}:l60000")],
+        vec![format!("{prefix}:{{say_hello:127.0.0.1}}:w60000")],
         "one sliding log, keyed by the peer IP"
     );
 }

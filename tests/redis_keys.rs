@@ -145,9 +145,9 @@ async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
         let (p, k) = (&policies[pi], &keys[ki]);
         let q = &p.quotas()[qi];
         let w = window_us(q);
-        // Layout: <prefix>:{<policy>:<key>}:<l|c|g><window in ms>.
+        // Layout: <prefix>:{<policy>:<key>}:<w|c|g><window in ms>.
         let letter = match p.algorithm_kind() {
-            SlidingLog => 'l',
+            SlidingLog => 'w',
             SlidingWindow => 'c',
             _ => 'g',
         };
@@ -282,7 +282,7 @@ fn hostile_identities(prefix: &str) -> Vec<Vec<u8>> {
         b"*".to_vec(),
         b"a?[b-c]\\".to_vec(),
         // Look like other keys, prefixes or the sanitised form of another identity.
-        format!("{prefix}:{{hostile-log:victim}}:l60000").into_bytes(),
+        format!("{prefix}:{{hostile-log:victim}}:w60000").into_bytes(),
         format!("{prefix}:{{hostile-win:victim}}:c60000").into_bytes(),
         format!("{prefix}:{{hostile-gcra:victim}}:g60000").into_bytes(),
         format!("{prefix}:victim").into_bytes(),

@@ -65,7 +65,7 @@ async fn hostile_identities_are_limited_exactly_and_stored_safely() {
         b"user?[a-z]*".to_vec(),
         b"key with spaces".to_vec(),
         b"\ttab".to_vec(),
-        b"rl:{api:1.2.3.4}:l60000".to_vec(),
+        b"rl:{api:1.2.3.4}:w60000".to_vec(),
         b"#0000000000000000000000000000000000000000000000000000000000000000".to_vec(),
         b"%00%0d%0a".to_vec(),
         b"\"quoted\"".to_vec(),
@@ -128,8 +128,8 @@ async fn hostile_identities_are_limited_exactly_and_stored_safely() {
         .collect();
     assert_eq!(stored, expected, "nothing else was written");
     for key in &stored {
-        // `<prefix>:{hostile:<at most 65 bytes>}:l<window ms>`
-        let bound = backend.prefix().len() + ":{hostile:".len() + 65 + "}:l60000".len();
+        // `<prefix>:{hostile:<at most 65 bytes>}:w<window ms>`
+        let bound = backend.prefix().len() + ":{hostile:".len() + 65 + "}:w60000".len();
         assert!(key.len() <= bound, "{key}");
         assert_eq!(key.matches('{').count(), 1, "{key}");
         assert_eq!(key.matches('}').count(), 1, "{key}");

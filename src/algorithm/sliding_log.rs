@@ -13,7 +13,7 @@ use crate::quota::{DEFAULT_MAX_LOG_COST, MAX_LOG_LIMIT};
 
 /// What backends need to know about the sliding log.
 pub(super) const SPEC: Spec = Spec {
-    tag: 'l',
+    tag: 'w',
     lua: include_str!("sliding_log.lua"),
     peek_lua: include_str!("sliding_log_peek.lua"),
     // Sorted-set members must be unique per admitted unit across instances.

@@ -48,8 +48,8 @@ mod tls;
 /// Key layout, one key per quota, all keys of one decision in one hash slot:
 ///
 /// ```text
-/// <prefix>:{<policy>:<client key>}:<l|c|g><window in ms>
-/// rl:{auth:203.0.113.9}:l60000    sliding log, sorted set
+/// <prefix>:{<policy>:<client key>}:<w|c|g><window in ms>
+/// rl:{auth:203.0.113.9}:w60000    sliding log, sorted set
 /// rl:{api:203.0.113.9}:c60000     sliding window counter, string "<s> <c> <p>"
 /// rl:{pay:203.0.113.9}:g60000     GCRA, string: the theoretical arrival time
 /// ```
@@ -527,10 +527,10 @@ impl RedisBackend {
     /// order of [`Policy::quotas`]:
     ///
     /// ```text
-    /// <prefix>:{<policy>:<key>}:<l|c|g><window in ms>
+    /// <prefix>:{<policy>:<key>}:<w|c|g><window in ms>
     /// ```
     ///
-    /// `l` tags a sliding log (a sorted set of admitted units), `c` a sliding
+    /// `w` tags a sliding log (a sorted set of admitted requests), `c` a sliding
     /// window counter (a string `"<s> <c> <p>"`: the current fixed window's
     /// start in µs, its count, the previous window's count; earlier versions
     /// kept a hash under a `w` key, never read now), `g` GCRA (a string: the
@@ -550,7 +550,7 @@ impl RedisBackend {
     /// let policy = Policy::auth().quota(Quota::per_hour(20));
     /// assert_eq!(
     ///     backend.redis_keys(&policy, &Key::new("203.0.113.9")),
-    ///     ["rl:{auth:203.0.113.9}:l60000", "rl:{auth:203.0.113.9}:l3600000"]
+    ///     ["rl:{auth:203.0.113.9}:w60000", "rl:{auth:203.0.113.9}:w3600000"]
     /// );
     /// # Ok::<(), tower_redis_ratelimit::ConfigError>(())
     /// ```

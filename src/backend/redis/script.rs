@@ -433,8 +433,8 @@ mod tests {
         assert_eq!(
             keys("rl", &log, &key),
             [
-                "rl:{auth:203.0.113.9}:l60000",
-                "rl:{auth:203.0.113.9}:l3600000"
+                "rl:{auth:203.0.113.9}:w60000",
+                "rl:{auth:203.0.113.9}:w3600000"
             ]
         );
         let counter = Policy::default_api().quota(Quota::new(5, Duration::from_millis(1500)));
@@ -545,8 +545,8 @@ mod tests {
             words(&cmd),
             [
                 "DEL",
-                "rl:{auth:203.0.113.9}:l60000",
-                "rl:{auth:203.0.113.9}:l3600000"
+                "rl:{auth:203.0.113.9}:w60000",
+                "rl:{auth:203.0.113.9}:w3600000"
             ]
         );
         assert!(reset_command("rl", &Policy::new("none"), &key).is_none());
