@@ -169,7 +169,7 @@ async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
         let pttl: i64 = redis::cmd("PTTL").arg(name).query(&mut conn).unwrap();
         let ty: String = redis::cmd("TYPE").arg(name).query(&mut conn).unwrap();
         // No longer than the data matters, measured from now (+2 ms rounding).
-        let needed_ms = if letter == 'l' {
+        let needed_ms = if letter == 'w' {
             assert_eq!(ty, "zset", "{name}");
             let card: u64 = redis::cmd("ZCARD").arg(name).query(&mut conn).unwrap();
             assert!((1..=q.limit()).contains(&card), "{name}: {card} entries");
@@ -210,7 +210,7 @@ async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
             (tat - now).div_ceil(MS)
         };
         let max_ms = match letter {
-            'l' => w / MS,
+            'w' => w / MS,
             'c' => 2 * w / MS,
             _ => (q.limit() * w.div_ceil(q.limit())).div_ceil(MS),
         };
