@@ -113,11 +113,14 @@ mod decision;
 mod error;
 mod failure;
 mod future;
+mod grpc;
 pub mod headers;
 pub mod key;
 mod layer;
 mod limiter;
 pub mod metrics;
+#[cfg(test)]
+mod module_graph;
 mod policy;
 mod quota;
 mod response;

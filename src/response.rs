@@ -43,12 +43,7 @@ impl Rejection<'_> {
     }
 }
 
-pub(crate) fn is_grpc(request: &Parts) -> bool {
-    request
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
+pub(crate) use crate::grpc::is_grpc;
 
 /// Builds the response for a rejected request.
 ///

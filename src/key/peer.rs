@@ -263,7 +263,7 @@ pub(crate) fn missing_peer_hint(request: &Parts) -> Option<String> {
     #[cfg(not(feature = "tonic"))]
     let tonic_without_remote = false;
     Some(peer_hint(PeerFacts {
-        grpc: crate::response::is_grpc(request),
+        grpc: crate::grpc::is_grpc(request),
         axum_routed,
         tonic_without_remote,
         axum_feature: cfg!(feature = "axum"),

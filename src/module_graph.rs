@@ -1,0 +1,184 @@
+//! The crate's top-level modules depend on each other one way: a test reads
+//! every source file, collects the `crate::<module>` paths each top-level
+//! module uses outside its tests, and fails on any cycle, naming it.
+//!
+//! Data flows from requests to decisions (see the README's Architecture):
+//! a cycle means two modules that can no longer be understood, tested or
+//! changed apart. Test code (`#[cfg(test)] mod tests` at the end of a file)
+//! and comments do not count.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file under `dir`.
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// `source` without its tests and comments.
+fn code(source: &str) -> String {
+    let source = match source.find("#[cfg(test)]\nmod tests") {
+        Some(at) => &source[..at],
+        None => source,
+    };
+    source
+        .lines()
+        .map(|line| match line.find("//") {
+            Some(at) => &line[..at],
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The identifiers at the start of each path in `crate::` uses, including
+/// grouped ones (`crate::{a, b::c}`).
+fn used_modules(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Top-level names of the group: at brace depth 0, after `{` or `,`.
+            let mut depth = 0;
+            let mut start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => start = true,
+                    c if c.is_whitespace() => {}
+                    _ if start && depth == 0 => {
+                        out.insert(ident(&group[i..]));
+                        start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.insert(ident(rest));
+        }
+    }
+    out
+}
+
+/// The cycles (strongly connected components of two or more modules) of
+/// `edges`.
+fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
+    // Reachability, then mutual reachability: small graphs, plain sets.
+    let reach = |from: &str| -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from.to_owned()];
+        while let Some(m) = todo.pop() {
+            for next in edges.get(&m).into_iter().flatten() {
+                if seen.insert(next.clone()) {
+                    todo.push(next.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reached: BTreeMap<&String, BTreeSet<String>> =
+        edges.keys().map(|m| (m, reach(m))).collect();
+    let mut out: Vec<BTreeSet<String>> = Vec::new();
+    for (m, r) in &reached {
+        if !r.contains(*m) {
+            continue;
+        }
+        let component: BTreeSet<String> = r
+            .iter()
+            .filter(|other| reached[other].contains(*m))
+            .cloned()
+            .collect();
+        if !out.contains(&component) {
+            out.push(component);
+        }
+    }
+    out
+}
+
+/// Each top-level module (`src/<m>.rs` or `src/<m>/`) and the other
+/// top-level modules it uses.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut modules: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            let mut fs = Vec::new();
+            files(&path, &mut fs);
+            modules.entry(name).or_default().extend(fs);
+        } else if name != "lib" && path.extension().is_some_and(|e| e == "rs") {
+            modules.entry(name).or_default().push(path);
+        }
+    }
+    let names: BTreeSet<String> = modules.keys().cloned().collect();
+    modules
+        .iter()
+        .map(|(name, fs)| {
+            let used = fs
+                .iter()
+                .flat_map(|f| used_modules(&code(&std::fs::read_to_string(f).unwrap())))
+                .filter(|m| m != name && names.contains(m))
+                .collect();
+            (name.clone(), used)
+        })
+        .collect()
+}
+
+#[test]
+fn top_level_modules_have_no_cycle() {
+    let graph = module_graph();
+    assert!(graph.len() >= 20, "read the modules: {graph:?}");
+    let found = cycles(&graph);
+    let shown: Vec<String> = found
+        .iter()
+        .map(|c| {
+            c.iter()
+                .map(|m| {
+                    let inside: Vec<&String> = graph[m].intersection(c).collect();
+                    format!("{m} -> {inside:?}")
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .collect();
+    assert!(found.is_empty(), "module cycles: {shown:#?}");
+}
+
+#[test]
+fn the_reader_finds_grouped_uses_and_cycles() {
+    let code = code(
+        "use crate::{a::X, b::{c, d}, e};\n// crate::f\nuse crate::g::h;\n\
+         #[cfg(test)]\nmod tests { use crate::z; }",
+    );
+    let used: Vec<String> = used_modules(&code).into_iter().collect();
+    assert_eq!(used, ["a", "b", "e", "g"]);
+    let edges = |pairs: &[(&str, &str)]| {
+        let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (a, b) in pairs {
+            g.entry((*a).to_owned())
+                .or_default()
+                .insert((*b).to_owned());
+            g.entry((*b).to_owned()).or_default();
+        }
+        g
+    };
+    assert!(cycles(&edges(&[("a", "b"), ("b", "c")])).is_empty());
+    let found = cycles(&edges(&[("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]));
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].len(), 3);
+}
