@@ -112,6 +112,7 @@ pub mod config;
 mod decision;
 mod error;
 mod failure;
+mod fleet;
 mod future;
 pub mod headers;
 pub mod key;
