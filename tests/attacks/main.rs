@@ -7,3 +7,5 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod fleet;
