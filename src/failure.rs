@@ -30,10 +30,30 @@ pub enum FailureMode {
     /// (gRPC: `UNAVAILABLE`). 503 rather than 429 because the client did nothing
     /// wrong: the limiter could not vouch for the request.
     Closed,
-    /// Decide in-process with the same policy (an in-memory limiter per
-    /// application instance) until the backend answers again; then the backend
-    /// decides again. With N instances the effective limit during an outage is
-    /// up to N times the policy's limit, but never unlimited.
+    /// Decide in-process (an in-memory limiter per application instance)
+    /// until the backend answers again; then the backend decides again.
+    ///
+    /// Each instance applies its share of the policy: every quota's limit
+    /// divided by the number of live instances sharing the backend
+    /// ([`Backend::instances`](crate::Backend::instances)), rounded up, at
+    /// least 1. So the fleet admits about the policy's limit during an
+    /// outage, not N times it: at most `limit + N - 1` per window, from the
+    /// rounding (measured: 3 instances, 30 per minute, Redis killed, one
+    /// client spreading 300 requests over the three: 30 admitted, 90
+    /// before the division). Windows, algorithm and headers are the
+    /// policy's, the headers showing the share as the limit; a request
+    /// costing more than the share is denied.
+    ///
+    /// [`RedisBackend`](crate::RedisBackend) counts the instances with a
+    /// heartbeat (about one small script call per second per backend,
+    /// started by the first check of a `Local` policy); an outage is shared
+    /// out by the last count seen before it. Not divided: a backend that
+    /// does not count ([`MemoryBackend`](crate::MemoryBackend), custom
+    /// backends by default), an instance that has not yet reached Redis
+    /// since it started, and instances started during the outage (each
+    /// applies the whole limit); instances stopped during the outage leave
+    /// the others with a smaller share than needed until Redis is back.
+    /// Never unlimited.
     Local,
 }
 

@@ -112,6 +112,7 @@ pub mod config;
 mod decision;
 mod error;
 mod failure;
+mod fleet;
 mod future;
 mod grpc;
 pub mod headers;

@@ -34,6 +34,7 @@ use crate::breaker::{Breaker, Call, Called, Checked, Guarded, Outcome};
 use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
 use crate::error::{BackendError, ConfigError};
 use crate::failure::FailureLog;
+use crate::fleet::Share;
 use crate::headers::{HeaderStyle, PolicyHeaders, set_retry_after};
 use crate::key::Key;
 use crate::metrics::{DecisionOutcome, KeyHash, PolicyMetrics, Source};
@@ -57,6 +58,8 @@ pub(crate) struct CompiledPolicy {
     /// The compiled policy of each of its tiers, in `Policy::tier_names`
     /// order (empty for a policy without tiers and for a tier).
     pub(crate) tiers: Vec<PolicyId>,
+    /// Its share of the fleet's limit, for `FailureMode::Local`.
+    pub(crate) share: Share,
 }
 
 impl CompiledPolicy {
@@ -67,6 +70,7 @@ impl CompiledPolicy {
             blocked: BlockedClients::new(blocked_capacity, blocked_max_age),
             metrics: PolicyMetrics::new(policy.name()),
             tiers: Vec::new(),
+            share: Share::default(),
             policy,
         }
     }
@@ -326,11 +330,16 @@ impl Limiter {
     }
 
     /// The policy's failure mode, when the backend could not decide.
+    /// `Local` decides with this instance's share of the policy (see
+    /// [`crate::fleet`]).
     fn on_failure(&self, compiled: &CompiledPolicy, id: PolicyId, key: &Key, cost: u64) -> Verdict {
         let policy = &compiled.policy;
-        policy
-            .failure_mode_kind()
-            .verdict(id, || self.local.check_now(policy, key, cost))
+        policy.failure_mode_kind().verdict(id, || {
+            let instances = self.backend.instances();
+            compiled.share.with(policy, instances, |share| {
+                self.local.check_now(share, key, cost)
+            })
+        })
     }
 
     /// Logs a failed decision: at `warn` at most once a second per layer

@@ -13,6 +13,7 @@
 //! (forget a client's counts).
 
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 
 use crate::decision::Decision;
@@ -94,6 +95,29 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    // The fleet: instances sharing the counts.
+
+    /// How many application instances share this backend's counts, as last
+    /// seen (counting this one); `None` (the default) when unknown or when
+    /// the counts are not shared: no division.
+    ///
+    /// [`FailureMode::Local`](crate::FailureMode::Local) divides each quota
+    /// by this number while the backend is down, so that the fleet, each
+    /// instance deciding alone, admits about the policy's limit rather than
+    /// N times it. Called for every such local decision: keep it cheap (an
+    /// atomic read), and keep answering the last count seen while the
+    /// backend is unreachable.
+    ///
+    /// [`RedisBackend`] counts the instances once a policy with
+    /// `FailureMode::Local` has been checked: each backend (and its clones)
+    /// is one instance, announced about once a second under the key
+    /// `<prefix>:{instances}` and forgotten 5 s after its last
+    /// announcement. [`MemoryBackend`] answers `None`: its counts are its
+    /// own.
+    fn instances(&self) -> Option<NonZeroU32> {
+        None
+    }
+
     // Administration: peek and reset.
 
     /// Reads every quota of `policy` for `key` without consuming, dropping
@@ -153,5 +177,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn last_error(&self) -> Option<String> {
         (**self).last_error()
+    }
+
+    fn instances(&self) -> Option<NonZeroU32> {
+        (**self).instances()
     }
 }

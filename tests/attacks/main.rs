@@ -10,5 +10,6 @@ mod support;
 
 mod common;
 mod cost;
+mod fleet;
 mod maxmemory;
 mod poisoned;

@@ -9,9 +9,11 @@
 //! - `sentinel`: finding the primary through Redis Sentinel;
 //! - `tls`: private CAs and client certificates for `rediss://`;
 //! - `redact`: Redis URLs without their passwords;
+//! - `fleet`: the heartbeat counting the instances that share the counts;
 //! - here: [`RedisBackend`] and its builder, gluing them together.
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -26,11 +28,13 @@ use self::script::{Call, Nonces};
 use super::{Backend, CheckFuture, ResetFuture};
 use crate::decision::Decision;
 use crate::error::{BackendError, ConfigError};
+use crate::failure::FailureMode;
 use crate::key::Key;
 use crate::policy::Policy;
 
 mod batch;
 mod connection;
+mod fleet;
 mod redact;
 mod script;
 #[cfg(feature = "sentinel")]
@@ -56,6 +60,15 @@ mod tls;
 ///
 /// Every key written carries a TTL no longer than its data matters.
 /// [`RedisBackend::redis_keys`] names a client's keys.
+///
+/// Once a policy with [`FailureMode::Local`] has been checked, the backend
+/// (with its clones: one application instance) also announces itself about
+/// once a second in `<prefix>:{instances}` (a sorted set of instance ids,
+/// members dropped 5 s after their last announcement, the key too), which
+/// gives [`Backend::instances`]: the count `Local` shares a limit by while
+/// Redis is down. Build one backend per process and share it (it is
+/// cheap to clone); instances of different applications on one Redis need
+/// different prefixes, or they count each other.
 ///
 /// Administration ([`Admin`](crate::Admin)): a [peek](Backend::peek) is one
 /// call of a second, read-only script per algorithm, sent as `EVALSHA_RO` on
@@ -112,6 +125,8 @@ struct Inner {
     /// Batches checks, if batching is on: in one lane, or one per hash slot
     /// on a cluster.
     batcher: Option<Batcher>,
+    /// This instance in its fleet (see [`Backend::instances`]).
+    fleet: fleet::Fleet,
 }
 
 impl Inner {
@@ -417,6 +432,7 @@ impl RedisBackendBuilder {
                 nonces: Nonces::new(),
                 read_only: AtomicBool::new(true),
                 last_error,
+                fleet: fleet::Fleet::new(),
             }),
         })
     }
@@ -578,6 +594,11 @@ fn queued(reply: oneshot::Receiver<batch::Reply>) -> CheckFuture {
 
 impl Backend for RedisBackend {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
+        if policy.failure_mode_kind() == FailureMode::Local {
+            // Counting the fleet starts with the first check that may
+            // need the count.
+            fleet::start(&self.inner);
+        }
         let call = script::call(&self.inner.prefix, &self.inner.nonces, policy, key, cost);
         let inner = Arc::clone(&self.inner);
         // On a cluster the call runs to completion even if the layer's
@@ -689,6 +710,10 @@ impl Backend for RedisBackend {
 
     fn last_error(&self) -> Option<String> {
         self.inner.last_error.get()
+    }
+
+    fn instances(&self) -> Option<NonZeroU32> {
+        self.inner.fleet.instances()
     }
 }
 
