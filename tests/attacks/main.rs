@@ -7,3 +7,6 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+#[cfg(feature = "serde")]
+mod secrets;
