@@ -10,3 +10,4 @@ mod support;
 
 #[cfg(feature = "serde")]
 mod secrets;
+mod zero_cost;
