@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod churn;
 #[cfg(feature = "serde")]
 mod secrets;
 mod zero_cost;
