@@ -73,12 +73,13 @@ fn open_share(samples: &[Sample], from: Instant, to: Instant) -> (f64, usize) {
 async fn killed_connections_do_not_switch_limiting_off() {
     let server = support::RedisServer::start();
     let backend = support::redis_backend(&server.url(), "churn");
-    under_churn(backend, &server).await;
+    under_churn(backend, &server, Spare::Attacker).await;
 }
 
-/// The same attack on the primary of a Sentinel deployment (the sentinel's
-/// own connections to it are killed too: it reconnects long before it
-/// would call the primary down).
+/// The same attack on the primary of a Sentinel deployment. The sentinel's
+/// own connections are spared: killed every 100 ms, its pings to the
+/// primary could fail for its `down-after-milliseconds` and start a
+/// failover, another scenario (`tests/sentinel.rs`).
 #[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_to_a_sentinel_primary_do_not_switch_limiting_off() {
@@ -89,7 +90,7 @@ async fn killed_connections_to_a_sentinel_primary_do_not_switch_limiting_off() {
             .prefix(support::unique_prefix("churn-sentinel"))
             .build()
             .unwrap();
-    under_churn(backend, &setup.primary).await;
+    under_churn(backend, &setup.primary, Spare::Sentinel).await;
     assert_eq!(
         setup.master_port(),
         Some(setup.primary.port),
@@ -97,10 +98,61 @@ async fn killed_connections_to_a_sentinel_primary_do_not_switch_limiting_off() {
     );
 }
 
+/// Whose connections of type normal the attacker spares, besides its own.
+#[derive(Clone, Copy)]
+enum Spare {
+    /// None: `CLIENT KILL TYPE normal SKIPME yes`.
+    Attacker,
+    /// The sentinel's (named `sentinel-<id>-cmd` and `-pubsub`).
+    Sentinel,
+}
+
+/// One round of kills on `conn`'s server; how many connections it killed.
+fn kill_round(conn: &mut redis::Connection, spare: Spare) -> u64 {
+    match spare {
+        Spare::Attacker => redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(conn)
+            .unwrap(),
+        Spare::Sentinel => {
+            let me: u64 = redis::cmd("CLIENT").arg("ID").query(conn).unwrap();
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("normal")
+                .query(conn)
+                .unwrap();
+            let field = |line: &str, name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            let mut kills = redis::pipe();
+            for line in list.lines() {
+                let id = field(line, "id").and_then(|id| id.parse::<u64>().ok());
+                let sentinel = field(line, "name").is_some_and(|n| n.starts_with("sentinel-"));
+                if let Some(id) = id.filter(|&id| id != me && !sentinel) {
+                    kills.cmd("CLIENT").arg("KILL").arg("ID").arg(id);
+                }
+            }
+            let killed: Vec<u64> = kills.query(conn).unwrap_or_default();
+            killed.iter().sum()
+        }
+    }
+}
+
 /// Loads a layer on `backend` from [`CALLERS`] tasks while its connections
 /// to `target` are killed every [`KILL_EVERY`] for [`ATTACK`], then
 /// [`QUIET`]; checks how many decisions failed open.
-async fn under_churn(backend: tower_redis_ratelimit::RedisBackend, target: &support::RedisServer) {
+async fn under_churn(
+    backend: tower_redis_ratelimit::RedisBackend,
+    target: &support::RedisServer,
+    spare: Spare,
+) {
     let server = target;
     // A default-API-like policy (sliding window, per client, failing open)
     // with a limit no caller reaches: every admission must carry headers.
@@ -150,20 +202,13 @@ async fn under_churn(backend: tower_redis_ratelimit::RedisBackend, target: &supp
         .collect();
 
     // The attacker, on a thread of its own (on time whatever the load),
-    // through its own connection, which `SKIPME yes` spares.
+    // through its own connection, which it spares.
     let mut attacker = server.conn();
     let attacker = std::thread::spawn(move || {
         std::thread::sleep(attack_from.saturating_duration_since(Instant::now()));
         let (mut kills, mut killed, mut last_kill) = (0u64, 0u64, Instant::now());
         while last_kill + KILL_EVERY < attack_from + ATTACK {
-            let n: u64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("normal")
-                .arg("SKIPME")
-                .arg("yes")
-                .query(&mut attacker)
-                .unwrap();
+            let n = kill_round(&mut attacker, spare);
             (kills, killed, last_kill) = (kills + 1, killed + n, Instant::now());
             std::thread::sleep(KILL_EVERY);
         }
