@@ -67,6 +67,8 @@ struct PolicyInner {
     cost: Cost,
     /// The largest cost of one request, if set.
     max_cost: Option<u64>,
+    /// Whether a cost function's 0 is a free check (else it counts as 1).
+    allow_zero_cost: bool,
     failure_mode: FailureMode,
     missing_key: MissingKey,
     /// Decide and count, but never deny (see [`Policy::shadow`]).
@@ -117,6 +119,7 @@ impl fmt::Debug for Policy {
             .field("algorithm", &self.inner.algorithm)
             .field("cost", cost)
             .field("max_cost", &self.effective_max_cost())
+            .field("allow_zero_cost", &self.inner.allow_zero_cost)
             .field("failure_mode", &self.inner.failure_mode)
             .field("missing_key", &self.inner.missing_key)
             .field("shadow", &self.inner.shadow)
@@ -143,6 +146,7 @@ impl Policy {
                 key: Arc::new(PeerIp::new()),
                 cost: Cost::Fixed(1),
                 max_cost: None,
+                allow_zero_cost: false,
                 failure_mode: FailureMode::default(),
                 missing_key: MissingKey::default(),
                 shadow: false,
@@ -218,9 +222,14 @@ impl Policy {
     }
 
     /// Computes the cost of each request from its head (e.g. from a header or
-    /// the method). A cost above a quota's limit is always denied; a cost of 0
-    /// only reads the current state. A cost above the policy's
-    /// [max cost](Policy::max_cost) is rejected without asking the backend.
+    /// the method). A cost above a quota's limit is always denied. A cost
+    /// above the policy's [max cost](Policy::max_cost) is rejected without
+    /// asking the backend.
+    ///
+    /// A cost of 0 counts as 1, unless the policy
+    /// [allows zero-cost checks](Policy::allow_zero_cost): a cost computed
+    /// from what the client sends (`x-rows: 0`) must not make its requests
+    /// free once its quota is spent.
     #[must_use]
     pub fn cost_fn<F>(mut self, f: F) -> Self
     where
@@ -260,14 +269,16 @@ impl Policy {
     /// ```
     /// use tower_redis_ratelimit::{Algorithm, Policy, Quota};
     ///
-    /// // Exports cost one unit per exported row; at most 500 rows at once.
+    /// // Exports cost one unit per exported row (at least 1: a request is
+    /// // never free, whatever the client sends); at most 500 rows at once.
     /// let policy = Policy::new("export")
     ///     .quota(Quota::per_hour(5_000))
     ///     .algorithm(Algorithm::SlidingLog)
     ///     .cost_fn(|parts| {
-    ///         parts.headers.get("x-rows")
+    ///         let rows: u64 = parts.headers.get("x-rows")
     ///             .and_then(|v| v.to_str().ok()?.parse().ok())
-    ///             .unwrap_or(1)
+    ///             .unwrap_or(1);
+    ///         rows.max(1)
     ///     })
     ///     .max_cost(500);
     /// assert_eq!(policy.effective_max_cost(), Some(500));
@@ -276,6 +287,32 @@ impl Policy {
     #[must_use]
     pub fn max_cost(mut self, max: u64) -> Self {
         self.edit().max_cost = Some(max);
+        self
+    }
+
+    /// Lets a [cost function](Policy::cost_fn) return 0 for a free check
+    /// (default off: a cost function's 0 counts as 1).
+    ///
+    /// A request of cost 0 consumes nothing and is admitted even when the
+    /// client's quota is spent: it only reports the client's state in the
+    /// rate-limit headers. Allow it only when the cost function alone (not
+    /// the client) decides which requests are free, e.g. from the method
+    /// or the route; a cost read from a client's header or body would let
+    /// that client switch its limit off.
+    ///
+    /// ```
+    /// use tower_redis_ratelimit::{Policy, Quota};
+    ///
+    /// // `HEAD` asks how much is left without spending any of it.
+    /// let quota = Policy::new("quota")
+    ///     .quota(Quota::per_hour(1_000))
+    ///     .cost_fn(|parts| if parts.method == http::Method::HEAD { 0 } else { 1 })
+    ///     .allow_zero_cost();
+    /// # tower_redis_ratelimit::RateLimitLayer::builder().default_policy(quota).build().unwrap();
+    /// ```
+    #[must_use]
+    pub fn allow_zero_cost(mut self) -> Self {
+        self.edit().allow_zero_cost = true;
         self
     }
 
@@ -613,11 +650,15 @@ impl Policy {
         }
     }
 
-    /// The cost of a request.
+    /// The cost of a request: a cost function's 0 is 1 unless the policy
+    /// [allows zero-cost checks](Policy::allow_zero_cost).
     pub(crate) fn cost_for(&self, parts: &Parts) -> u64 {
         match &self.inner.cost {
             Cost::Fixed(c) => *c,
-            Cost::PerRequest(f) => f(parts),
+            Cost::PerRequest(f) => match f(parts) {
+                0 if !self.inner.allow_zero_cost => 1,
+                cost => cost,
+            },
         }
     }
 
@@ -954,5 +995,27 @@ mod tests {
         let c = b.clone().cost(2);
         assert!(!a.same_as(&c));
         assert_eq!(a.cost_for(&http::Request::new(()).into_parts().0), 1);
+    }
+
+    #[test]
+    fn a_cost_function_s_zero_counts_as_one_unless_allowed() {
+        let parts = |rows: &str| {
+            let request = http::Request::builder().header("x-rows", rows);
+            request.body(()).unwrap().into_parts().0
+        };
+        let rows =
+            |parts: &Parts| -> u64 { parts.headers["x-rows"].to_str().unwrap().parse().unwrap() };
+        let strict = Policy::default_api().cost_fn(rows);
+        let free = strict.clone().allow_zero_cost();
+        for (sent, cost, allowed) in [("0", 1, 0), ("1", 1, 1), ("7", 7, 7)] {
+            assert_eq!(strict.cost_for(&parts(sent)), cost, "x-rows: {sent}");
+            assert_eq!(free.cost_for(&parts(sent)), allowed, "x-rows: {sent}");
+        }
+        // Tiers are the policy with other quotas: the same rule.
+        let tiered = strict
+            .tier("pro", [Quota::per_minute(1_000)])
+            .tier_header(HeaderName::from_static("x-plan"));
+        assert_eq!(tiered.tier_policies()[0].cost_for(&parts("0")), 1);
+        assert!(format!("{free:?}").contains("allow_zero_cost: true"));
     }
 }

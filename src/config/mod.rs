@@ -99,12 +99,22 @@
 //! errors then come with their line, and the errors of `Config` with the
 //! path of the field.
 //!
+//! Secrets stay out of what a `Config` shows: `Debug` counts the API keys of
+//! access lists and `tier_keys` instead of listing them and masks URL
+//! passwords, and no error quotes a key or a password, even one written
+//! where it does not belong (`sentinel = "redis://user:pass@host"`, a string
+//! where a list goes): the fields that hold them name the kind of value they
+//! refuse, not the value, and every message drops the source lines a format
+//! quotes and masks the password of anything shaped like a URL.
+//!
 //! [`Config`] also implements [`Deserialize`], so it can be one section of
 //! an application's own configuration; [`Config::build`] checks it again
 //! then (naming fields from the section's root).
 
+mod secret;
 mod text;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -114,6 +124,7 @@ use http::{HeaderName, Method};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
+use self::secret::{ApiKeys, RedisUrl, RedisUrls, Table, TierKeys, scrub};
 use self::text::{Network, Parsed, TrustedProxy};
 use crate::access::AccessList;
 use crate::algorithm::Algorithm;
@@ -165,12 +176,12 @@ struct PolicyConfig {
     max_cost: Option<u64>,
     #[serde(default)]
     shadow: bool,
-    allow: Option<AccessConfig>,
-    deny: Option<AccessConfig>,
+    allow: Option<Table<AccessConfig>>,
+    deny: Option<Table<AccessConfig>>,
     #[serde(default)]
     tiers: BTreeMap<String, Vec<Parsed<Quota>>>,
     tier_header: Option<Parsed<HeaderName>>,
-    tier_keys: Option<BTreeMap<String, String>>,
+    tier_keys: Option<TierKeys>,
 }
 
 /// A policy's `allow` or `deny` list.
@@ -180,7 +191,7 @@ struct AccessConfig {
     #[serde(default)]
     networks: Vec<Parsed<Network>>,
     #[serde(default)]
-    keys: Vec<String>,
+    keys: ApiKeys,
 }
 
 impl AccessConfig {
@@ -189,7 +200,7 @@ impl AccessConfig {
         AccessList::new()
             .networks(networks)
             .expect("each network was checked when read")
-            .keys(&self.keys)
+            .keys(&self.keys.0)
     }
 }
 
@@ -272,7 +283,7 @@ impl<'de> Deserialize<'de> for KeyConfig {
 ///
 /// `Debug` and `Display` hide passwords ([`redact_url`]).
 #[derive(Clone, Deserialize)]
-#[serde(try_from = "RedisTable")]
+#[serde(try_from = "Table<RedisTable>")]
 pub struct RedisConfig {
     urls: Vec<String>,
     kind: RedisKind,
@@ -294,23 +305,28 @@ enum RedisKind {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RedisTable {
-    url: Option<String>,
-    cluster: Option<Vec<String>>,
-    sentinel: Option<Vec<String>>,
+    url: Option<RedisUrl>,
+    cluster: Option<RedisUrls>,
+    sentinel: Option<RedisUrls>,
     master: Option<String>,
-    master_url: Option<String>,
+    master_url: Option<RedisUrl>,
     prefix: Option<String>,
     ca_cert: Option<PathBuf>,
     client_cert: Option<PathBuf>,
     client_key: Option<PathBuf>,
 }
 
-impl TryFrom<RedisTable> for RedisConfig {
+impl TryFrom<Table<RedisTable>> for RedisConfig {
     type Error = &'static str;
 
-    fn try_from(table: RedisTable) -> Result<Self, Self::Error> {
+    fn try_from(Table(table): Table<RedisTable>) -> Result<Self, Self::Error> {
         let sentinel_only = table.master.is_some() || table.master_url.is_some();
-        let (urls, kind) = match (table.url, table.cluster, table.sentinel) {
+        let (url, cluster, sentinel) = (
+            table.url.map(|RedisUrl(u)| u),
+            table.cluster.map(|RedisUrls(u)| u),
+            table.sentinel.map(|RedisUrls(u)| u),
+        );
+        let (urls, kind) = match (url, cluster, sentinel) {
             (Some(url), None, None) => (vec![url], RedisKind::Single),
             (None, Some(nodes), None) if nodes.is_empty() => {
                 return Err("`cluster` needs at least one node URL");
@@ -323,7 +339,7 @@ impl TryFrom<RedisTable> for RedisConfig {
                 sentinels,
                 RedisKind::Sentinel {
                     master: table.master.unwrap_or_else(|| "mymaster".to_owned()),
-                    master_url: table.master_url,
+                    master_url: table.master_url.map(|RedisUrl(u)| u),
                 },
             ),
             (None, None, None) => {
@@ -510,18 +526,27 @@ impl RedisConfig {
     }
 }
 
-/// `error`, located at `path`.
+/// `error`, located at `path`. An error whose text shows a URL's password
+/// (a misplaced URL in a route or a prefix...) becomes an
+/// [`ConfigError::Invalid`] with its text [scrubbed](scrub).
 fn at(path: impl Into<String>, error: ConfigError) -> ConfigError {
+    let path = path.into();
+    if let Cow::Owned(message) = scrub(&error.to_string()) {
+        return invalid(path, message);
+    }
     ConfigError::At {
-        path: path.into(),
+        path,
         error: Box::new(error),
     }
 }
 
+/// An [`ConfigError::Invalid`] at `path`, both [scrubbed](scrub): every
+/// error of a configuration is made here or by [`at`].
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    let (path, message) = (path.into(), message.into());
     ConfigError::Invalid {
-        path: path.into(),
-        message: message.into(),
+        path: scrub(&path).into_owned(),
+        message: scrub(&message).into_owned(),
     }
 }
 
@@ -559,10 +584,10 @@ impl PolicyConfig {
             policy = policy.max_cost(max_cost);
         }
         policy = policy.shadow(self.shadow);
-        if let Some(allow) = &self.allow {
+        if let Some(Table(allow)) = &self.allow {
             policy = policy.allow(allow.list());
         }
-        if let Some(deny) = &self.deny {
+        if let Some(Table(deny)) = &self.deny {
             policy = policy.deny(deny.list());
         }
         for (tier, quotas) in &self.tiers {
@@ -576,7 +601,7 @@ impl PolicyConfig {
                 ));
             }
             (Some(Parsed(header)), None) => policy.tier_header(header.clone()),
-            (None, Some(table)) => policy.tier_keys(table.clone()),
+            (None, Some(TierKeys(table))) => policy.tier_keys(table.clone()),
             (None, None) => policy,
         };
         let selector = if self.tier_keys.is_some() {

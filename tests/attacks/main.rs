@@ -8,8 +8,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod churn;
 mod common;
 mod cost;
 mod fleet;
 mod maxmemory;
 mod poisoned;
+#[cfg(feature = "serde")]
+mod secrets;
+mod zero_cost;

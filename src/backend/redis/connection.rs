@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{
-    Client, Cmd, ErrorKind, FromRedisValue, RedisResult, ScriptInvocation, ServerErrorKind,
+    Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation,
+    ServerErrorKind,
 };
 
 use super::script::{ReadOnlyCall, read_only_refused};
@@ -42,6 +43,57 @@ impl Request<'_> {
             Request::ReadOnly(call, read_only) => read_only_call(call, read_only, conn).await,
             Request::Command(cmd) => cmd.query_async(conn).await,
         }
+    }
+}
+
+/// Whether a call failed because its connection is gone: refused (the
+/// failed reconnect attempt a `ConnectionManager` kept from an outage; nothing
+/// was sent) or dropped (broken pipe, reset, end of stream: the server closed
+/// it, `CLIENT KILL`, a restart, a proxy's idle timeout). Either way the
+/// manager has started a new connection, and the call deserves one try on
+/// it.
+fn lost_connection(error: &RedisError) -> bool {
+    error.is_connection_refusal() || error.is_connection_dropped()
+}
+
+/// Sends `request` through a `ConnectionManager`, once more if the first
+/// try lost its connection ([`lost_connection`]): the manager reconnects
+/// when it sees such an error, and the second try waits for that new
+/// connection. Both tries are bounded together by the layer's deadline,
+/// which drops this future. `failed` sees every error.
+///
+/// Without the retry, connection churn switched limiting off: each
+/// `CLIENT KILL` failed every call in flight on the killed connection, the
+/// circuit breaker opened, and each probe after its cool-down went out on a
+/// connection killed meanwhile (no call had used it since), so every probe
+/// failed and the breaker stayed open as long as the kills went on.
+///
+/// The trade-off: a call whose connection dropped after Redis ran its
+/// script (the reply was lost) runs the script again, so its units may be
+/// counted twice — one decision stricter, never more lenient. The sliding
+/// log's entries are named by the request's nonce, so its retried admission
+/// re-adds the same members and its state counts the request once (the
+/// retry's own verdict may still be the stricter one). A timeout is not
+/// retried: a stalled server would only be asked twice.
+async fn send_retrying<T: FromRedisValue>(
+    request: &Request<'_>,
+    conn: &mut ConnectionManager,
+    mut failed: impl FnMut(&RedisError),
+) -> RedisResult<T> {
+    match request.send(conn).await {
+        Err(error) if lost_connection(&error) => {
+            failed(&error);
+            let retried = request.send(conn).await;
+            if let Err(error) = &retried {
+                failed(error);
+            }
+            retried
+        }
+        Err(error) => {
+            failed(&error);
+            Err(error)
+        }
+        ok => ok,
     }
 }
 
@@ -206,7 +258,10 @@ impl Connection {
 
     /// Sends a request. Connections are made here, inside the runtime, never
     /// at build time. A script missing from Redis' cache (restart, failover,
-    /// `SCRIPT FLUSH`) is loaded and the call retried.
+    /// `SCRIPT FLUSH`) is loaded and the call retried. On one node and on a
+    /// Sentinel primary, a call that lost its connection is retried once on
+    /// a new one ([`send_retrying`]); the cluster client retries such calls
+    /// itself (`cluster::retries`).
     pub(super) async fn send<T: FromRedisValue>(
         &self,
         request: Request<'_>,
@@ -227,16 +282,7 @@ impl Connection {
                         conn.get_or_init(|| fresh).clone()
                     }
                 };
-                match request.send(&mut conn).await {
-                    // A refused connection is the failed reconnect attempt the
-                    // manager kept from the outage (nothing was sent); it has just
-                    // started a fresh one, so try once more (still bounded by the
-                    // layer's deadline) instead of failing the breaker's probe.
-                    Err(error) if error.is_connection_refusal() => {
-                        Ok(request.send(&mut conn).await?)
-                    }
-                    other => Ok(other?),
-                }
+                Ok(send_retrying(&request, &mut conn, |_| {}).await?)
             }
             #[cfg(feature = "cluster")]
             Connection::Cluster(cluster) => {
@@ -246,11 +292,7 @@ impl Connection {
             #[cfg(feature = "sentinel")]
             Connection::Sentinel(sentinel) => {
                 let mut conn = sentinel.connection().await;
-                let result = request.send(&mut conn).await;
-                if let Err(error) = &result {
-                    sentinel.failed(error);
-                }
-                Ok(result?)
+                Ok(send_retrying(&request, &mut conn, |e| sentinel.failed(e)).await?)
             }
         }
     }
