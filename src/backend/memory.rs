@@ -16,8 +16,8 @@ use crate::sharded::{SHARDS, Sharded};
 /// shard-capacity writes if that is more (so a sweep costs O(1) amortised).
 const SWEEP_EVERY: usize = 1024;
 /// When a shard needs room and no sweep is due, the entry closest to expiry
-/// among each sample of this many (consecutive ones as the map yields them)
-/// is evicted.
+/// among each sample of this many (consecutive ones from a cursor going
+/// round the map) is evicted.
 const EVICTION_SAMPLE: usize = 8;
 /// The most victims one walk over a shard's map picks before removing them
 /// (on the stack: eviction allocates nothing).
@@ -47,10 +47,10 @@ const ENTRY_BYTES: usize = size_of::<Entry>() + 1;
 /// the client's key, which is at most 65 bytes: longer keys are hashed),
 /// plus 40 bytes per quota of its policy, plus, for
 /// [`Algorithm::SlidingLog`](crate::Algorithm::SlidingLog) only, 16 bytes
-/// per slot of each quota's log. A log holds one slot per request admitted in its window, however
-/// costly (so at most the quota's limit), and its room grows by doubling
-/// and is kept until the entry expires: up to 16 × the limit rounded up to a
-/// power of two. So, with one quota and a 15-byte id (`api` and an IPv4
+/// per slot of each quota's log. A log holds one entry per request admitted
+/// in its window, however costly (so at most the quota's limit); its room
+/// grows by doubling and is kept until the client's entry expires: up to 16
+/// bytes × the limit rounded up to a power of two. So, with one quota and a 15-byte id (`api` and an IPv4
 /// address):
 ///
 /// | algorithm | per client | clients in 64 MiB |
@@ -106,6 +106,8 @@ struct Shard {
     writes: usize,
     /// Sweeps so far (a test helper).
     sweeps: u64,
+    /// Where the next eviction sample starts: a bucket of `map`.
+    cursor: usize,
 }
 
 impl Default for Shard {
@@ -115,6 +117,7 @@ impl Default for Shard {
             bytes: 0,
             writes: 0,
             sweeps: 0,
+            cursor: 0,
         }
     }
 }
@@ -148,43 +151,67 @@ impl Shard {
         self.map.len() <= room.len && self.bytes <= room.bytes
     }
 
-    /// Makes the shard fit in `room`, never evicting the entry whose id is
-    /// at `keep` (the one being decided; null: none): sweeps when one is due
-    /// (every `sweep_every` writes), then evicts the entry closest to expiry
-    /// among each sample of [`EVICTION_SAMPLE`] (an expired one when the
-    /// sample holds any) until it fits or holds nothing but `keep`.
+    /// Makes the shard fit in `room`, never evicting the entry in bucket
+    /// `keep` (the one being decided, if any): sweeps when one is due (every
+    /// `sweep_every` writes), then evicts the entry closest to expiry among
+    /// each sample of [`EVICTION_SAMPLE`] (an expired one when the sample
+    /// holds any), until it fits or holds nothing but `keep`.
     ///
-    /// Each walk over the map picks up to [`VICTIMS_PER_WALK`] victims, and
-    /// every entry is evicted at most once after being inserted once: O(1)
-    /// amortised per decision.
-    fn make_room(&mut self, room: Room, sweep_every: usize, now: u64, keep: *const u8) {
+    /// Samples are consecutive entries from a cursor that goes round the
+    /// map's buckets, so every entry is a candidate in turn, wherever its
+    /// hash placed it. A walk picks up to [`VICTIMS_PER_WALK`] victims, and
+    /// an entry is evicted at most once per insertion: O(1) amortised per
+    /// decision.
+    fn make_room(&mut self, room: Room, sweep_every: usize, now: u64, keep: Option<usize>) {
         if self.fits(room) {
             return;
         }
         if self.writes >= sweep_every {
             self.sweep(now);
         }
-        let others = |s: &Self| s.map.len() - usize::from(!keep.is_null());
+        let others = |s: &Self| s.map.len() - usize::from(keep.is_some());
         while !self.fits(room) && others(self) > 0 {
-            let mut victims = [(0_u64, std::ptr::null::<u8>()); VICTIMS_PER_WALK];
+            let buckets = self.map.num_buckets();
+            let mut index = self.cursor % buckets;
+            let mut scanned = 0;
+            let mut victims = [0_usize; VICTIMS_PER_WALK];
             let mut picked = 0;
             let (mut len, mut bytes) = (self.map.len(), self.bytes);
-            let mut candidates = self.map.iter().filter(|e| e.id.as_ptr() != keep);
-            while (len > room.len || bytes > room.bytes) && picked < VICTIMS_PER_WALK {
-                let Some(victim) = candidates
-                    .by_ref()
-                    .take(EVICTION_SAMPLE)
-                    .min_by_key(|e| e.expires_at)
-                else {
+            // At most once round the map per walk, so no bucket twice.
+            while (len > room.len || bytes > room.bytes)
+                && picked < VICTIMS_PER_WALK
+                && scanned < buckets
+            {
+                // (bucket, expiry, bytes) of the sample's victim.
+                let mut victim: Option<(usize, u64, usize)> = None;
+                let mut sampled = 0;
+                while sampled < EVICTION_SAMPLE && scanned < buckets {
+                    if let Some(e) = self.map.get_bucket(index)
+                        && Some(index) != keep
+                    {
+                        sampled += 1;
+                        if victim.is_none_or(|(_, expiry, _)| e.expires_at < expiry) {
+                            victim = Some((index, e.expires_at, e.bytes()));
+                        }
+                    }
+                    index += 1;
+                    if index == buckets {
+                        index = 0;
+                    }
+                    scanned += 1;
+                }
+                let Some((bucket, _, size)) = victim else {
                     break;
                 };
-                victims[picked] = (victim.hash, victim.id.as_ptr());
+                victims[picked] = bucket;
                 picked += 1;
                 len -= 1;
-                bytes -= victim.bytes();
+                bytes -= size;
             }
-            for &(hash, id) in &victims[..picked] {
-                if let Ok(victim) = self.map.find_entry(hash, |e| e.id.as_ptr() == id) {
+            self.cursor = index;
+            // Removing an entry moves no other.
+            for &bucket in &victims[..picked] {
+                if let Ok(victim) = self.map.get_bucket_entry(bucket) {
                     self.bytes -= victim.get().bytes();
                     victim.remove();
                 }
@@ -366,8 +393,8 @@ impl MemoryBackend {
                     let after = entry.bytes();
                     shard.bytes = shard.bytes - before + after;
                     if shard.bytes > share.bytes {
-                        let id = entry.id.as_ptr();
-                        shard.make_room(share, sweep_every, now, id);
+                        let bucket = found.bucket_index();
+                        shard.make_room(share, sweep_every, now, Some(bucket));
                     }
                 } else {
                     // Nothing counts any more: the entry would only take room.
@@ -391,7 +418,7 @@ impl MemoryBackend {
                         len: share.len - 1,
                         bytes: share.bytes.saturating_sub(bytes),
                     };
-                    shard.make_room(room, sweep_every, now, std::ptr::null());
+                    shard.make_room(room, sweep_every, now, None);
                     shard.map.insert_unique(hash, entry, |e| e.hash);
                     shard.bytes += bytes;
                 }
@@ -565,6 +592,15 @@ mod tests {
             }
         }
         assert_eq!(backend.len(), capacity, "full, not over-evicted");
+        // Samples go round the whole map: the first clients, the closest to
+        // expiry, were all evicted, wherever their hashes placed them.
+        let first_kept = (0..capacity)
+            .filter(|i| {
+                let key = Key::new(format!("a{i}"));
+                backend.peek_now(&policy, &key).quotas()[0].remaining == 1
+            })
+            .count();
+        assert_eq!(first_kept, 0);
         // Sweeps (O(shard) each) happen at most once per shard-capacity
         // writes per shard: far fewer than one per new key.
         let per_shard = capacity / SHARDS;
