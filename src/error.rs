@@ -279,6 +279,9 @@ pub enum ConfigError {
     /// A capacity of zero was given to the memory backend.
     #[error("the memory backend capacity must be greater than zero")]
     ZeroCapacity,
+    /// A byte budget of zero was given to the memory backend.
+    #[error("the memory backend byte budget must be greater than zero")]
+    ZeroByteBudget,
     /// A configuration read with serde (`config::Config`, feature `serde`)
     /// has a value that cannot be read (an unknown field, a bad quota or
     /// duration, an unknown name) or that names an undefined policy.

@@ -55,7 +55,12 @@ impl<T> Sharded<T> {
     /// entries by the low bits and tags them with the top seven, still sees
     /// them spread evenly.
     pub(crate) fn lock_hashed(&self, hash: u64) -> MutexGuard<'_, T> {
-        lock(&self.shards[(hash >> 32) as usize % self.shards.len()])
+        lock(&self.shards[self.index_hashed(hash)])
+    }
+
+    /// The index of the shard [`lock_hashed`](Self::lock_hashed) locks.
+    pub(crate) fn index_hashed(&self, hash: u64) -> usize {
+        (hash >> 32) as usize % self.shards.len()
     }
 
     /// Locks every shard in turn.

@@ -1,5 +1,6 @@
 //! The in-process backend.
 
+use std::mem::size_of;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -14,21 +15,69 @@ use crate::sharded::{SHARDS, Sharded};
 /// A shard drops its expired entries every this many writes, or every
 /// shard-capacity writes if that is more (so a sweep costs O(1) amortised).
 const SWEEP_EVERY: usize = 1024;
-/// When a full shard needs room and no sweep is due, the entry closest to
-/// expiry among this many (the first ones the map yields) is evicted.
+/// When a shard needs room and no sweep is due, the entry closest to expiry
+/// among each sample of this many (consecutive ones from a cursor going
+/// round the map) is evicted.
 const EVICTION_SAMPLE: usize = 8;
+/// The most victims one walk over a shard's map picks before removing them
+/// (on the stack: eviction allocates nothing).
+const VICTIMS_PER_WALK: usize = 32;
+/// What an entry costs besides its id and its states: the entry itself in
+/// the map's table, and its control byte there.
+const ENTRY_BYTES: usize = size_of::<Entry>() + 1;
 
 /// In-process counters with the same algorithms and outcomes as
 /// [`RedisBackend`](super::RedisBackend).
 ///
-/// State lives in a sharded map of `(policy, key)` entries. Memory is bounded:
-/// entries are dropped once their counts have left every window, and the
-/// number of tracked clients is capped ([`MemoryBackend::with_capacity`],
-/// default 100 000). When the map is full, a new client first makes the shard
-/// drop its expired entries (at most once per shard-capacity writes); if
-/// none is due or it freed nothing, the entry closest to expiry among a small
-/// sample is evicted, which forgets that client's count (as Redis does under
-/// `allkeys-lru`). Either way a new client costs O(1) amortised.
+/// State lives in a sharded map of `(policy, key)` entries, dropped once
+/// their counts have left every window. Memory is bounded twice, each bound
+/// split evenly between the 16 shards:
+///
+/// - in clients: at most about [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY)
+///   (100 000) entries;
+/// - in bytes: at most about [`DEFAULT_MAX_BYTES`](Self::DEFAULT_MAX_BYTES)
+///   (64 MiB) of counting state, as the backend accounts it after every
+///   decision ([`bytes`](Self::bytes)).
+///
+/// Set both with [`with_bounds`](Self::with_bounds).
+///
+/// # What one client costs
+///
+/// An entry costs 57 bytes, plus its id (the policy's name, a separator and
+/// the client's key, which is at most 65 bytes: longer keys are hashed),
+/// plus 40 bytes per quota of its policy, plus, for
+/// [`Algorithm::SlidingLog`](crate::Algorithm::SlidingLog) only, 16 bytes
+/// per slot of each quota's log. A log holds one entry per request admitted
+/// in its window, however costly (so at most the quota's limit); its room
+/// grows by doubling and is kept until the client's entry expires: up to 16
+/// bytes × the limit rounded up to a power of two. So, with one quota and a 15-byte id (`api` and an IPv4
+/// address):
+///
+/// | algorithm | per client | clients in 64 MiB |
+/// |---|---|---|
+/// | sliding window, GCRA | 112 bytes | ≈ 600 000 (the capacity binds first) |
+/// | sliding log, 10 requests in the window | 368 bytes | ≈ 180 000 (the capacity binds first) |
+/// | sliding log, 5 000 requests in the window | ≈ 128 KiB | ≈ 500 |
+///
+/// The allocator adds its own few bytes per allocation (an entry makes two,
+/// a sliding log one more per quota), and the map keeps the table it grew
+/// to: the process grows by somewhat more than the bytes accounted, never
+/// by an amount a client chooses.
+///
+/// # Eviction
+///
+/// When a shard would exceed either of its shares, it makes room: it first
+/// drops its expired entries if a sweep is due (at most once per
+/// shard-capacity writes), then evicts the entry closest to expiry among
+/// each small sample (an expired one when the sample holds any), until it
+/// is back within its shares. An evicted client's count is forgotten (its
+/// next request starts afresh), as Redis does under `allkeys-lru`: size the
+/// bounds for the clients you expect (the table above), or prefer the
+/// sliding window or GCRA, whose clients cost a constant. The client being
+/// decided is never evicted for its own growth: a shard holding only that
+/// client may stay over its byte share by that one entry until the next
+/// new client evicts it. Every decision costs O(1) amortised and allocates
+/// nothing for a known client beyond what its log grows.
 ///
 /// Each instance counts on its own: with several application instances, use
 /// Redis for a shared limit.
@@ -40,7 +89,10 @@ pub struct MemoryBackend {
 struct Inner {
     clock: Box<dyn Clock>,
     shards: Sharded<Shard>,
+    /// A shard's share of the capacity (entries).
     per_shard: usize,
+    /// A shard's share of the byte budget.
+    bytes_per_shard: usize,
 }
 
 /// A shard's entries, placed by the hash that chose the shard (SipHash with
@@ -48,52 +100,121 @@ struct Inner {
 /// its key once and allocates nothing for a known client.
 struct Shard {
     map: HashTable<Entry>,
+    /// The sum of the entries' [`Entry::bytes`], kept after every change.
+    bytes: usize,
     /// Writes since the last sweep.
     writes: usize,
     /// Sweeps so far (a test helper).
     sweeps: u64,
+    /// Where the next eviction sample starts: a bucket of `map`.
+    cursor: usize,
 }
 
 impl Default for Shard {
     fn default() -> Self {
         Self {
             map: HashTable::new(),
+            bytes: 0,
             writes: 0,
             sweeps: 0,
+            cursor: 0,
         }
     }
+}
+
+/// How much a shard may hold once it has made room.
+#[derive(Clone, Copy)]
+struct Room {
+    /// Entries.
+    len: usize,
+    /// Bytes, as [`Entry::bytes`] counts them.
+    bytes: usize,
 }
 
 impl Shard {
     /// Drops the entries expired at `now`.
     fn sweep(&mut self, now: u64) {
-        self.map.retain(|e| e.expires_at > now);
+        let mut freed = 0;
+        self.map.retain(|e| {
+            let live = e.expires_at > now;
+            if !live {
+                freed += e.bytes();
+            }
+            live
+        });
+        self.bytes -= freed;
         self.writes = 0;
         self.sweeps += 1;
     }
 
-    /// Makes room for one new entry in a shard holding `capacity` or more:
-    /// sweeps when one is due, else evicts the entry closest to expiry among
-    /// a sample (an expired one when the sample holds any).
-    fn make_room(&mut self, capacity: usize, now: u64) {
-        if self.map.len() < capacity {
+    fn fits(&self, room: Room) -> bool {
+        self.map.len() <= room.len && self.bytes <= room.bytes
+    }
+
+    /// Makes the shard fit in `room`, never evicting the entry in bucket
+    /// `keep` (the one being decided, if any): sweeps when one is due (every
+    /// `sweep_every` writes), then evicts the entry closest to expiry among
+    /// each sample of [`EVICTION_SAMPLE`] (an expired one when the sample
+    /// holds any), until it fits or holds nothing but `keep`.
+    ///
+    /// Samples are consecutive entries from a cursor that goes round the
+    /// map's buckets, so every entry is a candidate in turn, wherever its
+    /// hash placed it. A walk picks up to [`VICTIMS_PER_WALK`] victims, and
+    /// an entry is evicted at most once per insertion: O(1) amortised per
+    /// decision.
+    fn make_room(&mut self, room: Room, sweep_every: usize, now: u64, keep: Option<usize>) {
+        if self.fits(room) {
             return;
         }
-        if self.writes >= capacity {
+        if self.writes >= sweep_every {
             self.sweep(now);
         }
-        while self.map.len() >= capacity {
-            let Some((hash, id)) = self
-                .map
-                .iter()
-                .take(EVICTION_SAMPLE)
-                .min_by_key(|e| e.expires_at)
-                .map(|e| (e.hash, e.id.as_ptr()))
-            else {
-                return;
-            };
-            if let Ok(victim) = self.map.find_entry(hash, |e| e.id.as_ptr() == id) {
-                victim.remove();
+        let others = |s: &Self| s.map.len() - usize::from(keep.is_some());
+        while !self.fits(room) && others(self) > 0 {
+            let buckets = self.map.num_buckets();
+            let mut index = self.cursor % buckets;
+            let mut scanned = 0;
+            let mut victims = [0_usize; VICTIMS_PER_WALK];
+            let mut picked = 0;
+            let (mut len, mut bytes) = (self.map.len(), self.bytes);
+            // At most once round the map per walk, so no bucket twice.
+            while (len > room.len || bytes > room.bytes)
+                && picked < VICTIMS_PER_WALK
+                && scanned < buckets
+            {
+                // (bucket, expiry, bytes) of the sample's victim.
+                let mut victim: Option<(usize, u64, usize)> = None;
+                let mut sampled = 0;
+                while sampled < EVICTION_SAMPLE && scanned < buckets {
+                    if let Some(e) = self.map.get_bucket(index)
+                        && Some(index) != keep
+                    {
+                        sampled += 1;
+                        if victim.is_none_or(|(_, expiry, _)| e.expires_at < expiry) {
+                            victim = Some((index, e.expires_at, e.bytes()));
+                        }
+                    }
+                    index += 1;
+                    if index == buckets {
+                        index = 0;
+                    }
+                    scanned += 1;
+                }
+                let Some((bucket, _, size)) = victim else {
+                    break;
+                };
+                victims[picked] = bucket;
+                picked += 1;
+                len -= 1;
+                bytes -= size;
+            }
+            self.cursor = index;
+            // Removing an entry moves no other.
+            for &bucket in &victims[..picked] {
+                if let Ok(victim) = self.map.get_bucket_entry(bucket) {
+                    self.bytes -= victim.get().bytes();
+                    victim.remove();
+                }
             }
         }
     }
@@ -118,16 +239,29 @@ impl Entry {
             && id[policy.len()] == 0
             && id.ends_with(key.as_bytes())
     }
+
+    /// The bytes this entry holds: its slot in the map, its id, its states
+    /// and what they hold on the heap. O(quotas).
+    fn bytes(&self) -> usize {
+        ENTRY_BYTES
+            + self.id.len()
+            + self.quotas.capacity() * size_of::<QuotaState>()
+            + self
+                .quotas
+                .iter()
+                .map(QuotaState::heap_bytes)
+                .sum::<usize>()
+    }
 }
 
 impl std::fmt::Debug for MemoryBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shards = self.inner.shards.count();
         f.debug_struct("MemoryBackend")
-            .field(
-                "capacity",
-                &(self.inner.per_shard * self.inner.shards.count()),
-            )
+            .field("capacity", &(self.inner.per_shard * shards))
+            .field("max_bytes", &(self.inner.bytes_per_shard * shards))
             .field("len", &self.len())
+            .field("bytes", &self.bytes())
             .finish()
     }
 }
@@ -142,32 +276,66 @@ impl MemoryBackend {
     /// The default capacity: this many tracked `(policy, client)` pairs.
     pub const DEFAULT_CAPACITY: usize = 100_000;
 
-    /// A backend on the system clock with the default capacity.
+    /// The default byte budget: this many bytes of counting state (64 MiB),
+    /// as [`bytes`](Self::bytes) accounts them.
+    pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+
+    /// A backend on the system clock with the default capacity and byte
+    /// budget.
     pub fn new() -> Self {
-        Self::build(SystemClock, Self::DEFAULT_CAPACITY)
+        Self::build(SystemClock, Self::DEFAULT_CAPACITY, Self::DEFAULT_MAX_BYTES)
     }
 
     /// A backend on the given clock (e.g. a [`FakeClock`](crate::clock::FakeClock)
-    /// in tests), with the default capacity.
+    /// in tests), with the default capacity and byte budget.
     pub fn with_clock(clock: impl Clock) -> Self {
-        Self::build(clock, Self::DEFAULT_CAPACITY)
+        Self::build(clock, Self::DEFAULT_CAPACITY, Self::DEFAULT_MAX_BYTES)
     }
 
     /// A backend tracking at most about `capacity` `(policy, client)` pairs
-    /// (rounded up to a multiple of 16).
+    /// (rounded up to a multiple of 16), with the default byte budget.
     pub fn with_capacity(clock: impl Clock, capacity: usize) -> Result<Self, ConfigError> {
+        Self::with_bounds(clock, capacity, Self::DEFAULT_MAX_BYTES)
+    }
+
+    /// A backend tracking at most about `capacity` `(policy, client)` pairs
+    /// in at most about `max_bytes` bytes of counting state (each rounded up
+    /// to a multiple of 16). See [`MemoryBackend`] for what a client costs.
+    ///
+    /// ```
+    /// use tower_redis_ratelimit::MemoryBackend;
+    /// use tower_redis_ratelimit::clock::SystemClock;
+    ///
+    /// // Up to a million clients in 256 MiB.
+    /// let backend = MemoryBackend::with_bounds(SystemClock, 1_000_000, 256 << 20)?;
+    /// # Ok::<(), tower_redis_ratelimit::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroCapacity`] if `capacity` is zero,
+    /// [`ConfigError::ZeroByteBudget`] if `max_bytes` is.
+    pub fn with_bounds(
+        clock: impl Clock,
+        capacity: usize,
+        max_bytes: usize,
+    ) -> Result<Self, ConfigError> {
         if capacity == 0 {
             return Err(ConfigError::ZeroCapacity);
         }
-        Ok(Self::build(clock, capacity))
+        if max_bytes == 0 {
+            return Err(ConfigError::ZeroByteBudget);
+        }
+        Ok(Self::build(clock, capacity, max_bytes))
     }
 
-    fn build(clock: impl Clock, capacity: usize) -> Self {
+    fn build(clock: impl Clock, capacity: usize, max_bytes: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 clock: Box::new(clock),
                 shards: Sharded::new(SHARDS, Shard::default),
                 per_shard: capacity.div_ceil(SHARDS),
+                bytes_per_shard: max_bytes.div_ceil(SHARDS),
             }),
         }
     }
@@ -182,6 +350,13 @@ impl MemoryBackend {
         self.len() == 0
     }
 
+    /// The bytes of counting state held now, as the byte budget counts them
+    /// (the entries, their ids, their states and the logs' room; not the
+    /// allocator's own overhead nor the map's empty slots).
+    pub fn bytes(&self) -> usize {
+        self.inner.shards.each().map(|s| s.bytes).sum()
+    }
+
     /// The decision, synchronously: the [`Backend`] impl wraps this, and
     /// [`FailureMode::Local`](crate::FailureMode::Local) decides with it.
     pub(crate) fn check_now(&self, policy: &Policy, key: &Key, cost: u64) -> crate::Decision {
@@ -190,6 +365,11 @@ impl MemoryBackend {
         let (name, text) = (policy.name(), key.as_str());
         let hash = inner.shards.hash(&(name, text));
         let mut shard = inner.shards.lock_hashed(hash);
+        let sweep_every = inner.per_shard;
+        let share = Room {
+            len: inner.per_shard,
+            bytes: inner.bytes_per_shard,
+        };
 
         let algorithm = policy.algorithm_kind();
         let quotas = policy.quotas();
@@ -198,6 +378,7 @@ impl MemoryBackend {
         let (decision, keep) = match shard.map.find_entry(hash, |e| e.is(name, text)) {
             Ok(mut found) => {
                 let entry = found.get_mut();
+                let before = entry.bytes();
                 let stale = entry.expires_at <= now
                     || entry.quotas.len() != quotas.len()
                     || !entry.quotas.iter().all(|q| q.matches(algorithm));
@@ -207,9 +388,18 @@ impl MemoryBackend {
                 let (decision, keep) = algorithm::check(&mut entry.quotas, quotas, now, cost);
                 if keep > 0 {
                     entry.expires_at = now.saturating_add(keep);
+                    // Accounted after every decision: a log grows when a
+                    // request is admitted, a stale entry starts afresh.
+                    let after = entry.bytes();
+                    shard.bytes = shard.bytes - before + after;
+                    if shard.bytes > share.bytes {
+                        let bucket = found.bucket_index();
+                        shard.make_room(share, sweep_every, now, Some(bucket));
+                    }
                 } else {
                     // Nothing counts any more: the entry would only take room.
                     found.remove();
+                    shard.bytes -= before;
                 }
                 (decision, keep)
             }
@@ -223,8 +413,14 @@ impl MemoryBackend {
                 let (decision, keep) = algorithm::check(&mut entry.quotas, quotas, now, cost);
                 if keep > 0 {
                     entry.expires_at = now.saturating_add(keep);
-                    shard.make_room(inner.per_shard, now);
+                    let bytes = entry.bytes();
+                    let room = Room {
+                        len: share.len - 1,
+                        bytes: share.bytes.saturating_sub(bytes),
+                    };
+                    shard.make_room(room, sweep_every, now, None);
                     shard.map.insert_unique(hash, entry, |e| e.hash);
+                    shard.bytes += bytes;
                 }
                 (decision, keep)
             }
@@ -273,7 +469,8 @@ impl MemoryBackend {
         let hash = self.inner.shards.hash(&(name, text));
         let mut shard = self.inner.shards.lock_hashed(hash);
         if let Ok(found) = shard.map.find_entry(hash, |e| e.is(name, text)) {
-            found.remove();
+            let (entry, _) = found.remove();
+            shard.bytes -= entry.bytes();
         }
     }
 
@@ -281,6 +478,24 @@ impl MemoryBackend {
     #[cfg(test)]
     fn sweeps(&self) -> u64 {
         self.inner.shards.each().map(|s| s.sweeps).sum()
+    }
+
+    /// Every shard's entries, accounted bytes, and bytes recounted from its
+    /// entries (a test helper).
+    #[cfg(test)]
+    fn shard_bytes(&self) -> Vec<(usize, usize, usize)> {
+        self.inner
+            .shards
+            .each()
+            .map(|s| (s.map.len(), s.bytes, s.map.iter().map(Entry::bytes).sum()))
+            .collect()
+    }
+
+    /// The index of the shard holding `policy`'s `key` (a test helper).
+    #[cfg(test)]
+    fn shard_of(&self, policy: &Policy, key: &Key) -> usize {
+        let hash = self.inner.shards.hash(&(policy.name(), key.as_str()));
+        self.inner.shards.index_hashed(hash)
     }
 }
 
@@ -377,6 +592,15 @@ mod tests {
             }
         }
         assert_eq!(backend.len(), capacity, "full, not over-evicted");
+        // Samples go round the whole map: the first clients, the closest to
+        // expiry, were all evicted, wherever their hashes placed them.
+        let first_kept = (0..capacity)
+            .filter(|i| {
+                let key = Key::new(format!("a{i}"));
+                backend.peek_now(&policy, &key).quotas()[0].remaining == 1
+            })
+            .count();
+        assert_eq!(first_kept, 0);
         // Sweeps (O(shard) each) happen at most once per shard-capacity
         // writes per shard: far fewer than one per new key.
         let per_shard = capacity / SHARDS;
@@ -557,5 +781,247 @@ mod tests {
         }
         let (admitted, denied) = tally.get();
         assert!(admitted > 1_000 && denied > 1_000, "{admitted} / {denied}");
+    }
+
+    /// A sliding log of `limit` units per hour.
+    fn log_policy(name: &str, limit: u64) -> Policy {
+        Policy::new(name)
+            .algorithm(Algorithm::SlidingLog)
+            .quota(Quota::per_hour(limit))
+    }
+
+    /// `n` keys of `policy` that land in `shard`, named `<prefix><i>`.
+    fn keys_in_shard(
+        backend: &MemoryBackend,
+        policy: &Policy,
+        shard: usize,
+        prefix: &str,
+        n: usize,
+    ) -> Vec<Key> {
+        (0..)
+            .map(|i| Key::new(format!("{prefix}{i}")))
+            .filter(|key| backend.shard_of(policy, key) == shard)
+            .take(n)
+            .collect()
+    }
+
+    /// Every shard's accounted bytes are its entries' bytes.
+    fn assert_accounted(backend: &MemoryBackend) {
+        for (i, (_, accounted, recounted)) in backend.shard_bytes().into_iter().enumerate() {
+            assert_eq!(accounted, recounted, "shard {i}");
+        }
+    }
+
+    #[test]
+    fn a_client_costs_what_the_docs_say() {
+        // The sizes `MemoryBackend`'s docs quote (64-bit targets).
+        assert_eq!(ENTRY_BYTES, 57);
+        assert_eq!(size_of::<QuotaState>(), 40);
+        let backend = MemoryBackend::with_clock(FakeClock::new(1_000_000_000));
+        let key = Key::new("203.0.113.7");
+        for algorithm in [Algorithm::SlidingWindow, Algorithm::Gcra] {
+            let policy = Policy::new("api")
+                .algorithm(algorithm)
+                .quota(Quota::per_minute(100));
+            backend.check_now(&policy, &key, 1);
+            // The entry, "api\0203.0.113.7", one state.
+            assert_eq!(backend.bytes(), 112, "{algorithm:?}");
+            backend.reset_now(&policy, &key);
+        }
+        let policy = log_policy("api", 5_000);
+        for _ in 0..10 {
+            backend.check_now(&policy, &key, 500);
+        }
+        // Ten log entries in room for 16.
+        assert_eq!(backend.bytes(), 112 + 16 * 16);
+        assert_eq!(backend.len(), 1);
+    }
+
+    #[test]
+    fn bytes_follow_every_decision_up_and_down() {
+        let clock = FakeClock::new(1_000_000_000);
+        let backend = MemoryBackend::with_clock(clock.clone());
+        let policy = log_policy("log", 5_000);
+        let key = Key::new("a");
+        assert_eq!(backend.bytes(), 0);
+        // Each admitted request is an entry of the log: the bytes grow with
+        // the log's room, never shrink while it fills.
+        let mut last = 0;
+        for i in 0..1_000 {
+            assert!(backend.check_now(&policy, &key, 1).is_allowed());
+            let bytes = backend.bytes();
+            assert!(bytes >= last, "request {i}: {bytes} < {last}");
+            assert!(
+                bytes >= ENTRY_BYTES + 16 * (i + 1) && bytes <= ENTRY_BYTES + 100 + 32 * (i + 1),
+                "request {i}: {bytes}"
+            );
+            last = bytes;
+            assert_accounted(&backend);
+        }
+        // A denied request adds nothing.
+        assert!(!backend.check_now(&policy, &key, 4_001).is_allowed());
+        assert_eq!(backend.bytes(), last);
+        // A reset frees the entry.
+        backend.reset_now(&policy, &key);
+        assert_eq!(backend.bytes(), 0);
+        // An expired entry starts afresh: back to one log entry.
+        for _ in 0..100 {
+            backend.check_now(&policy, &key, 1);
+        }
+        let full = backend.bytes();
+        clock.advance(Duration::from_secs(3_601));
+        assert!(backend.check_now(&policy, &key, 1).is_allowed());
+        let fresh = backend.bytes();
+        // The entry, "log\0a", one state, room for 4 log entries.
+        assert_eq!(fresh, ENTRY_BYTES + 5 + 40 + 4 * 16, "of {full}");
+        assert!(fresh < full);
+        assert_accounted(&backend);
+        // An expired entry whose request is denied is dropped.
+        clock.advance(Duration::from_secs(3_601));
+        assert!(!backend.check_now(&policy, &key, 5_001).is_allowed());
+        assert_eq!((backend.len(), backend.bytes()), (0, 0));
+        // Sweeps free what they drop.
+        let backend = MemoryBackend::with_capacity(clock.clone(), 1024).unwrap();
+        let short = Policy::new("short").quota(Quota::per_second(1));
+        for i in 0..5_000 {
+            backend.check_now(&short, &Key::new(format!("s{i}")), 1);
+        }
+        let sweeps = backend.sweeps();
+        clock.advance(Duration::from_secs(2));
+        for i in 0..20_000 {
+            backend.check_now(&policy, &Key::new(format!("t{i}")), 1);
+            if i % 1_000 == 0 {
+                assert_accounted(&backend);
+            }
+        }
+        assert!(backend.sweeps() > sweeps);
+        assert_accounted(&backend);
+    }
+
+    #[test]
+    fn the_byte_budget_keeps_every_shard_within_its_share() {
+        let clock = FakeClock::new(1_000_000_000);
+        // 4 KiB a shard: a few clients with small logs.
+        let max_bytes = 64 << 10;
+        let share = max_bytes / SHARDS;
+        let backend = MemoryBackend::with_bounds(clock.clone(), 100_000, max_bytes).unwrap();
+        let policy = log_policy("log", 5_000);
+        let keys: Vec<Key> = (0..300).map(|i| Key::new(format!("k{i}"))).collect();
+        for round in 0..40 {
+            for key in &keys {
+                assert!(backend.check_now(&policy, key, 1).is_allowed());
+                for (i, (len, accounted, recounted)) in
+                    backend.shard_bytes().into_iter().enumerate()
+                {
+                    assert_eq!(accounted, recounted, "round {round}, shard {i}");
+                    assert!(
+                        accounted <= share,
+                        "round {round}, shard {i}: {accounted} bytes in {len} entries"
+                    );
+                }
+            }
+            clock.advance(Duration::from_millis(1));
+        }
+        assert!(backend.bytes() <= max_bytes);
+        // Fewer clients than were seen: the budget, not the capacity, bound
+        // them.
+        assert!(backend.len() < keys.len(), "{}", backend.len());
+        assert_eq!(
+            MemoryBackend::with_bounds(clock.clone(), 1, 0).unwrap_err(),
+            ConfigError::ZeroByteBudget
+        );
+        assert_eq!(
+            MemoryBackend::with_bounds(clock, 0, 1).unwrap_err(),
+            ConfigError::ZeroCapacity
+        );
+    }
+
+    #[test]
+    fn a_client_is_not_evicted_by_its_own_growth() {
+        let clock = FakeClock::new(1_000_000_000);
+        let max_bytes = 64 << 10;
+        let share = max_bytes / SHARDS;
+        let backend = MemoryBackend::with_bounds(clock.clone(), 100_000, max_bytes).unwrap();
+        let policy = log_policy("log", 5_000);
+        let heavy = Key::new("heavy");
+        let shard = backend.shard_of(&policy, &heavy);
+        let others = keys_in_shard(&backend, &policy, shard, "other", 10);
+        for key in &others {
+            backend.check_now(&policy, key, 1);
+        }
+        assert_eq!(backend.len(), 10);
+        // The heavy client's log grows past the shard's share: the others
+        // make room, its own count is never forgotten.
+        for n in 1..=1_000 {
+            let decision = backend.check_now(&policy, &heavy, 1);
+            assert_eq!(decision.quotas()[0].remaining, 5_000 - n, "request {n}");
+            let (len, bytes, _) = backend.shard_bytes()[shard];
+            assert!(bytes <= share || len == 1, "request {n}: {bytes} in {len}");
+        }
+        // Alone over the share: kept, counting on.
+        let (len, bytes, _) = backend.shard_bytes()[shard];
+        assert_eq!(len, 1);
+        assert!(bytes > share, "{bytes}");
+        assert_eq!(
+            backend.check_now(&policy, &heavy, 1).quotas()[0].remaining,
+            3_999
+        );
+        // A new client of the shard evicts it (its count is forgotten) and
+        // the shard is back within its share.
+        let newcomer = keys_in_shard(&backend, &policy, shard, "new", 1);
+        backend.check_now(&policy, &newcomer[0], 1);
+        let (len, bytes, _) = backend.shard_bytes()[shard];
+        assert_eq!(len, 1);
+        assert!(bytes <= share);
+        assert_eq!(
+            backend.check_now(&policy, &heavy, 1).quotas()[0].remaining,
+            4_999
+        );
+        assert_accounted(&backend);
+    }
+
+    #[test]
+    fn a_growing_client_evicts_expired_clients_first() {
+        let clock = FakeClock::new(1_000_000_000);
+        // 6 KiB a shard.
+        let max_bytes = 96 << 10;
+        let share = max_bytes / SHARDS;
+        let backend = MemoryBackend::with_bounds(clock.clone(), 100_000, max_bytes).unwrap();
+        let policy = log_policy("log", 5_000);
+        let short = Policy::new("short")
+            .algorithm(Algorithm::SlidingLog)
+            .quota(Quota::per_second(100));
+        let heavy = Key::new("heavy");
+        let shard = backend.shard_of(&policy, &heavy);
+        // Three live clients and three about to expire (20 log entries,
+        // 618 or 620 bytes each), all in one sample.
+        let live = keys_in_shard(&backend, &policy, shard, "live", 3);
+        let expiring = keys_in_shard(&backend, &short, shard, "gone", 3);
+        for _ in 0..20 {
+            for key in &live {
+                backend.check_now(&policy, key, 1);
+            }
+            for key in &expiring {
+                backend.check_now(&short, key, 1);
+            }
+        }
+        clock.advance(Duration::from_secs(2));
+        // The heavy client grows until the shard must make room: from 2 154
+        // bytes (128 log entries' room) to 4 202 (256), 7 916 in all.
+        loop {
+            backend.check_now(&policy, &heavy, 1);
+            if backend.len() < 7 {
+                break;
+            }
+        }
+        let (len, bytes, _) = backend.shard_bytes()[shard];
+        assert!(bytes <= share, "{bytes}");
+        // The expired ones went, and only they.
+        assert_eq!(len, 4);
+        for key in &live {
+            let decision = backend.peek_now(&policy, key);
+            assert_eq!(decision.quotas()[0].remaining, 4_980, "{key:?} kept");
+        }
+        assert_accounted(&backend);
     }
 }

@@ -5,6 +5,7 @@
 //! Every module is one attack, run against a real `redis-server` for a
 //! short, bounded load phase on loopback.
 
+mod memory_bytes;
 #[path = "../support/mod.rs"]
 mod support;
 
