@@ -44,6 +44,10 @@ impl Log {
             self.units -= cost;
             self.entries.pop_front();
         }
+        // A client that slowed down gives back what its busiest window took.
+        if self.entries.capacity() > 64 && self.entries.len() * 4 <= self.entries.capacity() {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
     }
 
     /// The heap bytes the state holds.

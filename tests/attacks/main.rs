@@ -5,7 +5,6 @@
 //! Every module is one attack, run against a real `redis-server` for a
 //! short, bounded load phase on loopback.
 
-mod memory_bytes;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -14,6 +13,7 @@ mod common;
 mod cost;
 mod fleet;
 mod maxmemory;
+mod memory_bytes;
 mod poisoned;
 #[cfg(feature = "serde")]
 mod secrets;
