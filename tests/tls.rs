@@ -233,18 +233,29 @@ async fn mutual_tls_with_a_client_certificate() {
 fn the_minimal_acl_rule_names_every_command_of_every_script() {
     let sent_by_the_limiter = ["evalsha", "evalsha_ro", "script|load", "del"];
     let mut run_by_scripts = std::collections::BTreeSet::new();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/algorithm");
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "lua") {
-            let source = std::fs::read_to_string(&path).unwrap();
-            for call in source.split("redis.call(").skip(1) {
-                let name: String = call
+    // The algorithms' scripts, the fleet's heartbeat and the batch script
+    // (Lua inside batch.rs, calling through `real`).
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut sources = Vec::new();
+    for dir in ["src/algorithm", "src/backend/redis"] {
+        for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "lua") || path.ends_with("batch.rs") {
+                sources.push(std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    for source in &sources {
+        for call in ["redis.call(", "redis.pcall(", "real.call(", "real.call, "] {
+            for rest in source.split(call).skip(1) {
+                let name: String = rest
                     .trim_start_matches(['\'', '"'])
                     .chars()
                     .take_while(|c| c.is_ascii_alphabetic() || *c == '_')
                     .collect();
-                run_by_scripts.insert(name.to_ascii_lowercase());
+                if !name.is_empty() && name != "command" {
+                    run_by_scripts.insert(name.to_ascii_lowercase());
+                }
             }
         }
     }

@@ -21,7 +21,7 @@ pub const PASSWORD: &str = "s3cret-limiter";
 /// run. (`AUTH` needs no rule; on Redis 7.2 and later, add
 /// `+client|setinfo`, which redis-rs sends on connect: [`limiter_acl`].)
 pub const LIMITER_ACL: &str = "~rl:* resetchannels -@all +evalsha +evalsha_ro +script|load \
-     +del +time +get +set +pexpire +zadd +zcard +zcount +zrange +zrangebyscore \
+     +del +time +get +set +pexpire +zadd +zcard +zrange +zrangebyscore \
      +zremrangebyscore";
 
 /// [`LIMITER_ACL`] for the installed server: with `+client|setinfo` from
