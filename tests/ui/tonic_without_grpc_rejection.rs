@@ -1,6 +1,11 @@
 // tonic's body cannot be made from a `String`, so the default rejection does
 // not fit behind `tonic::transport::Server`: the error must say to use
 // `GrpcRejection`.
+// The compiler must say (each `//~ ` line, see tests/compile_fail.rs):
+//~ `DefaultRejection` cannot make a rejection response with body type `tonic::body::Body`
+//~ this rejection cannot build a `Response<tonic::body::Body>`
+//~ call `.on_rejection(GrpcRejection)` on the layer you give `tonic::transport::Server::builder().layer(..)`
+//~ for a closure, use `layer.reject_fn(|rejection| ..)`, which infers its argument type and the body type
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
