@@ -80,16 +80,27 @@ pub fn redis_from(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Chosen>
         let urls: Vec<_> = urls.iter().map(|u| redact_url(u)).collect();
         urls.join(", ")
     };
+    // Without the cluster and sentinel features, only REDIS_URL is read.
+    let _ = (&split, &shown);
     let (builder, what, var) = match (url, cluster, sentinel) {
         (Some(url), _, _) => {
             let what = format!("redis at {}", redact_url(&url));
             (RedisBackend::builder(url), what, "REDIS_URL")
         }
+        #[cfg(feature = "cluster")]
         (_, Some(nodes), _) => {
             let nodes = split(&nodes);
             let what = format!("redis cluster at {}", shown(&nodes));
             (RedisBackend::cluster_builder(nodes), what, "REDIS_CLUSTER")
         }
+        #[cfg(not(feature = "cluster"))]
+        (_, Some(_), _) => {
+            return Err(
+                "REDIS_CLUSTER needs the crate's `cluster` feature: add `--features cluster`"
+                    .into(),
+            );
+        }
+        #[cfg(feature = "sentinel")]
         (_, _, Some(sentinels)) => {
             let sentinels = split(&sentinels);
             let master = env("REDIS_SENTINEL_MASTER").unwrap_or_else(|| "mymaster".to_owned());
@@ -103,6 +114,13 @@ pub fn redis_from(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Chosen>
                 builder = builder.master_url(master_url);
             }
             (builder, what, "REDIS_SENTINEL")
+        }
+        #[cfg(not(feature = "sentinel"))]
+        (_, _, Some(_)) => {
+            return Err(
+                "REDIS_SENTINEL needs the crate's `sentinel` feature: add `--features sentinel`"
+                    .into(),
+            );
         }
         (None, None, None) => return Ok(None),
     };
@@ -121,10 +139,20 @@ fn with_tls(
         std::fs::read(path).map_err(|e| -> Box<dyn Error> { format!("{var}={path}: {e}").into() })
     };
     let mut shown = String::new();
+    #[cfg(not(feature = "tls"))]
+    if ["REDIS_CA_CERT", "REDIS_CLIENT_CERT", "REDIS_CLIENT_KEY"]
+        .iter()
+        .any(|var| env(var).is_some())
+    {
+        let _ = (read, &mut builder, &mut shown);
+        return Err("TLS files need the crate's `tls` feature: add `--features tls`".into());
+    }
+    #[cfg(feature = "tls")]
     if let Some(path) = env("REDIS_CA_CERT") {
         builder = builder.tls_ca_pem(read("REDIS_CA_CERT", &path)?);
         shown.push_str(&format!(", trusting the CA in {path}"));
     }
+    #[cfg(feature = "tls")]
     match (env("REDIS_CLIENT_CERT"), env("REDIS_CLIENT_KEY")) {
         (Some(cert), Some(key)) => {
             builder = builder.tls_client_pem(
