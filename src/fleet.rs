@@ -175,7 +175,7 @@ mod tests {
                 (0..100)
                     .take_while(|_| {
                         share.with(&policy, Some(n(instances)), |p| {
-                            local.check_now(p, &key, 1).is_allowed()
+                            local.decide_now(p, &key, 1).is_allowed()
                         })
                     })
                     .count()

@@ -1,6 +1,5 @@
 //! [`RateLimitLayer`]: configuration and its builder.
 
-use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,8 +167,6 @@ enum Target {
 #[must_use]
 pub struct RateLimitLayerBuilder {
     backend: Option<Arc<dyn Backend>>,
-    /// The backend, when it is a [`MemoryBackend`].
-    memory: Option<MemoryBackend>,
     default: Option<Policy>,
     rules: Vec<(Option<Method>, String, Target)>,
     deadline: Duration,
@@ -184,7 +181,6 @@ impl Default for RateLimitLayerBuilder {
     fn default() -> Self {
         Self {
             backend: None,
-            memory: None,
             default: None,
             rules: Vec::new(),
             deadline: DEFAULT_DEADLINE,
@@ -210,8 +206,6 @@ impl fmt::Debug for RateLimitLayerBuilder {
 impl RateLimitLayerBuilder {
     /// Where counters live (default: a fresh [`MemoryBackend`]).
     pub fn backend(mut self, backend: impl Backend) -> Self {
-        let any: &dyn Any = &backend;
-        self.memory = any.downcast_ref::<MemoryBackend>().cloned();
         self.backend = Some(Arc::new(backend));
         self
     }
@@ -375,19 +369,13 @@ impl RateLimitLayerBuilder {
         if policies.is_empty() {
             return Err(ConfigError::NoPolicy);
         }
-        let (backend, memory) = match self.backend {
-            Some(backend) => (backend, self.memory),
-            None => {
-                let memory = MemoryBackend::new();
-                let backend: Arc<dyn Backend> = Arc::new(memory.clone());
-                (backend, Some(memory))
-            }
-        };
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
         let partitions = backend.partitions();
         Ok(RateLimitLayer {
             limiter: Arc::new(Limiter {
                 backend,
-                memory,
                 routes,
                 policies: compile(policies, self.blocked_capacity, self.blocked_max_age)?,
                 deadline: self.deadline,
@@ -405,6 +393,62 @@ impl RateLimitLayerBuilder {
 mod tests {
     use super::*;
     use crate::Quota;
+    use crate::key::Key;
+    use crate::limiter::Start;
+
+    /// How a request to `/` from 192.0.2.1 starts on a layer with `backend`.
+    fn start(backend: impl Backend) -> Start {
+        let layer = RateLimitLayer::builder()
+            .backend(backend)
+            .default_policy(Policy::default_api())
+            .build()
+            .unwrap();
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts
+            .extensions
+            .insert(std::net::SocketAddr::from(([192, 0, 2, 1], 4000)));
+        layer.limiter.begin(&parts)
+    }
+
+    /// Any backend that decides at once (`Backend::check_now`) is asked
+    /// directly: the memory backend, an `Arc` of it, a custom in-process
+    /// one. Others go through a backend call.
+    #[test]
+    fn in_process_backends_decide_at_once() {
+        struct Custom(MemoryBackend);
+        impl Backend for Custom {
+            fn check(&self, policy: &Policy, key: &Key, cost: u64) -> crate::backend::CheckFuture {
+                self.0.check(policy, key, cost)
+            }
+            fn check_now(
+                &self,
+                policy: &Policy,
+                key: &Key,
+                cost: u64,
+            ) -> Option<Result<crate::Decision, crate::BackendError>> {
+                self.0.check_now(policy, key, cost)
+            }
+        }
+        struct Later(MemoryBackend);
+        impl Backend for Later {
+            fn check(&self, policy: &Policy, key: &Key, cost: u64) -> crate::backend::CheckFuture {
+                self.0.check(policy, key, cost)
+            }
+        }
+        assert!(matches!(start(MemoryBackend::new()), Start::Settled(_)));
+        assert!(matches!(
+            start(Arc::new(MemoryBackend::new())),
+            Start::Settled(_)
+        ));
+        assert!(matches!(
+            start(Custom(MemoryBackend::new())),
+            Start::Settled(_)
+        ));
+        assert!(matches!(
+            start(Later(MemoryBackend::new())),
+            Start::Checking(..)
+        ));
+    }
 
     #[test]
     fn build_errors() {

@@ -119,9 +119,6 @@ pub(crate) fn compile(
 /// Everything a layer needs at request time, shared by all its clones.
 pub(crate) struct Limiter {
     pub(crate) backend: Arc<dyn Backend>,
-    /// `backend` itself when it is a [`MemoryBackend`]: asked directly, for
-    /// the same decision without a boxed future.
-    pub(crate) memory: Option<MemoryBackend>,
     pub(crate) routes: RouteTable,
     pub(crate) policies: Vec<CompiledPolicy>,
     pub(crate) deadline: Duration,
@@ -270,8 +267,9 @@ impl Limiter {
         let call = self
             .breaker
             .start(self.deadline, label, &span, partition, || {
-                match &self.memory {
-                    Some(memory) => Checked::Now(memory.check_now(policy, &key, cost)),
+                match self.backend.check_now(policy, &key, cost) {
+                    Some(Ok(decision)) => Checked::Now(decision),
+                    Some(Err(error)) => Checked::Later(Box::pin(std::future::ready(Err(error)))),
                     None => Checked::Later(self.backend.check(policy, &key, cost)),
                 }
             });
@@ -282,7 +280,7 @@ impl Limiter {
             span,
         };
         match call {
-            // The memory backend: decided already, no state to keep.
+            // Decided at once (`Backend::check_now`): no state to keep.
             Call::Ready(called) => Start::Settled(self.finish(pending, called)),
             Call::Waiting(call) => Start::Checking(pending, call),
         }
@@ -337,7 +335,7 @@ impl Limiter {
         policy.failure_mode_kind().verdict(id, || {
             let instances = self.backend.instances();
             compiled.share.with(policy, instances, |share| {
-                self.local.check_now(share, key, cost)
+                self.local.decide_now(share, key, cost)
             })
         })
     }

@@ -359,7 +359,7 @@ impl MemoryBackend {
 
     /// The decision, synchronously: the [`Backend`] impl wraps this, and
     /// [`FailureMode::Local`](crate::FailureMode::Local) decides with it.
-    pub(crate) fn check_now(&self, policy: &Policy, key: &Key, cost: u64) -> crate::Decision {
+    pub(crate) fn decide_now(&self, policy: &Policy, key: &Key, cost: u64) -> crate::Decision {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
         let (name, text) = (policy.name(), key.as_str());
@@ -446,7 +446,7 @@ impl MemoryBackend {
         let algorithm = policy.algorithm_kind();
         let quotas = policy.quotas();
         match shard.map.find(hash, |e| e.is(name, text)) {
-            // The entry `check_now` would use as it is.
+            // The entry `decide_now` would use as it is.
             Some(entry)
                 if entry.expires_at > now
                     && entry.quotas.len() == quotas.len()
@@ -454,7 +454,7 @@ impl MemoryBackend {
             {
                 algorithm::peek(&entry.quotas, quotas, now)
             }
-            // None, or one `check_now` would start afresh.
+            // None, or one `decide_now` would start afresh.
             _ => {
                 let fresh: Vec<QuotaState> =
                     quotas.iter().map(|_| QuotaState::new(algorithm)).collect();
@@ -510,7 +510,16 @@ fn entry_id(policy: &str, key: &str) -> Box<str> {
 
 impl Backend for MemoryBackend {
     fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
-        Box::pin(std::future::ready(Ok(self.check_now(policy, key, cost))))
+        Box::pin(std::future::ready(Ok(self.decide_now(policy, key, cost))))
+    }
+
+    fn check_now(
+        &self,
+        policy: &Policy,
+        key: &Key,
+        cost: u64,
+    ) -> Option<Result<crate::Decision, crate::BackendError>> {
+        Some(Ok(self.decide_now(policy, key, cost)))
     }
 
     // Administration: peek and reset.
@@ -549,13 +558,13 @@ mod tests {
         let backend = MemoryBackend::with_capacity(clock.clone(), 64).unwrap();
         let policy = Policy::new("p").quota(Quota::per_second(1));
         for i in 0..10_000 {
-            backend.check_now(&policy, &Key::new(format!("c{i}")), 1);
+            backend.decide_now(&policy, &Key::new(format!("c{i}")), 1);
         }
         assert!(backend.len() <= 64, "len {}", backend.len());
         clock.advance(Duration::from_secs(3));
         // Writes to a shard sweep it once it is full; every entry is expired.
         for i in 0..2_000 {
-            backend.check_now(&policy, &Key::new(format!("d{i}")), 1);
+            backend.decide_now(&policy, &Key::new(format!("d{i}")), 1);
         }
         assert!(backend.len() <= 64);
         assert_eq!(
@@ -574,7 +583,7 @@ mod tests {
         for i in 0..capacity {
             assert!(
                 backend
-                    .check_now(&policy, &Key::new(format!("a{i}")), 1)
+                    .decide_now(&policy, &Key::new(format!("a{i}")), 1)
                     .is_allowed()
             );
         }
@@ -582,13 +591,16 @@ mod tests {
         let rotated = 20_000;
         for i in 0..rotated {
             let key = Key::new(format!("b{i}"));
-            let decision = backend.check_now(&policy, &key, 1);
+            let decision = backend.decide_now(&policy, &key, 1);
             assert!(decision.is_allowed(), "a new key is answered: {i}");
             assert_eq!(decision.quotas()[0].remaining, 1);
             assert!(backend.len() <= capacity, "len {}", backend.len());
             // The newest client is tracked: its second request counts.
             if i % 1000 == 0 {
-                assert_eq!(backend.check_now(&policy, &key, 1).quotas()[0].remaining, 0);
+                assert_eq!(
+                    backend.decide_now(&policy, &key, 1).quotas()[0].remaining,
+                    0
+                );
             }
         }
         assert_eq!(backend.len(), capacity, "full, not over-evicted");
@@ -615,14 +627,17 @@ mod tests {
         for i in 0..2 * capacity {
             assert!(
                 backend
-                    .check_now(&policy, &Key::new(format!("c{i}")), 1)
+                    .decide_now(&policy, &Key::new(format!("c{i}")), 1)
                     .is_allowed()
             );
             assert!(backend.len() <= capacity);
         }
         // The last client is tracked: its second request counts.
         let key = Key::new(format!("c{}", 2 * capacity - 1));
-        assert_eq!(backend.check_now(&policy, &key, 1).quotas()[0].remaining, 0);
+        assert_eq!(
+            backend.decide_now(&policy, &key, 1).quotas()[0].remaining,
+            0
+        );
         assert_eq!(backend.len(), capacity);
     }
 
@@ -636,12 +651,12 @@ mod tests {
         );
         let pairs = [(&a, "bc"), (&ab, "c"), (&a, "b"), (&ab, "")];
         for (policy, key) in pairs {
-            let d = backend.check_now(policy, &Key::new(key), 1);
+            let d = backend.decide_now(policy, &Key::new(key), 1);
             assert_eq!(d.quotas()[0].remaining, 1, "{} {key:?}", policy.name());
         }
         assert_eq!(backend.len(), 4);
         for (policy, key) in pairs {
-            let d = backend.check_now(policy, &Key::new(key), 1);
+            let d = backend.decide_now(policy, &Key::new(key), 1);
             assert_eq!(d.quotas()[0].remaining, 0, "{} {key:?}", policy.name());
         }
         assert_eq!(backend.len(), 4);
@@ -651,7 +666,7 @@ mod tests {
     fn denied_first_request_keeps_nothing() {
         let backend = MemoryBackend::with_clock(FakeClock::new(5));
         let policy = Policy::new("p").quota(Quota::per_second(1));
-        assert!(!backend.check_now(&policy, &Key::new("a"), 2).is_allowed());
+        assert!(!backend.decide_now(&policy, &Key::new("a"), 2).is_allowed());
         assert!(backend.is_empty());
     }
 
@@ -672,8 +687,8 @@ mod tests {
             assert_eq!(d.quotas()[1].remaining, 3);
             assert!(backend.is_empty(), "{algorithm:?}");
             for _ in 0..2 {
-                assert!(backend.check_now(&policy, &a, 1).is_allowed());
-                assert!(backend.check_now(&policy, &b, 1).is_allowed());
+                assert!(backend.decide_now(&policy, &a, 1).is_allowed());
+                assert!(backend.decide_now(&policy, &b, 1).is_allowed());
             }
             let d = backend.peek_now(&policy, &a);
             assert_eq!(d.denied_by(), Some(0), "{algorithm:?}");
@@ -685,7 +700,7 @@ mod tests {
             assert_eq!(d.quotas()[0].remaining, 2);
             assert_eq!(d.quotas()[1].remaining, 3);
             // b is untouched.
-            assert!(!backend.check_now(&policy, &b, 1).is_allowed());
+            assert!(!backend.decide_now(&policy, &b, 1).is_allowed());
             backend.reset_now(&policy, &b);
             // Resetting what is not there is fine.
             backend.reset_now(&policy, &b);
@@ -756,7 +771,7 @@ mod tests {
                         "step {n}: a peek changed the map"
                     )));
                 }
-                let got = backend.check_now(policy, &keys[ki], cost);
+                let got = backend.decide_now(policy, &keys[ki], cost);
                 model
                     .check(now, cost)
                     .agrees(&got, algorithm)
@@ -823,14 +838,14 @@ mod tests {
             let policy = Policy::new("api")
                 .algorithm(algorithm)
                 .quota(Quota::per_minute(100));
-            backend.check_now(&policy, &key, 1);
+            backend.decide_now(&policy, &key, 1);
             // The entry, "api\0203.0.113.7", one state.
             assert_eq!(backend.bytes(), 112, "{algorithm:?}");
             backend.reset_now(&policy, &key);
         }
         let policy = log_policy("api", 5_000);
         for _ in 0..10 {
-            backend.check_now(&policy, &key, 500);
+            backend.decide_now(&policy, &key, 500);
         }
         // Ten log entries in room for 16.
         assert_eq!(backend.bytes(), 112 + 16 * 16);
@@ -848,7 +863,7 @@ mod tests {
         // the log's room, never shrink while it fills.
         let mut last = 0;
         for i in 0..1_000 {
-            assert!(backend.check_now(&policy, &key, 1).is_allowed());
+            assert!(backend.decide_now(&policy, &key, 1).is_allowed());
             let bytes = backend.bytes();
             assert!(bytes >= last, "request {i}: {bytes} < {last}");
             assert!(
@@ -859,18 +874,18 @@ mod tests {
             assert_accounted(&backend);
         }
         // A denied request adds nothing.
-        assert!(!backend.check_now(&policy, &key, 4_001).is_allowed());
+        assert!(!backend.decide_now(&policy, &key, 4_001).is_allowed());
         assert_eq!(backend.bytes(), last);
         // A reset frees the entry.
         backend.reset_now(&policy, &key);
         assert_eq!(backend.bytes(), 0);
         // An expired entry starts afresh: back to one log entry.
         for _ in 0..100 {
-            backend.check_now(&policy, &key, 1);
+            backend.decide_now(&policy, &key, 1);
         }
         let full = backend.bytes();
         clock.advance(Duration::from_secs(3_601));
-        assert!(backend.check_now(&policy, &key, 1).is_allowed());
+        assert!(backend.decide_now(&policy, &key, 1).is_allowed());
         let fresh = backend.bytes();
         // The entry, "log\0a", one state, room for 4 log entries.
         assert_eq!(fresh, ENTRY_BYTES + 5 + 40 + 4 * 16, "of {full}");
@@ -878,18 +893,18 @@ mod tests {
         assert_accounted(&backend);
         // An expired entry whose request is denied is dropped.
         clock.advance(Duration::from_secs(3_601));
-        assert!(!backend.check_now(&policy, &key, 5_001).is_allowed());
+        assert!(!backend.decide_now(&policy, &key, 5_001).is_allowed());
         assert_eq!((backend.len(), backend.bytes()), (0, 0));
         // Sweeps free what they drop.
         let backend = MemoryBackend::with_capacity(clock.clone(), 1024).unwrap();
         let short = Policy::new("short").quota(Quota::per_second(1));
         for i in 0..5_000 {
-            backend.check_now(&short, &Key::new(format!("s{i}")), 1);
+            backend.decide_now(&short, &Key::new(format!("s{i}")), 1);
         }
         let sweeps = backend.sweeps();
         clock.advance(Duration::from_secs(2));
         for i in 0..20_000 {
-            backend.check_now(&policy, &Key::new(format!("t{i}")), 1);
+            backend.decide_now(&policy, &Key::new(format!("t{i}")), 1);
             if i % 1_000 == 0 {
                 assert_accounted(&backend);
             }
@@ -909,7 +924,7 @@ mod tests {
         let keys: Vec<Key> = (0..300).map(|i| Key::new(format!("k{i}"))).collect();
         for round in 0..40 {
             for key in &keys {
-                assert!(backend.check_now(&policy, key, 1).is_allowed());
+                assert!(backend.decide_now(&policy, key, 1).is_allowed());
                 for (i, (len, accounted, recounted)) in
                     backend.shard_bytes().into_iter().enumerate()
                 {
@@ -947,13 +962,13 @@ mod tests {
         let shard = backend.shard_of(&policy, &heavy);
         let others = keys_in_shard(&backend, &policy, shard, "other", 10);
         for key in &others {
-            backend.check_now(&policy, key, 1);
+            backend.decide_now(&policy, key, 1);
         }
         assert_eq!(backend.len(), 10);
         // The heavy client's log grows past the shard's share: the others
         // make room, its own count is never forgotten.
         for n in 1..=1_000 {
-            let decision = backend.check_now(&policy, &heavy, 1);
+            let decision = backend.decide_now(&policy, &heavy, 1);
             assert_eq!(decision.quotas()[0].remaining, 5_000 - n, "request {n}");
             let (len, bytes, _) = backend.shard_bytes()[shard];
             assert!(bytes <= share || len == 1, "request {n}: {bytes} in {len}");
@@ -963,18 +978,18 @@ mod tests {
         assert_eq!(len, 1);
         assert!(bytes > share, "{bytes}");
         assert_eq!(
-            backend.check_now(&policy, &heavy, 1).quotas()[0].remaining,
+            backend.decide_now(&policy, &heavy, 1).quotas()[0].remaining,
             3_999
         );
         // A new client of the shard evicts it (its count is forgotten) and
         // the shard is back within its share.
         let newcomer = keys_in_shard(&backend, &policy, shard, "new", 1);
-        backend.check_now(&policy, &newcomer[0], 1);
+        backend.decide_now(&policy, &newcomer[0], 1);
         let (len, bytes, _) = backend.shard_bytes()[shard];
         assert_eq!(len, 1);
         assert!(bytes <= share);
         assert_eq!(
-            backend.check_now(&policy, &heavy, 1).quotas()[0].remaining,
+            backend.decide_now(&policy, &heavy, 1).quotas()[0].remaining,
             4_999
         );
         assert_accounted(&backend);
@@ -999,17 +1014,17 @@ mod tests {
         let expiring = keys_in_shard(&backend, &short, shard, "gone", 3);
         for _ in 0..20 {
             for key in &live {
-                backend.check_now(&policy, key, 1);
+                backend.decide_now(&policy, key, 1);
             }
             for key in &expiring {
-                backend.check_now(&short, key, 1);
+                backend.decide_now(&short, key, 1);
             }
         }
         clock.advance(Duration::from_secs(2));
         // The heavy client grows until the shard must make room: from 2 154
         // bytes (128 log entries' room) to 4 202 (256), 7 916 in all.
         loop {
-            backend.check_now(&policy, &heavy, 1);
+            backend.decide_now(&policy, &heavy, 1);
             if backend.len() < 7 {
                 break;
             }
