@@ -43,7 +43,7 @@ fn rlibs(deps: &Path, name: &str) -> Vec<PathBuf> {
             }
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(time, _)| std::cmp::Reverse(*time));
     assert!(
         !found.is_empty(),
         "no lib{name}-*.rlib in {}",
