@@ -250,6 +250,13 @@ pub enum ConfigError {
     /// The backend deadline is zero.
     #[error("the backend deadline must be greater than zero")]
     ZeroDeadline,
+    /// `RedisBackendBuilder::master_url` was set on a builder that is not a
+    /// Sentinel deployment's, where it would be ignored.
+    #[error(
+        "`master_url` only applies to a Sentinel deployment (`RedisBackend::sentinel_builder`); \
+         a single node or a cluster takes user, password and TLS from its own URLs"
+    )]
+    MasterUrlWithoutSentinel,
     /// The Redis connection URL could not be parsed.
     #[error("invalid Redis URL: {0}")]
     RedisUrl(String),

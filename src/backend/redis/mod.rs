@@ -165,6 +165,9 @@ pub struct RedisBackendBuilder {
     connect_timeout: Duration,
     response_timeout: Duration,
     batch: usize,
+    /// `master_url` was called on a builder that is not Sentinel's.
+    #[cfg(feature = "sentinel")]
+    stray_master_url: bool,
     #[cfg(feature = "tls")]
     tls: tls::Tls,
 }
@@ -311,13 +314,16 @@ impl RedisBackendBuilder {
     /// The URL settings used to reach the primary of a Sentinel deployment
     /// (default `redis://sentinel-primary/`): its scheme (`rediss://` for
     /// TLS), user name, password, database and protocol. Its host and port
-    /// are ignored: the sentinels name the primary's address. Without
-    /// effect on other backends.
+    /// are ignored: the sentinels name the primary's address. On a builder
+    /// of another kind (`RedisBackend::builder`, `cluster_builder`) it
+    /// makes [`build`](Self::build) fail with
+    /// [`ConfigError::MasterUrlWithoutSentinel`] rather than be ignored.
     #[cfg(feature = "sentinel")]
     #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
     pub fn master_url(mut self, url: impl Into<String>) -> Self {
-        if let Kind::Sentinel { master_url, .. } = &mut self.kind {
-            *master_url = url.into();
+        match &mut self.kind {
+            Kind::Sentinel { master_url, .. } => *master_url = url.into(),
+            _ => self.stray_master_url = true,
         }
         self
     }
@@ -345,6 +351,10 @@ impl RedisBackendBuilder {
 
     /// Checks the configuration; connects nothing.
     pub fn build(self) -> Result<RedisBackend, ConfigError> {
+        #[cfg(feature = "sentinel")]
+        if self.stray_master_url {
+            return Err(ConfigError::MasterUrlWithoutSentinel);
+        }
         let prefix_ok = (1..=64).contains(&self.prefix.len())
             && crate::key::is_plain(self.prefix.as_bytes(), b"._-:");
         if !prefix_ok {
@@ -454,6 +464,8 @@ impl RedisBackend {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             batch: batch::DEFAULT_MAX,
+            #[cfg(feature = "sentinel")]
+            stray_master_url: false,
             #[cfg(feature = "tls")]
             tls: tls::Tls::default(),
         }
@@ -720,6 +732,21 @@ impl Backend for RedisBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "sentinel")]
+    #[test]
+    fn master_url_outside_sentinel_is_a_config_error() {
+        let err = RedisBackend::builder("redis://127.0.0.1:1")
+            .master_url("redis://u:pw@x/")
+            .build()
+            .unwrap_err();
+        assert_eq!(err, ConfigError::MasterUrlWithoutSentinel);
+        assert!(!err.to_string().contains("pw"), "{err}");
+        RedisBackend::sentinel_builder(["redis://127.0.0.1:1"], "m")
+            .master_url("redis://u:pw@x/")
+            .build()
+            .unwrap();
+    }
 
     #[test]
     fn debug_never_shows_the_password() {
