@@ -22,12 +22,13 @@ local now = t[1] * 1000000 + t[2]
 local cost = tonumber(ARGV[1])
 local nonce = ARGV[2]
 local n = #KEYS
-local match, format, max, ceil = string.match, string.format, math.max, math.ceil
+local sub, find, format, max, ceil = string.sub, string.find, string.format, math.max, math.ceil
 
--- The running sum and cost in a member.
+-- The running sum and cost in a member (the sum's 16 digits, ':', the
+-- cost, ':'). Not ours: nil, and the check fails alone.
 local function entry(m)
-  local sum, c = match(m, '^(%d+):(%d+):')
-  return tonumber(sum), tonumber(c)
+  local to = find(m, ':', 18, true)
+  return tonumber(sub(m, 1, 16)), to and tonumber(sub(m, 18, to - 1))
 end
 
 local counts, sums, newest = {}, {}, {}

@@ -8,11 +8,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cost = tonumber(ARGV[1])
 local n = #KEYS
-local match, format, max = string.match, string.format, math.max
+local sub, find, format, max = string.sub, string.find, string.format, math.max
 
+-- The running sum and cost in a member (the sum's 16 digits, ':', the
+-- cost, ':'). Not ours: nil, and the check fails alone.
 local function entry(m)
-  local sum, c = match(m, '^(%d+):(%d+):')
-  return tonumber(sum), tonumber(c)
+  local to = find(m, ':', 18, true)
+  return tonumber(sub(m, 1, 16)), to and tonumber(sub(m, 18, to - 1))
 end
 
 local denied, retry = 0, -1
