@@ -70,11 +70,10 @@ fn lost_connection(error: &RedisError) -> bool {
 ///
 /// The trade-off: a call whose connection dropped after Redis ran its
 /// script (the reply was lost) runs the script again, so its units may be
-/// counted twice — one decision stricter, never more lenient. The sliding
-/// log's entries are named by the request's nonce, so its retried admission
-/// re-adds the same members and its state counts the request once (the
-/// retry's own verdict may still be the stricter one). A timeout is not
-/// retried: a stalled server would only be asked twice.
+/// counted twice — one decision stricter, never more lenient (for every
+/// algorithm: a sliding-log member carries the running sum, so a retried
+/// admission is a second member). A timeout is not retried: a stalled
+/// server would only be asked twice.
 async fn send_retrying<T: FromRedisValue>(
     request: &Request<'_>,
     conn: &mut ConnectionManager,
