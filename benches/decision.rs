@@ -25,7 +25,7 @@ use tower_redis_ratelimit::{
     Algorithm, Backend, Key, MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend,
 };
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 fn policy(alg: Algorithm) -> Policy {

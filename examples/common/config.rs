@@ -4,7 +4,7 @@
 //! `REDIS_SENTINEL`...: see `env.rs`, the one place that reads them) when
 //! set, else where the file's `[redis]` table says, else in memory.
 //!
-//! Examples and `tests/config.rs` include this file as a module with
+//! Examples and `tests/it/config.rs` include this file as a module with
 //! `#[path]`.
 
 use std::error::Error;

@@ -1,5 +1,5 @@
 //! The `helloworld.Greeter` service and its rate limits, shared by
-//! `examples/tonic.rs` and `tests/grpc_tonic.rs` (each includes this file as a
+//! `examples/tonic.rs` and `tests/it/grpc_tonic.rs` (each includes this file as a
 //! module with `#[path]`).
 
 use std::future::Future;

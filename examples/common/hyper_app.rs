@@ -1,5 +1,5 @@
 //! The plain-hyper app and its rate limits, shared by `examples/hyper.rs` and
-//! `tests/hyper_server.rs` (each includes this file as a module with `#[path]`).
+//! `tests/it/hyper_server.rs` (each includes this file as a module with `#[path]`).
 //!
 //! Same routes and policies as `examples/axum.rs`: `GET /api/hello`
 //! (`Policy::default_api()`), `POST /auth/login` (`Policy::auth()`), `GET

@@ -1,0 +1,283 @@
+//! Allow- and deny-lists, through the real layer over real HTTP, on the
+//! in-memory backend and on a real Redis: listed clients are decided without
+//! a backend call (no script runs, no key is written), deny-listed ones get
+//! a 403 without `Retry-After` (gRPC `PERMISSION_DENIED`), allow-listed ones
+//! are never limited; networks match the client IP as the key extractor
+//! establishes it (a client cannot list itself with `X-Forwarded-For`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use http::{Method, Request, Response, StatusCode, header};
+use tower::{Layer, ServiceExt};
+use tower_redis_ratelimit::key::{ClientIp, Header, PeerIp};
+use tower_redis_ratelimit::{
+    AccessList, Backend, ConfigError, GrpcRejection, Key, MemoryBackend, Policy, Quota,
+    RateLimitLayer,
+};
+
+use crate::support::web::{self, Sent};
+
+#[cfg(feature = "metrics")]
+use crate::recorded;
+use crate::support;
+
+/// - `/` (default, "proxied"): 2/min per client behind the trusted proxy
+///   127.0.0.1 (the test client plays the proxy, writing X-Forwarded-For);
+///   allow-list 192.0.2.0/24 and the key 198.51.100.77, deny-list
+///   203.0.113.0/24 and 192.0.2.66 (also allowed: the deny-list wins);
+/// - `/direct` ("direct"): per peer IP, 127.0.0.0/8 denied;
+/// - `/keyed` ("keyed"): per API key, the key `batch` allowed; the network
+///   127.0.0.0/8 allowed too, but an API-key policy has no client IP.
+fn layer(backend: Arc<dyn Backend>) -> RateLimitLayer {
+    let proxied = Policy::new("proxied")
+        .quota(Quota::per_minute(2))
+        .key(ClientIp::new().trust_proxies(["127.0.0.1"]).unwrap())
+        .allow(
+            AccessList::new()
+                .networks(["192.0.2.0/24"])
+                .unwrap()
+                .keys(["198.51.100.77"]),
+        )
+        .deny(
+            AccessList::new()
+                .networks(["203.0.113.0/24", "192.0.2.66"])
+                .unwrap(),
+        );
+    let direct = Policy::new("direct")
+        .quota(Quota::per_minute(2))
+        .key(PeerIp::new())
+        .deny(AccessList::new().networks(["127.0.0.0/8"]).unwrap());
+    let keyed = Policy::new("keyed")
+        .quota(Quota::per_minute(2))
+        .key(Header::new("x-api-key"))
+        .allow(
+            AccessList::new()
+                .keys(["batch"])
+                .networks(["127.0.0.0/8"])
+                .unwrap(),
+        );
+    RateLimitLayer::builder()
+        .backend(backend)
+        .default_policy(proxied)
+        .route("/direct", direct)
+        .route("/keyed", keyed)
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+async fn serve(layer: RateLimitLayer) -> String {
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/direct", get(|| async { "ok" }))
+        .route("/keyed", get(|| async { "ok" }))
+        .layer(layer);
+    web::serve(app).await
+}
+
+async fn get_with(base: &str, path: &str, headers: &[(&str, &str)]) -> Sent {
+    web::send_with(
+        &web::client(),
+        Method::GET,
+        &format!("{base}{path}"),
+        headers,
+    )
+    .await
+}
+
+fn assert_unlimited(sent: &Sent, what: &str) {
+    assert_eq!(sent.status, StatusCode::OK, "{what}");
+    assert!(
+        !sent.headers.contains_key("ratelimit-policy"),
+        "{what}: not limited, so no rate-limit headers: {:?}",
+        sent.headers
+    );
+}
+
+fn assert_deny_listed(sent: &Sent, what: &str) {
+    assert_eq!(sent.status, StatusCode::FORBIDDEN, "{what}");
+    assert!(
+        !sent.headers.contains_key(header::RETRY_AFTER),
+        "{what}: waiting does not help"
+    );
+    assert!(!sent.headers.contains_key("ratelimit"), "{what}");
+    assert!(sent.body.contains("not allowed"), "{what}: {}", sent.body);
+}
+
+/// `limit` admitted, then 429.
+async fn assert_limited(base: &str, path: &str, headers: &[(&str, &str)], limit: usize) {
+    for i in 0..limit {
+        let sent = get_with(base, path, headers).await;
+        assert_eq!(sent.status, StatusCode::OK, "{headers:?} request {i}");
+        assert!(sent.headers.contains_key("ratelimit-policy"));
+    }
+    let sent = get_with(base, path, headers).await;
+    assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS, "{headers:?}");
+}
+
+/// The listed requests of the scenario (no backend call expected), then
+/// the unlisted ones.
+async fn scenario(base: &str, listed_done: impl AsyncFnOnce()) {
+    let xff = |ip: &'static str| [("x-forwarded-for", ip)];
+    // Allowed by network and by key (the key is the client's IP text): far
+    // past the limit of 2.
+    for _ in 0..5 {
+        assert_unlimited(&get_with(base, "/", &xff("192.0.2.5")).await, "allowed net");
+        assert_unlimited(
+            &get_with(base, "/", &xff("198.51.100.77")).await,
+            "allowed key",
+        );
+        assert_unlimited(
+            &get_with(base, "/keyed", &[("x-api-key", "batch")]).await,
+            "allowed API key",
+        );
+        // Denied: by network, and on both lists.
+        assert_deny_listed(
+            &get_with(base, "/", &xff("203.0.113.9")).await,
+            "denied net",
+        );
+        assert_deny_listed(
+            &get_with(base, "/", &xff("192.0.2.66")).await,
+            "on both lists",
+        );
+        // The peer 127.0.0.1 is denied on /direct whatever the header says.
+        assert_deny_listed(
+            &get_with(base, "/direct", &xff("192.0.2.5")).await,
+            "denied peer",
+        );
+    }
+    listed_done().await;
+    // Unlisted clients are limited as usual.
+    assert_limited(base, "/", &xff("198.51.100.1"), 2).await;
+    // A client writing a listed address to the left of its own, through the
+    // trusted proxy, is keyed (and listed) by its own address only.
+    assert_limited(
+        base,
+        "/",
+        &[("x-forwarded-for", "192.0.2.5, 198.51.100.2")],
+        2,
+    )
+    .await;
+    // The keyed policy's networks never match: it knows no client IP.
+    assert_limited(base, "/keyed", &[("x-api-key", "other")], 2).await;
+}
+
+#[tokio::test]
+async fn memory_access_lists_over_http() {
+    let base = serve(layer(Arc::new(MemoryBackend::new()))).await;
+    scenario(&base, async || {}).await;
+}
+
+fn evalsha_calls(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn redis_access_lists_over_http_without_a_script_call() {
+    let server = support::RedisServer::start();
+    let mut conn = server.conn();
+    let backend = support::redis_backend(&server.url(), "access");
+    let layer = layer(Arc::new(backend.clone()));
+    let admin = layer.admin();
+    let base = serve(layer).await;
+    scenario(&base, async || {
+        let mut conn = server.conn();
+        assert_eq!(
+            evalsha_calls(&mut conn),
+            0,
+            "no script ran for listed clients"
+        );
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+        assert!(keys.is_empty(), "nothing written: {keys:?}");
+    })
+    .await;
+    // The unlisted requests did reach Redis, under their own keys.
+    assert!(evalsha_calls(&mut conn) >= 9);
+    let proxied = admin.policy("proxied").unwrap();
+    let keys = backend.redis_keys(proxied, &Key::new("198.51.100.1"));
+    let exists: u64 = redis::cmd("EXISTS").arg(&keys).query(&mut conn).unwrap();
+    assert_eq!(exists, 1);
+    for listed in ["192.0.2.5", "203.0.113.9", "198.51.100.77"] {
+        let keys = backend.redis_keys(proxied, &Key::new(listed));
+        let exists: u64 = redis::cmd("EXISTS").arg(&keys).query(&mut conn).unwrap();
+        assert_eq!(exists, 0, "{listed}");
+    }
+}
+
+#[tokio::test]
+async fn grpc_deny_listed_is_permission_denied_without_pushback() {
+    let layer = layer(Arc::new(MemoryBackend::new())).on_rejection(GrpcRejection);
+    let service = layer.layer(tower::service_fn(|_: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let mut request = Request::post("/direct")
+        .header("content-type", "application/grpc")
+        .body(String::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert("127.0.0.1:5000".parse::<std::net::SocketAddr>().unwrap());
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "trailers-only");
+    assert_eq!(response.headers()["grpc-status"], "7");
+    assert!(!response.headers().contains_key("grpc-retry-pushback-ms"));
+    assert!(!response.headers().contains_key(header::RETRY_AFTER));
+}
+
+#[test]
+fn invalid_networks_are_config_errors() {
+    assert_eq!(
+        AccessList::new().networks(["10.0.0.0/8", "not-a-network"]),
+        Err(ConfigError::InvalidNetwork {
+            network: "not-a-network".into()
+        })
+    );
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn listed_decisions_have_their_outcome_labels() {
+    use recorded::{Recorded, decisions, expect};
+
+    let mut recorded = Recorded::install();
+    let layer = layer(Arc::new(MemoryBackend::new()));
+    let send = async |path: &str, xff: &str| {
+        let service = layer.layer(tower::service_fn(|_: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+        let mut request = Request::get(path)
+            .header("x-forwarded-for", xff)
+            .body(String::new())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert("127.0.0.1:5000".parse::<std::net::SocketAddr>().unwrap());
+        service.oneshot(request).await.unwrap().status()
+    };
+    for _ in 0..3 {
+        assert_eq!(send("/", "192.0.2.5").await, StatusCode::OK);
+    }
+    for _ in 0..2 {
+        assert_eq!(send("/", "203.0.113.1").await, StatusCode::FORBIDDEN);
+    }
+    assert_eq!(send("/direct", "192.0.2.5").await, StatusCode::FORBIDDEN);
+    assert_eq!(send("/", "198.51.100.1").await, StatusCode::OK);
+    assert_eq!(
+        recorded.counters(),
+        expect([
+            (decisions("proxied", "allow_listed"), 3),
+            (decisions("proxied", "deny_listed"), 2),
+            (decisions("direct", "deny_listed"), 1),
+            (decisions("proxied", "allowed"), 1),
+        ])
+    );
+}
