@@ -177,7 +177,7 @@ async fn memory_peek_and_reset_through_a_layer() {
 
 #[tokio::test]
 async fn redis_peek_and_reset_through_a_layer() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     // The counter counts exactly within one fixed hour: keep the next hour
     // boundary (on Redis' clock) out of the test's few seconds.
     let mut conn = redis::Client::open(url.as_str())

@@ -85,7 +85,7 @@ async fn redis_instances_admit_exactly(
     quotas: &[Quota],
     expected: usize,
 ) {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let prefix = support::unique_prefix(test);
     // Four application instances: four backends, four connections.
     let backends: Vec<RedisBackend> = (0..INSTANCES)

@@ -428,7 +428,7 @@ async fn per_client_limits_from_a_file_in_memory() {
 
 #[tokio::test]
 async fn per_client_limits_from_a_file_on_redis() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let prefix = support::unique_prefix("config-per-client");
     let config = load(&format!(
         "{PER_CLIENT}\n[redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n"

@@ -72,7 +72,6 @@ enum Time {
 struct Harness {
     backend: Box<dyn Backend>,
     time: Time,
-    _server: Option<support::RedisServer>,
     #[cfg(feature = "cluster")]
     _cluster: Option<cluster_support::RedisCluster>,
 }
@@ -83,14 +82,13 @@ impl Harness {
         Self {
             backend: Box::new(MemoryBackend::with_clock(clock.clone())),
             time: Time::Fake(clock),
-            _server: None,
             #[cfg(feature = "cluster")]
             _cluster: None,
         }
     }
 
     async fn redis(test: &str) -> Self {
-        let (url, server) = support::redis_url();
+        let url = support::redis_url();
         let backend = support::redis_backend(&url, test);
         let conn = ::redis::Client::open(url.as_str())
             .unwrap()
@@ -100,7 +98,6 @@ impl Harness {
         Self {
             backend: Box::new(backend),
             time: Time::Redis(conn),
-            _server: server,
             #[cfg(feature = "cluster")]
             _cluster: None,
         }
@@ -123,7 +120,6 @@ impl Harness {
         Self {
             backend: Box::new(backend),
             time: Time::Redis(conn),
-            _server: None,
             _cluster: Some(cluster),
         }
     }

@@ -34,10 +34,9 @@ fn builder(backend: impl Backend) -> RateLimitLayerBuilder {
         .deadline(DEADLINE)
 }
 
-/// A fresh Redis backend (own server unless `REDIS_URL`), with a unique prefix.
-fn redis_backend(test: &str) -> (RedisBackend, Option<support::RedisServer>) {
-    let (url, server) = support::redis_url();
-    (support::redis_backend(&url, test), server)
+/// A Redis backend on the shared server, with a unique prefix.
+fn redis_backend(test: &str) -> RedisBackend {
+    support::redis_backend(&support::redis_url(), test)
 }
 
 fn routes() -> Router {
@@ -117,7 +116,7 @@ async fn main_scenario(backend: impl Backend) {
 
 #[tokio::test]
 async fn example_app_on_redis() {
-    let (backend, _server) = redis_backend("e2e_main");
+    let backend = redis_backend("e2e_main");
     main_scenario(backend).await;
 }
 
@@ -130,7 +129,7 @@ async fn example_app_on_memory() {
 /// against, and are denied by, the auth bucket: the layer normalises paths.
 #[tokio::test]
 async fn path_variants_share_the_auth_bucket() {
-    let (backend, _server) = redis_backend("e2e_paths");
+    let backend = redis_backend("e2e_paths");
     let base = serve(routes().layer(builder(backend).build().unwrap())).await;
     let client = client();
 
@@ -180,7 +179,7 @@ async fn path_variants_share_the_auth_bucket() {
 /// `HeaderStyle::Legacy`: X-RateLimit-* instead of the IETF headers.
 #[tokio::test]
 async fn legacy_headers() {
-    let (backend, _server) = redis_backend("e2e_legacy");
+    let backend = redis_backend("e2e_legacy");
     let layer = builder(backend)
         .headers(HeaderStyle::Legacy)
         .build()
@@ -236,7 +235,7 @@ async fn legacy_headers() {
 /// headers from the layer.
 #[tokio::test]
 async fn custom_json_rejection_gets_retry_after() {
-    let (backend, _server) = redis_backend("e2e_custom");
+    let backend = redis_backend("e2e_custom");
     let layer = builder(backend)
         .build()
         .unwrap()

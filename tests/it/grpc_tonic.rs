@@ -151,7 +151,7 @@ async fn say_hello_five_per_minute_per_peer_ip_memory() {
 /// `TcpConnectInfo`.
 #[tokio::test]
 async fn say_hello_five_per_minute_per_peer_ip_redis() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let prefix = support::unique_prefix("grpc_peer");
     let backend = RedisBackend::builder(url.clone())
         .prefix(prefix.clone())

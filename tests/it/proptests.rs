@@ -265,18 +265,10 @@ proptest! {
         offset in 0_u64..20_000_000,
         steps in steps(),
     ) {
-        let (url, _server) = REDIS.with(|r| r.clone());
+        let url = support::redis_url();
         let mut conn = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
         // A day boundary plus an offset, in 2026.
         let start = 1_798_761_600_000_000 + offset;
         scripts_agree(&mut conn, algorithm, &quotas, start, &steps)?;
     }
-}
-
-thread_local! {
-    /// One throwaway redis-server for the whole property test.
-    static REDIS: (String, std::rc::Rc<Option<support::RedisServer>>) = {
-        let (url, server) = support::redis_url();
-        (url, std::rc::Rc::new(server))
-    };
 }

@@ -61,7 +61,7 @@ fn window_us(q: &Quota) -> u64 {
 
 #[tokio::test]
 async fn every_key_has_a_tight_ttl_and_the_documented_layout() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let prefix = support::unique_prefix("layout");
     let backend = RedisBackend::builder(url.as_str())
         .prefix(prefix.as_str())
@@ -302,7 +302,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test]
 async fn hostile_identities_are_limited_exactly_and_never_reach_redis_raw() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let prefix = support::unique_prefix("hostile");
     let backend = RedisBackend::builder(url.as_str())
         .prefix(prefix.as_str())
@@ -412,7 +412,7 @@ async fn hostile_identities_are_limited_exactly_and_never_reach_redis_raw() {
 /// type (a `WRONGTYPE` error would fail open).
 #[tokio::test]
 async fn keys_of_the_earlier_counter_layout_are_never_read() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let prefix = support::unique_prefix("old-layout");
     let backend = RedisBackend::builder(url.as_str())
         .prefix(prefix.as_str())

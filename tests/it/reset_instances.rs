@@ -89,7 +89,7 @@ fn client_key() -> Key {
 
 #[tokio::test]
 async fn admin_reset_on_one_instance_reaches_the_other_within_a_second() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let prefix = support::unique_prefix("reset-admin");
     let (a, admin_a) = instance(&url, &prefix, None).await;
     let (b, _) = instance(&url, &prefix, None).await;
@@ -115,7 +115,7 @@ async fn admin_reset_on_one_instance_reaches_the_other_within_a_second() {
 
 #[tokio::test]
 async fn a_raw_del_in_redis_reaches_every_instance_within_a_second() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let prefix = support::unique_prefix("reset-del");
     let (a, _) = instance(&url, &prefix, None).await;
     let (b, _) = instance(&url, &prefix, None).await;
@@ -147,7 +147,7 @@ async fn a_raw_del_in_redis_reaches_every_instance_within_a_second() {
 
 #[tokio::test]
 async fn the_bound_is_configurable_and_zero_turns_the_cache_off() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let client = web::client();
 
     // Max age zero: no local denial at all, the reset is seen at once.

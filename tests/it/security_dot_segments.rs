@@ -76,7 +76,7 @@ fn counted(body: &'static str, runs: &Arc<AtomicUsize>) -> axum::routing::Method
 /// layer must not treat it as `/health`: it is limited by the default.
 #[tokio::test]
 async fn dot_segments_do_not_borrow_an_exemption() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let layer = RateLimitLayer::builder()
         .backend(redis_backend(&url, "dots_exempt"))
         .default_policy(strict("default", 2))
@@ -135,7 +135,7 @@ async fn dot_segments_do_not_borrow_an_exemption() {
 /// (which is also what a dot-resolving reading would pick, were it limited).
 #[tokio::test]
 async fn dot_segments_get_the_stricter_policy() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let layer = RateLimitLayer::builder()
         .backend(redis_backend(&url, "dots_strict"))
         .default_policy(strict("lenient", 1_000))

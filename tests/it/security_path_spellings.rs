@@ -99,7 +99,7 @@ async fn path_variants_cannot_dodge_the_login_policy() {
         "/auth/login?next=/home",
         "///auth///login///",
     ];
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let auth = Policy::auth().failure_mode(FailureMode::Closed);
     let layer = RateLimitLayer::builder()
         .backend(redis_backend(&url, "bypass"))

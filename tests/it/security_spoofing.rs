@@ -14,7 +14,6 @@ use http::StatusCode;
 use tower_redis_ratelimit::key::{ClientIp, ForwardedHeader, Key};
 use tower_redis_ratelimit::{Policy, RateLimitLayer, RedisBackend};
 
-use crate::support::RedisServer;
 use crate::support::headers::remaining;
 use crate::support::redis_backend;
 use crate::support::security::{DEADLINE, keys_matching, strict};
@@ -27,7 +26,6 @@ struct SpoofApp {
     client: reqwest::Client,
     backend: RedisBackend,
     url: String,
-    _server: Option<RedisServer>,
 }
 
 /// `/none`: no trusted proxy, 10/min. `/xff`: trusts 127.0.0.1 via
@@ -45,7 +43,7 @@ fn spoof_policies() -> [(&'static str, Policy); 3] {
 }
 
 async fn spoof_app(test: &str) -> SpoofApp {
-    let (url, server) = support::redis_url();
+    let url = support::redis_url();
     let backend = redis_backend(&url, test);
     let mut builder = RateLimitLayer::builder()
         .backend(backend.clone())
@@ -61,7 +59,6 @@ async fn spoof_app(test: &str) -> SpoofApp {
         client: support::web::client(),
         backend,
         url,
-        _server: server,
     }
 }
 

@@ -141,7 +141,7 @@ async fn memory_tiers_by_header() {
 
 #[tokio::test]
 async fn redis_tiers_by_header_one_script_call_and_keys_per_tier() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     let backend = support::redis_backend(&url, "tiers");
     let layer = tiers_by_header(Arc::new(backend.clone())).await;
     // Each tier's counters are under its own name in Redis.
@@ -238,7 +238,7 @@ async fn memory_tiers_by_table_and_function() {
 
 #[tokio::test]
 async fn redis_tiers_by_table_and_function() {
-    let (url, _server) = support::redis_url();
+    let url = support::redis_url();
     tiers_by_table_and_function(|| {
         Arc::new(support::redis_backend(&url, "tiers-fn")) as Arc<dyn Backend>
     })

@@ -1,9 +1,10 @@
 //! Test support: throwaway `redis-server` processes on free loopback ports.
 //!
-//! Every test that needs Redis starts its own server (`RedisServer::start`),
-//! so tests never share state and can kill, stop or restart their server.
-//! `REDIS_URL`, when set, is used by [`redis_url`] instead, for tests that do
-//! not inject faults.
+//! Tests that only need *a* server share one per test process
+//! ([`redis_url`], [`shared_redis`]; `REDIS_URL` may name an existing one
+//! instead), each under its own key prefix ([`unique_prefix`]). Tests that
+//! kill, stop, restart, reconfigure or flush their server, or read its
+//! server-wide figures, start their own ([`RedisServer::start`]).
 //!
 //! Submodules: [`batching`] holds what the batching tests share,
 //! [`headers`] checks the rate-limit response headers, [`web`]
@@ -168,6 +169,25 @@ impl RedisServer {
         );
     }
 
+    /// Spawns a watchdog that waits for process `pid` to end, then kills
+    /// the server and removes its directory. The watchdog outlives `pid`, and
+    /// so is never waited for.
+    #[allow(clippy::zombie_processes)]
+    fn reap_after(&self, pid: u32) {
+        let server = self.child.as_ref().expect("server is running").id();
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"while kill -0 "$1" 2>/dev/null; do sleep 0.2; done; kill -9 "$2"; rm -rf "$3""#)
+            .arg("redis-watchdog")
+            .args([pid.to_string(), server.to_string()])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the shared server's watchdog");
+    }
+
     /// Sends a signal to the server process (e.g. "STOP", "CONT").
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("server is running").id();
@@ -194,15 +214,28 @@ impl Drop for RedisServer {
 }
 
 /// A Redis URL for tests that only need *a* server: `REDIS_URL` if set, else
-/// a fresh server (returned so it lives as long as the test).
-pub fn redis_url() -> (String, Option<RedisServer>) {
+/// [`shared_redis`]. Tests on it keep to keys under their own
+/// [`unique_prefix`], and never kill, stop, restart, reconfigure or flush it,
+/// nor read server-wide figures (`INFO` stats, `SLOWLOG`, `DBSIZE`, `KEYS *`):
+/// tests that do start their own [`RedisServer`].
+pub fn redis_url() -> String {
     match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => (url, None),
-        _ => {
-            let server = RedisServer::start();
-            (server.url(), Some(server))
-        }
+        Ok(url) if !url.is_empty() => url,
+        _ => shared_redis().url(),
     }
+}
+
+/// One `redis-server` for the whole test process, started by the first test
+/// that asks. A static is never dropped, so a watchdog process kills the
+/// server (and removes its directory) once this process has exited: no
+/// server outlives `cargo test`, whichever way the process ends.
+pub fn shared_redis() -> &'static RedisServer {
+    static SHARED: OnceLock<RedisServer> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let server = RedisServer::start();
+        server.reap_after(std::process::id());
+        server
+    })
 }
 
 /// A key prefix unique to one test, so tests sharing a `REDIS_URL` server do
