@@ -195,7 +195,7 @@ mod tests {
     }
 
     /// The spellings of `POST /auth/login` that the path-bypass test
-    /// (`tests/security_path_spellings.rs`) sends through the layer, as the
+    /// (`tests/it/security_path_spellings.rs`) sends through the layer, as the
     /// request path the layer sees (the query is not part of it): every one
     /// reads as `/auth/login`.
     #[test]
@@ -226,7 +226,7 @@ mod tests {
     }
 }
 
-/// Property tests of the readings (formerly `tests/proptests.rs`, which keeps
+/// Property tests of the readings (formerly `tests/it/proptests.rs`, which keeps
 /// those of `Key`).
 #[cfg(test)]
 mod proptests {
