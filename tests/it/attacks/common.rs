@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
-use tower_redis_ratelimit::RateLimitLayer;
+use tower_redis_ratelimit::{Algorithm, Policy, Quota, RateLimitLayer};
 
 /// The layer around a handler answering 200.
 pub fn app(
@@ -147,4 +147,21 @@ pub fn info_field(conn: &mut redis::Connection, section: &str, field: &str) -> u
         .trim()
         .parse()
         .unwrap()
+}
+
+/// The README's export policy, as a client would attack it: 5 000 rows per
+/// hour on the sliding log, the cost taken from the `x-rows` header as the
+/// client wrote it (default 1), at most 500 per request.
+pub fn export_policy(name: &str) -> Policy {
+    Policy::new(name)
+        .algorithm(Algorithm::SlidingLog)
+        .quota(Quota::per_hour(5_000))
+        .cost_fn(|parts| {
+            parts
+                .headers
+                .get("x-rows")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1)
+        })
+        .max_cost(500)
 }

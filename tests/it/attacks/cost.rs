@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use http::Request;
 use tokio::task::JoinSet;
 use tower_redis_ratelimit::key::Header;
-use tower_redis_ratelimit::{Algorithm, FailureMode, Policy, Quota, RateLimitLayer};
+use tower_redis_ratelimit::{FailureMode, Policy, RateLimitLayer};
 
-use crate::attacks::common::{Seen, Tally, app, send, slowest_script, slowlog_from};
+use crate::attacks::common::{Seen, Tally, app, export_policy, send, slowest_script, slowlog_from};
 use crate::support;
 
 /// How long the bursts last.
@@ -35,18 +35,8 @@ const DEADLINE: Duration = Duration::from_millis(250);
 /// `x-rows` header, at most 500 per request; keyed by API key (a fresh key
 /// costs an attacker nothing).
 fn export(name: &str, mode: FailureMode) -> Policy {
-    Policy::new(name)
-        .algorithm(Algorithm::SlidingLog)
-        .quota(Quota::per_hour(5_000))
+    export_policy(name)
         .key(Header::new("x-api-key"))
-        .cost_fn(|parts| {
-            parts
-                .headers
-                .get("x-rows")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(1)
-        })
-        .max_cost(500)
         .failure_mode(mode)
 }
 

@@ -9,7 +9,7 @@
 use axum::Router;
 use axum::routing::get;
 use http::{Method, StatusCode};
-use tower_redis_ratelimit::{Algorithm, Backend, MemoryBackend, Policy, Quota, RateLimitLayer};
+use tower_redis_ratelimit::{Backend, MemoryBackend, Policy, RateLimitLayer};
 
 use crate::support::{self, web};
 
@@ -21,17 +21,7 @@ const SENDERS: usize = 8;
 /// The export policy as the `Policy::max_cost` docs first wrote it: one
 /// unit per row the client asks for, the client's number taken as it is.
 fn export_policy() -> Policy {
-    Policy::new("export")
-        .quota(Quota::per_hour(5_000))
-        .algorithm(Algorithm::SlidingLog)
-        .cost_fn(|parts| {
-            parts
-                .headers
-                .get("x-rows")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(1)
-        })
-        .max_cost(500)
+    crate::attacks::common::export_policy("export")
 }
 
 /// Serves an export endpoint limited by `policy` on `backend`; spends the
