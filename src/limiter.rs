@@ -349,28 +349,12 @@ impl Limiter {
     fn log_failure(&self, compiled: &CompiledPolicy, outcome: &Outcome, key: &Key) {
         let policy = compiled.policy.name();
         let mode = compiled.policy.failure_mode_kind();
-        if let Outcome::Failed(error @ BackendError::Key(_)) = outcome {
+        // A fault of the client's key alone is counted, and its line names
+        // the key's hash (never the key).
+        let key = matches!(outcome, Outcome::Failed(BackendError::Key(_))).then(|| {
             compiled.metrics.key_fault();
-            let key = KeyHash::of(key);
-            match self.failures.warning() {
-                Some(suppressed) => tracing::warn!(
-                    policy,
-                    %key,
-                    %error,
-                    ?mode,
-                    suppressed,
-                    "rate limiter could not use this client's state; applying the failure mode"
-                ),
-                None => tracing::debug!(
-                    policy,
-                    %key,
-                    %error,
-                    ?mode,
-                    "rate limiter could not use this client's state; applying the failure mode"
-                ),
-            }
-            return;
-        }
+            KeyHash::of(key)
+        });
         // A timeout names the backend's last error, if any, as its likely
         // cause (a connection attempt refused, `WRONGPASS`, an untrusted
         // certificate...).
@@ -386,6 +370,7 @@ impl Limiter {
         match self.failures.warning() {
             Some(suppressed) => tracing::warn!(
                 policy,
+                key = ?key,
                 %error,
                 ?mode,
                 suppressed,
@@ -393,6 +378,7 @@ impl Limiter {
             ),
             None => tracing::debug!(
                 policy,
+                key = ?key,
                 %error,
                 ?mode,
                 "rate limiter backend failed; applying the failure mode"
