@@ -5,8 +5,8 @@
 //! The `tracing` subscriber is process-wide and installed once, but every
 //! test runs on its own runtime: an event is kept only for the capture of
 //! the runtime it was logged on (its worker threads and the tasks it
-//! spawned). Tests that read logs therefore run in parallel with each other
-//! and with the rest without seeing their lines: no lock is needed.
+//! spawned), so the other tests' lines never mix in. Captures themselves
+//! take turns (a `Logs` holds the turn): two at once lost span lines.
 
 use std::io::Write;
 use std::sync::{Mutex, MutexGuard, Once};
@@ -52,12 +52,17 @@ impl Write for LogWriter {
 #[must_use = "the capture ends when `Logs` is dropped"]
 pub struct Logs {
     runtime: Id,
+    /// One capture at a time: two at once lost each other's span lines
+    /// (`log_privacy` beside `missing_identity`).
+    _turn: MutexGuard<'static, ()>,
 }
 
 /// Installs the capturing subscriber (the first time) and starts capturing
 /// what is logged on the calling test's runtime. Call it from the test
 /// (inside its runtime) and keep the returned [`Logs`].
 pub fn capture_logs() -> Logs {
+    static TURN: Mutex<()> = Mutex::new(());
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // The crate's events, debug and up, of capturing runtimes only (the
@@ -89,7 +94,10 @@ pub fn capture_logs() -> Logs {
         "one capture per test"
     );
     captures.push((runtime, Vec::new()));
-    Logs { runtime }
+    Logs {
+        runtime,
+        _turn: turn,
+    }
 }
 
 impl Logs {
