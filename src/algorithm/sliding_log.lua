@@ -1,5 +1,5 @@
 -- Sliding log (exact), one weighted entry per admitted request. A translation
--- of sliding_log.rs and `check` in mod.rs.
+-- of sliding_log.rs and `check` in mod.rs; sliding_log_read.lua comes first.
 -- KEYS[i]  one sorted set per quota. One member per admitted request,
 --          "<sum>:<cost>:<nonce>": its cost, and <sum> the units admitted to
 --          this set up to and including it (a running sum, 16 digits with
@@ -22,49 +22,17 @@ local now = t[1] * 1000000 + t[2]
 local cost = tonumber(ARGV[1])
 local nonce = ARGV[2]
 local n = #KEYS
-local sub, find, format, max, ceil = string.sub, string.find, string.format, math.max, math.ceil
-
--- The running sum and cost in a member (the sum's 16 digits, ':', the
--- cost, ':'). Not ours: nil, and the check fails alone.
-local function entry(m)
-  local to = find(m, ':', 18, true)
-  return tonumber(sub(m, 1, 16)), to and tonumber(sub(m, 18, to - 1))
-end
+local format, max, ceil = string.format, math.max, math.ceil
 
 local counts, sums, newest = {}, {}, {}
 local denied, retry = 0, 0
 for i = 1, n do
   local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
   local key, from = KEYS[i], '(' .. format('%d', now - window)
-  local count, sum = 0, 0
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  if last[1] then
-    sum = entry(last[1])
-    newest[i] = tonumber(last[2])
-    if newest[i] > now - window then
-      local first = redis.call('ZRANGEBYSCORE', key, from, '+inf', 'LIMIT', 0, 1)
-      local fsum, fcost = entry(first[1])
-      count = sum - fsum + fcost
-    end
-  end
-  counts[i], sums[i] = count, sum
+  local count, sum, last = window_units(key, from, now, window)
+  counts[i], sums[i], newest[i] = count, sum, last
   if count + cost > limit then
-    local r = window
-    if cost <= limit then
-      -- The oldest entries still counted leave until `cost` units fit: at
-      -- most `need` entries (each holds at least one unit).
-      local need = count + cost - limit
-      local olds = redis.call('ZRANGEBYSCORE', key, from, '+inf', 'WITHSCORES', 'LIMIT', 0, need)
-      local left = 0
-      for j = 1, #olds, 2 do
-        local _, c = entry(olds[j])
-        left = left + c
-        if left >= need then
-          r = tonumber(olds[j + 1]) + window - now
-          break
-        end
-      end
-    end
+    local r = retry_after(key, from, now, window, limit, count, cost)
     if r > retry then denied, retry = i, r end
   end
 end

@@ -3,8 +3,10 @@
 //!
 //! `sliding_log.lua` beside this file is the Redis translation of this model:
 //! one sorted set per quota, one member per admitted request (its cost and
-//! the running sum of costs in the member, its admission time as the score). `sliding_log_peek.lua` translates [`Model::peek`]: it
-//! reads the set without trimming it.
+//! the running sum of costs in the member, its admission time as the
+//! score). `sliding_log_peek.lua` translates [`Model::peek`]: it reads the
+//! set without trimming it. Both start with `sliding_log_read.lua`, their
+//! shared reads.
 
 use std::collections::VecDeque;
 
@@ -14,8 +16,14 @@ use crate::quota::{DEFAULT_MAX_LOG_COST, MAX_LOG_LIMIT};
 /// What backends need to know about the sliding log.
 pub(super) const SPEC: Spec = Spec {
     tag: 'w',
-    lua: include_str!("sliding_log.lua"),
-    peek_lua: include_str!("sliding_log_peek.lua"),
+    lua: concat!(
+        include_str!("sliding_log_read.lua"),
+        include_str!("sliding_log.lua")
+    ),
+    peek_lua: concat!(
+        include_str!("sliding_log_read.lua"),
+        include_str!("sliding_log_peek.lua")
+    ),
     // Sorted-set members must be unique per admitted unit across instances.
     nonce: true,
     max_limit: MAX_LOG_LIMIT,

@@ -112,8 +112,14 @@ proptest! {
 fn scripts(algorithm: Algorithm) -> (&'static str, &'static str, char) {
     match algorithm {
         Algorithm::SlidingLog => (
-            include_str!("../../src/algorithm/sliding_log.lua"),
-            include_str!("../../src/algorithm/sliding_log_peek.lua"),
+            concat!(
+                include_str!("../../src/algorithm/sliding_log_read.lua"),
+                include_str!("../../src/algorithm/sliding_log.lua")
+            ),
+            concat!(
+                include_str!("../../src/algorithm/sliding_log_read.lua"),
+                include_str!("../../src/algorithm/sliding_log_peek.lua")
+            ),
             'l',
         ),
         Algorithm::SlidingWindow => (
