@@ -5,7 +5,9 @@
 //!
 //! Tests of every module run in parallel in one process. Tests that read the
 //! process-wide log capture hold its guard (`support::logs::capture_logs`);
-//! tests that measure time or load a machine take `support::HEAVY`.
+//! tests that measure time or load a machine take `support::HEAVY` and live
+//! under `under_load`, which sorts last so that they run after the light
+//! tests (libtest starts tests in name order).
 
 mod support;
 
@@ -29,7 +31,6 @@ mod example_config;
 
 mod access_lists;
 mod admin;
-mod attacks;
 mod axum_routes;
 mod batching;
 mod blocked_cache;
@@ -37,8 +38,6 @@ mod blocked_cache;
 mod cluster;
 #[cfg(feature = "cluster")]
 mod cluster_batching;
-#[cfg(feature = "cluster")]
-mod cluster_failover;
 mod concurrency;
 #[cfg(feature = "serde")]
 mod config;
@@ -46,7 +45,6 @@ mod conformance;
 mod e2e_axum;
 mod examples;
 mod failure;
-mod faults;
 #[cfg(feature = "tonic")]
 mod grpc_tonic;
 mod hyper_server;
@@ -68,9 +66,8 @@ mod security_dot_segments;
 mod security_keys;
 mod security_path_spellings;
 mod security_spoofing;
-#[cfg(feature = "sentinel")]
-mod sentinel;
 mod shadow;
 mod tiers;
 #[cfg(feature = "tls")]
 mod tls;
+mod under_load;

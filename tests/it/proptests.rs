@@ -108,40 +108,6 @@ proptest! {
     }
 }
 
-/// Each algorithm's check and peek scripts, as shipped.
-fn scripts(algorithm: Algorithm) -> (&'static str, &'static str, char) {
-    match algorithm {
-        Algorithm::SlidingLog => (
-            concat!(
-                include_str!("../../src/algorithm/sliding_log_read.lua"),
-                include_str!("../../src/algorithm/sliding_log.lua")
-            ),
-            concat!(
-                include_str!("../../src/algorithm/sliding_log_read.lua"),
-                include_str!("../../src/algorithm/sliding_log_peek.lua")
-            ),
-            'l',
-        ),
-        Algorithm::SlidingWindow => (
-            concat!(
-                include_str!("../../src/algorithm/sliding_window.lua"),
-                include_str!("../../src/algorithm/state_main.lua")
-            ),
-            include_str!("../../src/algorithm/sliding_window_peek.lua"),
-            'c',
-        ),
-        Algorithm::Gcra => (
-            concat!(
-                include_str!("../../src/algorithm/gcra.lua"),
-                include_str!("../../src/algorithm/state_main.lua")
-            ),
-            include_str!("../../src/algorithm/gcra_peek.lua"),
-            'g',
-        ),
-        other => panic!("no scripts listed for {other:?}"),
-    }
-}
-
 /// `script` reading the clock from its last two arguments (seconds and
 /// microseconds, as `TIME` replies) instead of `TIME`: the only change.
 fn on_test_clock(script: &str) -> String {
@@ -202,7 +168,7 @@ fn scripts_agree(
     start: u64,
     steps: &[(u64, u64)],
 ) -> Result<(), TestCaseError> {
-    let (check, peek, tag) = scripts(algorithm);
+    let (check, peek, tag) = crate::support::scripts::shipped(algorithm);
     let (check, peek) = (on_test_clock(check), on_test_clock(peek));
     let case = CASE.fetch_add(1, Ordering::Relaxed);
     let policy = quotas

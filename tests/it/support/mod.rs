@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod headers;
 pub mod load;
 pub mod logs;
+pub mod scripts;
 pub mod security;
 #[cfg(feature = "sentinel")]
 pub mod sentinel;

@@ -17,8 +17,8 @@ use tokio::task::JoinSet;
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{Algorithm, Policy, Quota, RateLimitLayer};
 
-use crate::attacks::common::{Seen, Tally, app, info_field, send};
 use crate::support;
+use crate::under_load::attacks::common::{Seen, Tally, app, info_field, send};
 
 const MAXMEMORY: u64 = 8 << 20;
 const PHASE: Duration = Duration::from_secs(3);

@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{Algorithm, Policy, Quota, RateLimitLayer};
 
-use crate::attacks::common::{Seen, Tally, app, send};
 use crate::support;
+use crate::under_load::attacks::common::{Seen, Tally, app, send};
 
 const CLIENTS: u64 = 500;
 const POISONED: u64 = 5;

@@ -21,7 +21,7 @@ const SENDERS: usize = 8;
 /// The export policy as the `Policy::max_cost` docs first wrote it: one
 /// unit per row the client asks for, the client's number taken as it is.
 fn export_policy() -> Policy {
-    crate::attacks::common::export_policy("export")
+    crate::under_load::attacks::common::export_policy("export")
 }
 
 /// Serves an export endpoint limited by `policy` on `backend`; spends the

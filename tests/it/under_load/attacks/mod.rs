@@ -6,7 +6,7 @@
 //! short, bounded load phase on loopback.
 
 mod churn;
-mod common;
+pub(crate) mod common;
 mod cost;
 mod fleet;
 mod maxmemory;

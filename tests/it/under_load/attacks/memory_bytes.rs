@@ -7,7 +7,7 @@
 //! growth.
 //!
 //! The cheap flood is scaled to the build: a release build
-//! (`cargo test --release --test it attacks::memory_bytes`) sends 257 requests
+//! (`cargo test --release --test it under_load::attacks::memory_bytes`) sends 257 requests
 //! from each of 100 000 clients (25.7 M decisions, 800 MB of logs without
 //! the byte budget); a debug build, to stay within seconds, from 9 000 of
 //! them (75 MB: above the budget, but not 256 MB).

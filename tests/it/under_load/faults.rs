@@ -17,7 +17,7 @@
 //! baseline measured in the same test (p99 for percentiles, max for the
 //! slowest request), because the test machine is a noisy 2-core box running
 //! client, server and Redis at once. The measured
-//! percentiles are printed (`cargo test --test it faults:: -- --nocapture`).
+//! percentiles are printed (`cargo test --test it under_load::faults:: -- --nocapture`).
 //!
 //! Every test takes `support::HEAVY`: they measure latency and would disturb
 //! each other (and the other load tests of the binary).
@@ -443,11 +443,9 @@ async fn sigstop_under_load_is_bounded_by_the_deadline_and_the_breaker_restores_
 
 /// Whether Redis' script cache holds the two scripts of the crate.
 fn scripts_cached(conn: &mut redis::Connection) -> Vec<bool> {
-    let log = redis::Script::new(include_str!("../../src/algorithm/sliding_log.lua"));
-    let window = redis::Script::new(concat!(
-        include_str!("../../src/algorithm/sliding_window.lua"),
-        include_str!("../../src/algorithm/state_main.lua")
-    ));
+    let shipped = |algorithm| redis::Script::new(support::scripts::shipped(algorithm).0);
+    let log = shipped(Algorithm::SlidingLog);
+    let window = shipped(Algorithm::SlidingWindow);
     redis::cmd("SCRIPT")
         .arg("EXISTS")
         .arg(log.get_hash())

@@ -80,7 +80,7 @@ async fn killed_connections_do_not_switch_limiting_off() {
 /// The same attack on the primary of a Sentinel deployment. The sentinel's
 /// own connections are spared: killed every 100 ms, its pings to the
 /// primary could fail for its `down-after-milliseconds` and start a
-/// failover, another scenario (`tests/it/sentinel.rs`).
+/// failover, another scenario (`tests/it/under_load/sentinel.rs`).
 #[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_to_a_sentinel_primary_do_not_switch_limiting_off() {

@@ -18,8 +18,10 @@ use tokio::task::JoinSet;
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{FailureMode, Policy, RateLimitLayer};
 
-use crate::attacks::common::{Seen, Tally, app, export_policy, send, slowest_script, slowlog_from};
 use crate::support;
+use crate::under_load::attacks::common::{
+    Seen, Tally, app, export_policy, send, slowest_script, slowlog_from,
+};
 
 /// How long the bursts last.
 const ATTACK: Duration = Duration::from_secs(5);
