@@ -9,16 +9,13 @@
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{Algorithm, CircuitBreaker, Policy, Quota, RateLimitLayer};
-use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::support;
 
@@ -26,27 +23,6 @@ const IP: &str = "203.0.113.77";
 const API_KEY: &str = "sk-live-SECRET";
 /// What the inner service logs (the control).
 const CONTROL: &str = "inner service saw peer";
-
-/// A shared buffer the subscriber writes into.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// Sends one request from `IP`, with the API key on `/key`.
 async fn send(layer: &RateLimitLayer, path: &str) -> Response<String> {
@@ -68,16 +44,9 @@ async fn send(layer: &RateLimitLayer, path: &str) -> Response<String> {
 
 #[tokio::test]
 async fn no_raw_client_key_is_ever_logged() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // This thread only: the current-thread runtime polls everything here.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Every target at TRACE, span openings and closings included, of this
+    // test's runtime (current-thread: it polls everything here).
+    let captured = support::logs::capture_all_logs();
 
     let mut server = support::RedisServer::start();
     let url = server.url();
