@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::routing::get;
 use http::{Method, Request, StatusCode};
 use tower::ServiceExt;
-use tower_redis_ratelimit::{ConfigError, Policy, Quota, RateLimitLayer};
+use tower_redis_ratelimit::{ConfigError, Policy, Quota, RateLimitLayer, RouteError};
 
 fn build_with_route(pattern: &str) -> Result<RateLimitLayer, ConfigError> {
     RateLimitLayer::builder()
@@ -48,10 +48,10 @@ async fn axum_07_syntax_is_refused_with_the_08_spelling() {
         let err = build_with_route(old).unwrap_err();
         assert_eq!(
             err,
-            ConfigError::OldRouteSyntax {
+            ConfigError::Route(RouteError::OldSyntax {
                 pattern: old.to_owned(),
                 suggestion: new.to_owned(),
-            }
+            })
         );
         let message = err.to_string();
         assert!(message.contains(&format!("write {new:?}")), "{message}");
@@ -90,7 +90,7 @@ fn a_second_policy_on_one_pattern_is_refused() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(&err, ConfigError::DuplicateRoute { pattern, first } if pattern == "/login" && first == "/login"),
+        matches!(&err, ConfigError::Route(RouteError::Duplicate { pattern, first }) if pattern == "/login" && first == "/login"),
         "{err:?}"
     );
     // Per method, the same pattern is two rules, both live.
