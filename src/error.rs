@@ -404,11 +404,13 @@ pub struct FileError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "serde"), allow(dead_code))] // made by `Config` only
 enum Problem {
     Message(String),
     Error(Box<ConfigError>),
 }
 
+#[cfg_attr(not(feature = "serde"), allow(dead_code))] // made by `Config` only
 impl FileError {
     /// A value at `path` that cannot be read, and why.
     pub(crate) fn message(path: String, message: String) -> Self {

@@ -747,7 +747,7 @@ impl Policy {
             }
             .into());
         }
-        if window.subsec_nanos() % 1_000_000 != 0 {
+        if !window.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(PolicyError::WindowNotWholeMillis {
                 policy,
                 index,

@@ -179,12 +179,14 @@ fn old_syntax_fix(pattern: &str) -> Option<String> {
 /// each rule with the rules added before it, as the layer builder checks
 /// them all (its pattern, then a repeated pattern and method, then a pattern
 /// the router cannot tell from another).
+#[cfg(feature = "serde")]
 #[derive(Debug, Default)]
 pub(crate) struct RuleCheck {
     rules: Vec<Rule>,
     case_insensitive: bool,
 }
 
+#[cfg(feature = "serde")]
 impl RuleCheck {
     /// No rule yet; patterns compared case-insensitively if `case_insensitive`.
     pub(crate) fn new(case_insensitive: bool) -> Self {

@@ -25,7 +25,7 @@ use self::connection::{Connection, LastError, Request};
 pub use self::redact::redact_url;
 use self::redact::secrets;
 use self::script::{Call, Nonces};
-#[cfg(feature = "tls")]
+#[cfg(all(feature = "serde", feature = "tls"))]
 pub(crate) use self::tls::{check_ca, check_client_cert, check_client_key};
 use super::{Backend, CheckFuture, ResetFuture};
 use crate::decision::Decision;
