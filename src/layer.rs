@@ -10,7 +10,7 @@ use tower_layer::Layer;
 use crate::admin::Admin;
 use crate::backend::{Backend, MemoryBackend};
 use crate::breaker::{Breaker, CircuitBreaker};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, PolicyError};
 use crate::failure::FailureLog;
 use crate::headers::HeaderStyle;
 use crate::limiter::{Limiter, compile};
@@ -311,14 +311,15 @@ impl RateLimitLayerBuilder {
     /// Besides each policy's own checks, a configuration that could never
     /// do what it says is an error: a layer with no policy at all
     /// ([`ConfigError::NoPolicy`]), an axum 0.7 pattern such as `/users/:id`
-    /// ([`ConfigError::OldRouteSyntax`], with the axum 0.8 spelling), two
-    /// rules on one pattern and method ([`ConfigError::DuplicateRoute`]), and
-    /// two different policies of one name
-    /// ([`ConfigError::DuplicatePolicyName`], naming where each is used).
+    /// ([`RouteError::OldSyntax`], with the axum 0.8 spelling), two rules on
+    /// one pattern and method ([`RouteError::Duplicate`]), and two different
+    /// policies of one name ([`PolicyError::DuplicateName`], naming where
+    /// each is used).
+    ///
+    /// [`RouteError::OldSyntax`]: crate::RouteError::OldSyntax
+    /// [`RouteError::Duplicate`]: crate::RouteError::Duplicate
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
-        if self.deadline.is_zero() {
-            return Err(ConfigError::ZeroDeadline);
-        }
+        check_deadline(self.deadline)?;
         // Each policy once, with where it was first used (for errors).
         let mut policies: Vec<(Policy, String)> = Vec::new();
         let mut intern = |policy: Policy, used: String| -> Result<usize, ConfigError> {
@@ -326,11 +327,12 @@ impl RateLimitLayerBuilder {
                 if policies[i].0.same_as(&policy) {
                     return Ok(i);
                 }
-                return Err(ConfigError::DuplicatePolicyName {
+                return Err(PolicyError::DuplicateName {
                     name: policy.name().to_owned(),
                     first: policies[i].1.clone(),
                     second: used,
-                });
+                }
+                .into());
             }
             policy.validate()?;
             policies.push((policy, used));
@@ -387,6 +389,14 @@ impl RateLimitLayerBuilder {
             on_rejection: DefaultRejection,
         })
     }
+}
+
+/// Checks the backend deadline of a layer.
+pub(crate) fn check_deadline(deadline: Duration) -> Result<(), ConfigError> {
+    if deadline.is_zero() {
+        return Err(ConfigError::ZeroDeadline);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -459,11 +469,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err,
-            ConfigError::DuplicatePolicyName {
+            ConfigError::Policy(PolicyError::DuplicateName {
                 name: "auth".to_owned(),
                 first: "the default policy".to_owned(),
                 second: "route \"/x\"".to_owned(),
-            }
+            })
         );
         let err = RateLimitLayer::builder()
             .route("/a", Policy::auth())
@@ -503,11 +513,17 @@ mod tests {
             .route("no-slash", Policy::auth())
             .build()
             .unwrap_err();
-        assert!(matches!(err, ConfigError::InvalidRoute { .. }));
+        assert!(matches!(
+            err,
+            ConfigError::Route(crate::RouteError::Invalid { .. })
+        ));
         let err = RateLimitLayer::builder()
             .default_policy(Policy::new("x").quota(Quota::per_second(0)))
             .build()
             .unwrap_err();
-        assert!(matches!(err, ConfigError::ZeroLimit { .. }));
+        assert!(matches!(
+            err,
+            ConfigError::Policy(PolicyError::ZeroLimit { .. })
+        ));
     }
 }

@@ -139,7 +139,7 @@ pub use crate::breaker::CircuitBreaker;
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub use crate::config::Config;
 pub use crate::decision::{Decision, QuotaStatus, RejectReason};
-pub use crate::error::{BackendError, ConfigError};
+pub use crate::error::{BackendError, ConfigError, FileError, PolicyError, RouteError};
 pub use crate::future::ResponseFuture;
 pub use crate::headers::HeaderStyle;
 pub use crate::key::{Key, KeyExtractor};

@@ -32,7 +32,7 @@ use crate::backend::{Backend, MemoryBackend};
 use crate::blocked::BlockedClients;
 use crate::breaker::{Breaker, Call, Called, Checked, Guarded, Outcome};
 use crate::decision::{Decision, PolicyId, RejectReason, Verdict};
-use crate::error::{BackendError, ConfigError};
+use crate::error::{BackendError, ConfigError, PolicyError};
 use crate::failure::FailureLog;
 use crate::fleet::Share;
 use crate::headers::{HeaderStyle, PolicyHeaders, set_retry_after};
@@ -85,8 +85,7 @@ impl CompiledPolicy {
 ///
 /// # Errors
 ///
-/// [`ConfigError::DuplicatePolicyName`] if a tier's name is another
-/// policy's.
+/// [`PolicyError::DuplicateName`] if a tier's name is another policy's.
 pub(crate) fn compile(
     policies: Vec<Policy>,
     blocked_capacity: usize,
@@ -102,11 +101,10 @@ pub(crate) fn compile(
     for (base, tiers) in tiers.into_iter().enumerate() {
         for tier in tiers {
             if compiled.iter().any(|c| c.policy.name() == tier.name()) {
-                return Err(ConfigError::DuplicatePolicyName {
-                    name: tier.name().to_owned(),
-                    first: format!("a policy named `{}`", tier.name()),
-                    second: format!("a tier of policy `{}`", compiled[base].policy.name()),
-                });
+                return Err(tier_named_as_policy(
+                    tier.name(),
+                    compiled[base].policy.name(),
+                ));
             }
             let id = PolicyId(compiled.len());
             compiled.push(CompiledPolicy::new(tier, capacity, blocked_max_age));
@@ -114,6 +112,17 @@ pub(crate) fn compile(
         }
     }
     Ok(compiled)
+}
+
+/// The error for the tier `tier` (`<policy>.<tier>`) of policy `base`, when
+/// another policy has that name.
+pub(crate) fn tier_named_as_policy(tier: &str, base: &str) -> ConfigError {
+    PolicyError::DuplicateName {
+        name: tier.to_owned(),
+        first: format!("a policy named `{tier}`"),
+        second: format!("a tier of policy `{base}`"),
+    }
+    .into()
 }
 
 /// Everything a layer needs at request time, shared by all its clones.

@@ -8,7 +8,7 @@ use http::HeaderName;
 use http::request::Parts;
 
 use crate::access::{AccessList, AccessLists};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, PolicyError};
 pub use crate::failure::FailureMode;
 use crate::key::{Key, KeyExtractor, PeerIp};
 
@@ -662,120 +662,193 @@ impl Policy {
         }
     }
 
-    /// Checks the policy; called by the layer builder.
+    /// Checks the policy; called by the layer builder. Each step is a
+    /// `check_*` method of its own, which a configuration file calls as it
+    /// converts the field the step checks.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let inner = &*self.inner;
-        let policy = || inner.name.to_string();
-        if !valid_name(&inner.name) {
-            return Err(ConfigError::InvalidPolicyName { name: policy() });
+        self.check_name()?;
+        self.check_has_quota()?;
+        for index in 0..self.inner.quotas.len() {
+            self.check_quota(index)?;
         }
-        if inner.quotas.is_empty() {
-            return Err(ConfigError::NoQuota { policy: policy() });
+        self.check_max_cost()?;
+        self.check_cost()?;
+        self.check_selector()?;
+        for index in 0..self.inner.tiers.len() {
+            self.check_tier(index)?;
         }
-        for (index, q) in inner.quotas.iter().enumerate() {
-            if q.limit() == 0 {
-                return Err(ConfigError::ZeroLimit {
-                    policy: policy(),
-                    index,
-                });
-            }
-            let max = inner.algorithm.spec().max_limit;
-            if q.limit() > max {
-                return Err(ConfigError::LimitTooLarge {
-                    policy: policy(),
-                    index,
-                    limit: q.limit(),
-                    max,
-                });
-            }
-            if q.window() < MIN_WINDOW {
-                return Err(ConfigError::WindowTooShort {
-                    policy: policy(),
-                    index,
-                    window: q.window(),
-                });
-            }
-            if q.window() > MAX_WINDOW {
-                return Err(ConfigError::WindowTooLong {
-                    policy: policy(),
-                    index,
-                    window: q.window(),
-                });
-            }
-            if q.window().subsec_nanos() % 1_000_000 != 0 {
-                return Err(ConfigError::WindowNotWholeMillis {
-                    policy: policy(),
-                    index,
-                    window: q.window(),
-                });
-            }
-            if let Some(first) = inner.quotas[..index]
-                .iter()
-                .position(|o| o.window_us() == q.window_us())
-            {
-                return Err(ConfigError::DuplicateQuota {
-                    policy: policy(),
-                    first,
-                    second: index,
-                });
-            }
+        self.check_tier_keys()?;
+        for tier in self.tier_policies() {
+            tier.validate()?;
         }
-        let smallest = self.smallest_limit().unwrap_or(0);
-        if let Some(max_cost) = inner.max_cost
-            && !(1..=smallest).contains(&max_cost)
-        {
-            return Err(ConfigError::InvalidMaxCost {
-                policy: policy(),
-                max_cost,
-                limit: smallest,
-            });
-        }
-        if let Cost::Fixed(cost) = inner.cost {
-            if cost == 0 || cost > smallest {
-                return Err(ConfigError::InvalidCost {
-                    policy: policy(),
-                    cost,
-                    max: smallest,
-                });
-            }
-            if let Some(max_cost) = self.effective_max_cost()
-                && cost > max_cost
-            {
-                return Err(ConfigError::CostAboveMaxCost {
-                    policy: policy(),
-                    cost,
-                    max_cost,
-                });
-            }
-        }
-        self.validate_tiers()
+        Ok(())
     }
 
-    /// Checks the tiers, their selector and every tier as a policy.
-    fn validate_tiers(&self) -> Result<(), ConfigError> {
+    /// The name of the policy, for errors.
+    fn error_name(&self) -> String {
+        self.inner.name.to_string()
+    }
+
+    /// Checks the policy's name.
+    pub(crate) fn check_name(&self) -> Result<(), ConfigError> {
+        if !valid_name(&self.inner.name) {
+            return Err(PolicyError::InvalidName {
+                name: self.error_name(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Checks that the policy has a quota.
+    pub(crate) fn check_has_quota(&self) -> Result<(), ConfigError> {
+        if self.inner.quotas.is_empty() {
+            return Err(PolicyError::NoQuota {
+                policy: self.error_name(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Checks quota `index` (under the policy's algorithm), and that no
+    /// earlier quota has its window.
+    pub(crate) fn check_quota(&self, index: usize) -> Result<(), ConfigError> {
         let inner = &*self.inner;
-        let policy = || inner.name.to_string();
-        match (&inner.tier_selector, inner.tiers.is_empty()) {
-            (None, false) => return Err(ConfigError::TiersWithoutSelector { policy: policy() }),
-            (Some(_), true) => return Err(ConfigError::SelectorWithoutTiers { policy: policy() }),
-            _ => {}
+        let policy = self.error_name();
+        let q = inner.quotas[index];
+        if q.limit() == 0 {
+            return Err(PolicyError::ZeroLimit { policy, index }.into());
         }
-        for (index, tier) in inner.tiers.iter().enumerate() {
-            let valid = (1..=32).contains(&tier.name.len())
-                && crate::key::is_plain(tier.name.as_bytes(), b"_-");
-            if !valid {
-                return Err(ConfigError::InvalidTierName {
-                    policy: policy(),
-                    tier: tier.name.to_string(),
-                });
+        let max = inner.algorithm.spec().max_limit;
+        if q.limit() > max {
+            return Err(PolicyError::LimitTooLarge {
+                policy,
+                index,
+                limit: q.limit(),
+                max,
             }
-            if inner.tiers[..index].iter().any(|t| t.name == tier.name) {
-                return Err(ConfigError::DuplicateTier {
-                    policy: policy(),
-                    tier: tier.name.to_string(),
-                });
-            }
+            .into());
         }
+        let window = q.window();
+        if window < MIN_WINDOW {
+            return Err(PolicyError::WindowTooShort {
+                policy,
+                index,
+                window,
+            }
+            .into());
+        }
+        if window > MAX_WINDOW {
+            return Err(PolicyError::WindowTooLong {
+                policy,
+                index,
+                window,
+            }
+            .into());
+        }
+        if !window.subsec_nanos().is_multiple_of(1_000_000) {
+            return Err(PolicyError::WindowNotWholeMillis {
+                policy,
+                index,
+                window,
+            }
+            .into());
+        }
+        if let Some(first) = inner.quotas[..index]
+            .iter()
+            .position(|o| o.window_us() == q.window_us())
+        {
+            return Err(PolicyError::DuplicateQuota {
+                policy,
+                first,
+                second: index,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Checks the max cost against the smallest quota limit.
+    pub(crate) fn check_max_cost(&self) -> Result<(), ConfigError> {
+        let smallest = self.smallest_limit().unwrap_or(0);
+        if let Some(max_cost) = self.inner.max_cost
+            && !(1..=smallest).contains(&max_cost)
+        {
+            return Err(PolicyError::InvalidMaxCost {
+                policy: self.error_name(),
+                max_cost,
+                limit: smallest,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Checks a fixed cost against the smallest quota limit and the max cost.
+    pub(crate) fn check_cost(&self) -> Result<(), ConfigError> {
+        let Cost::Fixed(cost) = self.inner.cost else {
+            return Ok(());
+        };
+        let smallest = self.smallest_limit().unwrap_or(0);
+        if cost == 0 || cost > smallest {
+            return Err(PolicyError::InvalidCost {
+                policy: self.error_name(),
+                cost,
+                max: smallest,
+            }
+            .into());
+        }
+        if let Some(max_cost) = self.effective_max_cost()
+            && cost > max_cost
+        {
+            return Err(PolicyError::CostAboveMaxCost {
+                policy: self.error_name(),
+                cost,
+                max_cost,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Checks that tiers and a tier selector come together.
+    pub(crate) fn check_selector(&self) -> Result<(), ConfigError> {
+        let policy = self.error_name();
+        match (&self.inner.tier_selector, self.inner.tiers.is_empty()) {
+            (None, false) => Err(PolicyError::TiersWithoutSelector { policy }.into()),
+            (Some(_), true) => Err(PolicyError::SelectorWithoutTiers { policy }.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the name of tier `index`, and that no earlier tier has it (not
+    /// the tier's quotas: see [`tier_policies`](Self::tier_policies)).
+    pub(crate) fn check_tier(&self, index: usize) -> Result<(), ConfigError> {
+        let tiers = &self.inner.tiers;
+        let tier = &tiers[index];
+        let valid = (1..=32).contains(&tier.name.len())
+            && crate::key::is_plain(tier.name.as_bytes(), b"_-");
+        if !valid {
+            return Err(PolicyError::InvalidTierName {
+                policy: self.error_name(),
+                tier: tier.name.to_string(),
+            }
+            .into());
+        }
+        if tiers[..index].iter().any(|t| t.name == tier.name) {
+            return Err(PolicyError::DuplicateTier {
+                policy: self.error_name(),
+                tier: tier.name.to_string(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Checks that a tier table names only tiers the policy has.
+    pub(crate) fn check_tier_keys(&self) -> Result<(), ConfigError> {
+        let inner = &*self.inner;
         if let Some(TierSelector::Keys(table)) = &inner.tier_selector {
             let mut named: Vec<&String> = table.values().collect();
             named.sort();
@@ -783,15 +856,13 @@ impl Policy {
                 .into_iter()
                 .find(|name| !inner.tiers.iter().any(|t| *t.name == ***name))
             {
-                return Err(ConfigError::UnknownTier {
-                    policy: policy(),
+                return Err(PolicyError::UnknownTier {
+                    policy: self.error_name(),
                     tier: unknown.clone(),
                     known: inner.tiers.iter().map(|t| t.name.to_string()).collect(),
-                });
+                }
+                .into());
             }
-        }
-        for tier in self.tier_policies() {
-            tier.validate()?;
         }
         Ok(())
     }
@@ -930,20 +1001,20 @@ mod tests {
         };
         assert_eq!(
             log().max_cost(0).validate(),
-            Err(ConfigError::InvalidMaxCost {
+            Err(ConfigError::Policy(PolicyError::InvalidMaxCost {
                 policy: "log".into(),
                 max_cost: 0,
                 limit: 50
-            })
+            }))
         );
         let above = log().max_cost(51).validate().unwrap_err();
         assert_eq!(
             above,
-            ConfigError::InvalidMaxCost {
+            ConfigError::Policy(PolicyError::InvalidMaxCost {
                 policy: "log".into(),
                 max_cost: 51,
                 limit: 50
-            }
+            })
         );
         assert!(
             above.to_string().contains("max cost 51 is outside 1..=50"),
@@ -953,11 +1024,11 @@ mod tests {
         let fixed = Policy::default_api().max_cost(10).cost(11).validate();
         assert_eq!(
             fixed,
-            Err(ConfigError::CostAboveMaxCost {
+            Err(ConfigError::Policy(PolicyError::CostAboveMaxCost {
                 policy: "api".into(),
                 cost: 11,
                 max_cost: 10
-            })
+            }))
         );
         let default = Policy::new("log")
             .quota(Quota::per_hour(5_000))
@@ -967,11 +1038,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             default,
-            ConfigError::CostAboveMaxCost {
+            ConfigError::Policy(PolicyError::CostAboveMaxCost {
                 policy: "log".into(),
                 cost: 1_001,
                 max_cost: 1_000
-            }
+            })
         );
         let message = default.to_string();
         assert!(

@@ -25,7 +25,11 @@ mod memory;
 mod redis;
 
 pub use self::memory::MemoryBackend;
+#[cfg(feature = "serde")]
+pub(crate) use self::redis::check_prefix;
 pub use self::redis::{RedisBackend, RedisBackendBuilder, redact_url};
+#[cfg(all(feature = "serde", feature = "tls"))]
+pub(crate) use self::redis::{check_ca, check_client_cert, check_client_key};
 
 /// The future returned by [`Backend::check`] and [`Backend::peek`].
 pub type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;

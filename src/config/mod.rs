@@ -11,6 +11,34 @@
 //! routes[1].path: invalid route pattern "auth/logout": must start with `/`
 //! ```
 //!
+//! Each is a [`ConfigError::File`]: its [`FileError`] has the field's
+//! [`path`](FileError::path) and, when the builder, a policy or the backend
+//! refused the value, that [`ConfigError`] as its
+//! [`error`](FileError::error) (and `source()`), to match on:
+//!
+//! ```
+//! use tower_redis_ratelimit::{Config, ConfigError, RouteError};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let text = r#"
+//!     [policies.api]
+//!     quotas = ["100/min"]
+//!
+//!     [[routes]]
+//!     path = "/users/:id"
+//!     policy = "api"
+//! "#;
+//! let config = Config::from_deserializer(text.parse::<toml::Table>()?)?;
+//! let Err(ConfigError::File(error)) = config.build() else { panic!("not a file error") };
+//! assert_eq!(error.path(), "routes[0].path");
+//! assert!(matches!(
+//!     error.error(),
+//!     Some(ConfigError::Route(RouteError::OldSyntax { suggestion, .. })) if suggestion == "/users/{id}"
+//! ));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The format
 //!
 //! ```toml
@@ -128,14 +156,16 @@ use self::secret::{ApiKeys, RedisUrl, RedisUrls, Table, TierKeys, scrub};
 use self::text::{Network, Parsed, TrustedProxy};
 use crate::access::AccessList;
 use crate::algorithm::Algorithm;
-use crate::backend::{Backend, MemoryBackend, RedisBackend, redact_url};
-use crate::error::ConfigError;
+use crate::backend::{Backend, MemoryBackend, RedisBackend, check_prefix, redact_url};
+use crate::error::{ConfigError, FileError};
 use crate::failure::FailureMode;
 use crate::headers::HeaderStyle;
 use crate::key::{ClientIp, Global, Header, PeerIp};
-use crate::layer::RateLimitLayer;
+use crate::layer::{RateLimitLayer, check_deadline};
+use crate::limiter::tier_named_as_policy;
 use crate::policy::{MissingKey, Policy};
 use crate::quota::Quota;
+use crate::routes::RuleCheck;
 
 /// A whole [`RateLimitLayer`] configuration: settings, a backend, named
 /// policies and the routes they apply to (see the [module](self) for the
@@ -434,11 +464,11 @@ impl RedisConfig {
     ///
     /// # Errors
     ///
-    /// A bad URL or prefix, a PEM file that cannot be read or used, or a
-    /// deployment or TLS setting without the crate's feature for it
-    /// (`cluster`, `sentinel`, `tls`), located as `redis.url`,
-    /// `redis.cluster`, `redis.sentinel`, `redis.prefix`, `redis.ca_cert` or
-    /// `redis.client_cert`.
+    /// A [`ConfigError::File`] at the field at fault: a bad URL or prefix, a
+    /// PEM file that cannot be read or used, or a deployment or TLS setting
+    /// without the crate's feature for it (`cluster`, `sentinel`, `tls`),
+    /// at `redis.url`, `redis.cluster`, `redis.sentinel`, `redis.prefix`,
+    /// `redis.ca_cert`, `redis.client_cert` or `redis.client_key`.
     pub fn backend(&self) -> Result<RedisBackend, ConfigError> {
         let field = match self.kind {
             RedisKind::Single => "redis.url",
@@ -472,21 +502,16 @@ impl RedisConfig {
             }
         };
         let builder = match &self.prefix {
-            Some(prefix) => builder.prefix(prefix.clone()),
+            Some(prefix) => {
+                check_prefix(prefix).map_err(|e| at("redis.prefix", e))?;
+                builder.prefix(prefix.clone())
+            }
             None => builder,
         };
         let builder = self.tls(builder)?;
-        builder.build().map_err(|error| {
-            let path = match error {
-                ConfigError::InvalidPrefix { .. } => "redis.prefix",
-                ConfigError::Tls(_) if self.client.is_some() && self.ca_cert.is_none() => {
-                    "redis.client_cert"
-                }
-                ConfigError::Tls(_) if self.ca_cert.is_some() => "redis.ca_cert",
-                _ => field,
-            };
-            at(path, error)
-        })
+        // What is left to check is the URLs (TLS settings for `redis://`
+        // ones included).
+        builder.build().map_err(|error| at(field, error))
     }
 
     /// Adds the PEM files of `ca_cert`, `client_cert` and `client_key`.
@@ -495,19 +520,24 @@ impl RedisConfig {
         &self,
         mut builder: crate::RedisBackendBuilder,
     ) -> Result<crate::RedisBackendBuilder, ConfigError> {
-        let read = |field: &str, path: &PathBuf| {
-            std::fs::read(path).map_err(|e| {
-                invalid(
-                    format!("redis.{field}"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })
+        use crate::backend::{check_ca, check_client_cert, check_client_key};
+
+        type Check = fn(&[u8]) -> Result<(), ConfigError>;
+        // The PEM text of the file named at `field`, checked.
+        let read = |field: &str, path: &PathBuf, check: Check| {
+            let field = format!("redis.{field}");
+            let pem = std::fs::read(path)
+                .map_err(|e| invalid(&field, format!("cannot read {}: {e}", path.display())))?;
+            check(&pem).map_err(|e| at(field, e))?;
+            Ok::<_, ConfigError>(pem)
         };
         if let Some(path) = &self.ca_cert {
-            builder = builder.tls_ca_pem(read("ca_cert", path)?);
+            builder = builder.tls_ca_pem(read("ca_cert", path, check_ca)?);
         }
         if let Some((cert, key)) = &self.client {
-            builder = builder.tls_client_pem(read("client_cert", cert)?, read("client_key", key)?);
+            let cert = read("client_cert", cert, check_client_cert)?;
+            let key = read("client_key", key, check_client_key)?;
+            builder = builder.tls_client_pem(cert, key);
         }
         Ok(builder)
     }
@@ -526,40 +556,46 @@ impl RedisConfig {
     }
 }
 
-/// `error`, located at `path`. An error whose text shows a URL's password
-/// (a misplaced URL in a route or a prefix...) becomes an
-/// [`ConfigError::Invalid`] with its text [scrubbed](scrub).
+/// `error`, from the field at `path`: a [`FileError`] with `error` as its
+/// source, unless the text of `error` would show a URL's password (a
+/// misplaced URL in a route or a prefix...): then a message, [scrubbed](scrub).
 fn at(path: impl Into<String>, error: ConfigError) -> ConfigError {
-    let path = path.into();
-    if let Cow::Owned(message) = scrub(&error.to_string()) {
-        return invalid(path, message);
+    let path = scrub(&path.into()).into_owned();
+    let display = error.to_string();
+    let shows_secret = matches!(scrub(&display), Cow::Owned(_))
+        || matches!(scrub(&format!("{error:?}")), Cow::Owned(_));
+    if shows_secret {
+        return invalid(path, display);
     }
-    ConfigError::At {
-        path,
-        error: Box::new(error),
-    }
+    FileError::error_at(path, error).into()
 }
 
-/// An [`ConfigError::Invalid`] at `path`, both [scrubbed](scrub): every
-/// error of a configuration is made here or by [`at`].
+/// A value at `path` that cannot be read, and why, both [scrubbed](scrub):
+/// every error of a configuration is made here or by [`at`].
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     let (path, message) = (path.into(), message.into());
-    ConfigError::Invalid {
-        path: scrub(&path).into_owned(),
-        message: scrub(&message).into_owned(),
-    }
+    FileError::message(scrub(&path).into_owned(), scrub(&message).into_owned()).into()
 }
 
 impl PolicyConfig {
-    /// The policy, checked as the builder checks it, errors located under `path`.
+    /// The policy, checked as the builder checks it: each field as it is
+    /// set, its errors located at that field, under `path`.
     fn policy(&self, name: &str, path: &str) -> Result<Policy, ConfigError> {
         let mut policy = Policy::new(name);
-        for Parsed(quota) in &self.quotas {
-            policy = policy.quota(*quota);
-        }
+        policy.check_name().map_err(|e| at(path, e))?;
+        // Before the quotas: it bounds their limits.
         if let Some(Parsed(algorithm)) = self.algorithm {
             policy = policy.algorithm(algorithm);
         }
+        for (i, Parsed(quota)) in self.quotas.iter().enumerate() {
+            policy = policy.quota(*quota);
+            policy
+                .check_quota(i)
+                .map_err(|e| at(format!("{path}.quotas[{i}]"), e))?;
+        }
+        policy
+            .check_has_quota()
+            .map_err(|e| at(format!("{path}.quotas"), e))?;
         policy = match &self.key {
             None | Some(KeyConfig::PeerIp) => policy.key(PeerIp::new()),
             Some(KeyConfig::Global) => policy.key(Global),
@@ -577,11 +613,22 @@ impl PolicyConfig {
         if let Some(Parsed(missing)) = self.missing_key {
             policy = policy.on_missing_key(missing);
         }
+        // Both before either check: a cost is checked against the max cost.
+        if let Some(max_cost) = self.max_cost {
+            policy = policy.max_cost(max_cost);
+        }
         if let Some(cost) = self.cost {
             policy = policy.cost(cost);
         }
-        if let Some(max_cost) = self.max_cost {
-            policy = policy.max_cost(max_cost);
+        if self.max_cost.is_some() {
+            policy
+                .check_max_cost()
+                .map_err(|e| at(format!("{path}.max_cost"), e))?;
+        }
+        if self.cost.is_some() {
+            policy
+                .check_cost()
+                .map_err(|e| at(format!("{path}.cost"), e))?;
         }
         policy = policy.shadow(self.shadow);
         if let Some(Table(allow)) = &self.allow {
@@ -590,74 +637,54 @@ impl PolicyConfig {
         if let Some(Table(deny)) = &self.deny {
             policy = policy.deny(deny.list());
         }
-        for (tier, quotas) in &self.tiers {
+        for (i, (tier, quotas)) in self.tiers.iter().enumerate() {
+            let path = format!("{path}.tiers.{tier}");
             policy = policy.tier(tier.clone(), quotas.iter().map(|Parsed(q)| *q));
+            policy.check_tier(i).map_err(|e| at(&path, e))?;
+            // The policy the tier runs as (`<name>.<tier>`, its quotas).
+            let runs_as = policy
+                .tier_policies()
+                .into_iter()
+                .nth(i)
+                .expect("the tier just added");
+            for j in 0..quotas.len() {
+                runs_as
+                    .check_quota(j)
+                    .map_err(|e| at(format!("{path}[{j}]"), e))?;
+            }
+            runs_as.validate().map_err(|e| at(&path, e))?;
         }
-        policy = match (&self.tier_header, &self.tier_keys) {
+        let selector = match (&self.tier_header, &self.tier_keys) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     format!("{path}.tier_keys"),
                     "set tier_header or tier_keys, not both",
                 ));
             }
-            (Some(Parsed(header)), None) => policy.tier_header(header.clone()),
-            (None, Some(TierKeys(table))) => policy.tier_keys(table.clone()),
-            (None, None) => policy,
-        };
-        let selector = if self.tier_keys.is_some() {
-            ".tier_keys"
-        } else {
-            ".tier_header"
-        };
-        policy.validate().map_err(|error| {
-            // Errors of a tier's quotas name policy `<name>.<tier>`.
-            let (of, field) = match &error {
-                ConfigError::NoQuota { policy } => (policy, String::new()),
-                ConfigError::ZeroLimit { policy, index }
-                | ConfigError::WindowTooShort { policy, index, .. }
-                | ConfigError::WindowTooLong { policy, index, .. }
-                | ConfigError::WindowNotWholeMillis { policy, index, .. }
-                | ConfigError::LimitTooLarge { policy, index, .. } => {
-                    (policy, format!("[{index}]"))
-                }
-                ConfigError::DuplicateQuota { policy, second, .. } => {
-                    (policy, format!("[{second}]"))
-                }
-                ConfigError::InvalidCost { .. } | ConfigError::CostAboveMaxCost { .. } => {
-                    return at(format!("{path}.cost"), error);
-                }
-                ConfigError::InvalidMaxCost { .. } => {
-                    return at(format!("{path}.max_cost"), error);
-                }
-                ConfigError::TiersWithoutSelector { .. } => {
-                    return at(format!("{path}.tiers"), error);
-                }
-                ConfigError::SelectorWithoutTiers { .. } | ConfigError::UnknownTier { .. } => {
-                    return at(format!("{path}{selector}"), error);
-                }
-                ConfigError::InvalidTierName { tier, .. }
-                | ConfigError::DuplicateTier { tier, .. } => {
-                    return at(format!("{path}.tiers.{tier}"), error);
-                }
-                _ => return at(path, error),
-            };
-            let tier = of
-                .strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix('.'));
-            match tier {
-                Some(tier) => at(format!("{path}.tiers.{tier}{field}"), error),
-                None => at(format!("{path}.quotas{field}"), error),
+            (Some(Parsed(header)), None) => {
+                policy = policy.tier_header(header.clone());
+                "tier_header"
             }
-        })?;
+            (None, Some(TierKeys(table))) => {
+                policy = policy.tier_keys(table.clone());
+                "tier_keys"
+            }
+            // Tiers without a selector: the tiers are what cannot be used.
+            (None, None) => "tiers",
+        };
+        policy
+            .check_selector()
+            .map_err(|e| at(format!("{path}.{selector}"), e))?;
+        if self.tier_keys.is_some() {
+            policy
+                .check_tier_keys()
+                .map_err(|e| at(format!("{path}.tier_keys"), e))?;
+        }
+        // Every field was checked as it was set; anything else is the
+        // policy's as a whole.
+        policy.validate().map_err(|e| at(path, e))?;
         Ok(policy)
     }
-}
-
-/// One rule given to the builder, and where it came from.
-struct Source<'a> {
-    method: Option<&'a Method>,
-    pattern: &'a str,
-    path: String,
 }
 
 impl Config {
@@ -667,10 +694,11 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Invalid`] for a value that cannot be read (an unknown
-    /// field, a bad quota or duration, an unknown name...) or a reference to
-    /// an undefined policy; [`ConfigError::At`] for a policy the builder
-    /// would refuse. Both name the field (`policies.auth.quotas[0]`).
+    /// A [`ConfigError::File`] naming the field at fault
+    /// (`policies.auth.quotas[0]`): a value that cannot be read (an unknown
+    /// field, a bad quota or duration, an unknown name...), a reference to
+    /// an undefined policy, or a policy the layer builder would refuse (that
+    /// [`PolicyError`](crate::PolicyError) is the [`FileError`]'s source).
     pub fn from_deserializer<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Self, ConfigError> {
@@ -698,9 +726,11 @@ impl Config {
     /// # Errors
     ///
     /// Everything [`from_deserializer`](Self::from_deserializer) checks, a
-    /// bad Redis URL, and every [`ConfigError`] of the layer builder (bad
-    /// route patterns, a zero deadline...), each located in the configuration
-    /// ([`ConfigError::At`]).
+    /// bad Redis setting ([`RedisConfig::backend`]), and every
+    /// [`ConfigError`] of the layer builder (bad route patterns, a zero
+    /// deadline...), each a [`ConfigError::File`] at the field at fault
+    /// (`routes[1].path`, `deadline`; `.` for the configuration as a whole,
+    /// such as one with no policy for any request).
     pub fn build(&self) -> Result<RateLimitLayer, ConfigError> {
         match &self.redis {
             Some(redis) => self.build_with_backend(redis.backend()?),
@@ -718,6 +748,7 @@ impl Config {
         let policies = self.policies()?;
         let mut builder = RateLimitLayer::builder().backend(backend);
         if let Some(Parsed(deadline)) = self.deadline {
+            check_deadline(deadline).map_err(|e| at("deadline", e))?;
             builder = builder.deadline(deadline);
         }
         if let Some(Parsed(style)) = self.headers {
@@ -735,34 +766,29 @@ impl Config {
         if let Some(name) = &self.default_policy {
             builder = builder.default_policy(policies[name.as_str()].clone());
         }
-        let mut sources = Vec::new();
+        // Each rule is checked as it is added, with those before it, in the
+        // builder's order.
+        let mut rules = RuleCheck::new(self.case_insensitive_paths.unwrap_or(false));
         for (i, pattern) in self.exempt.iter().enumerate() {
+            rules
+                .add(None, pattern)
+                .map_err(|e| at(format!("exempt[{i}]"), e))?;
             builder = builder.exempt(pattern.clone());
-            sources.push(Source {
-                method: None,
-                pattern,
-                path: format!("exempt[{i}]"),
-            });
         }
         for (i, route) in self.routes.iter().enumerate() {
             let policy = policies[route.policy.as_str()].clone();
             let method = route.method.as_ref().map(|Parsed(m)| m);
+            rules
+                .add(method.cloned(), &route.path)
+                .map_err(|e| at(format!("routes[{i}].path"), e))?;
             builder = match method {
                 Some(method) => builder.route_method(method.clone(), route.path.clone(), policy),
                 None => builder.route(route.path.clone(), policy),
             };
-            sources.push(Source {
-                method,
-                pattern: &route.path,
-                path: format!("routes[{i}].path"),
-            });
         }
-        builder
-            .build()
-            .map_err(|error| match locate(&error, &sources) {
-                Some(path) => at(path, error),
-                None => error,
-            })
+        // Every field was checked as it was set: what is left is the
+        // configuration's as a whole (no policy applies to any request).
+        builder.build().map_err(|error| at(".", error))
     }
 
     /// Every policy, checked, by name; and every reference to one checked.
@@ -771,6 +797,19 @@ impl Config {
         for (name, config) in &self.policies {
             let policy = config.policy(name, &format!("policies.{name}"))?;
             policies.insert(name.as_str(), policy);
+        }
+        // A tier runs as policy `<name>.<tier>`: no other policy may have
+        // that name.
+        for (name, policy) in &policies {
+            for tier in policy.tier_names() {
+                let runs_as = format!("{name}.{tier}");
+                if policies.contains_key(runs_as.as_str()) {
+                    return Err(at(
+                        format!("policies.{name}.tiers.{tier}"),
+                        tier_named_as_policy(&runs_as, name),
+                    ));
+                }
+            }
         }
         let check = |path: String, name: &str| {
             if policies.contains_key(name) {
@@ -809,26 +848,4 @@ fn format_message(message: &str) -> String {
         Some((rest, _)) => rest.trim_end().to_owned(),
         None => message.to_owned(),
     }
-}
-
-/// Where in the configuration the builder's `error` comes from, if it says.
-fn locate(error: &ConfigError, sources: &[Source<'_>]) -> Option<String> {
-    let find = |pattern: &str| sources.iter().position(|s| s.pattern == pattern);
-    let index = match error {
-        ConfigError::ZeroDeadline => return Some("deadline".to_owned()),
-        // Patterns are parsed in order: the first one so written failed.
-        ConfigError::InvalidRoute { pattern, .. } => find(pattern)?,
-        ConfigError::ConflictingRoute { pattern, .. } => find(pattern)?,
-        // The first rule repeating an earlier one for the same method.
-        ConfigError::DuplicateRoute { pattern, first } => {
-            sources.iter().enumerate().position(|(j, later)| {
-                later.pattern == pattern
-                    && sources[..j]
-                        .iter()
-                        .any(|s| s.pattern == first && s.method == later.method)
-            })?
-        }
-        _ => return None,
-    };
-    Some(sources[index].path.clone())
 }

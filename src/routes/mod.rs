@@ -49,7 +49,7 @@ use std::borrow::Cow;
 
 use http::Method;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, RouteError};
 use crate::policy::Policy;
 
 use self::path::{is_dot, is_normal, join, literal_segments, resolve};
@@ -83,18 +83,21 @@ struct Pattern {
 
 impl Pattern {
     fn parse(pattern: &str, case_insensitive: bool) -> Result<Self, ConfigError> {
-        let err = |reason| ConfigError::InvalidRoute {
-            pattern: pattern.to_owned(),
-            reason,
+        let err = |reason| {
+            ConfigError::from(RouteError::Invalid {
+                pattern: pattern.to_owned(),
+                reason,
+            })
         };
         if !pattern.starts_with('/') {
             return Err(err("must start with `/`"));
         }
         if let Some(suggestion) = old_syntax_fix(pattern) {
-            return Err(ConfigError::OldRouteSyntax {
+            return Err(RouteError::OldSyntax {
                 pattern: pattern.to_owned(),
                 suggestion,
-            });
+            }
+            .into());
         }
         let raw = if case_insensitive {
             pattern.to_ascii_lowercase()
@@ -172,6 +175,43 @@ fn old_syntax_fix(pattern: &str) -> Option<String> {
     found.then(|| fixed.join("/"))
 }
 
+/// Checks route rules one at a time, as a configuration file adds them:
+/// each rule with the rules added before it, as the layer builder checks
+/// them all (its pattern, then a repeated pattern and method, then a pattern
+/// the router cannot tell from another).
+#[cfg(feature = "serde")]
+#[derive(Debug, Default)]
+pub(crate) struct RuleCheck {
+    rules: Vec<Rule>,
+    case_insensitive: bool,
+}
+
+#[cfg(feature = "serde")]
+impl RuleCheck {
+    /// No rule yet; patterns compared case-insensitively if `case_insensitive`.
+    pub(crate) fn new(case_insensitive: bool) -> Self {
+        Self {
+            rules: Vec::new(),
+            case_insensitive,
+        }
+    }
+
+    /// Checks one more rule against those added before it, and keeps it if
+    /// it can be used. What a rule does makes no difference to the checks.
+    pub(crate) fn add(&mut self, method: Option<Method>, pattern: &str) -> Result<(), ConfigError> {
+        self.rules.push(Rule {
+            method,
+            pattern: pattern.to_owned(),
+            action: Action::Exempt,
+        });
+        let table = RouteTable::new(self.rules.clone(), None, self.case_insensitive, Vec::new());
+        if table.is_err() {
+            self.rules.pop();
+        }
+        table.map(drop)
+    }
+}
+
 /// The rules that apply to one method, in both spellings.
 #[derive(Debug, Clone, Default)]
 struct Routes {
@@ -219,10 +259,11 @@ impl RouteTable {
                 .zip(&patterns)
                 .find(|(r, p)| r.method == rule.method && p.raw == pattern.raw);
             if let Some((first, _)) = earlier {
-                return Err(ConfigError::DuplicateRoute {
+                return Err(RouteError::Duplicate {
                     pattern: rule.pattern.clone(),
                     first: first.pattern.clone(),
-                });
+                }
+                .into());
             }
         }
         let mut methods: Vec<Method> = Vec::new();
@@ -289,14 +330,14 @@ impl RouteTable {
         let build = |list: Vec<(&str, u8, Action, &str)>| {
             let mut router = matchit::Router::new();
             for (key, _, action, written) in list {
-                router
-                    .insert(key, action)
-                    .map_err(|e| ConfigError::ConflictingRoute {
+                router.insert(key, action).map_err(|e| {
+                    ConfigError::from(RouteError::Conflict {
                         pattern: written.to_owned(),
                         reason: e.to_string(),
-                    })?;
+                    })
+                })?;
             }
-            Ok(router)
+            Ok::<_, ConfigError>(router)
         };
         Ok(Routes {
             raw: build(raw)?,
@@ -422,10 +463,10 @@ mod tests {
         ] {
             assert_eq!(
                 Pattern::parse(old, true),
-                Err(ConfigError::OldRouteSyntax {
+                Err(ConfigError::Route(RouteError::OldSyntax {
                     pattern: old.to_owned(),
                     suggestion: fixed.to_owned()
-                })
+                }))
             );
             Pattern::parse(fixed, false).unwrap();
         }
@@ -493,7 +534,10 @@ mod tests {
             RATES.to_vec(),
         )
         .unwrap_err();
-        assert!(matches!(err, ConfigError::DuplicateRoute { .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::Route(RouteError::Duplicate { .. })),
+            "{err}"
+        );
         let err = RouteTable::new(
             vec![
                 rule(None, "/users/{id}", Action::Limit(0)),
@@ -504,7 +548,10 @@ mod tests {
             RATES.to_vec(),
         )
         .unwrap_err();
-        assert!(matches!(err, ConfigError::ConflictingRoute { .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::Route(RouteError::Conflict { .. })),
+            "{err}"
+        );
         // Other methods, other spellings: fine.
         table(
             vec![

@@ -357,6 +357,13 @@ fn batch_sizes_are_checked() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("1024"), "{err}");
+    assert_eq!(
+        err,
+        tower_redis_ratelimit::ConfigError::BatchTooLarge {
+            batch: 1025,
+            max: 1024
+        }
+    );
     let off = RedisBackend::builder("redis://127.0.0.1/").batching(false);
     assert!(format!("{off:?}").contains("batch: 1"), "{off:?}");
 }

@@ -15,7 +15,9 @@ use std::path::Path;
 use http::{Method, Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::config::RedisConfig;
-use tower_redis_ratelimit::{Config, ConfigError, MemoryBackend, Policy, RateLimitLayer};
+use tower_redis_ratelimit::{
+    Config, ConfigError, FileError, MemoryBackend, Policy, PolicyError, RateLimitLayer, RouteError,
+};
 
 use crate::example_config;
 use crate::support;
@@ -784,6 +786,162 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// The error loading, or else building, `text`: a file error.
+fn file_error(text: &str) -> FileError {
+    let error = match load(text) {
+        Err(e) => e,
+        Ok(config) => config
+            .build_with_backend(MemoryBackend::new())
+            .expect_err("an invalid configuration"),
+    };
+    match error {
+        ConfigError::File(error) => error,
+        other => panic!("not located in the file: {other:?}"),
+    }
+}
+
+/// What the builder, a policy or the backend refused keeps its own error,
+/// at the field the configuration was converting, as the file error's
+/// `error()` and `source()`: route patterns included (an axum 0.7 route
+/// used to come back without the field).
+#[test]
+fn builder_errors_keep_their_field_and_their_error() {
+    let api = "[policies.api]\nquotas = [\"1/s\"]\n";
+    let route = |path: &str| format!("[[routes]]\npath = {path:?}\npolicy = \"api\"\n");
+    let old_syntax = |pattern: &str, suggestion: &str| {
+        ConfigError::Route(RouteError::OldSyntax {
+            pattern: pattern.to_owned(),
+            suggestion: suggestion.to_owned(),
+        })
+    };
+    let cases: Vec<(&str, String, &str, ConfigError)> = vec![
+        (
+            "axum 0.7 route",
+            format!("{api}{}", route("/users/:id")),
+            "routes[0].path",
+            old_syntax("/users/:id", "/users/{id}"),
+        ),
+        (
+            "axum 0.7 route with a method, after a good one",
+            format!(
+                "{api}{}{}method = \"POST\"\n",
+                route("/ok"),
+                route("/files/*path")
+            ),
+            "routes[1].path",
+            old_syntax("/files/*path", "/files/{*path}"),
+        ),
+        (
+            "axum 0.7 exempt pattern",
+            format!("exempt = [\"/health\", \"/static/*\"]\ndefault_policy = \"api\"\n{api}"),
+            "exempt[1]",
+            old_syntax("/static/*", "/static/{*rest}"),
+        ),
+        (
+            "one route twice, told apart only by case",
+            format!(
+                "case_insensitive_paths = true\n{api}{}{}",
+                route("/Login"),
+                route("/login")
+            ),
+            "routes[1].path",
+            ConfigError::Route(RouteError::Duplicate {
+                pattern: "/login".to_owned(),
+                first: "/Login".to_owned(),
+            }),
+        ),
+        (
+            "zero deadline",
+            format!("deadline = \"0s\"\ndefault_policy = \"api\"\n{api}"),
+            "deadline",
+            ConfigError::ZeroDeadline,
+        ),
+        (
+            "max cost above the smallest limit",
+            "[policies.api]\nquotas = [\"10/s\", \"5/min\"]\nmax_cost = 6".to_owned(),
+            "policies.api.max_cost",
+            ConfigError::Policy(PolicyError::InvalidMaxCost {
+                policy: "api".to_owned(),
+                max_cost: 6,
+                limit: 5,
+            }),
+        ),
+        (
+            "a tier's quota",
+            "[policies.api]\nquotas = [\"3/s\"]\ntier_header = \"x-plan\"\n\
+             [policies.api.tiers]\npro = [\"30/s\", \"5/500us\"]"
+                .to_owned(),
+            "policies.api.tiers.pro[1]",
+            ConfigError::Policy(PolicyError::WindowTooShort {
+                policy: "api.pro".to_owned(),
+                index: 1,
+                window: std::time::Duration::from_micros(500),
+            }),
+        ),
+        (
+            "a tier named as another policy",
+            "[policies.api]\nquotas = [\"3/s\"]\ntier_header = \"x-plan\"\n\
+             [policies.api.tiers]\npro = [\"30/s\"]\n[policies.\"api.pro\"]\nquotas = [\"1/s\"]"
+                .to_owned(),
+            "policies.api.tiers.pro",
+            ConfigError::Policy(PolicyError::DuplicateName {
+                name: "api.pro".to_owned(),
+                first: "a policy named `api.pro`".to_owned(),
+                second: "a tier of policy `api`".to_owned(),
+            }),
+        ),
+        (
+            "no policy for any request",
+            format!("exempt = [\"/health\"]\n{api}"),
+            ".",
+            ConfigError::NoPolicy,
+        ),
+    ];
+    for (name, text, path, expected) in cases {
+        let error = file_error(&text);
+        assert_eq!(error.path(), path, "{name}: {error}");
+        assert_eq!(error.error(), Some(&expected), "{name}");
+        let source = std::error::Error::source(&error)
+            .and_then(|s| s.downcast_ref::<ConfigError>())
+            .unwrap_or_else(|| panic!("{name}: no ConfigError source"));
+        assert_eq!(source, &expected, "{name}");
+        assert_eq!(error.to_string(), format!("{path}: {expected}"), "{name}");
+        // The same through `ConfigError`, which is what `build` returns.
+        let outer = ConfigError::File(error);
+        assert_eq!(outer.to_string(), format!("{path}: {expected}"), "{name}");
+        assert!(std::error::Error::source(&outer).is_some(), "{name}");
+    }
+    // The router's own words for a conflict are its own.
+    let conflict = file_error(&format!(
+        "{api}{}{}",
+        route("/users/{id}"),
+        route("/users/{name}")
+    ));
+    assert_eq!(conflict.path(), "routes[1].path", "{conflict}");
+    assert!(
+        matches!(
+            conflict.error(),
+            Some(ConfigError::Route(RouteError::Conflict { pattern, .. })) if pattern == "/users/{name}"
+        ),
+        "{conflict:?}"
+    );
+}
+
+/// A value that cannot be read at all has a path and a message, no source.
+#[test]
+fn unreadable_values_have_a_path_and_no_source() {
+    let error = file_error("deadline = \"fast\"");
+    assert_eq!(error.path(), "deadline");
+    assert_eq!(error.error(), None);
+    assert!(std::error::Error::source(&error).is_none());
+    assert!(
+        error
+            .to_string()
+            .starts_with("deadline: \"fast\" is not a duration"),
+        "{error}"
+    );
+}
+
 #[test]
 fn a_bad_redis_url_is_located_without_its_password() {
     let config = load("[redis]\nurl = \"http://user:hunter2@cache:6379\"").unwrap();
@@ -1031,6 +1189,47 @@ fn an_unreadable_ca_certificate_is_located() {
             .starts_with("redis.ca_cert: invalid Redis TLS settings"),
         "{err}"
     );
+}
+
+/// Each PEM file's error is at its own field, with the backend's error.
+#[cfg(feature = "tls")]
+#[test]
+fn unusable_client_certificates_are_located() {
+    use crate::support::tls::Pki;
+    let dir = std::env::temp_dir().join(format!("trr-config-pem-{}", std::process::id()));
+    let pki = Pki::new(&dir);
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let text = |cert: &Path, key: &Path| {
+        format!(
+            "[redis]\nurl = \"rediss://127.0.0.1:6380\"\nclient_cert = {:?}\nclient_key = {:?}",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    let build = |text: String| match load(&text).unwrap().build().unwrap_err() {
+        ConfigError::File(error) => error,
+        other => panic!("not located: {other:?}"),
+    };
+    let cert = build(text(&junk, &pki.path("client.key")));
+    assert_eq!(cert.path(), "redis.client_cert", "{cert}");
+    assert!(
+        matches!(cert.error(), Some(ConfigError::Tls(_))),
+        "{cert:?}"
+    );
+    let key = build(text(&pki.path("client.crt"), &junk));
+    assert_eq!(key.path(), "redis.client_key", "{key}");
+    assert!(matches!(key.error(), Some(ConfigError::Tls(_))), "{key:?}");
+    // Certificates for a `redis://` URL: the URL is what is wrong.
+    let plain = build(
+        text(&pki.path("client.crt"), &pki.path("client.key")).replace("rediss://", "redis://"),
+    );
+    assert_eq!(plain.path(), "redis.url", "{plain}");
+    assert!(
+        matches!(plain.error(), Some(ConfigError::Tls(_))),
+        "{plain:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `rediss://` with a private CA and the minimal ACL user, all from the

@@ -12,8 +12,8 @@ use http::{Request, Response, StatusCode, header};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::key::{Header, Key};
 use tower_redis_ratelimit::{
-    Algorithm, ConfigError, DEFAULT_MAX_LOG_COST, FailureMode, Policy, Quota, RateLimitLayer,
-    RedisBackend,
+    Algorithm, ConfigError, DEFAULT_MAX_LOG_COST, FailureMode, Policy, PolicyError, Quota,
+    RateLimitLayer, RedisBackend,
 };
 
 use crate::support::headers::{assert_no_rate_limit_headers, remaining};
@@ -204,24 +204,27 @@ fn a_fixed_cost_above_the_max_cost_fails_the_build() {
     };
     assert_eq!(
         build(log().cost(DEFAULT_MAX_LOG_COST + 1)).unwrap_err(),
-        ConfigError::CostAboveMaxCost {
+        ConfigError::Policy(PolicyError::CostAboveMaxCost {
             policy: "log".into(),
             cost: DEFAULT_MAX_LOG_COST + 1,
             max_cost: DEFAULT_MAX_LOG_COST,
-        }
+        })
     );
     assert!(build(log().cost(DEFAULT_MAX_LOG_COST)).is_ok());
     assert!(build(log().max_cost(5_000).cost(5_000)).is_ok());
     assert_eq!(
         build(log().max_cost(10_001)).unwrap_err(),
-        ConfigError::InvalidMaxCost {
+        ConfigError::Policy(PolicyError::InvalidMaxCost {
             policy: "log".into(),
             max_cost: 10_001,
             limit: 10_000,
-        }
+        })
     );
     assert!(matches!(
         build(log().max_cost(0)),
-        Err(ConfigError::InvalidMaxCost { max_cost: 0, .. })
+        Err(ConfigError::Policy(PolicyError::InvalidMaxCost {
+            max_cost: 0,
+            ..
+        }))
     ));
 }

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::routing::get;
 use http::{Method, Request, StatusCode};
 use tower::ServiceExt;
-use tower_redis_ratelimit::{ConfigError, Policy, Quota, RateLimitLayer};
+use tower_redis_ratelimit::{ConfigError, Policy, Quota, RateLimitLayer, RouteError};
 
 fn build_with_route(pattern: &str) -> Result<RateLimitLayer, ConfigError> {
     RateLimitLayer::builder()
@@ -48,10 +48,10 @@ async fn axum_07_syntax_is_refused_with_the_08_spelling() {
         let err = build_with_route(old).unwrap_err();
         assert_eq!(
             err,
-            ConfigError::OldRouteSyntax {
+            ConfigError::Route(RouteError::OldSyntax {
                 pattern: old.to_owned(),
                 suggestion: new.to_owned(),
-            }
+            })
         );
         let message = err.to_string();
         assert!(message.contains(&format!("write {new:?}")), "{message}");
@@ -82,6 +82,37 @@ async fn axum_07_syntax_is_refused_with_the_08_spelling() {
     }
 }
 
+/// From a configuration file, the same mistake names its field too, and
+/// keeps the builder's error (with the axum 0.8 spelling) as its source.
+#[cfg(feature = "serde")]
+#[test]
+fn axum_07_syntax_in_a_configuration_file_names_its_field() {
+    let text = "[policies.api]\nquotas = [\"1/s\"]\n\
+                [[routes]]\npath = \"/health\"\npolicy = \"api\"\n\
+                [[routes]]\npath = \"/users/:id\"\nmethod = \"GET\"\npolicy = \"api\"\n";
+    let config =
+        tower_redis_ratelimit::Config::from_deserializer(text.parse::<toml::Table>().unwrap())
+            .unwrap();
+    let err = config.build().unwrap_err();
+    let ConfigError::File(file) = &err else {
+        panic!("not located in the file: {err:?}");
+    };
+    assert_eq!(file.path(), "routes[1].path");
+    assert_eq!(
+        file.error(),
+        Some(&ConfigError::Route(RouteError::OldSyntax {
+            pattern: "/users/:id".to_owned(),
+            suggestion: "/users/{id}".to_owned(),
+        }))
+    );
+    assert!(
+        err.to_string()
+            .starts_with("routes[1].path: route \"/users/:id\" uses the axum 0.7 syntax"),
+        "{err}"
+    );
+    assert!(err.to_string().ends_with("write \"/users/{id}\""), "{err}");
+}
+
 #[test]
 fn a_second_policy_on_one_pattern_is_refused() {
     let err = RateLimitLayer::builder()
@@ -90,7 +121,7 @@ fn a_second_policy_on_one_pattern_is_refused() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(&err, ConfigError::DuplicateRoute { pattern, first } if pattern == "/login" && first == "/login"),
+        matches!(&err, ConfigError::Route(RouteError::Duplicate { pattern, first }) if pattern == "/login" && first == "/login"),
         "{err:?}"
     );
     // Per method, the same pattern is two rules, both live.

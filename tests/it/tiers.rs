@@ -12,7 +12,7 @@ use axum::routing::get;
 use http::{HeaderName, Method, StatusCode};
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{
-    Backend, ConfigError, Key, MemoryBackend, Policy, Quota, RateLimitLayer,
+    Backend, ConfigError, Key, MemoryBackend, Policy, PolicyError, Quota, RateLimitLayer,
 };
 
 use crate::support::web::{self, Sent};
@@ -257,15 +257,15 @@ fn tier_mistakes_are_config_errors_at_build() {
     let plan = || HeaderName::from_static("x-plan");
     assert_eq!(
         build(base().tier("pro", [Quota::per_minute(20)])),
-        Err(ConfigError::TiersWithoutSelector {
+        Err(ConfigError::Policy(PolicyError::TiersWithoutSelector {
             policy: "api".into()
-        })
+        }))
     );
     assert_eq!(
         build(base().tier_header(plan())),
-        Err(ConfigError::SelectorWithoutTiers {
+        Err(ConfigError::Policy(PolicyError::SelectorWithoutTiers {
             policy: "api".into()
-        })
+        }))
     );
     for bad in ["", "p.ro", "pro plan", &"x".repeat(33)] {
         assert_eq!(
@@ -274,10 +274,10 @@ fn tier_mistakes_are_config_errors_at_build() {
                     .tier(bad, [Quota::per_minute(20)])
                     .tier_header(plan())
             ),
-            Err(ConfigError::InvalidTierName {
+            Err(ConfigError::Policy(PolicyError::InvalidTierName {
                 policy: "api".into(),
                 tier: bad.into()
-            }),
+            })),
             "{bad:?}"
         );
     }
@@ -288,10 +288,10 @@ fn tier_mistakes_are_config_errors_at_build() {
                 .tier("pro", [Quota::per_minute(30)])
                 .tier_header(plan())
         ),
-        Err(ConfigError::DuplicateTier {
+        Err(ConfigError::Policy(PolicyError::DuplicateTier {
             policy: "api".into(),
             tier: "pro".into()
-        })
+        }))
     );
     let unknown = build(
         base()
@@ -301,11 +301,11 @@ fn tier_mistakes_are_config_errors_at_build() {
     .unwrap_err();
     assert_eq!(
         unknown,
-        ConfigError::UnknownTier {
+        ConfigError::Policy(PolicyError::UnknownTier {
             policy: "api".into(),
             tier: "gold".into(),
             known: vec!["pro".into()]
-        }
+        })
     );
     assert!(
         unknown
@@ -315,18 +315,18 @@ fn tier_mistakes_are_config_errors_at_build() {
     // An empty tier, and a tier's quotas checked as a policy's.
     assert_eq!(
         build(base().tier("pro", []).tier_header(plan())),
-        Err(ConfigError::NoQuota {
+        Err(ConfigError::Policy(PolicyError::NoQuota {
             policy: "api.pro".into()
-        })
+        }))
     );
     assert!(matches!(
         build(base().tier("pro", [Quota::per_minute(0)]).tier_header(plan())),
-        Err(ConfigError::ZeroLimit { policy, .. }) if policy == "api.pro"
+        Err(ConfigError::Policy(PolicyError::ZeroLimit { policy, .. })) if policy == "api.pro"
     ));
     // A fixed cost must fit every tier.
     assert!(matches!(
         build(base().cost(5).tier("tiny", [Quota::per_minute(2)]).tier_header(plan())),
-        Err(ConfigError::InvalidCost { policy, .. }) if policy == "api.tiny"
+        Err(ConfigError::Policy(PolicyError::InvalidCost { policy, .. })) if policy == "api.tiny"
     ));
     // A tier's name may not be another policy's.
     let err = RateLimitLayer::builder()
@@ -340,11 +340,11 @@ fn tier_mistakes_are_config_errors_at_build() {
         .unwrap_err();
     assert_eq!(
         err,
-        ConfigError::DuplicatePolicyName {
+        ConfigError::Policy(PolicyError::DuplicateName {
             name: "api.pro".into(),
             first: "a policy named `api.pro`".into(),
             second: "a tier of policy `api`".into(),
-        }
+        })
     );
     // The name `<policy>.<tier>` must be a valid policy name (64 characters).
     assert!(matches!(
@@ -354,6 +354,6 @@ fn tier_mistakes_are_config_errors_at_build() {
                 .tier("tier1", [Quota::per_minute(2)])
                 .tier_header(plan())
         ),
-        Err(ConfigError::InvalidPolicyName { .. })
+        Err(ConfigError::Policy(PolicyError::InvalidName { .. }))
     ));
 }

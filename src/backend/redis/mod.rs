@@ -25,6 +25,8 @@ use self::connection::{Connection, LastError, Request};
 pub use self::redact::redact_url;
 use self::redact::secrets;
 use self::script::{Call, Nonces};
+#[cfg(all(feature = "serde", feature = "tls"))]
+pub(crate) use self::tls::{check_ca, check_client_cert, check_client_key};
 use super::{Backend, CheckFuture, ResetFuture};
 use crate::decision::Decision;
 use crate::error::{BackendError, ConfigError};
@@ -238,6 +240,17 @@ fn url_error(urls: &[String], error: &redis::RedisError) -> ConfigError {
     }
 }
 
+/// Checks a key prefix: 1 to 64 characters from `[A-Za-z0-9._:-]`.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
+    let ok = (1..=64).contains(&prefix.len()) && crate::key::is_plain(prefix.as_bytes(), b"._-:");
+    if !ok {
+        return Err(ConfigError::InvalidPrefix {
+            prefix: prefix.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Whether `url` asks for TLS.
 fn is_tls(url: &str) -> bool {
     let scheme = url.split("://").next().unwrap_or("");
@@ -270,7 +283,7 @@ impl RedisBackendBuilder {
     /// is always sent at once, alone; only checks that would wait for a call
     /// in flight are batched. On a cluster, only checks whose keys share a
     /// hash slot are batched together (each slot has its own call in
-    /// flight). A value above 1024 is a [`ConfigError::Invalid`] at
+    /// flight). A value above 1024 is a [`ConfigError::BatchTooLarge`] at
     /// [`build`](Self::build).
     pub fn batch(mut self, max: usize) -> Self {
         self.batch = max;
@@ -355,13 +368,7 @@ impl RedisBackendBuilder {
         if self.stray_master_url {
             return Err(ConfigError::MasterUrlWithoutSentinel);
         }
-        let prefix_ok = (1..=64).contains(&self.prefix.len())
-            && crate::key::is_plain(self.prefix.as_bytes(), b"._-:");
-        if !prefix_ok {
-            return Err(ConfigError::InvalidPrefix {
-                prefix: self.prefix,
-            });
-        }
+        check_prefix(&self.prefix)?;
         #[cfg(not(feature = "tls"))]
         if let Some(url) = self.urls.iter().find(|u| is_tls(u)) {
             return Err(ConfigError::RedisUrl(format!(
@@ -370,13 +377,9 @@ impl RedisBackendBuilder {
             )));
         }
         if self.batch > batch::MAX_MAX {
-            return Err(ConfigError::Invalid {
-                path: "redis.batch".to_owned(),
-                message: format!(
-                    "a batch of {} checks is more than the {} allowed",
-                    self.batch,
-                    batch::MAX_MAX
-                ),
+            return Err(ConfigError::BatchTooLarge {
+                batch: self.batch,
+                max: batch::MAX_MAX,
             });
         }
         #[cfg(feature = "tls")]

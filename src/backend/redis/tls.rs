@@ -44,7 +44,7 @@ impl Tls {
         }
         let root_cert = match &self.ca {
             Some(ca) => {
-                parse_certs(ca, "CA certificate")?;
+                check_ca(ca)?;
                 let mut pem = ca.clone();
                 pem.push(b'\n');
                 // The system's roots, so that the CA is trusted in addition to them.
@@ -57,12 +57,8 @@ impl Tls {
         };
         let client_tls = match &self.client {
             Some((cert, key)) => {
-                parse_certs(cert, "client certificate")?;
-                PrivateKeyDer::from_pem_slice(key).map_err(|e| {
-                    ConfigError::Tls(format!(
-                        "client key: no usable private key in the PEM ({e})"
-                    ))
-                })?;
+                check_client_cert(cert)?;
+                check_client_key(key)?;
                 Some(ClientTlsConfig {
                     client_cert: cert.clone(),
                     client_key: key.clone(),
@@ -75,6 +71,25 @@ impl Tls {
             root_cert,
         }))
     }
+}
+
+/// Checks the PEM text of CA certificates (to trust).
+pub(crate) fn check_ca(pem: &[u8]) -> Result<(), ConfigError> {
+    parse_certs(pem, "CA certificate").map(drop)
+}
+
+/// Checks the PEM text of a client certificate chain (mutual TLS).
+pub(crate) fn check_client_cert(pem: &[u8]) -> Result<(), ConfigError> {
+    parse_certs(pem, "client certificate").map(drop)
+}
+
+/// Checks the PEM text of a client's private key (mutual TLS).
+pub(crate) fn check_client_key(pem: &[u8]) -> Result<(), ConfigError> {
+    PrivateKeyDer::from_pem_slice(pem).map(drop).map_err(|e| {
+        ConfigError::Tls(format!(
+            "client key: no usable private key in the PEM ({e})"
+        ))
+    })
 }
 
 /// A client for `info`, with `certs` if given.

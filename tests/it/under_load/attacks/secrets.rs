@@ -111,6 +111,14 @@ fn unbuildable() -> Vec<(String, &'static str)> {
             format!("{policy}[[routes]]\npath = \"redis://u:S3CRET@h:1\"\npolicy = \"api\"\n"),
             "routes[0].path",
         ),
+        (
+            format!("exempt = [\"/x\", \"redis://u:S3CRET@h:1\"]\n{policy}"),
+            "exempt[1]",
+        ),
+        (
+            format!("{policy}[[routes]]\npath = \"/:u:S3CRET@h\"\npolicy = \"api\"\n"),
+            "routes[0].path",
+        ),
     ]
 }
 
