@@ -159,7 +159,7 @@ async fn scenario(app: &Router, listed_done: impl AsyncFnOnce()) {
 
 #[tokio::test]
 async fn memory_access_lists() {
-    let app = router(layer(Arc::new(MemoryBackend::new())));
+    let app = router(layer(Arc::new(support::still_memory())));
     scenario(&app, async || {}).await;
 }
 

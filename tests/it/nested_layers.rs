@@ -11,9 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use http::{HeaderMap, Method, StatusCode, header};
-use tower_redis_ratelimit::{
-    HeaderStyle, MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend,
-};
+use tower_redis_ratelimit::{HeaderStyle, Policy, Quota, RateLimitLayer, RedisBackend};
 
 use crate::support;
 use crate::support::headers::{SfItem, parse_sf, retry_after};
@@ -193,7 +191,7 @@ async fn outer_denial_never_reaches_the_inner_layer() {
 async fn nested_layers_on_the_memory_backend() {
     let memory = |policy: Policy| {
         RateLimitLayer::builder()
-            .backend(MemoryBackend::new())
+            .backend(support::still_memory())
             .default_policy(policy)
             .headers(HeaderStyle::Both)
             .build()

@@ -11,9 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use http::{HeaderName, Method, StatusCode};
 use tower_redis_ratelimit::key::Header;
-use tower_redis_ratelimit::{
-    Backend, ConfigError, Key, MemoryBackend, Policy, Quota, RateLimitLayer,
-};
+use tower_redis_ratelimit::{Backend, ConfigError, Key, Policy, Quota, RateLimitLayer};
 
 use crate::support::web::{self, Sent};
 
@@ -116,7 +114,7 @@ async fn tiers_by_header(backend: Arc<dyn Backend>) -> RateLimitLayer {
 
 #[tokio::test]
 async fn memory_tiers_by_header() {
-    let layer = tiers_by_header(Arc::new(MemoryBackend::new())).await;
+    let layer = tiers_by_header(Arc::new(support::still_memory())).await;
     let admin = layer.admin();
     let names: Vec<&str> = admin.policies().map(Policy::name).collect();
     assert_eq!(names, ["api", "api.pro", "api.enterprise"]);
@@ -199,7 +197,7 @@ async fn tiers_by_table_and_function(backend: impl Fn() -> Arc<dyn Backend>) {
 
 #[tokio::test]
 async fn memory_tiers_by_table_and_function() {
-    tiers_by_table_and_function(|| Arc::new(MemoryBackend::new())).await;
+    tiers_by_table_and_function(|| Arc::new(support::still_memory())).await;
 }
 
 #[tokio::test]
