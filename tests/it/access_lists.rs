@@ -1,5 +1,5 @@
-//! Allow- and deny-lists, through the real layer over real HTTP, on the
-//! in-memory backend and on a real Redis: listed clients are decided without
+//! Allow- and deny-lists, through the real layer and router in process, on
+//! the in-memory backend and on a real Redis: listed clients are decided without
 //! a backend call (no script runs, no key is written), deny-listed ones get
 //! a 403 without `Retry-After` (gRPC `PERMISSION_DENIED`), allow-listed ones
 //! are never limited; networks match the client IP as the key extractor
@@ -70,23 +70,17 @@ fn layer(backend: Arc<dyn Backend>) -> RateLimitLayer {
         .unwrap()
 }
 
-async fn serve(layer: RateLimitLayer) -> String {
-    let app = Router::new()
+fn router(layer: RateLimitLayer) -> Router {
+    Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/direct", get(|| async { "ok" }))
         .route("/keyed", get(|| async { "ok" }))
-        .layer(layer);
-    web::serve(app).await
+        .layer(layer)
 }
 
-async fn get_with(base: &str, path: &str, headers: &[(&str, &str)]) -> Sent {
-    web::send_with(
-        &web::client(),
-        Method::GET,
-        &format!("{base}{path}"),
-        headers,
-    )
-    .await
+/// A request from the peer 127.0.0.1 (the trusted proxy).
+async fn get_with(app: &Router, path: &str, headers: &[(&str, &str)]) -> Sent {
+    web::call(app, Method::GET, path, web::PEER, headers).await
 }
 
 fn assert_unlimited(sent: &Sent, what: &str) {
@@ -109,67 +103,64 @@ fn assert_deny_listed(sent: &Sent, what: &str) {
 }
 
 /// `limit` admitted, then 429.
-async fn assert_limited(base: &str, path: &str, headers: &[(&str, &str)], limit: usize) {
+async fn assert_limited(app: &Router, path: &str, headers: &[(&str, &str)], limit: usize) {
     for i in 0..limit {
-        let sent = get_with(base, path, headers).await;
+        let sent = get_with(app, path, headers).await;
         assert_eq!(sent.status, StatusCode::OK, "{headers:?} request {i}");
         assert!(sent.headers.contains_key("ratelimit-policy"));
     }
-    let sent = get_with(base, path, headers).await;
+    let sent = get_with(app, path, headers).await;
     assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS, "{headers:?}");
 }
 
 /// The listed requests of the scenario (no backend call expected), then
 /// the unlisted ones.
-async fn scenario(base: &str, listed_done: impl AsyncFnOnce()) {
+async fn scenario(app: &Router, listed_done: impl AsyncFnOnce()) {
     let xff = |ip: &'static str| [("x-forwarded-for", ip)];
     // Allowed by network and by key (the key is the client's IP text): far
     // past the limit of 2.
     for _ in 0..5 {
-        assert_unlimited(&get_with(base, "/", &xff("192.0.2.5")).await, "allowed net");
+        assert_unlimited(&get_with(app, "/", &xff("192.0.2.5")).await, "allowed net");
         assert_unlimited(
-            &get_with(base, "/", &xff("198.51.100.77")).await,
+            &get_with(app, "/", &xff("198.51.100.77")).await,
             "allowed key",
         );
         assert_unlimited(
-            &get_with(base, "/keyed", &[("x-api-key", "batch")]).await,
+            &get_with(app, "/keyed", &[("x-api-key", "batch")]).await,
             "allowed API key",
         );
         // Denied: by network, and on both lists.
+        assert_deny_listed(&get_with(app, "/", &xff("203.0.113.9")).await, "denied net");
         assert_deny_listed(
-            &get_with(base, "/", &xff("203.0.113.9")).await,
-            "denied net",
-        );
-        assert_deny_listed(
-            &get_with(base, "/", &xff("192.0.2.66")).await,
+            &get_with(app, "/", &xff("192.0.2.66")).await,
             "on both lists",
         );
         // The peer 127.0.0.1 is denied on /direct whatever the header says.
         assert_deny_listed(
-            &get_with(base, "/direct", &xff("192.0.2.5")).await,
+            &get_with(app, "/direct", &xff("192.0.2.5")).await,
             "denied peer",
         );
     }
     listed_done().await;
     // Unlisted clients are limited as usual.
-    assert_limited(base, "/", &xff("198.51.100.1"), 2).await;
+    assert_limited(app, "/", &xff("198.51.100.1"), 2).await;
     // A client writing a listed address to the left of its own, through the
     // trusted proxy, is keyed (and listed) by its own address only.
     assert_limited(
-        base,
+        app,
         "/",
         &[("x-forwarded-for", "192.0.2.5, 198.51.100.2")],
         2,
     )
     .await;
     // The keyed policy's networks never match: it knows no client IP.
-    assert_limited(base, "/keyed", &[("x-api-key", "other")], 2).await;
+    assert_limited(app, "/keyed", &[("x-api-key", "other")], 2).await;
 }
 
 #[tokio::test]
-async fn memory_access_lists_over_http() {
-    let base = serve(layer(Arc::new(MemoryBackend::new()))).await;
-    scenario(&base, async || {}).await;
+async fn memory_access_lists() {
+    let app = router(layer(Arc::new(support::still_memory())));
+    scenario(&app, async || {}).await;
 }
 
 fn evalsha_calls(conn: &mut redis::Connection) -> u64 {
@@ -182,14 +173,14 @@ fn evalsha_calls(conn: &mut redis::Connection) -> u64 {
 }
 
 #[tokio::test]
-async fn redis_access_lists_over_http_without_a_script_call() {
+async fn redis_access_lists_without_a_script_call() {
     let server = support::RedisServer::start();
     let mut conn = server.conn();
     let backend = support::redis_backend(&server.url(), "access");
     let layer = layer(Arc::new(backend.clone()));
     let admin = layer.admin();
-    let base = serve(layer).await;
-    scenario(&base, async || {
+    let app = router(layer);
+    scenario(&app, async || {
         let mut conn = server.conn();
         assert_eq!(
             evalsha_calls(&mut conn),

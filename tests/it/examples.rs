@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 
 use crate::support::headers;
-use crate::support::web::{client, send_with};
+use crate::support::web::{Client, client, send_with};
 
 use crate::scrape;
 use crate::support;
@@ -184,11 +184,7 @@ fn loadtest_server_never_prints_the_redis_password() {
 
 /// GET `/api/ping`, optionally with an `x-api-key`; the structured fields of
 /// the response are checked.
-async fn ping(
-    client: &reqwest::Client,
-    url: &str,
-    api_key: Option<&str>,
-) -> (StatusCode, http::HeaderMap) {
+async fn ping(client: &Client, url: &str, api_key: Option<&str>) -> (StatusCode, http::HeaderMap) {
     let extra: Vec<(&str, &str)> = api_key.map(|key| ("x-api-key", key)).into_iter().collect();
     let sent = send_with(client, Method::GET, &format!("{url}/api/ping"), &extra).await;
     (sent.status, sent.headers)

@@ -1,7 +1,9 @@
 //! A server that does not pass the peer address on (axum without
 //! `into_make_service_with_connect_info`, hyper without the `SocketAddr`
-//! extension), end to end on loopback with real clients bound to different
-//! loopback addresses (127.0.0.2, 127.0.0.3):
+//! extension), through the real router or service called in process, with
+//! requests from two loopback clients (127.0.0.2, 127.0.0.3) that carry the
+//! peer address as such a server would (none, or the extension the fix
+//! inserts):
 //!
 //! - no key, no escape: every client shares the one keyless bucket, so the
 //!   per-IP limit holds as a global one (never no limit at all);
@@ -14,23 +16,20 @@
 //! tonic's case is in `tests/it/missing_identity_tonic.rs` (feature `tonic`).
 //! `key_fn` closures infer their argument type, as `cost_fn`'s do.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::routing::get;
-use http::StatusCode;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use http::{Method, Request, StatusCode};
 use tower::ServiceBuilder;
 use tower_redis_ratelimit::key::{Header, KeyExtractor as _, PeerIp};
-use tower_redis_ratelimit::{Policy, Quota, RateLimitLayer, RedisBackend};
+use tower_redis_ratelimit::{Policy, Quota, RateLimitLayer};
 
 use crate::support::RedisServer;
 use crate::support::logs::{Logs, capture_logs};
-use crate::support::web::bind_loopback;
+use crate::support::web;
 
 use crate::hyper_app;
 use crate::support;
@@ -39,9 +38,10 @@ const AXUM_FIX: &str = "into_make_service_with_connect_info::<SocketAddr>()";
 const HYPER_FIX: &str = "insert the connection's peer `SocketAddr` into each request's extensions";
 const FALLBACK: &str = "Header::new(\"x-api-key\").or(PeerIp::new())";
 
-fn limits(redis: &RedisServer, policy: Policy) -> RateLimitLayer {
+/// The layer on the Redis at `url`, under a key prefix of its own.
+fn limits(url: &str, policy: Policy) -> RateLimitLayer {
     RateLimitLayer::builder()
-        .backend(RedisBackend::new(&redis.url()).unwrap())
+        .backend(support::redis_backend(url, "missing-identity"))
         .default_policy(policy)
         .deadline(Duration::from_secs(2))
         .build()
@@ -53,22 +53,18 @@ fn per_ip() -> Policy {
     Policy::new("per-ip").quota(Quota::per_minute(2))
 }
 
-/// A client whose connections come from `127.0.0.<last>`.
-fn client_from(last: u8) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-async fn get_status(client: &reqwest::Client, url: &str, api_key: Option<&str>) -> StatusCode {
-    let mut request = client.get(url);
-    if let Some(key) = api_key {
-        request = request.header("x-api-key", key);
-    }
-    request.send().await.unwrap().status()
+/// The status of `GET path` on `app`, with `ConnectInfo(peer)` if given (what
+/// axum's `into_make_service_with_connect_info` inserts) and an `x-api-key`
+/// if given.
+async fn get_status(
+    app: &Router,
+    path: &str,
+    peer: Option<SocketAddr>,
+    api_key: Option<&str>,
+) -> StatusCode {
+    let extra: Vec<(&str, &str)> = api_key.map(|key| ("x-api-key", key)).into_iter().collect();
+    let request = web::request(Method::GET, path, peer, &extra);
+    web::call_service(app, request).await.status
 }
 
 /// The captured ERROR lines about a missing key.
@@ -83,14 +79,16 @@ fn missing_key_errors(logs: &Logs) -> Vec<String> {
         .collect()
 }
 
-/// Two clients from two addresses, 3 requests each on a 2/min policy: how
-/// many of the 6 were admitted. 4 per IP; 2 if they share one bucket.
-async fn admitted_of_two_clients(url: &str) -> usize {
+/// Two clients from two addresses (127.0.0.2, 127.0.0.3), 3 requests each on
+/// a 2/min policy, sent by `status_from(peer)`: how many of the 6 were
+/// admitted. 4 per IP; 2 if they share one bucket.
+async fn admitted_of_two_clients(
+    mut status_from: impl AsyncFnMut(SocketAddr) -> StatusCode,
+) -> usize {
     let mut admitted = 0;
     for last in [2, 3] {
-        let client = client_from(last);
         for _ in 0..3 {
-            if get_status(&client, url, None).await == StatusCode::OK {
+            if status_from(web::peer(last)).await == StatusCode::OK {
                 admitted += 1;
             }
         }
@@ -108,13 +106,11 @@ fn axum_app(layer: RateLimitLayer) -> Router {
 async fn axum_without_connect_info_shares_one_bucket_and_names_the_fix() {
     let logs = capture_logs();
     let redis = RedisServer::start();
-    let (listener, base) = bind_loopback().await;
-    let app = axum_app(limits(&redis, per_ip()));
-    // The mistake: `axum::serve(listener, app)` passes no peer address.
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let url = format!("{base}/hello");
+    let app = axum_app(limits(&redis.url(), per_ip()));
+    // The mistake: `axum::serve(listener, app)` passes no peer address, so
+    // the requests carry none.
     assert_eq!(
-        admitted_of_two_clients(&url).await,
+        admitted_of_two_clients(async |_| get_status(&app, "/hello", None, None).await).await,
         2,
         "no key, no escape: one shared bucket"
     );
@@ -137,24 +133,20 @@ async fn axum_without_connect_info_shares_one_bucket_and_names_the_fix() {
 
 #[tokio::test]
 async fn axum_with_connect_info_keys_each_client_apart() {
-    let redis = RedisServer::start();
-    let base = support::web::serve(axum_app(limits(&redis, per_ip()))).await;
-    let url = format!("{base}/hello");
-    assert_eq!(admitted_of_two_clients(&url).await, 4, "2 per IP");
+    let app = axum_app(limits(&support::redis_url(), per_ip()));
+    let admitted =
+        admitted_of_two_clients(async |peer| get_status(&app, "/hello", Some(peer), None).await)
+            .await;
+    assert_eq!(admitted, 4, "2 per IP");
 }
 
 #[tokio::test]
 async fn a_fallback_chain_keys_by_api_key_without_the_peer_address() {
-    let redis = RedisServer::start();
-    let (listener, base) = bind_loopback().await;
     let policy = per_ip().key(Header::new("x-api-key").or(PeerIp::new()));
-    let app = axum_app(limits(&redis, policy));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let url = format!("{base}/hello");
-    let client = client_from(2);
+    let app = axum_app(limits(&support::redis_url(), policy));
     for key in ["k-1", "k-2"] {
         for i in 0..3 {
-            let status = get_status(&client, &url, Some(key)).await;
+            let status = get_status(&app, "/hello", None, Some(key)).await;
             let want = if i < 2 {
                 StatusCode::OK
             } else {
@@ -166,41 +158,35 @@ async fn a_fallback_chain_keys_by_api_key_without_the_peer_address() {
     // Keyless requests share the fallback's `!none` bucket: still limited.
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        statuses.push(get_status(&client, &url, None).await);
+        statuses.push(get_status(&app, "/hello", None, None).await);
     }
     assert_eq!(statuses[2], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
 }
 
-/// Serves the hyper example's app behind `limits`, inserting the peer
-/// address into the requests only if `with_peer`.
-async fn serve_hyper(listener: TcpListener, limits: RateLimitLayer, with_peer: bool) {
-    loop {
-        let (stream, peer) = listener.accept().await.unwrap();
-        let service = ServiceBuilder::new()
-            .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-                if with_peer {
-                    request.extensions_mut().insert::<SocketAddr>(peer);
-                }
-                request
-            })
-            .layer(limits.clone())
-            .service_fn(hyper_app::app);
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                .await;
-        });
-    }
+/// The hyper example's app behind `limits`, called in process as a hyper
+/// server would call it for a connection from `peer`: the server inserts the
+/// peer address into the request only if `with_peer`.
+async fn hyper_status(limits: &RateLimitLayer, peer: SocketAddr, with_peer: bool) -> StatusCode {
+    let service = ServiceBuilder::new()
+        .map_request(move |mut request: Request<Body>| {
+            if with_peer {
+                request.extensions_mut().insert::<SocketAddr>(peer);
+            }
+            request
+        })
+        .layer(limits.clone())
+        .service_fn(hyper_app::app);
+    let request = web::request(Method::GET, "/api/hello", None, &[]);
+    web::call_service(&service, request).await.status
 }
 
 #[tokio::test]
 async fn hyper_without_the_peer_extension_shares_one_bucket_and_names_the_fix() {
     let logs = capture_logs();
-    let redis = RedisServer::start();
-    let (listener, base) = bind_loopback().await;
-    tokio::spawn(serve_hyper(listener, limits(&redis, per_ip()), false));
-    let url = format!("{base}/api/hello");
-    assert_eq!(admitted_of_two_clients(&url).await, 2);
+    let layer = limits(&support::redis_url(), per_ip());
+    let admitted =
+        admitted_of_two_clients(async |peer| hyper_status(&layer, peer, false).await).await;
+    assert_eq!(admitted, 2);
     let errors = missing_key_errors(&logs);
     assert_eq!(errors.len(), 1, "{errors:?}");
     let line = &errors[0];
@@ -210,13 +196,10 @@ async fn hyper_without_the_peer_extension_shares_one_bucket_and_names_the_fix() 
     assert!(!line.contains("tonic"), "{line}");
 
     // The fix: the extension.
-    let redis = RedisServer::start();
-    let (listener, base) = bind_loopback().await;
-    tokio::spawn(serve_hyper(listener, limits(&redis, per_ip()), true));
-    assert_eq!(
-        admitted_of_two_clients(&format!("{base}/api/hello")).await,
-        4
-    );
+    let layer = limits(&support::redis_url(), per_ip());
+    let admitted =
+        admitted_of_two_clients(async |peer| hyper_status(&layer, peer, true).await).await;
+    assert_eq!(admitted, 4);
 }
 
 /// A key extractor whose keys are the client's doing (a header) logs a
@@ -224,12 +207,11 @@ async fn hyper_without_the_peer_extension_shares_one_bucket_and_names_the_fix() 
 #[tokio::test]
 async fn a_missing_header_is_a_warning_without_a_hint() {
     let logs = capture_logs();
-    let redis = RedisServer::start();
     let policy = Policy::new("by-header")
         .quota(Quota::per_minute(2))
         .key(Header::new("x-api-key"));
-    let base = support::web::serve(axum_app(limits(&redis, policy))).await;
-    let status = get_status(&client_from(2), &format!("{base}/hello"), None).await;
+    let app = axum_app(limits(&support::redis_url(), policy));
+    let status = get_status(&app, "/hello", Some(web::peer(2)), None).await;
     assert_eq!(status, StatusCode::OK);
     let text = logs.text();
     let lines: Vec<&str> = text

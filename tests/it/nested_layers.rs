@@ -1,4 +1,4 @@
-//! Stacked layers, end to end on loopback with a real HTTP client: a
+//! Stacked layers, through an axum router called in process: a
 //! `route_layer` group (`login`, 2/min) under a global `.layer()` (`api`,
 //! 100/min). Every layer that limited a request adds its headers to the one
 //! response: the IETF lists are merged (the inner layer's items first), the
@@ -10,14 +10,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use http::{HeaderMap, StatusCode, header};
-use tower_redis_ratelimit::{
-    HeaderStyle, MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend,
-};
+use http::{HeaderMap, Method, StatusCode, header};
+use tower_redis_ratelimit::{HeaderStyle, Policy, Quota, RateLimitLayer, RedisBackend};
 
-use crate::support::RedisServer;
+use crate::support;
 use crate::support::headers::{SfItem, parse_sf, retry_after};
-use crate::support::web::{client, serve};
+use crate::support::web::{PEER, oneshot, request};
 
 /// Generous: a missed deadline would fail open and drop the headers.
 const DEADLINE: Duration = Duration::from_secs(2);
@@ -35,7 +33,7 @@ fn layer(backend: RedisBackend, policy: Policy, style: HeaderStyle) -> RateLimit
 /// `/login` in a `route_layer` group limited by `login` (2/min), `/hello`
 /// outside it; the whole router under a global `api` layer.
 fn app(url: &str, style: HeaderStyle, api_limit: u64) -> Router {
-    let backend = || RedisBackend::new(url).unwrap();
+    let backend = || support::redis_backend(url, "nested");
     let inner = layer(
         backend(),
         Policy::new("login").quota(Quota::per_minute(2)),
@@ -88,18 +86,22 @@ fn legacy(headers: &HeaderMap) -> (u64, u64, u64) {
     )
 }
 
-async fn post_login(client: &reqwest::Client, base: &str) -> (StatusCode, HeaderMap) {
-    let response = client.post(format!("{base}/login")).send().await.unwrap();
-    (response.status(), response.headers().clone())
+/// A request to `app` from [`PEER`]; its headers are checked by the tests
+/// (they carry several quotas).
+async fn send(app: &Router, method: Method, path: &str) -> (StatusCode, HeaderMap) {
+    let sent = oneshot(app, request(method, path, Some(PEER), &[])).await;
+    (sent.status, sent.headers)
+}
+
+async fn post_login(app: &Router) -> (StatusCode, HeaderMap) {
+    send(app, Method::POST, "/login").await
 }
 
 #[tokio::test]
 async fn inner_denial_keeps_its_headers_under_an_outer_layer_ietf() {
-    let redis = RedisServer::start();
-    let base = serve(app(&redis.url(), HeaderStyle::Ietf, 100)).await;
-    let client = client();
+    let app = app(&support::redis_url(), HeaderStyle::Ietf, 100);
     for i in 0..2 {
-        let (status, headers) = post_login(&client, &base).await;
+        let (status, headers) = post_login(&app).await;
         assert_eq!(status, StatusCode::OK, "login {}", i + 1);
         let (policy, state) = ietf(&headers);
         assert_eq!(
@@ -112,7 +114,7 @@ async fn inner_denial_keeps_its_headers_under_an_outer_layer_ietf() {
         assert_eq!(state[1].1, 99 - i);
         assert!(!headers.contains_key(header::RETRY_AFTER));
     }
-    let (status, headers) = post_login(&client, &base).await;
+    let (status, headers) = post_login(&app).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (policy, state) = ietf(&headers);
     // The outer policy's items are added, not substituted for the denial's.
@@ -130,25 +132,23 @@ async fn inner_denial_keeps_its_headers_under_an_outer_layer_ietf() {
     assert_eq!(headers.get_all(header::RETRY_AFTER).iter().count(), 1);
 
     // Outside the group only the outer layer limits.
-    let response = client.get(format!("{base}/hello")).send().await.unwrap();
-    let (policy, state) = ietf(response.headers());
+    let (_, headers) = send(&app, Method::GET, "/hello").await;
+    let (policy, state) = ietf(&headers);
     assert_eq!(policy, vec![("api".into(), 100, 60)]);
     assert_eq!((state[0].0.as_str(), state[0].1), ("api", 96));
 }
 
 #[tokio::test]
 async fn inner_denial_keeps_its_headers_under_an_outer_layer_legacy() {
-    let redis = RedisServer::start();
-    let base = serve(app(&redis.url(), HeaderStyle::Legacy, 100)).await;
-    let client = client();
-    let (status, headers) = post_login(&client, &base).await;
+    let app = app(&support::redis_url(), HeaderStyle::Legacy, 100);
+    let (status, headers) = post_login(&app).await;
     assert_eq!(status, StatusCode::OK);
     // The legacy headers hold one quota: the one with the fewest units left.
     let (limit, remaining, _) = legacy(&headers);
     assert_eq!((limit, remaining), (2, 1), "login's 2/1, not api's 100/99");
     assert!(!headers.contains_key("ratelimit"));
-    post_login(&client, &base).await;
-    let (status, headers) = post_login(&client, &base).await;
+    post_login(&app).await;
+    let (status, headers) = post_login(&app).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (limit, remaining, reset) = legacy(&headers);
     assert_eq!(
@@ -159,24 +159,22 @@ async fn inner_denial_keeps_its_headers_under_an_outer_layer_legacy() {
     assert!((1..=120).contains(&reset), "{reset}");
     assert!((1..=120).contains(&retry_after(&headers)), "{headers:?}");
 
-    let response = client.get(format!("{base}/hello")).send().await.unwrap();
-    assert_eq!(legacy(response.headers()).0, 100);
-    assert_eq!(legacy(response.headers()).1, 96);
+    let (_, headers) = send(&app, Method::GET, "/hello").await;
+    assert_eq!(legacy(&headers).0, 100);
+    assert_eq!(legacy(&headers).1, 96);
 }
 
 #[tokio::test]
 async fn outer_denial_never_reaches_the_inner_layer() {
-    let redis = RedisServer::start();
-    let base = serve(app(&redis.url(), HeaderStyle::Both, 1)).await;
-    let client = client();
-    let (status, headers) = post_login(&client, &base).await;
+    let app = app(&support::redis_url(), HeaderStyle::Both, 1);
+    let (status, headers) = post_login(&app).await;
     assert_eq!(status, StatusCode::OK);
     let (policy, _) = ietf(&headers);
     assert_eq!(policy, vec![("login".into(), 2, 60), ("api".into(), 1, 60)]);
     // api (1/min) has 0 left, login 1: the legacy headers show api's.
     let (limit, remaining, _) = legacy(&headers);
     assert_eq!((limit, remaining), (1, 0));
-    let (status, headers) = post_login(&client, &base).await;
+    let (status, headers) = post_login(&app).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (policy, state) = ietf(&headers);
     assert_eq!(
@@ -193,7 +191,7 @@ async fn outer_denial_never_reaches_the_inner_layer() {
 async fn nested_layers_on_the_memory_backend() {
     let memory = |policy: Policy| {
         RateLimitLayer::builder()
-            .backend(MemoryBackend::new())
+            .backend(support::still_memory())
             .default_policy(policy)
             .headers(HeaderStyle::Both)
             .build()
@@ -205,10 +203,8 @@ async fn nested_layers_on_the_memory_backend() {
     let app = Router::new()
         .merge(login)
         .layer(memory(Policy::new("api").quota(Quota::per_minute(10))));
-    let base = serve(app).await;
-    let client = client();
-    post_login(&client, &base).await;
-    let (status, headers) = post_login(&client, &base).await;
+    post_login(&app).await;
+    let (status, headers) = post_login(&app).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (policy, state) = ietf(&headers);
     assert_eq!(

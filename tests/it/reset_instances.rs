@@ -29,8 +29,9 @@ fn backend(url: &str, prefix: &str) -> RedisBackend {
     RedisBackend::builder(url).prefix(prefix).build().unwrap()
 }
 
-/// One instance: the layer over its own backend, served on loopback.
-async fn instance(url: &str, prefix: &str, max_age: Option<Duration>) -> (String, Admin) {
+/// One instance: the layer over its own backend, under a router called in
+/// process.
+fn instance(url: &str, prefix: &str, max_age: Option<Duration>) -> (Router, Admin) {
     let mut builder = RateLimitLayer::builder()
         .backend(backend(url, prefix))
         .default_policy(policy())
@@ -43,39 +44,43 @@ async fn instance(url: &str, prefix: &str, max_age: Option<Duration>) -> (String
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
         .layer(layer);
-    (web::serve(app).await, admin)
+    (app, admin)
 }
 
-async fn status(client: &reqwest::Client, base: &str) -> StatusCode {
-    web::send(client, Method::GET, &format!("{base}/"))
-        .await
-        .status
+/// `GET /` from the loopback client ([`web::PEER`]).
+async fn get_root(app: &Router) -> web::Sent {
+    web::call(app, Method::GET, "/", web::PEER, &[]).await
+}
+
+async fn status(app: &Router) -> StatusCode {
+    get_root(app).await.status
 }
 
 /// Uses up the client's daily quota through `a`, then gets a denial from
 /// each instance, so both hold it in their blocked-client cache.
-async fn block_on_both(client: &reqwest::Client, a: &str, b: &str) {
+async fn block_on_both(a: &Router, b: &Router) {
     for _ in 0..2 {
-        assert_eq!(status(client, a).await, StatusCode::OK);
+        assert_eq!(status(a).await, StatusCode::OK);
     }
-    for base in [a, b, a, b] {
-        let sent = web::send(client, Method::GET, &format!("{base}/")).await;
+    for app in [a, b, a, b] {
+        let sent = get_root(app).await;
         assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS);
         let retry = support::headers::retry_after(&sent.headers);
         assert!(retry > 3_600, "a day-long denial, retry-after {retry}");
     }
 }
 
-/// Polls `base` every 20 ms until it admits; returns how long that took.
-async fn admitted_within(client: &reqwest::Client, base: &str, bound: Duration) -> Duration {
+/// Polls instance `name` every 20 ms until it admits; returns how long that
+/// took.
+async fn admitted_within(app: &Router, name: &str, bound: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        if status(client, base).await == StatusCode::OK {
+        if status(app).await == StatusCode::OK {
             return start.elapsed();
         }
         assert!(
             start.elapsed() < bound,
-            "{base} still denies {:?} after the reset",
+            "instance {name} still denies {:?} after the reset",
             start.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -91,18 +96,17 @@ fn client_key() -> Key {
 async fn admin_reset_on_one_instance_reaches_the_other_within_a_second() {
     let url = support::redis_url();
     let prefix = support::unique_prefix("reset-admin");
-    let (a, admin_a) = instance(&url, &prefix, None).await;
-    let (b, _) = instance(&url, &prefix, None).await;
-    let client = web::client();
-    block_on_both(&client, &a, &b).await;
+    let (a, admin_a) = instance(&url, &prefix, None);
+    let (b, _) = instance(&url, &prefix, None);
+    block_on_both(&a, &b).await;
 
     let reset_at = Instant::now();
     admin_a.reset("daily", &client_key()).await.unwrap();
     // Instance A forgot its own denial at once.
-    assert_eq!(status(&client, &a).await, StatusCode::OK);
+    assert_eq!(status(&a).await, StatusCode::OK);
     // Instance B never heard of the reset: its cached denial runs out
     // within the max age, then Redis (reset) admits.
-    let took = admitted_within(&client, &b, Duration::from_millis(1_500)).await;
+    let took = admitted_within(&b, "B", Duration::from_millis(1_500)).await;
     let since_reset = reset_at.elapsed();
     eprintln!("instance B admitted {took:?} after polling began ({since_reset:?} after the reset)");
     assert!(
@@ -110,17 +114,16 @@ async fn admin_reset_on_one_instance_reaches_the_other_within_a_second() {
         "{since_reset:?}"
     );
     // Both admitted one request each of the fresh quota of 2: the next is denied.
-    assert_eq!(status(&client, &a).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(status(&a).await, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]
 async fn a_raw_del_in_redis_reaches_every_instance_within_a_second() {
     let url = support::redis_url();
     let prefix = support::unique_prefix("reset-del");
-    let (a, _) = instance(&url, &prefix, None).await;
-    let (b, _) = instance(&url, &prefix, None).await;
-    let client = web::client();
-    block_on_both(&client, &a, &b).await;
+    let (a, _) = instance(&url, &prefix, None);
+    let (b, _) = instance(&url, &prefix, None);
+    block_on_both(&a, &b).await;
 
     // An operator deletes the client's keys by hand.
     let mut conn = redis::Client::open(url.as_str())
@@ -136,8 +139,8 @@ async fn a_raw_del_in_redis_reaches_every_instance_within_a_second() {
     assert_eq!(deleted, keys.len() as u64);
 
     let reset_at = Instant::now();
-    let took_a = admitted_within(&client, &a, Duration::from_millis(1_500)).await;
-    let took_b = admitted_within(&client, &b, Duration::from_millis(1_500)).await;
+    let took_a = admitted_within(&a, "A", Duration::from_millis(1_500)).await;
+    let took_b = admitted_within(&b, "B", Duration::from_millis(1_500)).await;
     eprintln!(
         "after DEL: A admitted after {took_a:?}, B after {took_b:?} ({:?} in all)",
         reset_at.elapsed()
@@ -148,31 +151,26 @@ async fn a_raw_del_in_redis_reaches_every_instance_within_a_second() {
 #[tokio::test]
 async fn the_bound_is_configurable_and_zero_turns_the_cache_off() {
     let url = support::redis_url();
-    let client = web::client();
 
     // Max age zero: no local denial at all, the reset is seen at once.
     let prefix = support::unique_prefix("reset-zero");
-    let (a, admin_a) = instance(&url, &prefix, Some(Duration::ZERO)).await;
-    let (b, _) = instance(&url, &prefix, Some(Duration::ZERO)).await;
-    block_on_both(&client, &a, &b).await;
+    let (a, admin_a) = instance(&url, &prefix, Some(Duration::ZERO));
+    let (b, _) = instance(&url, &prefix, Some(Duration::ZERO));
+    block_on_both(&a, &b).await;
     admin_a.reset("daily", &client_key()).await.unwrap();
-    assert_eq!(status(&client, &b).await, StatusCode::OK, "B asked Redis");
+    assert_eq!(status(&b).await, StatusCode::OK, "B asked Redis");
 
     // A long max age: instance B keeps its day-long denial past a second,
     // which is what the default bound prevents.
     let prefix = support::unique_prefix("reset-long");
-    let (a, admin_a) = instance(&url, &prefix, Some(Duration::from_secs(3_600))).await;
-    let (b, _) = instance(&url, &prefix, Some(Duration::from_secs(3_600))).await;
-    block_on_both(&client, &a, &b).await;
+    let (a, admin_a) = instance(&url, &prefix, Some(Duration::from_secs(3_600)));
+    let (b, _) = instance(&url, &prefix, Some(Duration::from_secs(3_600)));
+    block_on_both(&a, &b).await;
     admin_a.reset("daily", &client_key()).await.unwrap();
-    assert_eq!(
-        status(&client, &a).await,
-        StatusCode::OK,
-        "A forgot its own"
-    );
+    assert_eq!(status(&a).await, StatusCode::OK, "A forgot its own");
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(
-        status(&client, &b).await,
+        status(&b).await,
         StatusCode::TOO_MANY_REQUESTS,
         "B still answers from its cache"
     );

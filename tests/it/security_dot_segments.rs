@@ -4,8 +4,8 @@
 //! `.` and `..` that axum routes into a `{param}` count against that route's
 //! policy.
 //!
-//! Requests are written on raw connections, since an HTTP client would
-//! resolve the dot segments before sending.
+//! Requests are made in process through the router, with their paths as
+//! written: an HTTP client would resolve the dot segments before sending.
 //!
 //! Every backend is a real `RedisBackend`; the deadline is generous (2 s,
 //! `support::security::DEADLINE`) so that a slow machine never turns into a
@@ -13,52 +13,39 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use tower_redis_ratelimit::RateLimitLayer;
 
 use crate::support::redis_backend;
 use crate::support::security::{DEADLINE, strict};
+use crate::support::web;
 
 use crate::support;
 
-/// A response read off a raw HTTP/1.1 connection.
-struct RawResponse {
+/// What the tests read of a response.
+struct Reply {
     status: StatusCode,
     /// The `RateLimit-Policy` header, if any.
     policy: Option<String>,
     body: String,
 }
 
-/// Sends `GET path` to the server at `base` exactly as written, on a fresh
-/// connection: reqwest, like any WHATWG URL parser, would resolve `.`, `..`
-/// and `%2e` before sending.
-async fn raw_get(base: &str, path: &str) -> RawResponse {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .expect("a response within 10 s")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
-    let policy = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("ratelimit-policy"))
-        .map(|(_, value)| value.trim().to_owned());
-    RawResponse {
-        status: StatusCode::from_bytes(status.as_bytes()).unwrap(),
-        policy,
-        body: body.to_owned(),
+/// Calls `app` in process with `GET path` exactly as written: the request
+/// target goes through `http::Uri`'s parser, as hyper's server puts it, and
+/// nothing resolves `.`, `..` or `%2e` (an HTTP client, like any WHATWG URL
+/// parser, would before sending).
+async fn raw_get(app: &Router, path: &str) -> Reply {
+    let sent = web::call(app, Method::GET, path, web::PEER, &[]).await;
+    Reply {
+        status: sent.status,
+        policy: sent
+            .headers
+            .get("ratelimit-policy")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        body: sent.body,
     }
 }
 
@@ -89,10 +76,9 @@ async fn dot_segments_do_not_borrow_an_exemption() {
         .route("/health", counted("health", &health))
         .route("/files/{*path}", counted("files", &files))
         .layer(layer);
-    let base = support::web::serve(app).await;
 
     for _ in 0..4 {
-        let sent = raw_get(&base, "/health").await;
+        let sent = raw_get(&app, "/health").await;
         assert_eq!(
             (sent.status, sent.body.as_str()),
             (StatusCode::OK, "health")
@@ -101,7 +87,7 @@ async fn dot_segments_do_not_borrow_an_exemption() {
     }
     let default = Some("\"default\";q=2;w=60".to_owned());
     for i in 0..2 {
-        let sent = raw_get(&base, "/files/../health").await;
+        let sent = raw_get(&app, "/files/../health").await;
         assert_eq!(sent.status, StatusCode::OK, "request {i}");
         assert_eq!(sent.body, "files", "axum routes the literal path");
         assert_eq!(sent.policy, default, "request {i}");
@@ -114,7 +100,7 @@ async fn dot_segments_do_not_borrow_an_exemption() {
         "/files/..;x/health",
         "/files/x",
     ] {
-        let sent = raw_get(&base, path).await;
+        let sent = raw_get(&app, path).await;
         assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
         assert_eq!(sent.policy, default, "{path}");
     }
@@ -124,7 +110,7 @@ async fn dot_segments_do_not_borrow_an_exemption() {
         "the files handler ran twice"
     );
     // The real `/health` is still exempt.
-    let sent = raw_get(&base, "/health").await;
+    let sent = raw_get(&app, "/health").await;
     assert_eq!((sent.status, sent.policy), (StatusCode::OK, None));
     assert_eq!(health.load(Ordering::SeqCst), 5);
 }
@@ -148,11 +134,10 @@ async fn dot_segments_get_the_stricter_policy() {
         .route("/reports/{id}", counted("reports", &reports))
         .route("/reports", get(|| async { "index" }))
         .layer(layer);
-    let base = support::web::serve(app).await;
 
     let strict_policy = Some("\"reports\";q=2;w=60".to_owned());
     for path in ["/reports/%2e", "/reports/."] {
-        let sent = raw_get(&base, path).await;
+        let sent = raw_get(&app, path).await;
         assert_eq!(
             (sent.status, sent.body.as_str()),
             (StatusCode::OK, "reports")
@@ -166,7 +151,7 @@ async fn dot_segments_get_the_stricter_policy() {
         "/reports/.",
         "/reports/7",
     ] {
-        let sent = raw_get(&base, path).await;
+        let sent = raw_get(&app, path).await;
         assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS, "{path}");
         assert_eq!(sent.policy, strict_policy, "{path}");
     }
@@ -176,7 +161,7 @@ async fn dot_segments_get_the_stricter_policy() {
         "the reports handler ran twice"
     );
     // Other paths stay under the lenient default.
-    let sent = raw_get(&base, "/reports").await;
+    let sent = raw_get(&app, "/reports").await;
     assert_eq!((sent.status, sent.body.as_str()), (StatusCode::OK, "index"));
     assert_eq!(sent.policy, Some("\"lenient\";q=1000;w=60".to_owned()));
 }

@@ -2,7 +2,8 @@
 //! the TCP peer is a trusted proxy, and then only the rightmost untrusted
 //! hop; IPv6 clients share a /64 bucket.
 //!
-//! Through a real axum server: the client connects from 127.0.0.1.
+//! Through a real axum router called in process, with the peer address
+//! axum's `ConnectInfo` gives: the client connects from 127.0.0.1.
 //!
 //! Every backend is a real `RedisBackend`; the deadline is generous (2 s,
 //! `support::security::DEADLINE`) so that a slow machine never turns into a
@@ -10,20 +11,20 @@
 
 use axum::Router;
 use axum::routing::get;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use tower_redis_ratelimit::key::{ClientIp, ForwardedHeader, Key};
 use tower_redis_ratelimit::{Policy, RateLimitLayer, RedisBackend};
 
 use crate::support::headers::remaining;
 use crate::support::redis_backend;
 use crate::support::security::{DEADLINE, keys_matching, strict};
+use crate::support::web::{self, PEER};
 
 use crate::support;
 
 /// The spoofing app: one route per `ClientIp` configuration.
 struct SpoofApp {
-    base: String,
-    client: reqwest::Client,
+    app: Router,
     backend: RedisBackend,
     url: String,
 }
@@ -54,24 +55,15 @@ async fn spoof_app(test: &str) -> SpoofApp {
         router = router.route(path, get(|| async { "ok" }));
     }
     let app = router.layer(builder.build().unwrap());
-    SpoofApp {
-        base: support::web::serve(app).await,
-        client: support::web::client(),
-        backend,
-        url,
-    }
+    SpoofApp { app, backend, url }
 }
 
 impl SpoofApp {
     /// GET `path` with these headers; returns the status and `r`.
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, Option<u64>) {
-        let mut request = self.client.get(format!("{}{path}", self.base));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let r = remaining(response.headers());
+        let sent = web::call(&self.app, Method::GET, path, PEER, headers).await;
+        let status = sent.status;
+        let r = remaining(&sent.headers);
         assert!(
             status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
             "{path} {headers:?}: unexpected {status}"

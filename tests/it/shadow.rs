@@ -1,6 +1,6 @@
 //! Shadow mode (`Policy::shadow(true)`): every decision is made and counted,
-//! nothing is denied. End to end through a real axum server, a real HTTP
-//! client and a real `redis-server`; with the `metrics` feature the
+//! nothing is denied. Through a real axum router (called in process) and a
+//! real `redis-server`; with the `metrics` feature the
 //! decisions are counted too (`shadow_denied` where enforcement says
 //! `denied`).
 
@@ -17,7 +17,7 @@ use tower_redis_ratelimit::{
 };
 
 use crate::support::headers::{assert_no_rate_limit_headers, ietf, retry_after};
-use crate::support::web::{client, send_with, serve};
+use crate::support::web::{PEER, call};
 
 #[cfg(feature = "metrics")]
 use crate::recorded;
@@ -33,7 +33,7 @@ fn trial(shadow: bool) -> Policy {
 }
 
 /// An app limiting `/api` with [`trial`], its counters under `prefix`.
-async fn app(url: &str, prefix: &str, shadow: bool) -> String {
+fn router(url: &str, prefix: &str, shadow: bool) -> Router {
     let backend = RedisBackend::builder(url).prefix(prefix).build().unwrap();
     let layer = RateLimitLayer::builder()
         .backend(backend)
@@ -41,12 +41,9 @@ async fn app(url: &str, prefix: &str, shadow: bool) -> String {
         .deadline(Duration::from_secs(2))
         .build()
         .unwrap();
-    serve(
-        Router::new()
-            .route("/api", get(|| async { "ok" }))
-            .layer(layer),
-    )
-    .await
+    Router::new()
+        .route("/api", get(|| async { "ok" }))
+        .layer(layer)
 }
 
 fn evalsha_calls(conn: &mut redis::Connection) -> u64 {
@@ -59,14 +56,8 @@ fn evalsha_calls(conn: &mut redis::Connection) -> u64 {
 }
 
 /// `(status, r, t)` of one request, after checking the policy header.
-async fn get_api(client: &reqwest::Client, base: &str) -> (StatusCode, i64, i64, HeaderMap) {
-    let sent = send_with(
-        client,
-        Method::GET,
-        &format!("{base}/api"),
-        &[("x-api-key", "k")],
-    )
-    .await;
+async fn get_api(app: &Router) -> (StatusCode, i64, i64, HeaderMap) {
+    let sent = call(app, Method::GET, "/api", PEER, &[("x-api-key", "k")]).await;
     let (policy, state) = ietf(&sent.headers).expect("rate-limit headers");
     assert_eq!(sent.headers["ratelimit-policy"], "\"trial\";q=3;w=60");
     assert_eq!(policy.name, "trial");
@@ -88,17 +79,16 @@ async fn over_limit_requests_pass_with_the_would_be_headers_and_are_counted() {
     let server = support::RedisServer::start();
     let mut conn = server.conn();
     let url = server.url();
-    let client = client();
 
     // Shadow mode: five requests against a limit of three all pass; the
     // last two carry the headers of the denial they would have been.
     let prefix = support::unique_prefix("shadow");
-    let base = app(&url, &prefix, true).await;
-    let (status, r, _, _) = get_api(&client, &base).await;
+    let app = router(&url, &prefix, true);
+    let (status, r, _, _) = get_api(&app).await;
     assert_eq!((status, r), (StatusCode::OK, 2));
     let before = evalsha_calls(&mut conn); // (after the script is loaded)
     for expected in [1, 0, 0, 0] {
-        let (status, r, t, headers) = get_api(&client, &base).await;
+        let (status, r, t, headers) = get_api(&app).await;
         assert_eq!(status, StatusCode::OK, "shadow mode denies nothing");
         assert_eq!(r, expected);
         assert!((1..=60).contains(&t), "t={t}");
@@ -123,18 +113,18 @@ async fn over_limit_requests_pass_with_the_would_be_headers_and_are_counted() {
 
     // Turned off, on the same counters: Redis counted only the three
     // admissions, as enforcement would have, so the client is denied now.
-    let base = app(&url, &prefix, false).await;
-    let (status, r, _, headers) = get_api(&client, &base).await;
+    let app = router(&url, &prefix, false);
+    let (status, r, _, headers) = get_api(&app).await;
     assert_eq!((status, r), (StatusCode::TOO_MANY_REQUESTS, 0));
     assert!((1..=60).contains(&retry_after(&headers)));
 
     // The same sequence without shadow mode, on fresh counters: denied,
     // the second denial from the blocked-client cache.
-    let base = app(&url, &support::unique_prefix("enforced"), false).await;
+    let app = router(&url, &support::unique_prefix("enforced"), false);
     let before = evalsha_calls(&mut conn);
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        let (status, _, _, headers) = get_api(&client, &base).await;
+        let (status, _, _, headers) = get_api(&app).await;
         if status == StatusCode::TOO_MANY_REQUESTS {
             assert!((1..=60).contains(&retry_after(&headers)));
         }

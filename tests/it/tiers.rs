@@ -1,6 +1,6 @@
 //! Tiers: quotas that depend on the client (its plan), chosen per request by
-//! a header, a table of keys or a function, through the real layer over real
-//! HTTP, on the in-memory backend and on a real Redis. Each tier runs as its
+//! a header, a table of keys or a function, through the real layer and router
+//! in process, on the in-memory backend and on a real Redis. Each tier runs as its
 //! own policy (`api.pro`), with its own counters, headers and Redis keys; an
 //! absent or unknown tier is the default tier, never an error nor unlimited.
 
@@ -12,7 +12,7 @@ use axum::routing::get;
 use http::{HeaderName, Method, StatusCode};
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{
-    Backend, ConfigError, Key, MemoryBackend, Policy, PolicyError, Quota, RateLimitLayer,
+    Backend, ConfigError, Key, Policy, PolicyError, Quota, RateLimitLayer,
 };
 
 use crate::support::web::{self, Sent};
@@ -31,7 +31,7 @@ fn by_header() -> Policy {
         .tier_header(HeaderName::from_static("x-plan"))
 }
 
-async fn serve(backend: Arc<dyn Backend>, policy: Policy) -> (String, RateLimitLayer) {
+fn router(backend: Arc<dyn Backend>, policy: Policy) -> (Router, RateLimitLayer) {
     let layer = RateLimitLayer::builder()
         .backend(backend)
         .default_policy(policy)
@@ -41,11 +41,11 @@ async fn serve(backend: Arc<dyn Backend>, policy: Policy) -> (String, RateLimitL
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
         .layer(layer.clone());
-    (web::serve(app).await, layer)
+    (app, layer)
 }
 
-async fn get_with(client: &reqwest::Client, base: &str, headers: &[(&str, &str)]) -> Sent {
-    web::send_with(client, Method::GET, &format!("{base}/"), headers).await
+async fn get_with(app: &Router, headers: &[(&str, &str)]) -> Sent {
+    web::call(app, Method::GET, "/", web::PEER, headers).await
 }
 
 fn header<'a>(sent: &'a Sent, name: &str) -> &'a str {
@@ -57,15 +57,9 @@ fn header<'a>(sent: &'a Sent, name: &str) -> &'a str {
 }
 
 /// `limit` requests admitted with `policy_header`, then one denied.
-async fn admits(
-    client: &reqwest::Client,
-    base: &str,
-    headers: &[(&str, &str)],
-    limit: u64,
-    policy_header: &str,
-) {
+async fn admits(app: &Router, headers: &[(&str, &str)], limit: u64, policy_header: &str) {
     for i in 0..limit {
-        let sent = get_with(client, base, headers).await;
+        let sent = get_with(app, headers).await;
         assert_eq!(sent.status, StatusCode::OK, "{headers:?} request {i}");
         assert_eq!(
             header(&sent, "ratelimit-policy"),
@@ -73,7 +67,7 @@ async fn admits(
             "{headers:?}"
         );
     }
-    let denied = get_with(client, base, headers).await;
+    let denied = get_with(app, headers).await;
     assert_eq!(
         denied.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -84,21 +78,18 @@ async fn admits(
 }
 
 async fn tiers_by_header(backend: Arc<dyn Backend>) -> RateLimitLayer {
-    let (base, layer) = serve(backend, by_header()).await;
-    let client = web::client();
+    let (app, layer) = router(backend, by_header());
     let free = "\"api\";q=2;w=60";
-    admits(&client, &base, &[("x-api-key", "k-free")], 2, free).await;
+    admits(&app, &[("x-api-key", "k-free")], 2, free).await;
     admits(
-        &client,
-        &base,
+        &app,
         &[("x-api-key", "k-pro"), ("x-plan", "pro")],
         4,
         "\"api.pro\";q=4;w=60",
     )
     .await;
     admits(
-        &client,
-        &base,
+        &app,
         &[("x-api-key", "k-ent"), ("x-plan", "enterprise")],
         6,
         "\"api.enterprise\";q=6;w=60",
@@ -107,33 +98,25 @@ async fn tiers_by_header(backend: Arc<dyn Backend>) -> RateLimitLayer {
     // An unknown tier, or a tier name in another case, is the default tier.
     for plan in ["gold", "PRO", "", "api.pro"] {
         let key = format!("k-unknown-{plan}");
-        admits(
-            &client,
-            &base,
-            &[("x-api-key", &key), ("x-plan", plan)],
-            2,
-            free,
-        )
-        .await;
+        admits(&app, &[("x-api-key", &key), ("x-plan", plan)], 2, free).await;
     }
     // Counters are per tier: the free client, denied, upgraded to pro, gets
     // the pro quota in full; its free-tier denial still stands.
     admits(
-        &client,
-        &base,
+        &app,
         &[("x-api-key", "k-free"), ("x-plan", "pro")],
         4,
         "\"api.pro\";q=4;w=60",
     )
     .await;
-    let again = get_with(&client, &base, &[("x-api-key", "k-free")]).await;
+    let again = get_with(&app, &[("x-api-key", "k-free")]).await;
     assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
     layer
 }
 
 #[tokio::test]
 async fn memory_tiers_by_header() {
-    let layer = tiers_by_header(Arc::new(MemoryBackend::new())).await;
+    let layer = tiers_by_header(Arc::new(support::still_memory())).await;
     let admin = layer.admin();
     let names: Vec<&str> = admin.policies().map(Policy::name).collect();
     assert_eq!(names, ["api", "api.pro", "api.enterprise"]);
@@ -181,16 +164,14 @@ async fn redis_tiers_by_header_one_script_call_and_keys_per_tier() {
 /// request (here a value an auth middleware would have put in extensions)
 /// and the key.
 async fn tiers_by_table_and_function(backend: impl Fn() -> Arc<dyn Backend>) {
-    let client = web::client();
     let table = Policy::new("keys")
         .key(Header::new("x-api-key"))
         .quota(Quota::per_minute(1))
         .tier("pro", [Quota::per_minute(3)])
         .tier_keys([("k-paying", "pro")]);
-    let (base, _) = serve(backend(), table).await;
+    let (app, _) = router(backend(), table);
     admits(
-        &client,
-        &base,
+        &app,
         &[("x-api-key", "k-paying")],
         3,
         "\"keys.pro\";q=3;w=60",
@@ -198,8 +179,7 @@ async fn tiers_by_table_and_function(backend: impl Fn() -> Arc<dyn Backend>) {
     .await;
     // A client cannot pick its tier: only the table decides.
     admits(
-        &client,
-        &base,
+        &app,
         &[("x-api-key", "k-other"), ("x-plan", "pro")],
         1,
         "\"keys\";q=1;w=60",
@@ -212,28 +192,14 @@ async fn tiers_by_table_and_function(backend: impl Fn() -> Arc<dyn Backend>) {
         .quota(Quota::per_minute(1))
         .tier("big", [Quota::per_minute(5)])
         .tier_fn(move |_parts, key| customers.get(key).map(|t| (*t).to_owned()));
-    let (base, _) = serve(backend(), function).await;
-    admits(
-        &client,
-        &base,
-        &[("x-api-key", "k-big")],
-        5,
-        "\"fn.big\";q=5;w=60",
-    )
-    .await;
-    admits(
-        &client,
-        &base,
-        &[("x-api-key", "k-small")],
-        1,
-        "\"fn\";q=1;w=60",
-    )
-    .await;
+    let (app, _) = router(backend(), function);
+    admits(&app, &[("x-api-key", "k-big")], 5, "\"fn.big\";q=5;w=60").await;
+    admits(&app, &[("x-api-key", "k-small")], 1, "\"fn\";q=1;w=60").await;
 }
 
 #[tokio::test]
 async fn memory_tiers_by_table_and_function() {
-    tiers_by_table_and_function(|| Arc::new(MemoryBackend::new())).await;
+    tiers_by_table_and_function(|| Arc::new(support::still_memory())).await;
 }
 
 #[tokio::test]

@@ -12,6 +12,8 @@ use http::StatusCode;
 use tokio::task::JoinHandle;
 use tower_redis_ratelimit::headers::RATELIMIT;
 
+use super::web::Client;
+
 /// Concurrent client tasks of the load generator.
 pub const CONCURRENCY: usize = 8;
 /// No load run lasts longer than this, whatever happens.
@@ -37,7 +39,7 @@ pub struct Load {
 impl Load {
     /// Starts the tasks; they stop at [`finish`](Self::finish), or after
     /// [`LOAD_HARD_STOP`] at the latest.
-    pub fn start(client: &reqwest::Client, url: String) -> Self {
+    pub fn start(client: &Client, url: String) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let hard_stop = Instant::now() + LOAD_HARD_STOP;
         let tasks = (0..CONCURRENCY)
@@ -47,15 +49,8 @@ impl Load {
                     let mut samples = Vec::new();
                     while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
                         let start = Instant::now();
-                        let (status, limited) = match client.get(&url).send().await {
-                            Ok(response) => {
-                                let status = response.status();
-                                let limited = response.headers().contains_key(RATELIMIT);
-                                match response.bytes().await {
-                                    Ok(_) => (Some(status), limited),
-                                    Err(_) => (None, false),
-                                }
-                            }
+                        let (status, limited) = match client.get(&url).await {
+                            Ok(sent) => (Some(sent.status), sent.headers.contains_key(RATELIMIT)),
                             Err(_) => (None, false),
                         };
                         samples.push(Sample {

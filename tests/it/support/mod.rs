@@ -251,6 +251,16 @@ pub fn unique_prefix(test: &str) -> String {
     )
 }
 
+/// A memory backend on a [`FakeClock`](tower_redis_ratelimit::clock::FakeClock)
+/// that never moves: no window boundary falls between two requests of a test,
+/// so counts and waits are exact. For the tests of layer logic, where the
+/// storage and the time are not what is tested.
+pub fn still_memory() -> tower_redis_ratelimit::MemoryBackend {
+    // 2023-11-14T22:13:20Z, in microseconds.
+    let clock = tower_redis_ratelimit::clock::FakeClock::new(1_700_000_000_000_000);
+    tower_redis_ratelimit::MemoryBackend::with_clock(clock)
+}
+
 /// A loopback port with nothing listening on it.
 pub fn dead_port() -> u16 {
     free_port()

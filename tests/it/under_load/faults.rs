@@ -94,7 +94,7 @@ fn count_policy(name: &str, algorithm: Algorithm) -> Policy {
 
 struct App {
     base: String,
-    client: reqwest::Client,
+    client: support::web::Client,
     backend: RedisBackend,
 }
 
@@ -165,16 +165,15 @@ impl Got {
 
 impl App {
     async fn get(&self, path: &str) -> Got {
-        let response = self
+        let sent = self
             .client
-            .get(format!("{}{path}", self.base))
-            .send()
+            .get(&format!("{}{path}", self.base))
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = response.status();
-        let headers = response.headers().clone();
-        response.bytes().await.unwrap();
-        Got { status, headers }
+        Got {
+            status: sent.status,
+            headers: sent.headers,
+        }
     }
 
     /// Polls `path` until a response carries rate-limit headers (a decision
