@@ -6,6 +6,8 @@
 //! admitted: after the quota was spent, 1000 of 1000 such requests got 200.
 //! Now 0 counts as 1 unless the policy says `allow_zero_cost()`.
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::routing::get;
 use http::{Method, StatusCode};
@@ -32,6 +34,9 @@ async fn spend_then_send_zero_rows(backend: impl Backend, policy: Policy) -> Vec
     let layer = RateLimitLayer::builder()
         .backend(backend)
         .default_policy(policy)
+        // What is tested is the cost, not the deadline: on a loaded machine
+        // a decision missing the default 50 ms would fail open and pass.
+        .deadline(Duration::from_secs(2))
         .build()
         .unwrap();
     let app = Router::new()
