@@ -154,11 +154,10 @@ pub use crate::policy::{
 pub use crate::response::{DefaultRejection, GrpcRejection, OnRejection, ProblemJson, Rejection};
 pub use crate::service::RateLimitService;
 /// The `http` crate, whose types the API uses (`Request`, `Response`,
-/// `HeaderMap`, `Method`...): no need to add it to your own dependencies.
+/// `HeaderMap`, `Method`, and `http::request::Parts`, the request head that
+/// key extractors, cost functions and rejections read): no need to add it to
+/// your own dependencies.
 pub use http;
-/// The request head, the argument of key extractors, cost functions and
-/// rejections (`Policy::key_fn(|parts| ..)`): `http::request::Parts`.
-pub use http::request::Parts;
 
 // Exists only so `benches/blocked.rs` can reach the blocked cache: not API.
 #[doc(hidden)]

@@ -203,7 +203,7 @@ impl Policy {
 
     /// Sets a closure as the key extractor, like [`Policy::key`], with its
     /// argument type inferred: `.key_fn(|parts| ...)` compiles where
-    /// `.key(|parts| ...)` needs `|parts: &Parts|`.
+    /// `.key(|parts| ...)` needs `|parts: &http::request::Parts|`.
     #[must_use]
     pub fn key_fn<F>(self, f: F) -> Self
     where
