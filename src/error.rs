@@ -106,7 +106,7 @@ pub enum ConfigError {
     },
     /// A fixed cost above the policy's max cost (set with
     /// [`Policy::max_cost`](crate::Policy::max_cost), or the sliding log's
-    /// default [`DEFAULT_MAX_LOG_COST`](crate::DEFAULT_MAX_LOG_COST)).
+    /// default [`Policy::DEFAULT_MAX_LOG_COST`](crate::Policy::DEFAULT_MAX_LOG_COST)).
     #[error(
         "policy `{policy}`: cost {cost} is above its max cost of {max_cost} per request; \
          raise it with `Policy::max_cost` (up to the policy's smallest limit)"

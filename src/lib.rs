@@ -143,14 +143,8 @@ pub use crate::error::{BackendError, ConfigError};
 pub use crate::future::ResponseFuture;
 pub use crate::headers::HeaderStyle;
 pub use crate::key::{Key, KeyExtractor};
-pub use crate::layer::{
-    DEFAULT_BLOCKED_CAPACITY, DEFAULT_BLOCKED_MAX_AGE, DEFAULT_DEADLINE, RateLimitLayer,
-    RateLimitLayerBuilder,
-};
-pub use crate::policy::{
-    Algorithm, DEFAULT_MAX_LOG_COST, FailureMode, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW,
-    MissingKey, Policy, Quota,
-};
+pub use crate::layer::{RateLimitLayer, RateLimitLayerBuilder};
+pub use crate::policy::{Algorithm, FailureMode, MissingKey, Policy, Quota};
 pub use crate::response::{DefaultRejection, GrpcRejection, OnRejection, ProblemJson, Rejection};
 pub use crate::service::RateLimitService;
 /// The `http` crate, whose types the API uses (`Request`, `Response`,

@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 
 use super::{Model, Spec, Usage};
-use crate::quota::{DEFAULT_MAX_LOG_COST, MAX_LOG_LIMIT};
+use crate::policy::Policy;
+use crate::quota::Quota;
 
 /// What backends need to know about the sliding log.
 pub(super) const SPEC: Spec = Spec {
@@ -18,8 +19,8 @@ pub(super) const SPEC: Spec = Spec {
     peek_lua: include_str!("sliding_log_peek.lua"),
     // Sorted-set members must be unique per admitted unit across instances.
     nonce: true,
-    max_limit: MAX_LOG_LIMIT,
-    max_cost_cap: Some(DEFAULT_MAX_LOG_COST),
+    max_limit: Quota::MAX_LOG_LIMIT,
+    max_cost_cap: Some(Policy::DEFAULT_MAX_LOG_COST),
 };
 
 /// The state of one quota: one weighted entry per admitted request (its
