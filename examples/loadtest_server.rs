@@ -32,10 +32,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use http::HeaderName;
-use tower_redis_ratelimit::backend::redact_url;
 use tower_redis_ratelimit::key::{Header, PeerIp};
 use tower_redis_ratelimit::{
-    Algorithm, HeaderStyle, MAX_LIMIT, MAX_WINDOW, MemoryBackend, Policy, Quota, RateLimitLayer,
+    Algorithm, HeaderStyle, MemoryBackend, Policy, Quota, RateLimitLayer,
     RedisBackend,
 };
 
@@ -48,8 +47,8 @@ enum KeyKind {
 #[derive(Debug)]
 struct Config {
     bind: String,
-    /// `(url, backend)`; `None`: in-memory.
-    redis: Option<(String, RedisBackend)>,
+    /// The Redis backend; `None`: in-memory.
+    redis: Option<RedisBackend>,
     workers: usize,
     key: KeyKind,
     algorithm: Algorithm,
@@ -129,15 +128,15 @@ fn config() -> Result<Config, String> {
                 let backend = RedisBackend::builder(&url)
                     .batch(int("BATCH", 64, 1, 1024)? as usize)
                     .build()
-                    .map_err(|e| format!("REDIS_URL={:?} is invalid: {e}", redact_url(&url)))?;
-                Some((url, backend))
+                    .map_err(|e| format!("REDIS_URL is invalid: {e}"))?;
+                Some(backend)
             }
         },
         workers: int("WORKERS", 1, 1, 1024)? as usize,
         key,
         algorithm,
-        limit: int("LIMIT", 100, 1, MAX_LIMIT)?,
-        window_secs: int("WINDOW_SECS", 60, 1, MAX_WINDOW.as_secs())?,
+        limit: int("LIMIT", 100, 1, Quota::MAX_LIMIT)?,
+        window_secs: int("WINDOW_SECS", 60, 1, Quota::MAX_WINDOW.as_secs())?,
         deadline_ms: int("DEADLINE_MS", 50, 1, 60_000)?,
         headers,
         limiter,
@@ -180,8 +179,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             .headers(config.headers)
             .deadline(Duration::from_millis(config.deadline_ms));
         let builder = match config.redis {
-            Some((url, backend)) => {
-                println!("backend: redis at {}", redact_url(&url));
+            Some(backend) => {
+                // `Debug` shows the address, never the password.
+                println!("backend: {backend:?}");
                 builder.backend(backend)
             }
             None => {

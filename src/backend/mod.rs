@@ -5,8 +5,6 @@
 //! - [`MemoryBackend`]: in-process, the same algorithms and outcomes; the
 //!   embedded default when no Redis is configured.
 //!
-//! [`redact_url`] shows a Redis URL without its password.
-//!
 //! Besides deciding ([`Backend::check`]), both backends answer the
 //! administration calls behind [`Admin`](crate::Admin): [`Backend::peek`]
 //! (read a client's quotas, consuming nothing) and [`Backend::reset`]
@@ -25,7 +23,8 @@ mod memory;
 mod redis;
 
 pub use self::memory::MemoryBackend;
-pub use self::redis::{RedisBackend, RedisBackendBuilder, redact_url};
+pub(crate) use self::redis::redact_url;
+pub use self::redis::{RedisBackend, RedisBackendBuilder};
 
 /// The future returned by [`Backend::check`] and [`Backend::peek`].
 pub type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;

@@ -281,7 +281,7 @@ impl<'de> Deserialize<'de> for KeyConfig {
 /// PEM files: `ca_cert` (a CA trusted besides the system's roots),
 /// `client_cert` and `client_key` (mutual TLS).
 ///
-/// `Debug` and `Display` hide passwords ([`redact_url`]).
+/// `Debug` and `Display` hide passwords.
 #[derive(Clone, Deserialize)]
 #[serde(try_from = "Table<RedisTable>")]
 pub struct RedisConfig {

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use self::batch::{Batcher, Lead, Submitted};
 use self::connection::{Connection, LastError, Request};
-pub use self::redact::redact_url;
+pub(crate) use self::redact::redact_url;
 use self::redact::secrets;
 use self::script::{Call, Nonces};
 use super::{Backend, CheckFuture, ResetFuture};
@@ -186,7 +186,7 @@ enum Kind {
     Sentinel { master: String, master_url: String },
 }
 
-/// Shows the URLs with their passwords redacted ([`redact_url`]).
+/// Shows the URLs with their passwords redacted.
 impl fmt::Debug for RedisBackendBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls: Vec<_> = self.urls.iter().map(|url| redact_url(url)).collect();
