@@ -152,34 +152,3 @@ pub use crate::service::RateLimitService;
 /// key extractors, cost functions and rejections read): no need to add it to
 /// your own dependencies.
 pub use http;
-
-// Exists only so `benches/blocked.rs` can reach the blocked cache: not API.
-#[doc(hidden)]
-pub mod __bench {
-    use crate::{Decision, Key};
-
-    /// One policy's blocked-client cache, for benches only.
-    #[derive(Debug)]
-    pub struct BlockedClients(crate::blocked::BlockedClients);
-
-    impl BlockedClients {
-        /// A cache of about `capacity` clients, entries kept until their
-        /// retry time.
-        pub fn new(capacity: usize) -> Self {
-            Self(crate::blocked::BlockedClients::new(
-                capacity,
-                std::time::Duration::MAX,
-            ))
-        }
-
-        /// The denial to repeat for this request, if any.
-        pub fn get(&self, key: &Key, cost: u64) -> Option<Decision> {
-            self.0.get(key, cost)
-        }
-
-        /// Remembers a denial.
-        pub fn insert(&self, key: &Key, cost: u64, decision: &Decision) {
-            self.0.insert(key, cost, decision)
-        }
-    }
-}
