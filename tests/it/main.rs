@@ -42,6 +42,9 @@ mod cluster_failover;
 mod concurrency;
 #[cfg(feature = "serde")]
 mod config;
+// The memory backend on `clock::FakeClock` (feature `test-util`) is the
+// model these two suites compare Redis with.
+#[cfg(feature = "test-util")]
 mod conformance;
 mod e2e_axum;
 mod examples;
@@ -59,6 +62,7 @@ mod missing_identity;
 #[cfg(feature = "tonic")]
 mod missing_identity_tonic;
 mod nested_layers;
+#[cfg(feature = "test-util")]
 mod proptests;
 mod redis_keys;
 mod reset_instances;
