@@ -318,12 +318,20 @@ pub enum ConfigError {
 /// [`crate::FailureMode`] instead. It is public so that custom [`crate::Backend`]s
 /// can report failures, and [`crate::Admin`] calls return it (as
 /// [`AdminError::Backend`](crate::AdminError::Backend)).
+///
+/// No variant names a type of another crate: the cause of a
+/// [`Connection`](Self::Connection) error (for [`RedisBackend`](crate::RedisBackend),
+/// redis-rs' error) is reachable through [`std::error::Error::source`], and
+/// can be downcast there.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    /// The Redis command failed (connection refused or lost, server error...).
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    /// The call to the backend's server failed: a connection refused, lost
+    /// or timed out, or an error of the server as a whole (Redis: `LOADING`,
+    /// `READONLY`, `NOPERM`...). The circuit breaker counts it. The cause is
+    /// this error's [`source`](std::error::Error::source).
+    #[error("connection: {0}")]
+    Connection(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend answered with something the crate does not understand.
     #[error("unexpected backend reply: {0}")]
     Protocol(String),

@@ -214,6 +214,14 @@ impl fmt::Debug for RedisBackendBuilder {
     }
 }
 
+/// A failed redis-rs call as a [`BackendError`]: the only conversion from
+/// redis-rs' error, kept private so that `BackendError` names no type of
+/// redis-rs. Whether the failure was the client key's own is decided
+/// afterwards, from the source ([`script::key_fault`]).
+pub(super) fn failure(error: redis::RedisError) -> BackendError {
+    BackendError::Connection(Box::new(error))
+}
+
 /// The message of [`ConfigError::RedisUrl`]: redis-rs' error, then the
 /// URLs, with passwords redacted from both.
 fn url_error(urls: &[String], error: &redis::RedisError) -> ConfigError {
