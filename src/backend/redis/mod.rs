@@ -357,7 +357,57 @@ impl RedisBackendBuilder {
         Ok(certs)
     }
 
+    /// URL settings that could never take effect for this kind of
+    /// deployment, rather than be ignored or fail every call: a database
+    /// other than 0 in a cluster node's URL (Redis Cluster has only
+    /// database 0), a Unix socket as a Sentinel deployment's `master_url`
+    /// (the sentinels name the primary's TCP address). URLs that do not
+    /// parse are left to the connection's own checks.
+    fn check_url_settings(&self) -> Result<(), ConfigError> {
+        match &self.kind {
+            Kind::Single => Ok(()),
+            #[cfg(feature = "cluster")]
+            Kind::Cluster => {
+                for url in &self.urls {
+                    let Ok(info) = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    else {
+                        continue;
+                    };
+                    if info.redis_settings().db() != 0 {
+                        return Err(ConfigError::RedisUrl(format!(
+                            "{:?}: Redis Cluster has only database 0; remove the database \
+                             from the node URL",
+                            redact_url(url)
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            #[cfg(feature = "sentinel")]
+            Kind::Sentinel { master_url, .. } => {
+                let info = redis::IntoConnectionInfo::into_connection_info(master_url.as_str());
+                if let Ok(info) = info
+                    && matches!(info.addr(), redis::ConnectionAddr::Unix(_))
+                {
+                    return Err(ConfigError::RedisUrl(format!(
+                        "{:?}: `master_url` must be `redis://` or `rediss://`: the sentinels \
+                         name the primary's TCP address, so a Unix socket would be ignored",
+                        redact_url(master_url)
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Checks the configuration; connects nothing.
+    ///
+    /// Besides the prefix, the URLs and the TLS files, settings that would
+    /// be ignored for the URLs given are errors: TLS certificates without a
+    /// `rediss://` URL ([`ConfigError::Tls`]), [`master_url`](Self::master_url)
+    /// outside Sentinel ([`ConfigError::MasterUrlWithoutSentinel`]), a
+    /// database other than 0 in a cluster node's URL, and a Unix socket as
+    /// Sentinel's `master_url` ([`ConfigError::RedisUrl`]).
     pub fn build(self) -> Result<RedisBackend, ConfigError> {
         #[cfg(feature = "sentinel")]
         if self.stray_master_url {
@@ -387,6 +437,7 @@ impl RedisBackendBuilder {
                 ),
             });
         }
+        self.check_url_settings()?;
         #[cfg(feature = "tls")]
         let certs = self.certificates()?;
         let last_error = Arc::new(LastError::default());
@@ -752,6 +803,36 @@ mod tests {
         assert!(!err.to_string().contains("pw"), "{err}");
         RedisBackend::sentinel_builder(["redis://127.0.0.1:1"], "m")
             .master_url("redis://u:pw@x/")
+            .build()
+            .unwrap();
+    }
+
+    #[cfg(feature = "sentinel")]
+    #[test]
+    fn unix_master_url_is_a_config_error() {
+        let err = RedisBackend::sentinel_builder(["redis://127.0.0.1:1"], "m")
+            .master_url("redis+unix:///run/redis.sock?pass=secret")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::RedisUrl(m) if m.contains("Unix socket")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_database_is_a_config_error() {
+        let err = RedisBackend::cluster_builder(["redis://:secret@127.0.0.1:7000/2"])
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::RedisUrl(m) if m.contains("database 0")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("secret"), "{err}");
+        RedisBackend::cluster_builder(["redis://127.0.0.1:7000/0", "redis://127.0.0.1:7001"])
             .build()
             .unwrap();
     }
