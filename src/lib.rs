@@ -132,7 +132,8 @@ mod sharded;
 pub use crate::access::AccessList;
 pub use crate::admin::{Admin, AdminError};
 pub use crate::backend::{
-    Backend, CheckFuture, MemoryBackend, RedisBackend, RedisBackendBuilder, ResetFuture,
+    Backend, CheckFuture, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
+    ResetFuture,
 };
 pub use crate::breaker::CircuitBreaker;
 #[cfg(feature = "serde")]

@@ -22,7 +22,7 @@ use crate::policy::Policy;
 mod memory;
 mod redis;
 
-pub use self::memory::MemoryBackend;
+pub use self::memory::{MemoryBackend, MemoryBackendBuilder};
 pub(crate) use self::redis::redact_url;
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 
