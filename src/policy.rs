@@ -758,6 +758,12 @@ impl Policy {
                 });
             }
         }
+        inner.key.validate()?;
+        for list in [&inner.access.allow, &inner.access.deny] {
+            if let Some(error) = list.error() {
+                return Err(error.clone());
+            }
+        }
         self.validate_tiers()
     }
 
@@ -889,7 +895,10 @@ mod tests {
                 .quota(Quota::per_hour(limit))
                 .algorithm(Algorithm::SlidingLog)
         };
-        assert_eq!(log(10_000).effective_max_cost(), Some(Policy::DEFAULT_MAX_LOG_COST));
+        assert_eq!(
+            log(10_000).effective_max_cost(),
+            Some(Policy::DEFAULT_MAX_LOG_COST)
+        );
         assert_eq!(log(1_000).effective_max_cost(), Some(1_000));
         assert_eq!(Policy::auth().effective_max_cost(), Some(5));
         assert_eq!(
