@@ -34,8 +34,7 @@ use axum::routing::get;
 use http::HeaderName;
 use tower_redis_ratelimit::key::{Header, PeerIp};
 use tower_redis_ratelimit::{
-    Algorithm, HeaderStyle, MemoryBackend, Policy, Quota, RateLimitLayer,
-    RedisBackend,
+    Algorithm, HeaderStyle, MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend,
 };
 
 #[derive(Debug)]

@@ -12,8 +12,7 @@ use http::{Request, Response, StatusCode, header};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::key::{Header, Key};
 use tower_redis_ratelimit::{
-    Algorithm, ConfigError, FailureMode, Policy, Quota, RateLimitLayer,
-    RedisBackend,
+    Algorithm, ConfigError, FailureMode, Policy, Quota, RateLimitLayer, RedisBackend,
 };
 
 use crate::support::headers::{assert_no_rate_limit_headers, remaining};
@@ -78,7 +77,10 @@ async fn sliding_log_cost_above_the_max_is_refused_without_redis() {
     let mut conn = server.conn();
     let backend = support::redis_backend(&server.url(), "max-cost-log");
     let policy = costed("bulk", Quota::per_hour(10_000), Algorithm::SlidingLog);
-    assert_eq!(policy.effective_max_cost(), Some(Policy::DEFAULT_MAX_LOG_COST));
+    assert_eq!(
+        policy.effective_max_cost(),
+        Some(Policy::DEFAULT_MAX_LOG_COST)
+    );
     let layer = layer(&backend, &policy);
     let big_key = backend.redis_keys(&policy, &Key::new("big")).remove(0);
 
