@@ -139,7 +139,7 @@ impl Policy {
     /// and Redis answers nobody else meanwhile: one costly request could
     /// push every other decision past the layer's deadline. 1 000 units
     /// keep one decision to a few milliseconds.
-    pub const DEFAULT_MAX_LOG_COST: u64 = 1_000;
+    pub const DEFAULT_MAX_LOG_COST: u64 = crate::quota::DEFAULT_MAX_LOG_COST;
 
     /// A policy with no quota yet (add at least one with [`Policy::quota`]),
     /// the sliding window counter, the peer IP as key, cost 1 and

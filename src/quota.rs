@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+/// The sliding log's default max cost per request: public as
+/// [`Policy::DEFAULT_MAX_LOG_COST`](crate::Policy::DEFAULT_MAX_LOG_COST)
+/// (kept here so that the algorithms, below the policy, read it too).
+pub(crate) const DEFAULT_MAX_LOG_COST: u64 = 1_000;
+
 /// A limit per window: at most `limit` units in any window of length `window`.
 ///
 /// ```

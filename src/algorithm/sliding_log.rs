@@ -9,8 +9,7 @@
 use std::collections::VecDeque;
 
 use super::{Model, Spec, Usage};
-use crate::policy::Policy;
-use crate::quota::Quota;
+use crate::quota::{self, Quota};
 
 /// What backends need to know about the sliding log.
 pub(super) const SPEC: Spec = Spec {
@@ -20,7 +19,7 @@ pub(super) const SPEC: Spec = Spec {
     // Sorted-set members must be unique per admitted unit across instances.
     nonce: true,
     max_limit: Quota::MAX_LOG_LIMIT,
-    max_cost_cap: Some(Policy::DEFAULT_MAX_LOG_COST),
+    max_cost_cap: Some(quota::DEFAULT_MAX_LOG_COST),
 };
 
 /// The state of one quota: one weighted entry per admitted request (its
