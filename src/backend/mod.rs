@@ -23,6 +23,8 @@ mod memory;
 mod redis;
 
 pub use self::memory::{MemoryBackend, MemoryBackendBuilder};
+// For `config::RedisConfig`, which shows its URLs.
+#[cfg(feature = "serde")]
 pub(crate) use self::redis::redact_url;
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 
