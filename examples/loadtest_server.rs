@@ -37,6 +37,11 @@ use tower_redis_ratelimit::{
     Algorithm, HeaderStyle, MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend,
 };
 
+// Only for `without_password`: the URLs this server prints are masked as
+// the other examples mask theirs.
+#[path = "common/env.rs"]
+mod env;
+
 #[derive(Debug)]
 enum KeyKind {
     Ip,
@@ -46,8 +51,8 @@ enum KeyKind {
 #[derive(Debug)]
 struct Config {
     bind: String,
-    /// The Redis backend; `None`: in-memory.
-    redis: Option<RedisBackend>,
+    /// `(url, backend)`; `None`: in-memory.
+    redis: Option<(String, RedisBackend)>,
     workers: usize,
     key: KeyKind,
     algorithm: Algorithm,
@@ -127,8 +132,11 @@ fn config() -> Result<Config, String> {
                 let backend = RedisBackend::builder(&url)
                     .batch(int("BATCH", 64, 1, 1024)? as usize)
                     .build()
-                    .map_err(|e| format!("REDIS_URL is invalid: {e}"))?;
-                Some(backend)
+                    .map_err(|e| {
+                        let url = env::without_password(&url);
+                        format!("REDIS_URL={url:?} is invalid: {e}")
+                    })?;
+                Some((url, backend))
             }
         },
         workers: int("WORKERS", 1, 1, 1024)? as usize,
@@ -178,9 +186,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             .headers(config.headers)
             .deadline(Duration::from_millis(config.deadline_ms));
         let builder = match config.redis {
-            Some(backend) => {
-                // `Debug` shows the address, never the password.
-                println!("backend: {backend:?}");
+            Some((url, backend)) => {
+                println!("backend: redis at {}", env::without_password(&url));
                 builder.backend(backend)
             }
             None => {

@@ -170,7 +170,7 @@ fn with_tls(
 /// (`redis://app:***@host:6379`), for the line that names the backend.
 /// Example-grade: a password belongs in the URL's user information, and a
 /// `/` in it must be percent-encoded.
-fn without_password(url: &str) -> String {
+pub fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
