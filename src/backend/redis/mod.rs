@@ -404,7 +404,7 @@ impl RedisBackendBuilder {
     ///
     /// Besides the prefix, the URLs and the TLS files, settings that would
     /// be ignored for the URLs given are errors: TLS certificates without a
-    /// `rediss://` URL ([`ConfigError::Tls`]), [`master_url`](Self::master_url)
+    /// `rediss://` URL ([`ConfigError::Tls`]), `master_url`
     /// outside Sentinel ([`ConfigError::MasterUrlWithoutSentinel`]), a
     /// database other than 0 in a cluster node's URL, and a Unix socket as
     /// Sentinel's `master_url` ([`ConfigError::RedisUrl`]).
