@@ -4,15 +4,16 @@
 //! hold exactly: never one admission more, never one less.
 
 use std::sync::Arc;
+#[cfg(feature = "test-util")]
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::Barrier;
 #[cfg(feature = "test-util")]
+use tower_redis_ratelimit::MemoryBackend;
+#[cfg(feature = "test-util")]
 use tower_redis_ratelimit::clock::FakeClock;
-use tower_redis_ratelimit::{
-    Algorithm, Backend, Decision, Key, MemoryBackend, Policy, Quota, RedisBackend,
-};
+use tower_redis_ratelimit::{Algorithm, Backend, Decision, Key, Policy, Quota, RedisBackend};
 
 use crate::support;
 
