@@ -32,7 +32,7 @@ fn policy(alg: Algorithm) -> Policy {
     // Large enough never to deny during a bench run: keys rotate over 1024
     // clients, so each sees a few thousand requests per second at most.
     let limit = match alg {
-        Algorithm::SlidingLog => tower_redis_ratelimit::MAX_LOG_LIMIT,
+        Algorithm::SlidingLog => tower_redis_ratelimit::Quota::MAX_LOG_LIMIT,
         _ => 1_000_000_000,
     };
     Policy::new("bench")

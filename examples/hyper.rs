@@ -23,13 +23,16 @@ mod env;
 #[path = "common/hyper_app.rs"]
 mod hyper_app;
 
-use tower_redis_ratelimit::DEFAULT_DEADLINE;
+use tower_redis_ratelimit::RateLimitLayerBuilder;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     env::init_tracing();
 
-    let limits = hyper_app::limits(env::backend_from_env()?, DEFAULT_DEADLINE)?;
+    let limits = hyper_app::limits(
+        env::backend_from_env()?,
+        RateLimitLayerBuilder::DEFAULT_DEADLINE,
+    )?;
 
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3001".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;

@@ -32,12 +32,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use http::HeaderName;
-use tower_redis_ratelimit::backend::redact_url;
 use tower_redis_ratelimit::key::{Header, PeerIp};
 use tower_redis_ratelimit::{
-    Algorithm, HeaderStyle, MAX_LIMIT, MAX_WINDOW, MemoryBackend, Policy, Quota, RateLimitLayer,
-    RedisBackend,
+    Algorithm, HeaderStyle, MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend,
 };
+
+// Only for `without_password`: the URLs this server prints are masked as
+// the other examples mask theirs.
+#[path = "common/env.rs"]
+mod env;
 
 #[derive(Debug)]
 enum KeyKind {
@@ -129,15 +132,18 @@ fn config() -> Result<Config, String> {
                 let backend = RedisBackend::builder(&url)
                     .batch(int("BATCH", 64, 1, 1024)? as usize)
                     .build()
-                    .map_err(|e| format!("REDIS_URL={:?} is invalid: {e}", redact_url(&url)))?;
+                    .map_err(|e| {
+                        let url = env::without_password(&url);
+                        format!("REDIS_URL={url:?} is invalid: {e}")
+                    })?;
                 Some((url, backend))
             }
         },
         workers: int("WORKERS", 1, 1, 1024)? as usize,
         key,
         algorithm,
-        limit: int("LIMIT", 100, 1, MAX_LIMIT)?,
-        window_secs: int("WINDOW_SECS", 60, 1, MAX_WINDOW.as_secs())?,
+        limit: int("LIMIT", 100, 1, Quota::MAX_LIMIT)?,
+        window_secs: int("WINDOW_SECS", 60, 1, Quota::MAX_WINDOW.as_secs())?,
         deadline_ms: int("DEADLINE_MS", 50, 1, 60_000)?,
         headers,
         limiter,
@@ -181,7 +187,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             .deadline(Duration::from_millis(config.deadline_ms));
         let builder = match config.redis {
             Some((url, backend)) => {
-                println!("backend: redis at {}", redact_url(&url));
+                println!("backend: redis at {}", env::without_password(&url));
                 builder.backend(backend)
             }
             None => {

@@ -22,14 +22,18 @@ mod env;
 #[path = "common/greeter.rs"]
 mod greeter;
 
-use tower_redis_ratelimit::DEFAULT_DEADLINE;
+use tower_redis_ratelimit::RateLimitLayerBuilder;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     env::init_tracing();
 
     let policy = greeter::say_hello_policy();
-    let limits = greeter::limits(env::backend_from_env()?, policy, DEFAULT_DEADLINE)?;
+    let limits = greeter::limits(
+        env::backend_from_env()?,
+        policy,
+        RateLimitLayerBuilder::DEFAULT_DEADLINE,
+    )?;
 
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:50051".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;

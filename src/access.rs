@@ -27,23 +27,26 @@ use crate::key::{Key, KeyExtractor, canonical, normalize_network, parse_network}
 ///   the key extractor makes it: an API key as sent, an IPv4 address as
 ///   written, an IPv6 client as its /64 such as `2001:db8:1:2::/64`).
 ///
+/// A network that does not parse is reported by the layer's
+/// [`build`](crate::RateLimitLayerBuilder::build), with every other
+/// configuration mistake, not where it is added.
+///
 /// ```
 /// use tower_redis_ratelimit::{AccessList, Policy};
 ///
-/// # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
 /// let policy = Policy::default_api()
 ///     // Our monitoring and the batch job's key are never limited...
-///     .allow(AccessList::new().networks(["10.20.0.0/16"])?.keys(["batch-job"]))
+///     .allow(AccessList::new().networks(["10.20.0.0/16"]).keys(["batch-job"]))
 ///     // ...and this network is always refused (403), without asking Redis.
-///     .deny(AccessList::new().networks(["203.0.113.0/24", "2001:db8:bad::/48"])?);
+///     .deny(AccessList::new().networks(["203.0.113.0/24", "2001:db8:bad::/48"]));
 /// # let _ = policy;
-/// # Ok(())
-/// # }
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AccessList {
     networks: Vec<IpNet>,
     keys: HashSet<Key>,
+    /// The first network that could not be used, reported at build time.
+    invalid: Option<ConfigError>,
 }
 
 /// Shows the networks and the number of keys (keys are API keys: secrets).
@@ -52,6 +55,7 @@ impl fmt::Debug for AccessList {
         f.debug_struct("AccessList")
             .field("networks", &self.networks)
             .field("keys", &self.keys.len())
+            .field("invalid", &self.invalid)
             .finish()
     }
 }
@@ -64,37 +68,52 @@ impl AccessList {
 
     /// Adds IP networks (CIDR such as `10.0.0.0/8`, or single addresses).
     ///
-    /// # Errors
-    ///
-    /// [`ConfigError::InvalidNetwork`] for text that is neither a network
-    /// nor an address, [`ConfigError::MappedNetworkTooWide`] for an
-    /// IPv4-mapped network wider than /96 (as for
-    /// [`ClientIp::trust_proxies`](crate::key::ClientIp::trust_proxies)).
-    pub fn networks<I, S>(mut self, networks: I) -> Result<Self, ConfigError>
+    /// Text that is neither a network nor an address
+    /// ([`ConfigError::InvalidNetwork`]), or an IPv4-mapped network wider
+    /// than /96 ([`ConfigError::MappedNetworkTooWide`], as for
+    /// [`ClientIp::trust_proxies`](crate::key::ClientIp::trust_proxies)),
+    /// makes the layer's [`build`](crate::RateLimitLayerBuilder::build) fail
+    /// with that error; such an entry matches nothing.
+    #[must_use]
+    pub fn networks<I, S>(mut self, networks: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         for net in networks {
-            self.networks.push(parse_network(net.as_ref())?);
+            let parsed = parse_network(net.as_ref());
+            self.add(parsed);
         }
-        Ok(self)
+        self
     }
 
-    /// Adds already parsed IP networks.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::MappedNetworkTooWide`], as for [`networks`](Self::networks).
-    pub fn ip_networks(
-        mut self,
-        networks: impl IntoIterator<Item = IpNet>,
-    ) -> Result<Self, ConfigError> {
+    /// Adds already parsed IP networks. An IPv4-mapped network wider than
+    /// /96 makes the layer's [`build`](crate::RateLimitLayerBuilder::build)
+    /// fail with [`ConfigError::MappedNetworkTooWide`], as for
+    /// [`networks`](Self::networks).
+    #[must_use]
+    pub fn ip_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         for net in networks {
-            self.networks
-                .push(normalize_network(net, &net.to_string())?);
+            let normalized = normalize_network(net, &net.to_string());
+            self.add(normalized);
         }
-        Ok(self)
+        self
+    }
+
+    /// Keeps a network, or the first error for the build to report.
+    fn add(&mut self, network: Result<IpNet, ConfigError>) {
+        match network {
+            Ok(network) => self.networks.push(network),
+            Err(error) => {
+                self.invalid.get_or_insert(error);
+            }
+        }
+    }
+
+    /// The first network that could not be used, if any: the error the
+    /// layer's build reports.
+    pub(crate) fn error(&self) -> Option<&ConfigError> {
+        self.invalid.as_ref()
     }
 
     /// Adds client keys, each sanitised by [`Key::new`] as the built-in
@@ -113,9 +132,13 @@ impl AccessList {
     pub(crate) fn extend(&mut self, other: AccessList) {
         self.networks.extend(other.networks);
         self.keys.extend(other.keys);
+        if let Some(error) = other.invalid {
+            self.invalid.get_or_insert(error);
+        }
     }
 
-    /// Whether the list is empty.
+    /// Whether the list is empty (an entry that could not be used does not
+    /// count).
     pub fn is_empty(&self) -> bool {
         self.networks.is_empty() && self.keys.is_empty()
     }
@@ -211,9 +234,8 @@ mod tests {
         let l = lists(
             AccessList::new()
                 .networks(["10.0.0.0/8", "2001:db8::/32"])
-                .unwrap()
                 .keys(["batch"]),
-            AccessList::new().networks(["10.6.6.6"]).unwrap(),
+            AccessList::new().networks(["10.6.6.6"]),
         );
         let peer = PeerIp::new();
         let check = |p: &str| {
@@ -242,7 +264,7 @@ mod tests {
     #[test]
     fn forwarding_headers_count_only_behind_trusted_proxies() {
         let l = lists(
-            AccessList::new().networks(["192.0.2.0/24"]).unwrap(),
+            AccessList::new().networks(["192.0.2.0/24"]),
             AccessList::new(),
         );
         let spoof = [("x-forwarded-for", "192.0.2.1")];
@@ -251,7 +273,7 @@ mod tests {
         let parts = req("198.51.100.7:1", &spoof);
         let key = peer.extract(&parts).unwrap();
         assert_eq!(l.classify(&peer, &parts, &key), Access::Unlisted);
-        let direct = ClientIp::new().trust_proxies(["127.0.0.1"]).unwrap();
+        let direct = ClientIp::new().trust_proxies(["127.0.0.1"]);
         let key = direct.extract(&parts).unwrap();
         assert_eq!(l.classify(&direct, &parts, &key), Access::Unlisted);
         // Behind the trusted proxy, the proxy's entry is the client.
@@ -268,17 +290,30 @@ mod tests {
     }
 
     #[test]
-    fn invalid_networks_are_config_errors() {
+    fn invalid_networks_are_kept_for_the_build() {
+        let list = AccessList::new().networks(["10.0.0.0/8", "10.0.0.0/33", "nonsense"]);
+        // The first error is the one reported; the valid network is kept.
         assert_eq!(
-            AccessList::new().networks(["10.0.0.0/33"]),
-            Err(ConfigError::InvalidNetwork {
+            list.error(),
+            Some(&ConfigError::InvalidNetwork {
                 network: "10.0.0.0/33".into()
             })
         );
+        assert!(list.contains(&Key::new("x"), Some("10.1.2.3".parse().unwrap())));
         assert!(matches!(
-            AccessList::new().networks(["::ffff:0:0/95"]),
-            Err(ConfigError::MappedNetworkTooWide { .. })
+            AccessList::new().networks(["::ffff:0:0/95"]).error(),
+            Some(ConfigError::MappedNetworkTooWide { .. })
         ));
+        let mapped = "::ffff:0:0/95".parse::<IpNet>().unwrap();
+        assert!(matches!(
+            AccessList::new().ip_networks([mapped]).error(),
+            Some(ConfigError::MappedNetworkTooWide { .. })
+        ));
+        // Merged lists (`Policy::allow` twice) keep the error.
+        let mut merged = AccessList::new().keys(["k"]);
+        merged.extend(list);
+        assert!(merged.error().is_some());
+        assert_eq!(AccessList::new().networks(["10.0.0.0/8"]).error(), None);
         let debug = format!("{:?}", AccessList::new().keys(["secret-api-key"]));
         assert!(!debug.contains("secret"), "{debug}");
     }

@@ -1,13 +1,16 @@
 //! Time sources: the one clock abstraction of the crate, used by the
 //! in-process backend, the circuit breaker and the blocked-client cache (each
-//! testable with [`FakeClock`] instead of sleeping).
+//! testable with a fake clock instead of sleeping: `FakeClock`, with the
+//! feature `test-util`).
 //!
 //! The Redis backend always uses the Redis server's clock (`TIME` inside the
 //! script), so that application servers with skewed clocks agree.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::LazyLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+#[cfg(any(test, feature = "test-util"))]
+pub use self::fake::FakeClock;
 
 /// A source of the current time in microseconds since some fixed origin.
 pub trait Clock: Send + Sync + 'static {
@@ -40,38 +43,50 @@ impl Clock for MonotonicClock {
     }
 }
 
-/// A clock that moves only when told to; clones share the same time.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_redis_ratelimit::clock::{Clock, FakeClock};
-///
-/// let clock = FakeClock::new(1_000);
-/// clock.advance(Duration::from_millis(2));
-/// assert_eq!(clock.now_micros(), 3_000);
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct FakeClock(Arc<AtomicU64>);
+#[cfg(any(test, feature = "test-util"))]
+mod fake {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
 
-impl FakeClock {
-    /// A clock reading `start_micros`.
-    pub fn new(start_micros: u64) -> Self {
-        Self(Arc::new(AtomicU64::new(start_micros)))
+    use super::Clock;
+
+    /// A clock that moves only when told to; clones share the same time
+    /// (feature `test-util`: test machinery, for your own tests of a layer on
+    /// a [`MemoryBackend`](crate::MemoryBackend)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_redis_ratelimit::clock::{Clock, FakeClock};
+    ///
+    /// let clock = FakeClock::new(1_000);
+    /// clock.advance(Duration::from_millis(2));
+    /// assert_eq!(clock.now_micros(), 3_000);
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    #[derive(Debug, Clone, Default)]
+    pub struct FakeClock(Arc<AtomicU64>);
+
+    impl FakeClock {
+        /// A clock reading `start_micros`.
+        pub fn new(start_micros: u64) -> Self {
+            Self(Arc::new(AtomicU64::new(start_micros)))
+        }
+
+        /// Moves the clock forward.
+        pub fn advance(&self, by: Duration) {
+            self.0.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+        }
+
+        /// Sets the clock.
+        pub fn set(&self, micros: u64) {
+            self.0.store(micros, Ordering::SeqCst);
+        }
     }
 
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
-    }
-
-    /// Sets the clock.
-    pub fn set(&self, micros: u64) {
-        self.0.store(micros, Ordering::SeqCst);
-    }
-}
-
-impl Clock for FakeClock {
-    fn now_micros(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+    impl Clock for FakeClock {
+        fn now_micros(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
     }
 }

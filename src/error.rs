@@ -239,7 +239,7 @@ pub enum PolicyError {
     },
     /// A fixed cost above the policy's max cost (set with
     /// [`Policy::max_cost`](crate::Policy::max_cost), or the sliding log's
-    /// default [`DEFAULT_MAX_LOG_COST`](crate::DEFAULT_MAX_LOG_COST)).
+    /// default [`Policy::DEFAULT_MAX_LOG_COST`](crate::Policy::DEFAULT_MAX_LOG_COST)).
     #[error(
         "policy `{policy}`: cost {cost} is above its max cost of {max_cost} per request; \
          raise it with `Policy::max_cost` (up to the policy's smallest limit)"
@@ -469,12 +469,20 @@ impl std::error::Error for FileError {
 /// [`crate::FailureMode`] instead. It is public so that custom [`crate::Backend`]s
 /// can report failures, and [`crate::Admin`] calls return it (as
 /// [`AdminError::Backend`](crate::AdminError::Backend)).
+///
+/// No variant names a type of another crate: the cause of a
+/// [`Connection`](Self::Connection) error (for [`RedisBackend`](crate::RedisBackend),
+/// redis-rs' error) is reachable through [`std::error::Error::source`], and
+/// can be downcast there.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    /// The Redis command failed (connection refused or lost, server error...).
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    /// The call to the backend's server failed: a connection refused, lost
+    /// or timed out, or an error of the server as a whole (Redis: `LOADING`,
+    /// `READONLY`, `NOPERM`...). The circuit breaker counts it. The cause is
+    /// this error's [`source`](std::error::Error::source).
+    #[error("connection: {0}")]
+    Connection(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend answered with something the crate does not understand.
     #[error("unexpected backend reply: {0}")]
     Protocol(String),

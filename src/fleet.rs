@@ -107,8 +107,8 @@ mod tests {
         assert_eq!(share(5, n(8)), 1, "never 0");
         assert_eq!(share(1, n(u32::MAX)), 1);
         assert_eq!(
-            share(crate::quota::MAX_LIMIT, n(1)),
-            crate::quota::MAX_LIMIT
+            share(crate::Quota::MAX_LIMIT, n(1)),
+            crate::Quota::MAX_LIMIT
         );
         // The fleet's total stays within one unit per instance of the limit.
         for limit in 1..200 {

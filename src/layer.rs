@@ -19,17 +19,6 @@ use crate::response::{DefaultRejection, Rejection};
 use crate::routes::{Action, RouteTable, Rule, tightest_rate};
 use crate::service::RateLimitService;
 
-/// The default capacity of the blocked-client cache.
-pub const DEFAULT_BLOCKED_CAPACITY: usize = 10_000;
-
-/// The default longest time an instance denies a client from its
-/// blocked-client cache without asking the backend again (see
-/// [`RateLimitLayerBuilder::blocked_cache_max_age`]).
-pub const DEFAULT_BLOCKED_MAX_AGE: Duration = Duration::from_secs(1);
-
-/// The default deadline for one backend decision.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(50);
-
 /// Applies rate limiting to a service: `.layer(layer)` in axum, tonic or tower.
 ///
 /// Built with [`RateLimitLayer::builder`]; cloning is cheap (one `Arc`).
@@ -183,12 +172,12 @@ impl Default for RateLimitLayerBuilder {
             backend: None,
             default: None,
             rules: Vec::new(),
-            deadline: DEFAULT_DEADLINE,
+            deadline: Self::DEFAULT_DEADLINE,
             style: HeaderStyle::default(),
             case_insensitive: false,
             breaker: CircuitBreaker::new(),
-            blocked_capacity: DEFAULT_BLOCKED_CAPACITY,
-            blocked_max_age: DEFAULT_BLOCKED_MAX_AGE,
+            blocked_capacity: Self::DEFAULT_BLOCKED_CAPACITY,
+            blocked_max_age: Self::DEFAULT_BLOCKED_MAX_AGE,
         }
     }
 }
@@ -204,6 +193,18 @@ impl fmt::Debug for RateLimitLayerBuilder {
 }
 
 impl RateLimitLayerBuilder {
+    /// The default [deadline](Self::deadline) for one backend decision: 50 ms.
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(50);
+
+    /// The default [capacity of the blocked-client cache](Self::blocked_cache):
+    /// 10 000 clients.
+    pub const DEFAULT_BLOCKED_CAPACITY: usize = 10_000;
+
+    /// The default [longest time](Self::blocked_cache_max_age) an instance
+    /// denies a client from its blocked-client cache without asking the
+    /// backend again: 1 s.
+    pub const DEFAULT_BLOCKED_MAX_AGE: Duration = Duration::from_secs(1);
+
     /// Where counters live (default: a fresh [`MemoryBackend`]).
     pub fn backend(mut self, backend: impl Backend) -> Self {
         self.backend = Some(Arc::new(backend));
@@ -254,7 +255,8 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// The longest a request waits for the backend (default 50 ms); past it the
+    /// The longest a request waits for the backend (default
+    /// [`DEFAULT_DEADLINE`](Self::DEFAULT_DEADLINE), 50 ms); past it the
     /// policy's [`FailureMode`](crate::FailureMode) applies.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;

@@ -132,7 +132,8 @@ mod sharded;
 pub use crate::access::AccessList;
 pub use crate::admin::{Admin, AdminError};
 pub use crate::backend::{
-    Backend, CheckFuture, MemoryBackend, RedisBackend, RedisBackendBuilder, ResetFuture,
+    Backend, CheckFuture, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
+    ResetFuture,
 };
 pub use crate::breaker::CircuitBreaker;
 #[cfg(feature = "serde")]
@@ -143,50 +144,12 @@ pub use crate::error::{BackendError, ConfigError, FileError, PolicyError, RouteE
 pub use crate::future::ResponseFuture;
 pub use crate::headers::HeaderStyle;
 pub use crate::key::{Key, KeyExtractor};
-pub use crate::layer::{
-    DEFAULT_BLOCKED_CAPACITY, DEFAULT_BLOCKED_MAX_AGE, DEFAULT_DEADLINE, RateLimitLayer,
-    RateLimitLayerBuilder,
-};
-pub use crate::policy::{
-    Algorithm, DEFAULT_MAX_LOG_COST, FailureMode, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW,
-    MissingKey, Policy, Quota,
-};
+pub use crate::layer::{RateLimitLayer, RateLimitLayerBuilder};
+pub use crate::policy::{Algorithm, FailureMode, MissingKey, Policy, Quota};
 pub use crate::response::{DefaultRejection, GrpcRejection, OnRejection, ProblemJson, Rejection};
 pub use crate::service::RateLimitService;
 /// The `http` crate, whose types the API uses (`Request`, `Response`,
-/// `HeaderMap`, `Method`...): no need to add it to your own dependencies.
+/// `HeaderMap`, `Method`, and `http::request::Parts`, the request head that
+/// key extractors, cost functions and rejections read): no need to add it to
+/// your own dependencies.
 pub use http;
-/// The request head, the argument of key extractors, cost functions and
-/// rejections (`Policy::key_fn(|parts| ..)`): `http::request::Parts`.
-pub use http::request::Parts;
-
-// Exists only so `benches/blocked.rs` can reach the blocked cache: not API.
-#[doc(hidden)]
-pub mod __bench {
-    use crate::{Decision, Key};
-
-    /// One policy's blocked-client cache, for benches only.
-    #[derive(Debug)]
-    pub struct BlockedClients(crate::blocked::BlockedClients);
-
-    impl BlockedClients {
-        /// A cache of about `capacity` clients, entries kept until their
-        /// retry time.
-        pub fn new(capacity: usize) -> Self {
-            Self(crate::blocked::BlockedClients::new(
-                capacity,
-                std::time::Duration::MAX,
-            ))
-        }
-
-        /// The denial to repeat for this request, if any.
-        pub fn get(&self, key: &Key, cost: u64) -> Option<Decision> {
-            self.0.get(key, cost)
-        }
-
-        /// Remembers a denial.
-        pub fn insert(&self, key: &Key, cost: u64, decision: &Decision) {
-            self.0.insert(key, cost, decision)
-        }
-    }
-}

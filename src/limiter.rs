@@ -39,7 +39,7 @@ use crate::headers::{HeaderStyle, PolicyHeaders, set_retry_after};
 use crate::key::Key;
 use crate::metrics::{DecisionOutcome, KeyHash, PolicyMetrics, Source};
 use crate::policy::Policy;
-use crate::quota::MAX_LIMIT;
+use crate::quota::Quota;
 use crate::response::{OnRejection, Rejection};
 use crate::routes::{Action, RouteTable};
 
@@ -66,7 +66,7 @@ impl CompiledPolicy {
     fn new(policy: Policy, blocked_capacity: usize, blocked_max_age: Duration) -> Self {
         Self {
             headers: PolicyHeaders::new(&policy),
-            max_cost: policy.effective_max_cost().unwrap_or(MAX_LIMIT),
+            max_cost: policy.effective_max_cost().unwrap_or(Quota::MAX_LIMIT),
             blocked: BlockedClients::new(blocked_capacity, blocked_max_age),
             metrics: PolicyMetrics::new(policy.name()),
             tiers: Vec::new(),
@@ -250,7 +250,7 @@ impl Limiter {
         // A cost above the max cost can never be admitted; refusing it here
         // keeps one request from making the backend work in proportion to its
         // cost (the sliding log stores one entry per unit). The max cost is at
-        // most `MAX_LIMIT`, which keeps the arithmetic far from overflow
+        // most `Quota::MAX_LIMIT`, which keeps the arithmetic far from overflow
         // whatever a cost function returns.
         let cost = policy.cost_for(parts);
         if cost > compiled.max_cost {

@@ -12,9 +12,7 @@ use crate::error::{ConfigError, PolicyError};
 pub use crate::failure::FailureMode;
 use crate::key::{Key, KeyExtractor, PeerIp};
 
-pub use crate::quota::{
-    DEFAULT_MAX_LOG_COST, MAX_LIMIT, MAX_LOG_LIMIT, MAX_WINDOW, MIN_WINDOW, Quota,
-};
+pub use crate::quota::Quota;
 
 pub use crate::algorithm::Algorithm;
 
@@ -131,6 +129,18 @@ impl fmt::Debug for Policy {
 }
 
 impl Policy {
+    /// The default [max cost](Self::max_cost) of an
+    /// [`Algorithm::SlidingLog`] policy (or its smallest limit, if lower):
+    /// the most units one request may cost.
+    ///
+    /// The sliding log stores one sorted-set member per admitted unit, so
+    /// the Redis time of one admission grows with its cost (a few
+    /// microseconds per unit: tens of milliseconds for a cost of 10 000),
+    /// and Redis answers nobody else meanwhile: one costly request could
+    /// push every other decision past the layer's deadline. 1 000 units
+    /// keep one decision to a few milliseconds.
+    pub const DEFAULT_MAX_LOG_COST: u64 = crate::quota::DEFAULT_MAX_LOG_COST;
+
     /// A policy with no quota yet (add at least one with [`Policy::quota`]),
     /// the sliding window counter, the peer IP as key, cost 1 and
     /// [`FailureMode::Open`].
@@ -203,7 +213,7 @@ impl Policy {
 
     /// Sets a closure as the key extractor, like [`Policy::key`], with its
     /// argument type inferred: `.key_fn(|parts| ...)` compiles where
-    /// `.key(|parts| ...)` needs `|parts: &Parts|`.
+    /// `.key(|parts| ...)` needs `|parts: &http::request::Parts|`.
     #[must_use]
     pub fn key_fn<F>(self, f: F) -> Self
     where
@@ -251,7 +261,7 @@ impl Policy {
     ///
     /// Defaults:
     ///
-    /// - [`Algorithm::SlidingLog`]: [`DEFAULT_MAX_LOG_COST`] (1 000), or the
+    /// - [`Algorithm::SlidingLog`]: [`DEFAULT_MAX_LOG_COST`](Self::DEFAULT_MAX_LOG_COST) (1 000), or the
     ///   smallest limit if lower. The log stores one entry per admitted unit,
     ///   so one admission costs Redis time proportional to its cost (tens of
     ///   milliseconds for 10 000), during which every other decision waits.
@@ -589,7 +599,7 @@ impl Policy {
     /// The largest cost one request may have: the [max cost](Policy::max_cost)
     /// if set, else the smallest limit of the policy's quotas (a costlier
     /// request could never be admitted), and for [`Algorithm::SlidingLog`] at
-    /// most [`DEFAULT_MAX_LOG_COST`]. `None` only for a policy without quotas
+    /// most [`DEFAULT_MAX_LOG_COST`](Self::DEFAULT_MAX_LOG_COST). `None` only for a policy without quotas
     /// (which the layer refuses to build).
     pub fn effective_max_cost(&self) -> Option<u64> {
         match self.inner.max_cost {
@@ -678,6 +688,12 @@ impl Policy {
             self.check_tier(index)?;
         }
         self.check_tier_keys()?;
+        self.inner.key.validate()?;
+        for list in [&self.inner.access.allow, &self.inner.access.deny] {
+            if let Some(error) = list.error() {
+                return Err(error.clone());
+            }
+        }
         for tier in self.tier_policies() {
             tier.validate()?;
         }
@@ -731,7 +747,7 @@ impl Policy {
             .into());
         }
         let window = q.window();
-        if window < MIN_WINDOW {
+        if window < Quota::MIN_WINDOW {
             return Err(PolicyError::WindowTooShort {
                 policy,
                 index,
@@ -739,7 +755,7 @@ impl Policy {
             }
             .into());
         }
-        if window > MAX_WINDOW {
+        if window > Quota::MAX_WINDOW {
             return Err(PolicyError::WindowTooLong {
                 policy,
                 index,
@@ -907,7 +923,7 @@ mod tests {
                 "one-year",
             ),
             (
-                Policy::new("x").quota(Quota::per_second(MAX_LIMIT + 1)),
+                Policy::new("x").quota(Quota::per_second(Quota::MAX_LIMIT + 1)),
                 "maximum",
             ),
             (
@@ -950,7 +966,10 @@ mod tests {
                 .quota(Quota::per_hour(limit))
                 .algorithm(Algorithm::SlidingLog)
         };
-        assert_eq!(log(10_000).effective_max_cost(), Some(DEFAULT_MAX_LOG_COST));
+        assert_eq!(
+            log(10_000).effective_max_cost(),
+            Some(Policy::DEFAULT_MAX_LOG_COST)
+        );
         assert_eq!(log(1_000).effective_max_cost(), Some(1_000));
         assert_eq!(Policy::auth().effective_max_cost(), Some(5));
         assert_eq!(
@@ -977,13 +996,13 @@ mod tests {
             log(10_000),
             log(10_000).max_cost(10_000).cost(10_000),
             log(10_000).max_cost(1),
-            log(10_000).cost(DEFAULT_MAX_LOG_COST),
+            log(10_000).cost(Policy::DEFAULT_MAX_LOG_COST),
             log(3).cost(3),
             Policy::default_api().cost(100),
             Policy::default_api().max_cost(100).cost(100),
             Policy::new("w")
-                .quota(Quota::per_hour(MAX_LIMIT))
-                .cost(MAX_LIMIT),
+                .quota(Quota::per_hour(Quota::MAX_LIMIT))
+                .cost(Quota::MAX_LIMIT),
         ] {
             valid
                 .validate()

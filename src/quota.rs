@@ -3,28 +3,10 @@
 
 use std::time::Duration;
 
-/// The largest limit a quota may have.
-pub const MAX_LIMIT: u64 = 1_000_000_000;
-/// The largest limit of a quota counted with [`Algorithm::SlidingLog`](crate::Algorithm::SlidingLog), which
-/// stores one entry per admitted unit: 10 000 entries are about 1.2 MB in Redis
-/// and one admission of that cost takes tens of milliseconds (hence the
-/// [`DEFAULT_MAX_LOG_COST`] per request). Use
-/// [`Algorithm::SlidingWindow`](crate::Algorithm::SlidingWindow) (O(1) per client) for larger limits.
-pub const MAX_LOG_LIMIT: u64 = 10_000;
-/// The default [max cost](crate::Policy::max_cost) of an [`Algorithm::SlidingLog`](crate::Algorithm::SlidingLog)
-/// policy (or its smallest limit, if lower): the most units one request may
-/// cost.
-///
-/// The sliding log stores one sorted-set member per admitted unit, so the
-/// Redis time of one admission grows with its cost (a few microseconds per
-/// unit: tens of milliseconds for a cost of 10 000), and Redis answers nobody
-/// else meanwhile: one costly request could push every other decision past
-/// the layer's deadline. 1 000 units keep one decision to a few milliseconds.
-pub const DEFAULT_MAX_LOG_COST: u64 = 1_000;
-/// The longest window a quota may have (365 days).
-pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The shortest window a quota may have.
-pub const MIN_WINDOW: Duration = Duration::from_millis(1);
+/// The sliding log's default max cost per request: public as
+/// [`Policy::DEFAULT_MAX_LOG_COST`](crate::Policy::DEFAULT_MAX_LOG_COST)
+/// (kept here so that the algorithms, below the policy, read it too).
+pub(crate) const DEFAULT_MAX_LOG_COST: u64 = 1_000;
 
 /// A limit per window: at most `limit` units in any window of length `window`.
 ///
@@ -43,6 +25,25 @@ pub struct Quota {
 }
 
 impl Quota {
+    /// The largest limit a quota may have.
+    pub const MAX_LIMIT: u64 = 1_000_000_000;
+
+    /// The largest limit of a quota counted with
+    /// [`Algorithm::SlidingLog`](crate::Algorithm::SlidingLog), which stores
+    /// one entry per admitted unit: 10 000 entries are about 1.2 MB in Redis
+    /// and one admission of that cost takes tens of milliseconds (hence the
+    /// [`Policy::DEFAULT_MAX_LOG_COST`](crate::Policy::DEFAULT_MAX_LOG_COST)
+    /// per request). Use
+    /// [`Algorithm::SlidingWindow`](crate::Algorithm::SlidingWindow) (O(1)
+    /// per client) for larger limits.
+    pub const MAX_LOG_LIMIT: u64 = 10_000;
+
+    /// The shortest window a quota may have.
+    pub const MIN_WINDOW: Duration = Duration::from_millis(1);
+
+    /// The longest window a quota may have (365 days).
+    pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
+
     /// `limit` units per `window`. Checked when the layer is built.
     pub const fn new(limit: u64, window: Duration) -> Self {
         Self { limit, window }

@@ -20,7 +20,6 @@
 use std::error::Error;
 use std::sync::Arc;
 
-use tower_redis_ratelimit::backend::redact_url;
 use tower_redis_ratelimit::{Backend, MemoryBackend, RedisBackend, RedisBackendBuilder};
 
 /// A backend and how to show it (passwords hidden).
@@ -77,14 +76,14 @@ pub fn redis_from(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Chosen>
             .collect()
     };
     let shown = |urls: &[String]| -> String {
-        let urls: Vec<_> = urls.iter().map(|u| redact_url(u)).collect();
+        let urls: Vec<_> = urls.iter().map(|u| without_password(u)).collect();
         urls.join(", ")
     };
     // Without the cluster and sentinel features, only REDIS_URL is read.
     let _ = (&split, &shown);
     let (builder, what, var) = match (url, cluster, sentinel) {
         (Some(url), _, _) => {
-            let what = format!("redis at {}", redact_url(&url));
+            let what = format!("redis at {}", without_password(&url));
             (RedisBackend::builder(url), what, "REDIS_URL")
         }
         #[cfg(feature = "cluster")]
@@ -110,7 +109,7 @@ pub fn redis_from(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Chosen>
                 shown(&sentinels)
             );
             if let Some(master_url) = env("REDIS_SENTINEL_MASTER_URL") {
-                what.push_str(&format!(" ({})", redact_url(&master_url)));
+                what.push_str(&format!(" ({})", without_password(&master_url)));
                 builder = builder.master_url(master_url);
             }
             (builder, what, "REDIS_SENTINEL")
@@ -165,4 +164,22 @@ fn with_tls(
         _ => return Err("set both REDIS_CLIENT_CERT and REDIS_CLIENT_KEY, or neither".into()),
     }
     Ok((builder, shown))
+}
+
+/// `url` with the password of its user information masked
+/// (`redis://app:***@host:6379`), for the line that names the backend.
+/// Example-grade: a password belongs in the URL's user information, and a
+/// `/` in it must be percent-encoded.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    match authority[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }

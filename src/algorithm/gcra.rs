@@ -41,7 +41,7 @@
 //!   fits, and reports one window, as the other algorithms do.
 
 use super::{Model, Spec, Usage};
-use crate::quota::MAX_LIMIT;
+use crate::quota::Quota;
 
 /// What backends need to know about GCRA.
 pub(super) const SPEC: Spec = Spec {
@@ -49,7 +49,7 @@ pub(super) const SPEC: Spec = Spec {
     lua: concat!(include_str!("gcra.lua"), include_str!("state_main.lua")),
     peek_lua: include_str!("gcra_peek.lua"),
     nonce: false,
-    max_limit: MAX_LIMIT,
+    max_limit: Quota::MAX_LIMIT,
     // Same work whatever the cost.
     max_cost_cap: None,
 };

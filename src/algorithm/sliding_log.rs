@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use super::{Model, Spec, Usage};
-use crate::quota::{DEFAULT_MAX_LOG_COST, MAX_LOG_LIMIT};
+use crate::quota::{self, Quota};
 
 /// What backends need to know about the sliding log.
 pub(super) const SPEC: Spec = Spec {
@@ -26,8 +26,8 @@ pub(super) const SPEC: Spec = Spec {
     ),
     // Sorted-set members must be unique per admitted unit across instances.
     nonce: true,
-    max_limit: MAX_LOG_LIMIT,
-    max_cost_cap: Some(DEFAULT_MAX_LOG_COST),
+    max_limit: Quota::MAX_LOG_LIMIT,
+    max_cost_cap: Some(quota::DEFAULT_MAX_LOG_COST),
 };
 
 /// The state of one quota: one weighted entry per admitted request (its

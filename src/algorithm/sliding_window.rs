@@ -8,7 +8,7 @@
 //! with one `SET .. PX`. `sliding_window_peek.lua` translates [`Model::peek`].
 
 use super::{Model, Spec, Usage};
-use crate::quota::MAX_LIMIT;
+use crate::quota::Quota;
 
 /// What backends need to know about the sliding window counter.
 pub(super) const SPEC: Spec = Spec {
@@ -21,7 +21,7 @@ pub(super) const SPEC: Spec = Spec {
     ),
     peek_lua: include_str!("sliding_window_peek.lua"),
     nonce: false,
-    max_limit: MAX_LIMIT,
+    max_limit: Quota::MAX_LIMIT,
     // The counter does the same work whatever the cost.
     max_cost_cap: None,
 };

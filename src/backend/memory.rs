@@ -39,7 +39,7 @@ const ENTRY_BYTES: usize = size_of::<Entry>() + 1;
 ///   (64 MiB) of counting state, as the backend accounts it after every
 ///   decision ([`bytes`](Self::bytes)).
 ///
-/// Set both with [`with_bounds`](Self::with_bounds).
+/// Set either or both with [`MemoryBackend::builder`].
 ///
 /// # What one client costs
 ///
@@ -272,6 +272,70 @@ impl Default for MemoryBackend {
     }
 }
 
+/// Configures a [`MemoryBackend`]: made by [`MemoryBackend::builder`]. Nothing
+/// is checked until [`build`](Self::build).
+#[must_use]
+pub struct MemoryBackendBuilder {
+    clock: Box<dyn Clock>,
+    capacity: usize,
+    max_bytes: usize,
+}
+
+/// Shows the bounds (not the clock).
+impl std::fmt::Debug for MemoryBackendBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackendBuilder")
+            .field("capacity", &self.capacity)
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryBackendBuilder {
+    /// The clock (default: the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    /// Tracks at most about `capacity` `(policy, client)` pairs, rounded up
+    /// to a multiple of 16 (default
+    /// [`DEFAULT_CAPACITY`](MemoryBackend::DEFAULT_CAPACITY)).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Keeps at most about `max_bytes` bytes of counting state, rounded up to
+    /// a multiple of 16 (default
+    /// [`DEFAULT_MAX_BYTES`](MemoryBackend::DEFAULT_MAX_BYTES)). See
+    /// [`MemoryBackend`] for what a client costs.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Checks the bounds and builds the backend.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroCapacity`] if the capacity is zero,
+    /// [`ConfigError::ZeroByteBudget`] if the byte budget is.
+    pub fn build(self) -> Result<MemoryBackend, ConfigError> {
+        if self.capacity == 0 {
+            return Err(ConfigError::ZeroCapacity);
+        }
+        if self.max_bytes == 0 {
+            return Err(ConfigError::ZeroByteBudget);
+        }
+        Ok(MemoryBackend::assemble(
+            self.clock,
+            self.capacity,
+            self.max_bytes,
+        ))
+    }
+}
+
 impl MemoryBackend {
     /// The default capacity: this many tracked `(policy, client)` pairs.
     pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -283,56 +347,48 @@ impl MemoryBackend {
     /// A backend on the system clock with the default capacity and byte
     /// budget.
     pub fn new() -> Self {
-        Self::build(SystemClock, Self::DEFAULT_CAPACITY, Self::DEFAULT_MAX_BYTES)
+        Self::assemble(
+            Box::new(SystemClock),
+            Self::DEFAULT_CAPACITY,
+            Self::DEFAULT_MAX_BYTES,
+        )
     }
 
-    /// A backend on the given clock (e.g. a [`FakeClock`](crate::clock::FakeClock)
-    /// in tests), with the default capacity and byte budget.
+    /// A backend on the given clock (e.g. the fake clock of the feature
+    /// `test-util`, in tests), with the default capacity and byte budget.
     pub fn with_clock(clock: impl Clock) -> Self {
-        Self::build(clock, Self::DEFAULT_CAPACITY, Self::DEFAULT_MAX_BYTES)
+        Self::assemble(
+            Box::new(clock),
+            Self::DEFAULT_CAPACITY,
+            Self::DEFAULT_MAX_BYTES,
+        )
     }
 
-    /// A backend tracking at most about `capacity` `(policy, client)` pairs
-    /// (rounded up to a multiple of 16), with the default byte budget.
-    pub fn with_capacity(clock: impl Clock, capacity: usize) -> Result<Self, ConfigError> {
-        Self::with_bounds(clock, capacity, Self::DEFAULT_MAX_BYTES)
-    }
-
-    /// A backend tracking at most about `capacity` `(policy, client)` pairs
-    /// in at most about `max_bytes` bytes of counting state (each rounded up
-    /// to a multiple of 16). See [`MemoryBackend`] for what a client costs.
+    /// A builder, for other bounds than the default ones (or another clock).
     ///
     /// ```
     /// use tower_redis_ratelimit::MemoryBackend;
-    /// use tower_redis_ratelimit::clock::SystemClock;
     ///
     /// // Up to a million clients in 256 MiB.
-    /// let backend = MemoryBackend::with_bounds(SystemClock, 1_000_000, 256 << 20)?;
+    /// let backend = MemoryBackend::builder()
+    ///     .capacity(1_000_000)
+    ///     .max_bytes(256 << 20)
+    ///     .build()?;
+    /// # let _ = backend;
     /// # Ok::<(), tower_redis_ratelimit::ConfigError>(())
     /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::ZeroCapacity`] if `capacity` is zero,
-    /// [`ConfigError::ZeroByteBudget`] if `max_bytes` is.
-    pub fn with_bounds(
-        clock: impl Clock,
-        capacity: usize,
-        max_bytes: usize,
-    ) -> Result<Self, ConfigError> {
-        if capacity == 0 {
-            return Err(ConfigError::ZeroCapacity);
+    pub fn builder() -> MemoryBackendBuilder {
+        MemoryBackendBuilder {
+            clock: Box::new(SystemClock),
+            capacity: Self::DEFAULT_CAPACITY,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
         }
-        if max_bytes == 0 {
-            return Err(ConfigError::ZeroByteBudget);
-        }
-        Ok(Self::build(clock, capacity, max_bytes))
     }
 
-    fn build(clock: impl Clock, capacity: usize, max_bytes: usize) -> Self {
+    fn assemble(clock: Box<dyn Clock>, capacity: usize, max_bytes: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                clock: Box::new(clock),
+                clock,
                 shards: Sharded::new(SHARDS, Shard::default),
                 per_shard: capacity.div_ceil(SHARDS),
                 bytes_per_shard: max_bytes.div_ceil(SHARDS),
@@ -555,7 +611,11 @@ mod tests {
     #[test]
     fn capacity_bounds_memory_and_expiry_frees_it() {
         let clock = FakeClock::new(1_000_000_000);
-        let backend = MemoryBackend::with_capacity(clock.clone(), 64).unwrap();
+        let backend = MemoryBackend::builder()
+            .clock(clock.clone())
+            .capacity(64)
+            .build()
+            .unwrap();
         let policy = Policy::new("p").quota(Quota::per_second(1));
         for i in 0..10_000 {
             backend.decide_now(&policy, &Key::new(format!("c{i}")), 1);
@@ -568,7 +628,11 @@ mod tests {
         }
         assert!(backend.len() <= 64);
         assert_eq!(
-            MemoryBackend::with_capacity(clock, 0).unwrap_err(),
+            MemoryBackend::builder()
+                .clock(clock)
+                .capacity(0)
+                .build()
+                .unwrap_err(),
             ConfigError::ZeroCapacity
         );
     }
@@ -577,7 +641,11 @@ mod tests {
     fn a_full_backend_answers_new_keys_in_o1_and_stays_bounded() {
         let clock = FakeClock::new(1_000_000_000);
         let capacity = 1024;
-        let backend = MemoryBackend::with_capacity(clock.clone(), capacity).unwrap();
+        let backend = MemoryBackend::builder()
+            .clock(clock.clone())
+            .capacity(capacity)
+            .build()
+            .unwrap();
         let policy = Policy::new("p").quota(Quota::per_minute(2));
         // Fill it with live entries, then rotate through many more keys.
         for i in 0..capacity {
@@ -896,7 +964,11 @@ mod tests {
         assert!(!backend.decide_now(&policy, &key, 5_001).is_allowed());
         assert_eq!((backend.len(), backend.bytes()), (0, 0));
         // Sweeps free what they drop.
-        let backend = MemoryBackend::with_capacity(clock.clone(), 1024).unwrap();
+        let backend = MemoryBackend::builder()
+            .clock(clock.clone())
+            .capacity(1024)
+            .build()
+            .unwrap();
         let short = Policy::new("short").quota(Quota::per_second(1));
         for i in 0..5_000 {
             backend.decide_now(&short, &Key::new(format!("s{i}")), 1);
@@ -919,7 +991,12 @@ mod tests {
         // 4 KiB a shard: a few clients with small logs.
         let max_bytes = 64 << 10;
         let share = max_bytes / SHARDS;
-        let backend = MemoryBackend::with_bounds(clock.clone(), 100_000, max_bytes).unwrap();
+        let backend = MemoryBackend::builder()
+            .clock(clock.clone())
+            .capacity(100_000)
+            .max_bytes(max_bytes)
+            .build()
+            .unwrap();
         let policy = log_policy("log", 5_000);
         let keys: Vec<Key> = (0..300).map(|i| Key::new(format!("k{i}"))).collect();
         for round in 0..40 {
@@ -942,11 +1019,21 @@ mod tests {
         // them.
         assert!(backend.len() < keys.len(), "{}", backend.len());
         assert_eq!(
-            MemoryBackend::with_bounds(clock.clone(), 1, 0).unwrap_err(),
+            MemoryBackend::builder()
+                .clock(clock.clone())
+                .capacity(1)
+                .max_bytes(0)
+                .build()
+                .unwrap_err(),
             ConfigError::ZeroByteBudget
         );
         assert_eq!(
-            MemoryBackend::with_bounds(clock, 0, 1).unwrap_err(),
+            MemoryBackend::builder()
+                .clock(clock)
+                .capacity(0)
+                .max_bytes(1)
+                .build()
+                .unwrap_err(),
             ConfigError::ZeroCapacity
         );
     }
@@ -956,7 +1043,12 @@ mod tests {
         let clock = FakeClock::new(1_000_000_000);
         let max_bytes = 64 << 10;
         let share = max_bytes / SHARDS;
-        let backend = MemoryBackend::with_bounds(clock.clone(), 100_000, max_bytes).unwrap();
+        let backend = MemoryBackend::builder()
+            .clock(clock.clone())
+            .capacity(100_000)
+            .max_bytes(max_bytes)
+            .build()
+            .unwrap();
         let policy = log_policy("log", 5_000);
         let heavy = Key::new("heavy");
         let shard = backend.shard_of(&policy, &heavy);
@@ -1001,7 +1093,12 @@ mod tests {
         // 6 KiB a shard.
         let max_bytes = 96 << 10;
         let share = max_bytes / SHARDS;
-        let backend = MemoryBackend::with_bounds(clock.clone(), 100_000, max_bytes).unwrap();
+        let backend = MemoryBackend::builder()
+            .clock(clock.clone())
+            .capacity(100_000)
+            .max_bytes(max_bytes)
+            .build()
+            .unwrap();
         let policy = log_policy("log", 5_000);
         let short = Policy::new("short")
             .algorithm(Algorithm::SlidingLog)

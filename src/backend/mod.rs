@@ -5,8 +5,6 @@
 //! - [`MemoryBackend`]: in-process, the same algorithms and outcomes; the
 //!   embedded default when no Redis is configured.
 //!
-//! [`redact_url`] shows a Redis URL without its password.
-//!
 //! Besides deciding ([`Backend::check`]), both backends answer the
 //! administration calls behind [`Admin`](crate::Admin): [`Backend::peek`]
 //! (read a client's quotas, consuming nothing) and [`Backend::reset`]
@@ -24,10 +22,13 @@ use crate::policy::Policy;
 mod memory;
 mod redis;
 
-pub use self::memory::MemoryBackend;
+pub use self::memory::{MemoryBackend, MemoryBackendBuilder};
 #[cfg(feature = "serde")]
 pub(crate) use self::redis::check_prefix;
-pub use self::redis::{RedisBackend, RedisBackendBuilder, redact_url};
+// For `config::RedisConfig`, which shows its URLs.
+#[cfg(feature = "serde")]
+pub(crate) use self::redis::redact_url;
+pub use self::redis::{RedisBackend, RedisBackendBuilder};
 #[cfg(all(feature = "serde", feature = "tls"))]
 pub(crate) use self::redis::{check_ca, check_client_cert, check_client_key};
 

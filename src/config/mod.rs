@@ -227,10 +227,7 @@ struct AccessConfig {
 impl AccessConfig {
     fn list(&self) -> AccessList {
         let networks = self.networks.iter().map(|Parsed(n)| n.0.as_str());
-        AccessList::new()
-            .networks(networks)
-            .expect("each network was checked when read")
-            .keys(&self.keys.0)
+        AccessList::new().networks(networks).keys(&self.keys.0)
     }
 }
 
@@ -311,7 +308,7 @@ impl<'de> Deserialize<'de> for KeyConfig {
 /// PEM files: `ca_cert` (a CA trusted besides the system's roots),
 /// `client_cert` and `client_key` (mutual TLS).
 ///
-/// `Debug` and `Display` hide passwords ([`redact_url`]).
+/// `Debug` and `Display` hide passwords.
 #[derive(Clone, Deserialize)]
 #[serde(try_from = "Table<RedisTable>")]
 pub struct RedisConfig {
@@ -601,10 +598,7 @@ impl PolicyConfig {
             Some(KeyConfig::Global) => policy.key(Global),
             Some(KeyConfig::Header(name)) => policy.key(Header::from_name(name.clone())),
             Some(KeyConfig::ClientIp(proxies)) => {
-                let key = ClientIp::new()
-                    .trust_proxies(proxies)
-                    .map_err(|e| at(format!("{path}.key.client_ip"), e))?;
-                policy.key(key)
+                policy.key(ClientIp::new().trust_proxies(proxies))
             }
         };
         if let Some(Parsed(mode)) = self.failure_mode {

@@ -14,7 +14,6 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use crate::algorithm::Algorithm;
 use crate::failure::FailureMode;
 use crate::headers::HeaderStyle;
-use crate::key::ClientIp;
 use crate::policy::MissingKey;
 use crate::quota::Quota;
 
@@ -249,7 +248,7 @@ impl Text for HeaderName {
     }
 }
 
-/// One trusted proxy of a [`ClientIp`] key: a network or an address.
+/// One trusted proxy of a [`ClientIp`](crate::key::ClientIp) key: a network or an address.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct TrustedProxy(pub String);
 
@@ -257,8 +256,7 @@ impl Text for TrustedProxy {
     const EXPECTING: &'static str = "a network such as \"10.0.0.0/8\" or an address";
 
     fn parse(text: &str) -> Result<Self, String> {
-        ClientIp::new()
-            .trust_proxies([text])
+        crate::key::parse_network(text)
             .map(|_| TrustedProxy(text.to_owned()))
             .map_err(|e| e.to_string())
     }
@@ -273,8 +271,7 @@ impl Text for Network {
     const EXPECTING: &'static str = "a network such as \"10.0.0.0/8\" or an address";
 
     fn parse(text: &str) -> Result<Self, String> {
-        crate::access::AccessList::new()
-            .networks([text])
+        crate::key::parse_network(text)
             .map(|_| Network(text.to_owned()))
             .map_err(|e| e.to_string())
     }

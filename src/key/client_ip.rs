@@ -56,18 +56,18 @@ pub enum ForwardedHeader {
 /// ```
 /// use tower_redis_ratelimit::key::ClientIp;
 ///
-/// # fn main() -> Result<(), tower_redis_ratelimit::ConfigError> {
 /// // Behind a load balancer in 10.0.0.0/8 that appends to X-Forwarded-For.
-/// let key = ClientIp::new().trust_proxies(["10.0.0.0/8", "127.0.0.1"])?;
+/// let key = ClientIp::new().trust_proxies(["10.0.0.0/8", "127.0.0.1"]);
 /// # let _ = key;
-/// # Ok(())
-/// # }
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ClientIp {
     trusted: Vec<IpNet>,
     header: ForwardedHeader,
     v6_prefix: Option<u8>,
+    /// The first trusted network that could not be used, reported when the
+    /// layer is built ([`KeyExtractor::validate`]).
+    invalid: Option<ConfigError>,
 }
 
 impl ClientIp {
@@ -82,38 +82,47 @@ impl ClientIp {
     /// `::ffff:10.0.0.0/104` is `10.0.0.0/8`, and matches the peer `10.1.2.3`
     /// as well as `::ffff:10.1.2.3`.
     ///
-    /// # Errors
-    ///
-    /// [`ConfigError::InvalidNetwork`] for text that is neither a network nor
-    /// an address, [`ConfigError::MappedNetworkTooWide`] for an IPv4-mapped
-    /// network with a prefix below /96 (it would span addresses that are not
-    /// IPv4-mapped too).
-    pub fn trust_proxies<I, S>(mut self, networks: I) -> Result<Self, ConfigError>
+    /// Text that is neither a network nor an address
+    /// ([`ConfigError::InvalidNetwork`]), or an IPv4-mapped network with a
+    /// prefix below /96 ([`ConfigError::MappedNetworkTooWide`]: it would span
+    /// addresses that are not IPv4-mapped too), makes the layer's
+    /// [`build`](crate::RateLimitLayerBuilder::build) fail with that error
+    /// ([`KeyExtractor::validate`]); such an entry trusts nothing.
+    #[must_use]
+    pub fn trust_proxies<I, S>(mut self, networks: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         for net in networks {
-            self.trusted.push(parse_network(net.as_ref())?);
+            let parsed = parse_network(net.as_ref());
+            self.trust(parsed);
         }
-        Ok(self)
+        self
     }
 
     /// Trusts these already parsed networks, normalised as by
-    /// [`trust_proxies`](Self::trust_proxies).
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::MappedNetworkTooWide`] for an IPv4-mapped network with
-    /// a prefix below /96.
-    pub fn trust_networks(
-        mut self,
-        networks: impl IntoIterator<Item = IpNet>,
-    ) -> Result<Self, ConfigError> {
+    /// [`trust_proxies`](Self::trust_proxies). An IPv4-mapped network with a
+    /// prefix below /96 makes the layer's
+    /// [`build`](crate::RateLimitLayerBuilder::build) fail with
+    /// [`ConfigError::MappedNetworkTooWide`].
+    #[must_use]
+    pub fn trust_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         for net in networks {
-            self.trusted.push(normalize_network(net, &net.to_string())?);
+            let normalized = normalize_network(net, &net.to_string());
+            self.trust(normalized);
         }
-        Ok(self)
+        self
+    }
+
+    /// Keeps a trusted network, or the first error for the build to report.
+    fn trust(&mut self, network: Result<IpNet, ConfigError>) {
+        match network {
+            Ok(network) => self.trusted.push(network),
+            Err(error) => {
+                self.invalid.get_or_insert(error);
+            }
+        }
     }
 
     /// Which header the trusted proxies write (default `X-Forwarded-For`).
@@ -182,6 +191,11 @@ impl KeyExtractor for ClientIp {
 
     fn missing_key_hint(&self, request: &Parts) -> Option<String> {
         super::peer::missing_peer_hint(request)
+    }
+
+    /// The first trusted network that could not be used.
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.invalid.clone().map_or(Ok(()), Err)
     }
 }
 
@@ -283,13 +297,13 @@ mod tests {
         let k = ClientIp::new();
         let r = req("203.0.113.7:1000", &[("x-forwarded-for", "1.1.1.1")]);
         assert_eq!(k.client_addr(&r), Some(ip("203.0.113.7")));
-        let k = ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
+        let k = ClientIp::new().trust_proxies(["10.0.0.0/8"]);
         assert_eq!(k.client_addr(&r), Some(ip("203.0.113.7")));
     }
 
     #[test]
     fn rightmost_untrusted_wins() {
-        let k = ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
+        let k = ClientIp::new().trust_proxies(["10.0.0.0/8"]);
         let r = req(
             "10.0.0.1:1000",
             &[("x-forwarded-for", "6.6.6.6, 198.51.100.4, 10.1.1.1")],
@@ -325,7 +339,6 @@ mod tests {
     fn forwarded_header() {
         let k = ClientIp::new()
             .trust_proxies(["127.0.0.1"])
-            .unwrap()
             .header(ForwardedHeader::Forwarded);
         let r = req(
             "127.0.0.1:1",
@@ -343,12 +356,9 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_trusted_networks_are_ipv4_networks() {
-        let by_text = ClientIp::new()
-            .trust_proxies(["::ffff:10.0.0.0/104", "::ffff:192.0.2.7"])
-            .unwrap();
-        let parsed = ClientIp::new()
-            .trust_networks(["::ffff:10.9.9.9/104".parse::<IpNet>().unwrap()])
-            .unwrap();
+        let by_text = ClientIp::new().trust_proxies(["::ffff:10.0.0.0/104", "::ffff:192.0.2.7"]);
+        let parsed =
+            ClientIp::new().trust_networks(["::ffff:10.9.9.9/104".parse::<IpNet>().unwrap()]);
         assert_eq!(by_text.trusted[0], "10.0.0.0/8".parse::<IpNet>().unwrap());
         assert_eq!(by_text.trusted[1], "192.0.2.7/32".parse::<IpNet>().unwrap());
         assert_eq!(parsed.trusted, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
@@ -366,26 +376,25 @@ mod tests {
             assert_eq!(k.client_addr(&r), Some(ip("11.1.2.3")));
         }
         // A mapped /96 is all of IPv4, a mapped /128 one address.
-        let all = ClientIp::new().trust_proxies(["::ffff:0:0/96"]).unwrap();
+        let all = ClientIp::new().trust_proxies(["::ffff:0:0/96"]);
         assert_eq!(all.trusted, ["0.0.0.0/0".parse::<IpNet>().unwrap()]);
-        let one = ClientIp::new()
-            .trust_proxies(["::ffff:10.1.2.3/128"])
-            .unwrap();
+        let one = ClientIp::new().trust_proxies(["::ffff:10.1.2.3/128"]);
         assert!(one.is_trusted(ip("10.1.2.3")) && !one.is_trusted(ip("10.1.2.4")));
         // Host bits are dropped as for any network.
-        let host_bits = ClientIp::new()
-            .trust_proxies(["::ffff:10.1.2.3/104"])
-            .unwrap();
+        let host_bits = ClientIp::new().trust_proxies(["::ffff:10.1.2.3/104"]);
         assert_eq!(host_bits.trusted, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
         // Plain IPv6 networks are untouched.
-        let v6 = ClientIp::new().trust_proxies(["2001:db8::1/64"]).unwrap();
+        let v6 = ClientIp::new().trust_proxies(["2001:db8::1/64"]);
         assert_eq!(v6.trusted, ["2001:db8::/64".parse::<IpNet>().unwrap()]);
     }
 
     #[test]
     fn ipv4_mapped_network_below_96_is_config_error() {
         for wide in ["::ffff:10.0.0.0/95", "::ffff:0:0/80", "::ffff:10.0.0.0/0"] {
-            let err = ClientIp::new().trust_proxies([wide]).unwrap_err();
+            let err = ClientIp::new()
+                .trust_proxies([wide])
+                .validate()
+                .unwrap_err();
             assert_eq!(
                 err,
                 ConfigError::MappedNetworkTooWide {
@@ -395,19 +404,35 @@ mod tests {
             let message = err.to_string();
             assert!(message.contains(wide), "{message}");
             assert!(message.contains("write the IPv4 network"), "{message}");
-            let parsed = ClientIp::new().trust_networks([wide.parse::<IpNet>().unwrap()]);
+            let parsed = ClientIp::new()
+                .trust_networks([wide.parse::<IpNet>().unwrap()])
+                .validate();
             assert!(
                 matches!(parsed, Err(ConfigError::MappedNetworkTooWide { .. })),
                 "{wide}: {parsed:?}"
             );
         }
         // `::/80` is an ordinary IPv6 network, not written as mapped.
-        assert!(ClientIp::new().trust_proxies(["::/80"]).is_ok());
+        assert!(ClientIp::new().trust_proxies(["::/80"]).validate().is_ok());
+        // Text that is no network: the first error is kept, the rest trusted.
+        let k = ClientIp::new().trust_proxies(["nonsense", "10.0.0.0/8", "::ffff:0:0/8"]);
+        assert_eq!(
+            k.validate(),
+            Err(ConfigError::InvalidNetwork {
+                network: "nonsense".to_owned()
+            })
+        );
+        assert_eq!(k.trusted, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        // Wrapped extractors report it too.
+        use crate::key::{Header, PerRoute};
+        assert!(Header::new("x-k").or(k.clone()).validate().is_err());
+        assert!(PerRoute::new(k).validate().is_err());
+        assert!(Header::new("x-k").or(ClientIp::new()).validate().is_ok());
     }
 
     #[test]
     fn translated_addresses_are_not_the_trusted_proxy() {
-        let k = ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
+        let k = ClientIp::new().trust_proxies(["10.0.0.0/8"]);
         for other in [
             "64:ff9b::10.0.0.1",
             "::10.0.0.1",
@@ -429,7 +454,7 @@ mod tests {
     #[test]
     fn bad_network_is_config_error() {
         assert!(matches!(
-            ClientIp::new().trust_proxies(["10.0.0.0/33"]),
+            ClientIp::new().trust_proxies(["10.0.0.0/33"]).validate(),
             Err(ConfigError::InvalidNetwork { .. })
         ));
     }

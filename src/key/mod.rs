@@ -163,6 +163,16 @@ pub trait KeyExtractor: Send + Sync + 'static {
         None
     }
 
+    /// A mistake in this extractor's own configuration, reported by the
+    /// layer's [`build`](crate::RateLimitLayerBuilder::build) with every
+    /// other configuration mistake (an extractor is made in a chain of
+    /// builder calls, which reports nothing midway). [`ClientIp`] reports a
+    /// trusted network that could not be used; [`Or`] and [`PerRoute`], their
+    /// inner extractors' mistakes. The default: none.
+    fn validate(&self) -> Result<(), crate::ConfigError> {
+        Ok(())
+    }
+
     /// Tries `self`, then `fallback` for requests `self` has no key for:
     /// `Header::new("x-api-key").or(PeerIp::new())` keys clients by their
     /// API key, and those without one by IP address (see [`Or`]).
@@ -214,6 +224,11 @@ impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for Or<A, B> {
         self.fallback
             .missing_key_hint(request)
             .or_else(|| self.first.missing_key_hint(request))
+    }
+
+    fn validate(&self) -> Result<(), crate::ConfigError> {
+        self.first.validate()?;
+        self.fallback.validate()
     }
 
     /// The client IP of the extractor that made the key: an access list's

@@ -105,6 +105,10 @@ impl<K: KeyExtractor> KeyExtractor for PerRoute<K> {
     fn missing_key_hint(&self, request: &Parts) -> Option<String> {
         self.inner.missing_key_hint(request)
     }
+
+    fn validate(&self) -> Result<(), crate::ConfigError> {
+        self.inner.validate()
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use axum::Router;
 use axum::routing::get;
 use http::{Method, Request, Response, StatusCode, header};
 use tower::{Layer, ServiceExt};
-use tower_redis_ratelimit::key::{ClientIp, Header, PeerIp};
+use tower_redis_ratelimit::key::{ClientIp, Header, KeyExtractor, PeerIp};
 use tower_redis_ratelimit::{
     AccessList, Backend, ConfigError, GrpcRejection, Key, MemoryBackend, Policy, Quota,
     RateLimitLayer,
@@ -35,31 +35,21 @@ use crate::support;
 fn layer(backend: Arc<dyn Backend>) -> RateLimitLayer {
     let proxied = Policy::new("proxied")
         .quota(Quota::per_minute(2))
-        .key(ClientIp::new().trust_proxies(["127.0.0.1"]).unwrap())
+        .key(ClientIp::new().trust_proxies(["127.0.0.1"]))
         .allow(
             AccessList::new()
                 .networks(["192.0.2.0/24"])
-                .unwrap()
                 .keys(["198.51.100.77"]),
         )
-        .deny(
-            AccessList::new()
-                .networks(["203.0.113.0/24", "192.0.2.66"])
-                .unwrap(),
-        );
+        .deny(AccessList::new().networks(["203.0.113.0/24", "192.0.2.66"]));
     let direct = Policy::new("direct")
         .quota(Quota::per_minute(2))
         .key(PeerIp::new())
-        .deny(AccessList::new().networks(["127.0.0.0/8"]).unwrap());
+        .deny(AccessList::new().networks(["127.0.0.0/8"]));
     let keyed = Policy::new("keyed")
         .quota(Quota::per_minute(2))
         .key(Header::new("x-api-key"))
-        .allow(
-            AccessList::new()
-                .keys(["batch"])
-                .networks(["127.0.0.0/8"])
-                .unwrap(),
-        );
+        .allow(AccessList::new().keys(["batch"]).networks(["127.0.0.0/8"]));
     RateLimitLayer::builder()
         .backend(backend)
         .default_policy(proxied)
@@ -224,14 +214,32 @@ async fn grpc_deny_listed_is_permission_denied_without_pushback() {
     assert!(!response.headers().contains_key(header::RETRY_AFTER));
 }
 
+/// A network that does not parse, in an access list or in a key
+/// extractor's trusted proxies, is reported by the layer's build (not
+/// midway through the chain that made it).
 #[test]
-fn invalid_networks_are_config_errors() {
+fn invalid_networks_are_config_errors_at_build() {
+    let build = |policy: Policy| RateLimitLayer::builder().default_policy(policy).build();
+    let api = || Policy::new("api").quota(Quota::per_minute(10));
+    let bad = || ConfigError::InvalidNetwork {
+        network: "not-a-network".into(),
+    };
+    let list = AccessList::new().networks(["10.0.0.0/8", "not-a-network"]);
+    assert_eq!(build(api().allow(list.clone())).unwrap_err(), bad());
+    assert_eq!(build(api().deny(list)).unwrap_err(), bad());
+    let proxies = ClientIp::new().trust_proxies(["10.0.0.0/8", "not-a-network"]);
+    assert_eq!(build(api().key(proxies.clone())).unwrap_err(), bad());
     assert_eq!(
-        AccessList::new().networks(["10.0.0.0/8", "not-a-network"]),
-        Err(ConfigError::InvalidNetwork {
-            network: "not-a-network".into()
-        })
+        build(api().key(Header::new("x-api-key").or(proxies))).unwrap_err(),
+        bad()
     );
+    let mapped = ClientIp::new().trust_proxies(["::ffff:0:0/95"]);
+    assert!(matches!(
+        build(api().key(mapped)).unwrap_err(),
+        ConfigError::MappedNetworkTooWide { .. }
+    ));
+    let fine = ClientIp::new().trust_proxies(["10.0.0.0/8"]);
+    assert!(build(api().key(fine).allow(AccessList::new().networks(["::1"]))).is_ok());
 }
 
 #[cfg(feature = "metrics")]

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
-use tower_redis_ratelimit::clock::FakeClock;
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{
     AdminError, Algorithm, Backend, BackendError, CheckFuture, Key, MemoryBackend, Policy, Quota,
@@ -168,10 +167,11 @@ async fn peek_and_reset_through_a_layer(backend: impl Fn(&str) -> Arc<dyn Backen
     }
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test]
 async fn memory_peek_and_reset_through_a_layer() {
     // A clock that stands still: nothing leaves the window meanwhile.
-    let clock = FakeClock::new(86_400_000_000_000);
+    let clock = tower_redis_ratelimit::clock::FakeClock::new(86_400_000_000_000);
     peek_and_reset_through_a_layer(|_| Arc::new(MemoryBackend::with_clock(clock.clone()))).await;
 }
 

@@ -4,14 +4,16 @@
 //! hold exactly: never one admission more, never one less.
 
 use std::sync::Arc;
+#[cfg(feature = "test-util")]
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::Barrier;
+#[cfg(feature = "test-util")]
+use tower_redis_ratelimit::MemoryBackend;
+#[cfg(feature = "test-util")]
 use tower_redis_ratelimit::clock::FakeClock;
-use tower_redis_ratelimit::{
-    Algorithm, Backend, Decision, Key, MemoryBackend, Policy, Quota, RedisBackend,
-};
+use tower_redis_ratelimit::{Algorithm, Backend, Decision, Key, Policy, Quota, RedisBackend};
 
 use crate::support;
 
@@ -27,6 +29,7 @@ fn policy(name: &str, alg: Algorithm, quotas: &[Quota]) -> Policy {
 
 /// The memory backend's decision of one unit, from a plain thread: its
 /// future is ready at once, so one poll, without a runtime, gets it.
+#[cfg(feature = "test-util")]
 fn decide_now(backend: &MemoryBackend, policy: &Policy, key: &Key) -> Decision {
     let mut context = Context::from_waker(Waker::noop());
     match backend.check(policy, key, 1).as_mut().poll(&mut context) {
@@ -200,6 +203,7 @@ async fn four_redis_instances_two_quotas_sliding_window_admit_exactly_the_tighte
     .await;
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_backend_many_tasks_admit_exactly_the_limit() {
     for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {
@@ -217,6 +221,7 @@ async fn memory_backend_many_tasks_admit_exactly_the_limit() {
     }
 }
 
+#[cfg(feature = "test-util")]
 #[test]
 fn memory_backend_many_threads_admit_exactly_the_limit() {
     for alg in [Algorithm::SlidingLog, Algorithm::SlidingWindow] {

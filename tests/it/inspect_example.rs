@@ -224,7 +224,7 @@ fn inspect_reports_a_dead_backend_with_status_1() {
         stderr(&out)
     );
     assert!(
-        stderr(&out).contains("inspect: backend: redis:"),
+        stderr(&out).contains("inspect: backend: connection:"),
         "{}",
         stderr(&out)
     );

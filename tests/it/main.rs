@@ -41,6 +41,9 @@ mod cluster_batching;
 mod concurrency;
 #[cfg(feature = "serde")]
 mod config;
+// The memory backend on `clock::FakeClock` (feature `test-util`) is the
+// model these two suites compare Redis with.
+#[cfg(feature = "test-util")]
 mod conformance;
 mod e2e_axum;
 mod examples;
@@ -57,6 +60,7 @@ mod missing_identity;
 #[cfg(feature = "tonic")]
 mod missing_identity_tonic;
 mod nested_layers;
+#[cfg(feature = "test-util")]
 mod proptests;
 mod redis_keys;
 mod reset_instances;

@@ -12,8 +12,7 @@ use http::{Request, Response, StatusCode, header};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::key::{Header, Key};
 use tower_redis_ratelimit::{
-    Algorithm, ConfigError, DEFAULT_MAX_LOG_COST, FailureMode, Policy, PolicyError, Quota,
-    RateLimitLayer, RedisBackend,
+    Algorithm, ConfigError, FailureMode, Policy, PolicyError, Quota, RateLimitLayer, RedisBackend,
 };
 
 use crate::support::headers::{assert_no_rate_limit_headers, remaining};
@@ -78,7 +77,10 @@ async fn sliding_log_cost_above_the_max_is_refused_without_redis() {
     let mut conn = server.conn();
     let backend = support::redis_backend(&server.url(), "max-cost-log");
     let policy = costed("bulk", Quota::per_hour(10_000), Algorithm::SlidingLog);
-    assert_eq!(policy.effective_max_cost(), Some(DEFAULT_MAX_LOG_COST));
+    assert_eq!(
+        policy.effective_max_cost(),
+        Some(Policy::DEFAULT_MAX_LOG_COST)
+    );
     let layer = layer(&backend, &policy);
     let big_key = backend.redis_keys(&policy, &Key::new("big")).remove(0);
 
@@ -89,7 +91,7 @@ async fn sliding_log_cost_above_the_max_is_refused_without_redis() {
     );
     let before = evalsha_calls(&mut conn);
 
-    for cost in [10_000, DEFAULT_MAX_LOG_COST + 1, u64::MAX] {
+    for cost in [10_000, Policy::DEFAULT_MAX_LOG_COST + 1, u64::MAX] {
         let res = send(&layer, "big", cost, false).await;
         assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE, "cost {cost}");
         assert!(
@@ -101,8 +103,9 @@ async fn sliding_log_cost_above_the_max_is_refused_without_redis() {
         let body = res.into_body();
         assert!(
             body.contains(&format!(
-                "request cost {cost} is above the maximum of {DEFAULT_MAX_LOG_COST} per request \
-                 for policy bulk"
+                "request cost {cost} is above the maximum of {} per request \
+                 for policy bulk",
+                Policy::DEFAULT_MAX_LOG_COST
             )) && body.contains("can never be admitted"),
             "{body}"
         );
@@ -124,11 +127,11 @@ async fn sliding_log_cost_above_the_max_is_refused_without_redis() {
     assert!(!exists(&mut conn, &big_key), "nothing was written for them");
 
     // Up to the max cost, Redis decides as usual.
-    let res = send(&layer, "big", DEFAULT_MAX_LOG_COST, false).await;
+    let res = send(&layer, "big", Policy::DEFAULT_MAX_LOG_COST, false).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
         remaining(res.headers()),
-        Some(10_000 - DEFAULT_MAX_LOG_COST)
+        Some(10_000 - Policy::DEFAULT_MAX_LOG_COST)
     );
     assert_eq!(evalsha_calls(&mut conn), before + 1);
     // One member per request, whatever its cost.
@@ -138,7 +141,7 @@ async fn sliding_log_cost_above_the_max_is_refused_without_redis() {
     let res = send(&layer, "big", 1, false).await;
     assert_eq!(
         remaining(res.headers()),
-        Some(10_000 - DEFAULT_MAX_LOG_COST - 3)
+        Some(10_000 - Policy::DEFAULT_MAX_LOG_COST - 3)
     );
 
     // Still refused locally afterwards, and the count is unchanged.
@@ -203,14 +206,14 @@ fn a_fixed_cost_above_the_max_cost_fails_the_build() {
             .algorithm(Algorithm::SlidingLog)
     };
     assert_eq!(
-        build(log().cost(DEFAULT_MAX_LOG_COST + 1)).unwrap_err(),
+        build(log().cost(Policy::DEFAULT_MAX_LOG_COST + 1)).unwrap_err(),
         ConfigError::Policy(PolicyError::CostAboveMaxCost {
             policy: "log".into(),
-            cost: DEFAULT_MAX_LOG_COST + 1,
-            max_cost: DEFAULT_MAX_LOG_COST,
+            cost: Policy::DEFAULT_MAX_LOG_COST + 1,
+            max_cost: Policy::DEFAULT_MAX_LOG_COST,
         })
     );
-    assert!(build(log().cost(DEFAULT_MAX_LOG_COST)).is_ok());
+    assert!(build(log().cost(Policy::DEFAULT_MAX_LOG_COST)).is_ok());
     assert!(build(log().max_cost(5_000).cost(5_000)).is_ok());
     assert_eq!(
         build(log().max_cost(10_001)).unwrap_err(),

@@ -32,7 +32,7 @@ struct SpoofApp {
 /// `/none`: no trusted proxy, 10/min. `/xff`: trusts 127.0.0.1 via
 /// X-Forwarded-For, 3/min. `/fwd`: trusts 127.0.0.1 via `Forwarded`, 3/min.
 fn spoof_policies() -> [(&'static str, Policy); 3] {
-    let trusted = ClientIp::new().trust_proxies(["127.0.0.1"]).unwrap();
+    let trusted = ClientIp::new().trust_proxies(["127.0.0.1"]);
     [
         ("/none", strict("none", 10).key(ClientIp::new())),
         ("/xff", strict("xff", 3).key(trusted.clone())),

@@ -508,7 +508,10 @@ fn abandoned() -> BackendError {
 /// The same error, for every check of a failed batch.
 fn copy(error: &BackendError) -> BackendError {
     match error {
-        BackendError::Redis(e) => BackendError::Redis(e.clone()),
+        BackendError::Connection(e) => match e.downcast_ref::<redis::RedisError>() {
+            Some(e) => super::failure(e.clone()),
+            None => BackendError::Connection(e.to_string().into()),
+        },
         BackendError::Protocol(m) => BackendError::Protocol(m.clone()),
         BackendError::Key(m) => BackendError::Key(m.clone()),
         other => BackendError::Protocol(other.to_string()),

@@ -274,24 +274,27 @@ impl Connection {
                 let mut conn = match conn.get() {
                     Some(conn) => conn.clone(),
                     None => {
-                        let fresh = ConnectionManager::new_lazy_with_config(
-                            client.clone(),
-                            config.clone(),
-                        )?;
+                        let fresh =
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                                .map_err(super::failure)?;
                         conn.get_or_init(|| fresh).clone()
                     }
                 };
-                Ok(send_retrying(&request, &mut conn, |_| {}).await?)
+                send_retrying(&request, &mut conn, |_| {})
+                    .await
+                    .map_err(super::failure)
             }
             #[cfg(feature = "cluster")]
             Connection::Cluster(cluster) => {
                 let mut conn = cluster.connection().await;
-                Ok(request.send(&mut conn).await?)
+                request.send(&mut conn).await.map_err(super::failure)
             }
             #[cfg(feature = "sentinel")]
             Connection::Sentinel(sentinel) => {
                 let mut conn = sentinel.connection().await;
-                Ok(send_retrying(&request, &mut conn, |e| sentinel.failed(e)).await?)
+                send_retrying(&request, &mut conn, |e| sentinel.failed(e))
+                    .await
+                    .map_err(super::failure)
             }
         }
     }

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use self::batch::{Batcher, Lead, Submitted};
 use self::connection::{Connection, LastError, Request};
-pub use self::redact::redact_url;
+pub(crate) use self::redact::redact_url;
 use self::redact::secrets;
 use self::script::{Call, Nonces};
 #[cfg(all(feature = "serde", feature = "tls"))]
@@ -188,7 +188,7 @@ enum Kind {
     Sentinel { master: String, master_url: String },
 }
 
-/// Shows the URLs with their passwords redacted ([`redact_url`]).
+/// Shows the URLs with their passwords redacted.
 impl fmt::Debug for RedisBackendBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls: Vec<_> = self.urls.iter().map(|url| redact_url(url)).collect();
@@ -214,6 +214,14 @@ impl fmt::Debug for RedisBackendBuilder {
         d.field("tls", &self.tls);
         d.finish()
     }
+}
+
+/// A failed redis-rs call as a [`BackendError`]: the only conversion from
+/// redis-rs' error, kept private so that `BackendError` names no type of
+/// redis-rs. Whether the failure was the client key's own is decided
+/// afterwards, from the source ([`script::key_fault`]).
+pub(super) fn failure(error: redis::RedisError) -> BackendError {
+    BackendError::Connection(Box::new(error))
 }
 
 /// The message of [`ConfigError::RedisUrl`]: redis-rs' error, then the
@@ -362,7 +370,57 @@ impl RedisBackendBuilder {
         Ok(certs)
     }
 
+    /// URL settings that could never take effect for this kind of
+    /// deployment, rather than be ignored or fail every call: a database
+    /// other than 0 in a cluster node's URL (Redis Cluster has only
+    /// database 0), a Unix socket as a Sentinel deployment's `master_url`
+    /// (the sentinels name the primary's TCP address). URLs that do not
+    /// parse are left to the connection's own checks.
+    fn check_url_settings(&self) -> Result<(), ConfigError> {
+        match &self.kind {
+            Kind::Single => Ok(()),
+            #[cfg(feature = "cluster")]
+            Kind::Cluster => {
+                for url in &self.urls {
+                    let Ok(info) = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    else {
+                        continue;
+                    };
+                    if info.redis_settings().db() != 0 {
+                        return Err(ConfigError::RedisUrl(format!(
+                            "{:?}: Redis Cluster has only database 0; remove the database \
+                             from the node URL",
+                            redact_url(url)
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            #[cfg(feature = "sentinel")]
+            Kind::Sentinel { master_url, .. } => {
+                let info = redis::IntoConnectionInfo::into_connection_info(master_url.as_str());
+                if let Ok(info) = info
+                    && matches!(info.addr(), redis::ConnectionAddr::Unix(_))
+                {
+                    return Err(ConfigError::RedisUrl(format!(
+                        "{:?}: `master_url` must be `redis://` or `rediss://`: the sentinels \
+                         name the primary's TCP address, so a Unix socket would be ignored",
+                        redact_url(master_url)
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Checks the configuration; connects nothing.
+    ///
+    /// Besides the prefix, the URLs and the TLS files, settings that would
+    /// be ignored for the URLs given are errors: TLS certificates without a
+    /// `rediss://` URL ([`ConfigError::Tls`]), `master_url`
+    /// outside Sentinel ([`ConfigError::MasterUrlWithoutSentinel`]), a
+    /// database other than 0 in a cluster node's URL, and a Unix socket as
+    /// Sentinel's `master_url` ([`ConfigError::RedisUrl`]).
     pub fn build(self) -> Result<RedisBackend, ConfigError> {
         #[cfg(feature = "sentinel")]
         if self.stray_master_url {
@@ -382,6 +440,7 @@ impl RedisBackendBuilder {
                 max: batch::MAX_MAX,
             });
         }
+        self.check_url_settings()?;
         #[cfg(feature = "tls")]
         let certs = self.certificates()?;
         let last_error = Arc::new(LastError::default());
@@ -747,6 +806,36 @@ mod tests {
         assert!(!err.to_string().contains("pw"), "{err}");
         RedisBackend::sentinel_builder(["redis://127.0.0.1:1"], "m")
             .master_url("redis://u:pw@x/")
+            .build()
+            .unwrap();
+    }
+
+    #[cfg(feature = "sentinel")]
+    #[test]
+    fn unix_master_url_is_a_config_error() {
+        let err = RedisBackend::sentinel_builder(["redis://127.0.0.1:1"], "m")
+            .master_url("redis+unix:///run/redis.sock?pass=secret")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::RedisUrl(m) if m.contains("Unix socket")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_database_is_a_config_error() {
+        let err = RedisBackend::cluster_builder(["redis://:secret@127.0.0.1:7000/2"])
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::RedisUrl(m) if m.contains("database 0")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("secret"), "{err}");
+        RedisBackend::cluster_builder(["redis://127.0.0.1:7000/0", "redis://127.0.0.1:7001"])
             .build()
             .unwrap();
     }

@@ -27,19 +27,9 @@ const PASSWORD_PARAMS: [&str; 2] = ["pass", "password"];
 ///
 /// The crate uses it wherever it shows a Redis URL (`Debug` of
 /// [`RedisBackend`](crate::RedisBackend) and its builder,
-/// [`ConfigError::RedisUrl`](crate::ConfigError::RedisUrl)); use it when
-/// logging one yourself.
-///
-/// ```
-/// use tower_redis_ratelimit::backend::redact_url;
-///
-/// assert_eq!(
-///     redact_url("rediss://app:hunter2@cache.internal:6380/1"),
-///     "rediss://app:***@cache.internal:6380/1"
-/// );
-/// assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-/// ```
-pub fn redact_url(url: &str) -> Cow<'_, str> {
+/// [`ConfigError::RedisUrl`](crate::ConfigError::RedisUrl), the
+/// configuration's `RedisConfig`).
+pub(crate) fn redact_url(url: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(url);
     if let Some(secret) = userinfo_password(url) {
         out = Cow::Owned(format!("{}{MASK}{}", &url[..secret.0], &url[secret.1..]));

@@ -275,7 +275,12 @@ fn fault(code: i64) -> BackendError {
 /// refused command). Other errors are left as they are.
 pub(super) fn key_fault(error: BackendError) -> BackendError {
     match error {
-        BackendError::Redis(e) if is_script_error(&e) => BackendError::Key(e.to_string()),
+        BackendError::Connection(e)
+            if e.downcast_ref::<redis::RedisError>()
+                .is_some_and(is_script_error) =>
+        {
+            BackendError::Key(e.to_string())
+        }
         other => other,
     }
 }

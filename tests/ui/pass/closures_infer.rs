@@ -1,12 +1,13 @@
 // Every closure entry point infers its argument types: no `|parts: &Parts|`,
 // no `|r: &Rejection<'_>|`, no body type. Only this crate is imported for
-// the types the closures use (`http` and `Parts` are re-exported).
+// the types the closures use (`http` is re-exported, `Parts` through it).
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
+use tower_redis_ratelimit::http::request::Parts;
 use tower_redis_ratelimit::http::{Response, StatusCode};
 use tower_redis_ratelimit::key::Key;
-use tower_redis_ratelimit::{Parts, Policy, Quota, RateLimitLayer};
+use tower_redis_ratelimit::{Policy, Quota, RateLimitLayer};
 
 fn tenant(parts: &Parts) -> Option<Key> {
     parts.headers.get("x-tenant").map(|v| Key::new(v.as_bytes()))
