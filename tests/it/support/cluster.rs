@@ -122,7 +122,6 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> Result<(), String>) {
 /// and the id of the master it replicates (`-` for a master).
 struct NodeLine {
     id: String,
-    port: u16,
     flags: Vec<String>,
     master: String,
 }
@@ -134,10 +133,8 @@ fn cluster_nodes(conn: &mut redis::Connection) -> redis::RedisResult<Vec<NodeLin
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // <id> <ip:port@cport> <flags> <master> ...
-            let port = fields.get(1)?.split('@').next()?.rsplit(':').next()?;
             Some(NodeLine {
-                id: fields[0].to_owned(),
-                port: port.parse().unwrap_or(0),
+                id: fields.first()?.to_string(),
                 flags: fields.get(2)?.split(',').map(str::to_owned).collect(),
                 master: fields.get(3)?.to_string(),
             })
