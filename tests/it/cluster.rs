@@ -2,6 +2,10 @@
 //! multi-key scripts are legal because every decision's keys share one hash
 //! tag, keys spread over all masters, limits are exact across instances, and
 //! a cluster that is not there never blocks a request.
+//!
+//! The tests share the test process' cluster ([`shared_cluster`], each
+//! under a prefix of its own), but for the one that flushes every master's
+//! scripts, which borrows [`exclusive_cluster`].
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -15,7 +19,8 @@ use tower_redis_ratelimit::{
     Algorithm, Backend, FailureMode, Key, Policy, Quota, RateLimitLayer, RedisBackend,
 };
 
-use crate::support::cluster::RedisCluster;
+use crate::support::cluster::{RedisCluster, exclusive_cluster, shared_cluster};
+use crate::support::unique_prefix;
 
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::SlidingLog, Algorithm::SlidingWindow];
 
@@ -26,16 +31,21 @@ fn backend(cluster: &RedisCluster, prefix: &str) -> RedisBackend {
         .expect("valid cluster configuration")
 }
 
-/// Every key on node `i` (each master holds only its own slots).
-fn node_keys(cluster: &RedisCluster, i: usize) -> Vec<String> {
+/// Every key under `prefix` on node `i` (each master holds only its own
+/// slots).
+fn node_keys(cluster: &RedisCluster, i: usize, prefix: &str) -> Vec<String> {
     let mut conn = cluster.node_conn(i);
-    redis::cmd("KEYS").arg("*").query(&mut conn).unwrap()
+    redis::Commands::scan_match(&mut conn, format!("{prefix}:*"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn limits_are_exact_keys_spread_and_every_key_has_a_ttl() {
-    let cluster = RedisCluster::start();
-    let backend = backend(&cluster, "c1");
+    let cluster = shared_cluster();
+    let prefix = unique_prefix("spread");
+    let backend = backend(cluster, &prefix);
     for alg in ALGORITHMS {
         let policy = Policy::new(format!("p-{alg:?}"))
             .quota(Quota::per_minute(3))
@@ -58,7 +68,7 @@ async fn limits_are_exact_keys_spread_and_every_key_has_a_ttl() {
     }
     let mut total = 0;
     for node in 0..3 {
-        let keys = node_keys(&cluster, node);
+        let keys = node_keys(cluster, node, &prefix);
         assert!(!keys.is_empty(), "node {node} holds some limiter keys");
         let mut conn = cluster.node_conn(node);
         let mut tags = HashSet::new();
@@ -80,14 +90,15 @@ async fn limits_are_exact_keys_spread_and_every_key_has_a_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_instances_admit_exactly_the_limit() {
-    let cluster = RedisCluster::start();
+    let cluster = shared_cluster();
+    let prefix = unique_prefix("four-instances");
     for alg in ALGORITHMS {
         let policy = Arc::new(
             Policy::new(format!("shared-{alg:?}"))
                 .quota(Quota::per_minute(50))
                 .algorithm(alg),
         );
-        let instances: Vec<RedisBackend> = (0..4).map(|_| backend(&cluster, "c2")).collect();
+        let instances: Vec<RedisBackend> = (0..4).map(|_| backend(cluster, &prefix)).collect();
         let mut tasks = Vec::new();
         for backend in &instances {
             for _ in 0..100 {
@@ -112,8 +123,10 @@ async fn four_instances_admit_exactly_the_limit() {
 
 #[tokio::test]
 async fn script_flush_on_every_master_is_transparent() {
-    let cluster = RedisCluster::start();
-    let backend = backend(&cluster, "c3");
+    // Not the shared cluster: flushing its scripts would make the tests
+    // beside this one reload theirs.
+    let cluster = exclusive_cluster().await;
+    let backend = backend(&cluster, &unique_prefix("flush"));
     let policy = Policy::new("flush")
         .quota(Quota::per_minute(100))
         .algorithm(Algorithm::SlidingLog);
@@ -133,9 +146,8 @@ async fn script_flush_on_every_master_is_transparent() {
 
 #[tokio::test]
 async fn through_the_layer_the_sixth_login_is_429() {
-    let cluster = RedisCluster::start();
     let layer = RateLimitLayer::builder()
-        .backend(backend(&cluster, "c4"))
+        .backend(backend(shared_cluster(), &unique_prefix("layer")))
         .default_policy(Policy::auth().key(Global))
         .deadline(Duration::from_secs(2))
         .build()

@@ -2,13 +2,19 @@
 //! are batched per hash slot, decide exactly as the same checks sent one by
 //! one, and a lone check is still its own call of its algorithm's script.
 //!
-//! Each test starts its own cluster (they read `INFO commandstats`).
+//! The tests that count calls (`INFO commandstats`, after `CONFIG
+//! RESETSTAT`) or cached scripts, node-wide figures, borrow
+//! [`exclusive_cluster`] (one test at a time); the one that kills a master
+//! starts its own cluster; the others share the test process'
+//! ([`shared_cluster`]). Each keeps to keys under a prefix of its own.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::batching::{concurrently, one_by_one, policies, summary};
-use crate::support::cluster::RedisCluster;
+use crate::support::cluster::{RedisCluster, exclusive_cluster, shared_cluster};
+use crate::support::unique_prefix;
 use tower_redis_ratelimit::{Algorithm, Backend, Decision, Key, Policy, Quota, RedisBackend};
 
 /// How many ordinary identities [`sequence`] spreads its checks over.
@@ -112,15 +118,15 @@ async fn connect(backend: &RedisBackend) {
 async fn batched_checks_on_a_cluster_decide_as_single_calls_in_order() {
     // It compares the batched and the single calls' times.
     let _heavy = crate::support::HEAVY.lock().await;
-    let cluster = RedisCluster::start();
+    let cluster = exclusive_cluster().await;
     away_from_hour_boundary(&cluster);
     let policies = policies();
     let n = 900;
     let seq = sequence(n, policies.len());
     // The same slots under two prefixes (the prefix is outside the hash
     // tag): one backend batching, one sending each check alone.
-    let batched = backend(&cluster, "b", 64);
-    let single = backend(&cluster, "s", 1);
+    let batched = backend(&cluster, &unique_prefix("batched"), 64);
+    let single = backend(&cluster, &unique_prefix("single"), 1);
     connect(&batched).await;
     connect(&single).await;
 
@@ -191,8 +197,15 @@ async fn batched_checks_on_a_cluster_decide_as_single_calls_in_order() {
 
 #[tokio::test]
 async fn a_lone_check_on_a_cluster_is_its_own_call() {
-    let cluster = RedisCluster::start();
-    let backend = backend(&cluster, "l", 64);
+    let cluster = exclusive_cluster().await;
+    // Only the scripts this test loads are cached.
+    for i in 0..cluster.ports.len() {
+        let () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut cluster.node_conn(i))
+            .unwrap();
+    }
+    let backend = backend(&cluster, &unique_prefix("lone"), 64);
     connect(&backend).await;
     let policy = Policy::new("lone").quota(Quota::per_hour(1000));
     let key = Key::new("k");
@@ -232,8 +245,7 @@ async fn a_lone_check_on_a_cluster_is_its_own_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_checks_never_stall_a_slot() {
-    let cluster = RedisCluster::start();
-    let backend = backend(&cluster, "d", 8);
+    let backend = backend(shared_cluster(), &unique_prefix("dropped"), 8);
     connect(&backend).await;
     let policy = Policy::new("drop").quota(Quota::per_hour(1000));
     for _ in 0..20 {
@@ -270,13 +282,34 @@ enum Outcome {
     Late,
 }
 
+/// A check of [`a_master_killed_under_batched_load_strands_no_check`]: the
+/// hot identity (by master), when it was made, and how it ended.
+type Sample = (usize, Duration, Outcome);
+
+/// How many checks of the killed master's hot identity (`1`) were decided
+/// since its last undecided one; 0 before it has any.
+fn settled(samples: &[Sample]) -> usize {
+    let Some(last_undecided) = samples
+        .iter()
+        .filter(|&&(m, _, o)| m == 1 && o != Outcome::Decided)
+        .map(|&(_, at, _)| at)
+        .max()
+    else {
+        return 0;
+    };
+    samples
+        .iter()
+        .filter(|&&(m, at, o)| m == 1 && at > last_undecided && o == Outcome::Decided)
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_under_batched_load_strands_no_check() {
     let _heavy = crate::support::HEAVY.lock().await;
     const DEADLINE: Duration = Duration::from_millis(50);
     const BURST: usize = 10;
     let mut cluster = RedisCluster::start_with_replicas();
-    let backend = backend(&cluster, "f", 64);
+    let backend = backend(&cluster, &unique_prefix("failover"), 64);
     connect(&backend).await;
     let policy = Policy::new("hot")
         .algorithm(Algorithm::SlidingWindow)
@@ -296,14 +329,21 @@ async fn a_master_killed_under_batched_load_strands_no_check() {
     reset_stats(&cluster);
 
     // Bursts of concurrent checks on each hot identity every 10 ms (so
-    // batches are in flight on each master when one dies), for 14 s; the
-    // master of `hot[1]` is killed after 1 s.
+    // batches are in flight on each master when one dies); the master of
+    // `hot[1]` is killed after half a second. The load goes on until
+    // `hot[1]` has been decided [`SETTLED`] times in a row since its last
+    // miss (its replica took over, and its lane flows again), with every
+    // check made so far ended; or for [`AT_MOST`].
+    const KILL_AFTER: Duration = Duration::from_millis(500);
+    const SETTLED: usize = 2000;
+    const AT_MOST: Duration = Duration::from_secs(20);
+    let ended: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let started = Instant::now();
-    let mut bursts = Vec::new();
+    let mut running = Vec::new();
     let mut killed_at = None;
     let mut next = tokio::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(14) {
-        if killed_at.is_none() && started.elapsed() >= Duration::from_secs(1) {
+    loop {
+        if killed_at.is_none() && started.elapsed() >= KILL_AFTER {
             cluster.kill(victim);
             killed_at = Some(started.elapsed());
         }
@@ -311,27 +351,36 @@ async fn a_master_killed_under_batched_load_strands_no_check() {
             for _ in 0..BURST {
                 let at = started.elapsed();
                 let check = backend.check(&policy, &Key::new(id.as_str()), 1);
-                bursts.push((
-                    m,
-                    at,
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(DEADLINE, check).await {
-                            Ok(Ok(_)) => Outcome::Decided,
-                            Ok(Err(_)) => Outcome::Failed,
-                            Err(_) => Outcome::Late,
-                        }
-                    }),
-                ));
+                let ended = Arc::clone(&ended);
+                running.push(tokio::spawn(async move {
+                    let outcome = match tokio::time::timeout(DEADLINE, check).await {
+                        Ok(Ok(_)) => Outcome::Decided,
+                        Ok(Err(_)) => Outcome::Failed,
+                        Err(_) => Outcome::Late,
+                    };
+                    ended.lock().unwrap().push((m, at, outcome));
+                }));
             }
         }
         next += Duration::from_millis(10);
         tokio::time::sleep_until(next.max(tokio::time::Instant::now())).await;
+        let done = |ended: &Mutex<Vec<Sample>>| {
+            started.elapsed() >= AT_MOST || settled(&ended.lock().unwrap()) >= SETTLED
+        };
+        if killed_at.is_some() && done(&ended) {
+            // The checks still running end within their deadline: judge
+            // again with all of them (a late miss means going on).
+            for task in running.drain(..) {
+                task.await.unwrap();
+            }
+            if done(&ended) {
+                break;
+            }
+        }
     }
     let killed_at = killed_at.unwrap();
-    let mut samples = Vec::new();
-    for (m, at, task) in bursts {
-        samples.push((m, at, task.await.unwrap()));
-    }
+    let mut samples = std::mem::take(&mut *ended.lock().unwrap());
+    samples.sort_by_key(|&(_, at, _)| at);
 
     // The killed master's hot identity: decided again once its replica took
     // over (the last undecided check, then only decisions), well within
@@ -347,8 +396,13 @@ async fn a_master_killed_under_batched_load_strands_no_check() {
         .iter()
         .filter(|(m, at, o)| *m == 1 && *at > last_undecided && *o == Outcome::Decided)
         .count();
-    // The healthy masters' hot identities: decided throughout (but for the
-    // loaded machine's rare deadline misses).
+    // The healthy masters' hot identities: decided throughout, but for the
+    // loaded machine's rare deadline misses and the few ticks in which the
+    // client learns that the topology changed (it stalls every lane for
+    // about 100 ms, as it notices the dead master and as the replica takes
+    // over): at most 1 % of the checks of 14 s of such load, what the test
+    // allowed when its load went on for a fixed 14 s.
+    const HEALTHY_MISSES: usize = 14_000 / 10 * 2 * BURST / 100;
     let healthy: Vec<_> = samples.iter().filter(|(m, _, _)| *m != 1).collect();
     let healthy_undecided = healthy
         .iter()
@@ -373,7 +427,7 @@ async fn a_master_killed_under_batched_load_strands_no_check() {
     assert!(recovered < Duration::from_secs(15), "{recovered:?}");
     assert!(decided_after > 1000, "only {decided_after} decided after");
     assert!(
-        healthy_undecided * 100 <= healthy.len(),
+        healthy_undecided <= HEALTHY_MISSES,
         "{healthy_undecided} of {} healthy checks undecided",
         healthy.len()
     );

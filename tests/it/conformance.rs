@@ -72,8 +72,6 @@ enum Time {
 struct Harness {
     backend: Box<dyn Backend>,
     time: Time,
-    #[cfg(feature = "cluster")]
-    _cluster: Option<cluster_support::RedisCluster>,
 }
 
 impl Harness {
@@ -82,8 +80,6 @@ impl Harness {
         Self {
             backend: Box::new(MemoryBackend::with_clock(clock.clone())),
             time: Time::Fake(clock),
-            #[cfg(feature = "cluster")]
-            _cluster: None,
         }
     }
 
@@ -98,16 +94,15 @@ impl Harness {
         Self {
             backend: Box::new(backend),
             time: Time::Redis(conn),
-            #[cfg(feature = "cluster")]
-            _cluster: None,
         }
     }
 
-    /// The Redis backend on a fresh 3-master Redis Cluster. All masters run on
-    /// this machine, so any one's `TIME` is the clock.
+    /// The Redis backend on the test process' 3-master Redis Cluster
+    /// ([`cluster_support::shared_cluster`]), under a key prefix of its own.
+    /// All masters run on this machine, so any one's `TIME` is the clock.
     #[cfg(feature = "cluster")]
     async fn cluster(test: &str) -> Self {
-        let cluster = cluster_support::RedisCluster::start();
+        let cluster = cluster_support::shared_cluster();
         let backend = tower_redis_ratelimit::RedisBackend::cluster_builder(cluster.urls())
             .prefix(support::unique_prefix(test))
             .build()
@@ -120,7 +115,6 @@ impl Harness {
         Self {
             backend: Box::new(backend),
             time: Time::Redis(conn),
-            _cluster: Some(cluster),
         }
     }
 

@@ -140,8 +140,9 @@ async fn inspect_shows_and_resets_a_client_on_redis() {
 #[cfg(feature = "cluster")]
 #[tokio::test]
 async fn inspect_shows_and_resets_a_client_on_a_cluster() {
-    let cluster = support::cluster::RedisCluster::start();
-    let urls = cluster.urls();
+    // The test process' cluster: this test is the one there that uses the
+    // default key prefix (`rl`, the example's).
+    let urls = support::cluster::shared_cluster().urls();
     let layer = layer(RedisBackend::cluster(urls.clone()).unwrap());
     exhaust_inspect_reset(layer, "REDIS_CLUSTER", &urls.join(",")).await;
 }
