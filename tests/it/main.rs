@@ -36,8 +36,6 @@ mod batching;
 mod blocked_cache;
 #[cfg(feature = "cluster")]
 mod cluster;
-#[cfg(feature = "cluster")]
-mod cluster_batching;
 mod concurrency;
 #[cfg(feature = "serde")]
 mod config;

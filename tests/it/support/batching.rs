@@ -1,5 +1,5 @@
 //! What the batching tests share (`tests/it/batching.rs`, and
-//! `tests/it/cluster_batching.rs` on a cluster): policies of every algorithm
+//! `tests/it/under_load/cluster_batching.rs` on a cluster): policies of every algorithm
 //! with one and two quotas, a summary of what must agree between a batched
 //! and a single decision, and the two ways of sending a sequence of checks.
 

@@ -298,6 +298,27 @@ pub fn examples_dir() -> PathBuf {
             if profile.file_name().is_some_and(|n| n == "release") {
                 cargo.arg("--release");
             }
+            // Not the variables cargo sets for this test process: build
+            // scripts (ring's) rerun when one of theirs changed, and the
+            // crates above them would be rebuilt, for nothing, both here
+            // and again by the next `cargo test`.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                if name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_")
+                    || matches!(
+                        &*name,
+                        "CARGO_MANIFEST_DIR"
+                            | "CARGO_MANIFEST_PATH"
+                            | "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "OUT_DIR"
+                    )
+                {
+                    cargo.env_remove(&*name);
+                }
+            }
             let out = cargo.output().expect("run cargo");
             assert!(
                 out.status.success(),

@@ -1,6 +1,6 @@
 //! The tests that load the machine or kill what the limiter talks to: the
-//! attacks on its failure handling, Redis faults under load, a cluster's and
-//! a Sentinel deployment's failover. Most of them take `support::HEAVY` and
+//! attacks on its failure handling, Redis faults under load, batching and
+//! failover on a cluster, a Sentinel deployment's failover. Most of them take `support::HEAVY` and
 //! run one at a time.
 //!
 //! They sit under one module named to sort last on purpose: libtest starts
@@ -9,6 +9,8 @@
 //! quiet machine, with only their few light neighbours beside them.
 
 mod attacks;
+#[cfg(feature = "cluster")]
+mod cluster_batching;
 #[cfg(feature = "cluster")]
 mod cluster_failover;
 mod faults;
