@@ -109,11 +109,31 @@ proptest! {
 }
 
 /// `script` reading the clock from its last two arguments (seconds and
-/// microseconds, as `TIME` replies) instead of `TIME`: the only change.
+/// microseconds, as `TIME` replies) instead of `TIME`, and setting every
+/// key's expiry an hour away: the scripts' expiries run on Redis' real
+/// clock, not the test's, so a key whose state lasts a few test-clock
+/// milliseconds would expire between two steps on a slow machine (expired
+/// state reads like drained state: the scripts roll it forward on the test
+/// clock). The keys' real TTLs are `redis_keys`' subject.
 fn on_test_clock(script: &str) -> String {
     const TIME: &str = "redis.call('TIME')";
     assert_eq!(script.matches(TIME).count(), 1, "one TIME call");
-    script.replace(TIME, "{ARGV[#ARGV - 1], ARGV[#ARGV]}")
+    const LONG_TTLS: &str = "local real_redis = redis
+local redis = setmetatable({
+  call = function(command, ...)
+    local args = {...}
+    if command == 'PEXPIRE' then args[2] = 3600000 end
+    for i = 1, #args - 1 do
+      if command == 'SET' and args[i] == 'PX' then args[i + 1] = 3600000 end
+    end
+    return real_redis.call(command, unpack(args))
+  end,
+}, {__index = real_redis})
+";
+    format!(
+        "{LONG_TTLS}{}",
+        script.replace(TIME, "{ARGV[#ARGV - 1], ARGV[#ARGV]}")
+    )
 }
 
 /// The reply a script gives for `decision` (see `backend/redis/script.rs`).
@@ -210,13 +230,16 @@ fn scripts_agree(
         let got = run(conn, &check, cost, format!("{case}.{n}"))
             .map_err(|e| TestCaseError::fail(format!("{what}: redis error {e}")))?;
         prop_assert_eq!(&got, &expected, "{}", what);
-        // The scripts' expiries run on Redis' real clock, not the test's: a
-        // key whose state lasts a few test-clock milliseconds could expire
-        // between two steps on a slow machine. Expired state reads like
-        // drained state (the scripts roll it forward on the test clock), so
-        // the keys are kept rather than raced.
+        // The long expiries took: every key written lives for an hour.
         for key in &keys {
-            let _: i64 = redis::cmd("PERSIST").arg(key).query(conn).unwrap();
+            let ttl: i64 = redis::cmd("PTTL").arg(key).query(conn).unwrap();
+            prop_assert!(
+                ttl == -2 || ttl > 3_000_000,
+                "{}: {} expires in {} ms",
+                what,
+                key,
+                ttl
+            );
         }
     }
     Ok(())
