@@ -116,7 +116,9 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::key::{Global, PeerIp};
+    #[cfg(feature = "axum")]
+    use crate::key::Global;
+    use crate::key::PeerIp;
 
     #[test]
     fn per_route_without_matched_path_is_one_bucket_per_client() {

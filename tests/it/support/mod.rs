@@ -37,10 +37,56 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Tests that load the machine or measure latency under load take this lock
-/// for their whole run: every test of the binary runs in parallel, and two
-/// load phases (or a fault injection and a latency bound) at once would
-/// measure each other. Tests that neither load nor measure do not take it.
-pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// for their whole run, through [`heavy`]: every test of the binary runs in
+/// parallel, and two load phases (or a fault injection and a latency bound)
+/// at once would measure each other. Tests that neither load nor measure do
+/// not take it.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The heavy tests' turn: [`HEAVY`], then a quiet process. The heavy tests
+/// sort last (`tests/it/under_load`), so when the first of them starts the
+/// light tests have all started, and a few may still run; waiting until
+/// this process has been nearly idle for a moment (at most [`QUIET_WAIT`])
+/// lets them finish before any latency is measured.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    let turn = HEAVY.lock().await;
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut last = cpu_ticks();
+    while quiet < 2 && started.elapsed() < QUIET_WAIT {
+        tokio::time::sleep(QUIET_SAMPLE).await;
+        let now = cpu_ticks();
+        // Clock ticks are 1/100 s: under a quarter of a core over the sample.
+        let busy = now.saturating_sub(last) as f64 / 100.0 / QUIET_SAMPLE.as_secs_f64();
+        quiet = if busy < 0.25 { quiet + 1 } else { 0 };
+        last = now;
+    }
+    turn
+}
+
+/// The longest [`heavy`] waits for the process to quieten.
+const QUIET_WAIT: Duration = Duration::from_secs(20);
+/// How long each of [`heavy`]'s samples of the process's CPU time lasts.
+const QUIET_SAMPLE: Duration = Duration::from_millis(200);
+
+/// This process's CPU time (user and system, every thread) in clock ticks,
+/// from `/proc/self/stat`; 0 where there is no such file.
+fn cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces, in parentheses):
+    // utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
 
 /// A `redis-server` child process, killed on drop.
 pub struct RedisServer {

@@ -117,7 +117,7 @@ async fn connect(backend: &RedisBackend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_checks_on_a_cluster_decide_as_single_calls_in_order() {
     // It compares the batched and the single calls' times.
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     let cluster = exclusive_cluster().await;
     away_from_hour_boundary(&cluster);
     let policies = policies();
@@ -305,7 +305,7 @@ fn settled(samples: &[Sample]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_under_batched_load_strands_no_check() {
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     const DEADLINE: Duration = Duration::from_millis(50);
     const BURST: usize = 10;
     let mut cluster = RedisCluster::start_with_replicas();

@@ -209,7 +209,7 @@ fn ms(d: Duration) -> u128 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_killed_under_load_fails_open_briefly_and_only_for_its_keys() {
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     let mut cluster = RedisCluster::start_with_replicas();
     let policy = Policy::new("fo")
         .quota(Quota::per_minute(100))
@@ -486,7 +486,7 @@ async fn a_master_killed_under_load_fails_open_briefly_and_only_for_its_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resharding_under_load_fails_nothing_and_counts_exactly() {
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     let cluster = RedisCluster::start();
     let limit = 10_000;
     let policy = Policy::new("rs")

@@ -19,7 +19,7 @@
 //! client, server and Redis at once. The measured
 //! percentiles are printed (`cargo test --test it under_load::faults:: -- --nocapture`).
 //!
-//! Every test takes `support::HEAVY`: they measure latency and would disturb
+//! Every test takes `support::heavy()`: they measure latency and would disturb
 //! each other (and the other load tests of the binary).
 
 use std::time::{Duration, Instant};
@@ -251,7 +251,7 @@ impl App {
 /// then a 429 from the fresh server's counters).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_fails_nothing_and_limiting_resumes_after_restart() {
-    let _heavy = support::HEAVY.lock().await;
+    let _heavy = support::heavy().await;
     let logs = capture_logs();
     let mut server = RedisServer::start();
     let app = start_app(&server.url(), "kill").await;
@@ -326,7 +326,7 @@ async fn sigkill_under_load_fails_nothing_and_limiting_resumes_after_restart() {
 /// later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_late_in_a_cool_down_recovers_at_the_next_probe() {
-    let _heavy = support::HEAVY.lock().await;
+    let _heavy = support::heavy().await;
     let logs = capture_logs();
     let mut server = RedisServer::start();
     let app = start_app(&server.url(), "probe").await;
@@ -367,7 +367,7 @@ async fn restart_late_in_a_cool_down_recovers_at_the_next_probe() {
 /// Redis' counters (kept through the stall) deny `/small` again within 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_under_load_is_bounded_by_the_deadline_and_the_breaker_restores_latency() {
-    let _heavy = support::HEAVY.lock().await;
+    let _heavy = support::heavy().await;
     let logs = capture_logs();
     let server = RedisServer::start();
     let app = start_app(&server.url(), "stop").await;
@@ -458,7 +458,7 @@ fn scripts_cached(conn: &mut redis::Connection) -> Vec<bool> {
 /// left off; the load never fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_under_load_keeps_decisions_exact() {
-    let _heavy = support::HEAVY.lock().await;
+    let _heavy = support::heavy().await;
     let server = RedisServer::start();
     let app = start_app(&server.url(), "flush").await;
     app.wait_limiting("/load").await;
@@ -548,7 +548,7 @@ async fn script_flush_under_load_keeps_decisions_exact() {
 /// the key is written there, and its limit bites at 5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_failure_mode_keeps_the_limit_while_redis_is_dead() {
-    let _heavy = support::HEAVY.lock().await;
+    let _heavy = support::heavy().await;
     let mut server = RedisServer::start();
     let app = start_app(&server.url(), "local").await;
     app.wait_limiting("/load").await;

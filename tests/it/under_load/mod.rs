@@ -1,7 +1,8 @@
 //! The tests that load the machine or kill what the limiter talks to: the
 //! attacks on its failure handling, Redis faults under load, batching and
-//! failover on a cluster, a Sentinel deployment's failover. Most of them take `support::HEAVY` and
-//! run one at a time.
+//! failover on a cluster, a Sentinel deployment's failover. Most of them
+//! take `support::heavy()` and run one at a time, each once the process has
+//! quietened.
 //!
 //! They sit under one module named to sort last on purpose: libtest starts
 //! tests in name order, so the light tests all run first, many at a time

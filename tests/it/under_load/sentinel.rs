@@ -82,7 +82,7 @@ struct Sample {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limiter_follows_a_failover_within_the_window() {
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     let mut setup = SentinelSetup::start();
     let old_port = setup.primary.port;
     let backends: Vec<RedisBackend> = (0..2)

@@ -71,7 +71,7 @@ fn open_share(samples: &[Sample], from: Instant, to: Instant) -> (f64, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_do_not_switch_limiting_off() {
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     let server = support::RedisServer::start();
     let backend = support::redis_backend(&server.url(), "churn");
     under_churn(backend, &server, Spare::Attacker).await;
@@ -85,7 +85,7 @@ async fn killed_connections_do_not_switch_limiting_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_to_a_sentinel_primary_do_not_switch_limiting_off() {
     use support::sentinel::{MASTER, SentinelSetup};
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     let setup = SentinelSetup::start();
     let backend =
         tower_redis_ratelimit::RedisBackend::sentinel_builder([setup.sentinel_url()], MASTER)

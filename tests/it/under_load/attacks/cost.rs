@@ -94,7 +94,7 @@ async fn attack(layer: &RateLimitLayer, key: &'static str) -> (Arc<Tally>, Arc<T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn costly_bursts_neither_open_the_breaker_nor_admit_an_over_quota_client() {
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     let server = support::RedisServer::start();
     let mut conn = server.conn();
     let backend = support::redis_backend(&server.url(), "attack-cost");

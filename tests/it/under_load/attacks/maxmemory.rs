@@ -28,7 +28,7 @@ const TASKS: usize = 64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limiter_writes_stop_at_maxmemory() {
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     for algorithm in [
         Algorithm::SlidingLog,
         Algorithm::SlidingWindow,

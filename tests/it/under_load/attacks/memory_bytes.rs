@@ -70,7 +70,7 @@ fn assert_bounded(backend: &MemoryBackend, before: u64, phase: &str, started: In
 #[tokio::test]
 async fn attack_4_memory_backend_stays_within_its_byte_budget() {
     // Alone: the other load phases would count in this process's RSS.
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     // Like the export policy: a sliding log of 5 000 units per hour, max
     // cost 500.
     let policy = Policy::new("export")

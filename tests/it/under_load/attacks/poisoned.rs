@@ -24,7 +24,7 @@ const TASKS: u64 = 48;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_key_fails_only_its_own_decisions() {
-    let _heavy = crate::support::HEAVY.lock().await;
+    let _heavy = crate::support::heavy().await;
     let server = support::RedisServer::start();
     let mut conn = server.conn();
     let backend = support::redis_backend(&server.url(), "attack-poison");
