@@ -985,18 +985,23 @@ mod tests {
         assert_accounted(&backend);
     }
 
+    /// A backend on `clock` with the default capacity and `max_bytes` of
+    /// counting state.
+    fn budgeted(clock: &FakeClock, max_bytes: usize) -> MemoryBackend {
+        MemoryBackend::builder()
+            .clock(clock.clone())
+            .max_bytes(max_bytes)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn the_byte_budget_keeps_every_shard_within_its_share() {
         let clock = FakeClock::new(1_000_000_000);
         // 4 KiB a shard: a few clients with small logs.
         let max_bytes = 64 << 10;
         let share = max_bytes / SHARDS;
-        let backend = MemoryBackend::builder()
-            .clock(clock.clone())
-            .capacity(100_000)
-            .max_bytes(max_bytes)
-            .build()
-            .unwrap();
+        let backend = budgeted(&clock, max_bytes);
         let policy = log_policy("log", 5_000);
         let keys: Vec<Key> = (0..300).map(|i| Key::new(format!("k{i}"))).collect();
         for round in 0..40 {
@@ -1043,12 +1048,7 @@ mod tests {
         let clock = FakeClock::new(1_000_000_000);
         let max_bytes = 64 << 10;
         let share = max_bytes / SHARDS;
-        let backend = MemoryBackend::builder()
-            .clock(clock.clone())
-            .capacity(100_000)
-            .max_bytes(max_bytes)
-            .build()
-            .unwrap();
+        let backend = budgeted(&clock, max_bytes);
         let policy = log_policy("log", 5_000);
         let heavy = Key::new("heavy");
         let shard = backend.shard_of(&policy, &heavy);
@@ -1093,12 +1093,7 @@ mod tests {
         // 6 KiB a shard.
         let max_bytes = 96 << 10;
         let share = max_bytes / SHARDS;
-        let backend = MemoryBackend::builder()
-            .clock(clock.clone())
-            .capacity(100_000)
-            .max_bytes(max_bytes)
-            .build()
-            .unwrap();
+        let backend = budgeted(&clock, max_bytes);
         let policy = log_policy("log", 5_000);
         let short = Policy::new("short")
             .algorithm(Algorithm::SlidingLog)
