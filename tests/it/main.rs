@@ -5,7 +5,8 @@
 //!
 //! Tests of every module run in parallel in one process. Tests that read the
 //! process-wide log capture hold its guard (`support::logs::capture_logs`);
-//! tests that measure time or load a machine take `support::heavy()` and live
+//! tests that measure time or load a machine take `support::heavy()` (or
+//! `support::loading()` if they only count) and live
 //! under `under_load`, which sorts last so that they run after the light
 //! tests (libtest starts tests in name order).
 

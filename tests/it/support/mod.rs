@@ -37,19 +37,22 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Tests that load the machine or measure latency under load take this lock
-/// for their whole run, through [`heavy`]: every test of the binary runs in
-/// parallel, and two load phases (or a fault injection and a latency bound)
-/// at once would measure each other. Tests that neither load nor measure do
-/// not take it.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// for their whole run, through [`heavy`] (alone) or [`loading`] (beside
+/// each other): every test of the binary runs in parallel, and two load
+/// phases (or a fault injection and a latency bound) at once would measure
+/// each other. Tests that neither load nor measure do not take it. The lock
+/// is fair: a test waiting for [`heavy`] is not overtaken by later
+/// [`loading`] ones.
+static HEAVY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// The heavy tests' turn: [`HEAVY`], then a quiet process. The heavy tests
-/// sort last (`tests/it/under_load`), so when the first of them starts the
-/// light tests have all started, and a few may still run; waiting until
-/// this process has been nearly idle for a moment (at most [`QUIET_WAIT`])
-/// lets them finish before any latency is measured.
-pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
-    let turn = HEAVY.lock().await;
+/// The turn of a test that measures latency or fails on a missed deadline:
+/// [`HEAVY`] alone, then a quiet process. The heavy tests sort last
+/// (`tests/it/under_load`), so when the first of them starts the light
+/// tests have all started, and a few may still run; waiting until this
+/// process has been nearly idle for a moment (at most [`QUIET_WAIT`]) lets
+/// them finish before any latency is measured.
+pub async fn heavy() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    let turn = HEAVY.write().await;
     let started = Instant::now();
     let mut quiet = 0;
     let mut last = cpu_ticks();
@@ -64,10 +67,17 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     turn
 }
 
+/// The turn of a test that loads the machine but measures only counts and
+/// bytes, no latency and no deadline (the memory attacks, the fleet's
+/// shares): beside the other such tests, never beside a [`heavy`] one.
+pub async fn loading() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    HEAVY.read().await
+}
+
 /// The longest [`heavy`] waits for the process to quieten.
 const QUIET_WAIT: Duration = Duration::from_secs(20);
 /// How long each of [`heavy`]'s samples of the process's CPU time lasts.
-const QUIET_SAMPLE: Duration = Duration::from_millis(200);
+const QUIET_SAMPLE: Duration = Duration::from_millis(100);
 
 /// This process's CPU time (user and system, every thread) in clock ticks,
 /// from `/proc/self/stat`; 0 where there is no such file.

@@ -61,8 +61,9 @@ async fn send(layer: &RateLimitLayer, client: &str) -> StatusCode {
 /// fleet share: 3 × 30 = 90).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_admits_the_fleets_limit_not_n_times_it() {
-    // Three instances serving load: one at a time with the other heavy tests.
-    let _heavy = crate::support::heavy().await;
+    // Three instances serving a little load, counted, not timed: beside the
+    // other tests that only count.
+    let _loading = crate::support::loading().await;
     let mut server = RedisServer::start();
     let prefix = support::unique_prefix("fleet");
     let fleet: Vec<_> = (0..INSTANCES)
@@ -128,8 +129,9 @@ async fn serve_until(fleet: &[(RateLimitLayer, RedisBackend)], mut done: impl Fn
 /// a few seconds: the key holds live instances only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_instance_leaves_the_count() {
-    // Three instances serving load: one at a time with the other heavy tests.
-    let _heavy = crate::support::heavy().await;
+    // Three instances serving a little load, counted, not timed: beside the
+    // other tests that only count.
+    let _loading = crate::support::loading().await;
     let server = RedisServer::start();
     let prefix = support::unique_prefix("fleet-drop");
     let mut fleet: Vec<_> = (0..2).map(|_| instance(&server.url(), &prefix)).collect();

@@ -28,7 +28,8 @@ const TASKS: usize = 64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limiter_writes_stop_at_maxmemory() {
-    let _heavy = crate::support::heavy().await;
+    // Counts and bytes, no latency: beside the other tests that only count.
+    let _loading = crate::support::loading().await;
     for algorithm in [
         Algorithm::SlidingLog,
         Algorithm::SlidingWindow,
