@@ -31,7 +31,8 @@ use redis::Script;
 use tokio::task::AbortHandle;
 
 use super::Inner;
-use super::connection::Request;
+use super::keyspace::fleet_key;
+use super::transport::Request;
 use crate::error::BackendError;
 
 /// How often an instance announces itself.
@@ -43,13 +44,6 @@ pub(super) const STALE: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fleet.lua")));
-
-/// The key of a fleet's instances: `<prefix>:{instances}`. The limiter's
-/// own keys are `<prefix>:{<policy>:<client>}:..`, whose hash tags hold a
-/// colon, so none is this key.
-pub(super) fn key(prefix: &str) -> String {
-    format!("{prefix}:{{instances}}")
-}
 
 /// One backend's place in its fleet.
 pub(super) struct Fleet {
@@ -150,7 +144,7 @@ async fn heartbeat(backend: Weak<Inner>, _running: Running) {
     };
     let mut invocation = SCRIPT.prepare_invoke();
     invocation
-        .key(key(&inner.prefix))
+        .key(fleet_key(&inner.prefix))
         .arg(&inner.fleet.id)
         .arg(u64::try_from(STALE.as_millis()).unwrap_or(u64::MAX));
     drop(inner);
@@ -159,8 +153,8 @@ async fn heartbeat(backend: Weak<Inner>, _running: Running) {
             return;
         };
         let call = inner
-            .connection
-            .send::<Vec<i64>>(Request::Script(&invocation));
+            .transport
+            .send_quietly::<Vec<i64>>(Request::Script(&invocation));
         let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(reply)) => inner.fleet.record(&reply),
             Ok(Err(error)) => Err(error),
@@ -183,18 +177,6 @@ async fn heartbeat(backend: Weak<Inner>, _running: Running) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_key_is_one_hash_tag_no_decision_key_has() {
-        assert_eq!(key("rl"), "rl:{instances}");
-        let policy = crate::Policy::new("instances").quota(crate::Quota::per_minute(1));
-        let decision_keys = super::super::script::keys("rl", &policy, &crate::Key::new("x"));
-        assert!(
-            decision_keys
-                .iter()
-                .all(|k| !k.starts_with("rl:{instances}"))
-        );
-    }
 
     #[test]
     fn each_backend_is_an_instance_of_its_own() {
