@@ -661,7 +661,8 @@ impl Backend for RedisBackend {
         if policy.failure_mode_kind() == FailureMode::Local {
             // Counting the fleet starts with the first check that may
             // need the count.
-            fleet::start(&self.inner);
+            let inner = &self.inner;
+            inner.fleet.start(&inner.transport, &inner.prefix);
         }
         let call = script::call(&self.inner.prefix, &self.inner.nonces, policy, key, cost);
         let transport = &self.inner.transport;
