@@ -16,9 +16,13 @@
 //! lane exists only while a call is in flight on it (its entry is removed
 //! when it goes idle with nothing queued), so memory follows the load, not
 //! the 16384 slots. On a cluster every call runs detached from its callers,
-//! bounded and abandoned as `connection::cluster` describes: the lone call
+//! bounded and abandoned as `super::cluster` describes: the lone call
 //! through `Cluster::detached`, the batch calls in the lane's draining task,
 //! each holding one of the same permits.
+//!
+//! The batcher knows the deployment only through the transport seam
+//! (`super::transport`): it asks it for a check's lane, sends its calls
+//! through it, and lets it bound the calls of a lane's task.
 //!
 //! The batch script is made at start-up from the algorithms' own scripts
 //! (see `batch_lua`: the counter and GCRA through the functions their
@@ -41,16 +45,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
 
 use redis::{Script, ScriptInvocation};
 use tokio::sync::oneshot;
 
-use super::Inner;
-#[cfg(feature = "cluster")]
-use super::connection::Connection;
-use super::connection::Request;
 use super::script::Call;
+use super::transport::{Lane, Request, Transport, failure};
 use crate::algorithm::Algorithm;
 use crate::decision::Decision;
 use crate::error::BackendError;
@@ -60,11 +60,6 @@ pub(super) const DEFAULT_MAX: usize = 64;
 
 /// The largest batch size the builder accepts.
 pub(super) const MAX_MAX: usize = 1024;
-
-/// The longest a batch call may run before its checks fail (the
-/// connection's own timeouts end it much sooner in practice); the batcher
-/// then sends what queued meanwhile.
-const MAX_BATCH_TIME: Duration = Duration::from_secs(10);
 
 /// The line of an algorithm's script above which it defines `state`,
 /// `decide` and `write` (see `batch_lua`): the first line of
@@ -316,6 +311,8 @@ struct Waiting {
 /// The batching of one backend's checks, in independent lanes.
 pub(super) struct Batcher {
     max: usize,
+    /// Where the calls go.
+    transport: Arc<Transport>,
     /// The busy lanes: a lane has an entry while a call is in flight on it
     /// (or is about to be sent), and only then. A map, not an array of the
     /// 16384 slots: an array would take 640 KiB per backend (one lane on a
@@ -323,7 +320,7 @@ pub(super) struct Batcher {
     /// (measured: insert and remove under the lock), nothing beside a
     /// round trip to Redis. Its capacity stays at the most lanes ever busy
     /// at once: at most 16384 small entries.
-    lanes: Mutex<HashMap<u16, State>>,
+    lanes: Mutex<HashMap<Lane, State>>,
 }
 
 /// A busy lane.
@@ -342,20 +339,21 @@ pub(super) enum Submitted {
 }
 
 impl Batcher {
-    /// Batches of up to `max` checks.
-    pub(super) fn new(max: usize) -> Self {
+    /// Batches of up to `max` checks, sent through `transport`.
+    pub(super) fn new(max: usize, transport: Arc<Transport>) -> Self {
         Self {
             max,
+            transport,
             lanes: Mutex::default(),
         }
     }
 
-    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<u16, State>> {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<Lane, State>> {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends `call` now if nothing is in flight on `lane`, else queues it.
-    pub(super) fn submit(&self, lane: u16, call: Call) -> Submitted {
+    pub(super) fn submit(&self, lane: Lane, call: Call) -> Submitted {
         let mut lanes = self.lanes();
         match lanes.get_mut(&lane) {
             Some(state) => {
@@ -372,7 +370,7 @@ impl Batcher {
 
     /// The next batch of `lane`, or `None` (and the lane idle, its entry
     /// gone) if no check is waiting.
-    fn next_batch(&self, lane: u16) -> Option<Vec<Waiting>> {
+    fn next_batch(&self, lane: Lane) -> Option<Vec<Waiting>> {
         let mut lanes = self.lanes();
         let state = lanes.get_mut(&lane)?;
         if state.queue.is_empty() {
@@ -393,36 +391,33 @@ impl Batcher {
 /// A lone call in flight on a lane: when it ends (or is dropped), the
 /// checks queued meanwhile on that lane go out.
 pub(super) struct Lead {
-    inner: Arc<Inner>,
-    lane: u16,
+    batcher: Arc<Batcher>,
+    lane: Lane,
 }
 
 impl Lead {
     /// The guard of the lone call that [`Batcher::submit`] answered with
     /// [`Submitted::Lead`] for `lane`.
-    pub(super) fn new(inner: Arc<Inner>, lane: u16) -> Self {
-        Self { inner, lane }
+    pub(super) fn new(batcher: Arc<Batcher>, lane: Lane) -> Self {
+        Self { batcher, lane }
     }
 }
 
 impl Drop for Lead {
     fn drop(&mut self) {
-        done(&self.inner, self.lane);
+        done(&self.batcher, self.lane);
     }
 }
 
 /// A call on `lane` ended: sends what queued meanwhile, in a task of its
 /// own, or marks the lane idle.
-fn done(inner: &Arc<Inner>, lane: u16) {
-    let Some(batcher) = &inner.batcher else {
-        return;
-    };
+fn done(batcher: &Arc<Batcher>, lane: Lane) {
     let Some(batch) = batcher.next_batch(lane) else {
         return;
     };
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            runtime.spawn(drain(Arc::clone(inner), lane, batch));
+            runtime.spawn(drain(Arc::clone(batcher), lane, batch));
         }
         Err(_) => {
             // No runtime to send from (a check dropped outside one): fail
@@ -434,12 +429,9 @@ fn done(inner: &Arc<Inner>, lane: u16) {
 }
 
 /// Sends batches of `lane` until no check is waiting on it.
-async fn drain(inner: Arc<Inner>, lane: u16, mut batch: Vec<Waiting>) {
+async fn drain(batcher: Arc<Batcher>, lane: Lane, mut batch: Vec<Waiting>) {
     loop {
-        send(&inner, batch).await;
-        let Some(batcher) = &inner.batcher else {
-            return;
-        };
+        send(&batcher.transport, batch).await;
         match batcher.next_batch(lane) {
             Some(next) => batch = next,
             None => return,
@@ -447,28 +439,22 @@ async fn drain(inner: Arc<Inner>, lane: u16, mut batch: Vec<Waiting>) {
     }
 }
 
-/// Sends `invocation` from a lane's draining task: bounded and abandoned
-/// like a detached call on a cluster, else abandoned after
-/// [`MAX_BATCH_TIME`].
+/// Sends `invocation` from a lane's draining task, under the transport's
+/// bounds for such calls ([`Transport::bounded`]: on a cluster those of a
+/// detached call).
 async fn call(
-    inner: &Inner,
+    transport: &Transport,
     invocation: &ScriptInvocation<'static>,
 ) -> Result<Vec<i64>, BackendError> {
-    let call = inner.send::<Vec<i64>>(Request::Script(invocation));
-    #[cfg(feature = "cluster")]
-    if let Connection::Cluster(cluster) = &inner.connection {
-        return cluster.bounded(call).await;
-    }
-    tokio::time::timeout(MAX_BATCH_TIME, call)
-        .await
-        .unwrap_or_else(|_| Err(abandoned()))
+    let call = transport.send::<Vec<i64>>(Request::Script(invocation));
+    transport.bounded(call).await
 }
 
 /// Sends one batch (a lone check as its own script) and hands each check its
 /// decision.
-async fn send(inner: &Inner, batch: Vec<Waiting>) {
+async fn send(transport: &Transport, batch: Vec<Waiting>) {
     if let [one] = batch.as_slice() {
-        let result = call(inner, &one.call.invocation())
+        let result = call(transport, &one.call.invocation())
             .await
             .map_err(super::script::key_fault);
         let [one] = <[Waiting; 1]>::try_from(batch).ok().expect("one check");
@@ -478,7 +464,7 @@ async fn send(inner: &Inner, batch: Vec<Waiting>) {
         return;
     }
     let invocation = batch_invocation(batch.iter().map(|w| &w.call));
-    let result = call(inner, &invocation).await;
+    let result = call(transport, &invocation).await;
     match result {
         Ok(reply) => match split(&reply, batch.len()) {
             Some(replies) => {
@@ -501,15 +487,11 @@ async fn send(inner: &Inner, batch: Vec<Waiting>) {
     }
 }
 
-fn abandoned() -> BackendError {
-    BackendError::Protocol("redis batch call abandoned after 10 s".to_owned())
-}
-
 /// The same error, for every check of a failed batch.
 fn copy(error: &BackendError) -> BackendError {
     match error {
         BackendError::Connection(e) => match e.downcast_ref::<redis::RedisError>() {
-            Some(e) => super::failure(e.clone()),
+            Some(e) => failure(e.clone()),
             None => BackendError::Connection(e.to_string().into()),
         },
         BackendError::Protocol(m) => BackendError::Protocol(m.clone()),
@@ -529,6 +511,8 @@ pub(super) async fn wait(rx: oneshot::Receiver<Reply>) -> Reply {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -556,7 +540,10 @@ mod tests {
 
     #[test]
     fn lanes_are_independent_and_idle_lanes_leave_nothing() {
-        let batcher = Batcher::new(2);
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let second = Duration::from_secs(1);
+        let transport = Transport::single(client, second, second);
+        let batcher = Batcher::new(2, Arc::new(transport));
         // The first check of each lane leads; the next ones queue there.
         for lane in [7, 9, 16_383] {
             assert!(matches!(

@@ -15,7 +15,7 @@
 //!
 //! The task is started lazily, inside the runtime, by the first check that
 //! needs it (never at build time: startup never waits for Redis). It holds
-//! the backend weakly between announcements, gives each at most
+//! the backend's transport weakly between announcements, gives each at most
 //! [`CALL_TIMEOUT`], and is aborted when the backend is dropped (a task
 //! that ended with its runtime is started again by the next check). While
 //! Redis is unreachable the announcements fail and the last count stays:
@@ -27,11 +27,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
-use redis::Script;
+use redis::{Script, ScriptInvocation};
 use tokio::task::AbortHandle;
 
-use super::Inner;
-use super::connection::Request;
+use super::keyspace::fleet_key;
+use super::transport::{Request, Transport};
 use crate::error::BackendError;
 
 /// How often an instance announces itself.
@@ -44,19 +44,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fleet.lua")));
 
-/// The key of a fleet's instances: `<prefix>:{instances}`. The limiter's
-/// own keys are `<prefix>:{<policy>:<client>}:..`, whose hash tags hold a
-/// colon, so none is this key.
-pub(super) fn key(prefix: &str) -> String {
-    format!("{prefix}:{{instances}}")
-}
-
 /// One backend's place in its fleet.
 pub(super) struct Fleet {
     /// This instance's id: 16 random hex digits.
     id: String,
-    /// The latest count of live instances; 0 until one is known.
-    count: AtomicU32,
+    /// The latest count of live instances; 0 until one is known (shared
+    /// with the heartbeat task).
+    count: Arc<AtomicU32>,
     /// Whether the heartbeat task runs (cleared when it ends, e.g. with its
     /// runtime, so that the next check starts another).
     started: Arc<AtomicBool>,
@@ -69,7 +63,7 @@ impl Fleet {
         let seed = (std::process::id(), SystemTime::now());
         Self {
             id: format!("{:016x}", RandomState::new().hash_one(seed)),
-            count: AtomicU32::new(0),
+            count: Arc::new(AtomicU32::new(0)),
             started: Arc::new(AtomicBool::new(false)),
             task: Mutex::new(None),
         }
@@ -80,27 +74,57 @@ impl Fleet {
         NonZeroU32::new(self.count.load(Ordering::Relaxed))
     }
 
-    /// Takes an announcement's reply `{live instances, announced}`: the
-    /// count if the announcement was stored; a refused one (`maxmemory`)
-    /// says nothing reliable about this instance, and changes nothing.
-    fn record(&self, reply: &[i64]) -> Result<Option<NonZeroU32>, BackendError> {
-        let bad = || BackendError::Protocol(format!("fleet heartbeat: {reply:?}"));
-        let &[count, announced] = reply else {
-            return Err(bad());
-        };
-        match announced {
-            0 => Ok(None),
-            1 => {
-                if count < 1 {
-                    return Err(bad());
-                }
-                let count =
-                    NonZeroU32::new(u32::try_from(count).unwrap_or(u32::MAX)).ok_or_else(bad)?;
-                self.count.store(count.get(), Ordering::Relaxed);
-                Ok(Some(count))
-            }
-            _ => Err(bad()),
+    /// Starts the heartbeat, announcing the instance under `prefix`
+    /// through `transport`, unless it runs already; does nothing outside a
+    /// tokio runtime (the next check tries again). Cheap once started: one
+    /// atomic read.
+    pub(super) fn start(&self, transport: &Arc<Transport>, prefix: &str) {
+        if self.started.load(Ordering::Acquire) {
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut invocation = SCRIPT.prepare_invoke();
+        invocation
+            .key(fleet_key(prefix))
+            .arg(&self.id)
+            .arg(u64::try_from(STALE.as_millis()).unwrap_or(u64::MAX));
+        let running = Running(Arc::clone(&self.started));
+        let beat = heartbeat(
+            Arc::downgrade(transport),
+            invocation,
+            Arc::clone(&self.count),
+            running,
+        );
+        let task = runtime.spawn(beat);
+        *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
+    }
+}
+
+/// Takes an announcement's reply `{live instances, announced}` into
+/// `count`: the count if the announcement was stored; a refused one
+/// (`maxmemory`) says nothing reliable about this instance, and changes
+/// nothing.
+fn record(count: &AtomicU32, reply: &[i64]) -> Result<Option<NonZeroU32>, BackendError> {
+    let bad = || BackendError::Protocol(format!("fleet heartbeat: {reply:?}"));
+    let &[live, announced] = reply else {
+        return Err(bad());
+    };
+    match announced {
+        0 => Ok(None),
+        1 => {
+            if live < 1 {
+                return Err(bad());
+            }
+            let live = NonZeroU32::new(u32::try_from(live).unwrap_or(u32::MAX)).ok_or_else(bad)?;
+            count.store(live.get(), Ordering::Relaxed);
+            Ok(Some(live))
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -113,25 +137,6 @@ impl Drop for Fleet {
     }
 }
 
-/// Starts the heartbeat of `inner`'s backend unless it runs already; does
-/// nothing outside a tokio runtime (the next check tries again). Cheap once
-/// started: one atomic read.
-pub(super) fn start(inner: &Arc<Inner>) {
-    let fleet = &inner.fleet;
-    if fleet.started.load(Ordering::Acquire) {
-        return;
-    }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    if fleet.started.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let running = Running(Arc::clone(&fleet.started));
-    let task = runtime.spawn(heartbeat(Arc::downgrade(inner), running));
-    *fleet.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
-}
-
 /// Held by the heartbeat task: clears the `started` flag when the task
 /// ends, however it ends (its runtime shut down, the backend dropped).
 struct Running(Arc<AtomicBool>);
@@ -142,27 +147,22 @@ impl Drop for Running {
     }
 }
 
-/// Announces the instance now and every [`EVERY`], until the backend is
-/// dropped. Holds it only during an announcement.
-async fn heartbeat(backend: Weak<Inner>, _running: Running) {
-    let Some(inner) = backend.upgrade() else {
-        return;
-    };
-    let mut invocation = SCRIPT.prepare_invoke();
-    invocation
-        .key(key(&inner.prefix))
-        .arg(&inner.fleet.id)
-        .arg(u64::try_from(STALE.as_millis()).unwrap_or(u64::MAX));
-    drop(inner);
+/// Announces the instance (`invocation`) now and every [`EVERY`], until
+/// the backend is dropped (its [`Fleet`] aborts the task) or its transport
+/// is gone. Holds the transport only during an announcement.
+async fn heartbeat(
+    transport: Weak<Transport>,
+    invocation: ScriptInvocation<'static>,
+    count: Arc<AtomicU32>,
+    _running: Running,
+) {
     loop {
-        let Some(inner) = backend.upgrade() else {
+        let Some(link) = transport.upgrade() else {
             return;
         };
-        let call = inner
-            .connection
-            .send::<Vec<i64>>(Request::Script(&invocation));
+        let call = link.send_quietly::<Vec<i64>>(Request::Script(&invocation));
         let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(reply)) => inner.fleet.record(&reply),
+            Ok(Ok(reply)) => record(&count, &reply),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(BackendError::Protocol(format!(
                 "no reply within {CALL_TIMEOUT:?}"
@@ -175,7 +175,7 @@ async fn heartbeat(backend: Weak<Inner>, _running: Running) {
             Ok(None) => tracing::debug!("fleet heartbeat refused (maxmemory); count kept"),
             Err(error) => tracing::debug!(%error, "fleet heartbeat failed; count kept"),
         }
-        drop(inner);
+        drop(link);
         tokio::time::sleep(EVERY).await;
     }
 }
@@ -183,18 +183,6 @@ async fn heartbeat(backend: Weak<Inner>, _running: Running) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_key_is_one_hash_tag_no_decision_key_has() {
-        assert_eq!(key("rl"), "rl:{instances}");
-        let policy = crate::Policy::new("instances").quota(crate::Quota::per_minute(1));
-        let decision_keys = super::super::script::keys("rl", &policy, &crate::Key::new("x"));
-        assert!(
-            decision_keys
-                .iter()
-                .all(|k| !k.starts_with("rl:{instances}"))
-        );
-    }
 
     #[test]
     fn each_backend_is_an_instance_of_its_own() {
@@ -208,20 +196,21 @@ mod tests {
     fn a_stored_announcement_sets_the_count_a_refused_one_keeps_it() {
         let fleet = Fleet::new();
         let count = |n: u32| NonZeroU32::new(n);
-        assert_eq!(fleet.record(&[3, 1]).unwrap(), count(3));
+        let record = |reply: &[i64]| record(&fleet.count, reply);
+        assert_eq!(record(&[3, 1]).unwrap(), count(3));
         assert_eq!(fleet.instances(), count(3));
         // Refused past maxmemory: the reply's count leaves this instance
         // out, and others may have been refused too.
-        assert_eq!(fleet.record(&[1, 0]).unwrap(), None);
+        assert_eq!(record(&[1, 0]).unwrap(), None);
         assert_eq!(fleet.instances(), count(3));
-        assert_eq!(fleet.record(&[2, 1]).unwrap(), count(2), "one left");
+        assert_eq!(record(&[2, 1]).unwrap(), count(2), "one left");
         assert_eq!(fleet.instances(), count(2));
         // Nonsense changes nothing.
         for bad in [&[][..], &[2], &[0, 1], &[-1, 1], &[4, 2], &[4, 1, 0]] {
-            assert!(fleet.record(bad).is_err(), "{bad:?}");
+            assert!(record(bad).is_err(), "{bad:?}");
             assert_eq!(fleet.instances(), count(2), "{bad:?}");
         }
-        assert_eq!(fleet.record(&[i64::MAX, 1]).unwrap(), count(u32::MAX));
+        assert_eq!(record(&[i64::MAX, 1]).unwrap(), count(u32::MAX));
     }
 
     /// Started inside a runtime only, once; started again in the next
@@ -232,7 +221,8 @@ mod tests {
         let backend = super::super::RedisBackend::new("redis://127.0.0.1:1").unwrap();
         let inner = &backend.inner;
         let running = || inner.fleet.started.load(Ordering::Acquire);
-        start(inner);
+        let start = || inner.fleet.start(&inner.transport, &inner.prefix);
+        start();
         assert!(!running(), "no runtime, no task");
         let runtime = || {
             tokio::runtime::Builder::new_current_thread()
@@ -242,8 +232,8 @@ mod tests {
         };
         let first = runtime();
         first.block_on(async {
-            start(inner);
-            start(inner);
+            start();
+            start();
             tokio::task::yield_now().await;
         });
         assert!(running());
@@ -251,7 +241,7 @@ mod tests {
         drop(first);
         assert!(!running(), "gone with its runtime");
         let second = runtime();
-        second.block_on(async { start(inner) });
+        second.block_on(async { start() });
         assert!(running());
         drop(backend);
         second.block_on(tokio::task::yield_now());

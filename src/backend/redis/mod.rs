@@ -4,13 +4,21 @@
 //!
 //! - `batch`: checks waiting for one lane (the connection, or a cluster's
 //!   hash slot) sent as one script call;
-//! - `script`: the script protocol (keys, arguments, reply), without I/O;
-//! - `connection`: single-node, cluster and Sentinel connections;
+//! - `script`: the script protocol (arguments, reply), without I/O;
+//! - `keyspace`: the key layout, hash tags, hash slots and partitions;
+//! - `transport`: the one interface over single-node, cluster and Sentinel
+//!   connections (send a request; the lane of a hash tag; detached and
+//!   bounded calls on a cluster), which the batcher and the backend use;
+//! - `cluster`: the Redis Cluster connection, made in the background;
 //! - `sentinel`: finding the primary through Redis Sentinel;
+//! - `last_error`: the last error of the calls, for the logs;
 //! - `tls`: private CAs and client certificates for `rediss://`;
 //! - `redact`: Redis URLs without their passwords;
 //! - `fleet`: the heartbeat counting the instances that share the counts;
 //! - here: [`RedisBackend`] and its builder, gluing them together.
+//!
+//! The submodules depend on each other one way, and never on this module
+//! (`crate::module_graph` checks it).
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -21,12 +29,13 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use self::batch::{Batcher, Lead, Submitted};
-use self::connection::{Connection, LastError, Request};
+use self::keyspace::HashTag;
 pub(crate) use self::redact::redact_url;
 use self::redact::secrets;
 use self::script::{Call, Nonces};
 #[cfg(all(feature = "serde", feature = "tls"))]
 pub(crate) use self::tls::{check_ca, check_client_cert, check_client_key};
+use self::transport::{Request, Transport};
 use super::{Backend, CheckFuture, ResetFuture};
 use crate::decision::Decision;
 use crate::error::{BackendError, ConfigError};
@@ -35,14 +44,18 @@ use crate::key::Key;
 use crate::policy::Policy;
 
 mod batch;
-mod connection;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod fleet;
+mod keyspace;
+mod last_error;
 mod redact;
 mod script;
 #[cfg(feature = "sentinel")]
 mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;
+mod transport;
 
 /// Counters in Redis, shared by every application instance.
 ///
@@ -116,34 +129,18 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    connection: Connection,
+    /// Where the calls go, and their last error.
+    transport: Arc<Transport>,
     prefix: String,
     nonces: Nonces,
     /// Whether peeks are sent as `EVALSHA_RO` (cleared once the server
     /// refuses it: Redis before 7.0).
     read_only: AtomicBool,
-    /// The last error, until a call succeeds.
-    last_error: Arc<LastError>,
     /// Batches checks, if batching is on: in one lane, or one per hash slot
     /// on a cluster.
-    batcher: Option<Batcher>,
+    batcher: Option<Arc<Batcher>>,
     /// This instance in its fleet (see [`Backend::instances`]).
     fleet: fleet::Fleet,
-}
-
-impl Inner {
-    /// Sends a request; remembers its error, or forgets the last one.
-    async fn send<T: redis::FromRedisValue>(
-        &self,
-        request: Request<'_>,
-    ) -> Result<T, BackendError> {
-        let result = self.connection.send(request).await;
-        match &result {
-            Ok(_) => self.last_error.clear(),
-            Err(error) => self.last_error.record(error),
-        }
-        result
-    }
 }
 
 /// Shows the address (no credentials) or, for a cluster, the node URLs with
@@ -151,7 +148,7 @@ impl Inner {
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RedisBackend");
-        self.inner.connection.describe(&mut d);
+        self.inner.transport.describe(&mut d);
         d.field("prefix", &self.inner.prefix)
             .finish_non_exhaustive()
     }
@@ -214,14 +211,6 @@ impl fmt::Debug for RedisBackendBuilder {
         d.field("tls", &self.tls);
         d.finish()
     }
-}
-
-/// A failed redis-rs call as a [`BackendError`]: the only conversion from
-/// redis-rs' error, kept private so that `BackendError` names no type of
-/// redis-rs. Whether the failure was the client key's own is decided
-/// afterwards, from the source ([`script::key_fault`]).
-pub(super) fn failure(error: redis::RedisError) -> BackendError {
-    BackendError::Connection(Box::new(error))
 }
 
 /// The message of [`ConfigError::RedisUrl`]: redis-rs' error, then the
@@ -443,8 +432,7 @@ impl RedisBackendBuilder {
         self.check_url_settings()?;
         #[cfg(feature = "tls")]
         let certs = self.certificates()?;
-        let last_error = Arc::new(LastError::default());
-        let connection = match &self.kind {
+        let transport = match &self.kind {
             Kind::Single => {
                 let url = self.urls.first().map_or("", String::as_str);
                 #[cfg(feature = "tls")]
@@ -452,14 +440,14 @@ impl RedisBackendBuilder {
                 #[cfg(not(feature = "tls"))]
                 let client = redis::Client::open(url);
                 let client = client.map_err(|e| url_error(&self.urls, &e))?;
-                Connection::single(client, self.connect_timeout, self.response_timeout)
+                Transport::single(client, self.connect_timeout, self.response_timeout)
             }
             #[cfg(feature = "cluster")]
             Kind::Cluster => {
                 if self.urls.is_empty() {
                     return Err(ConfigError::RedisUrl("no cluster node given".to_owned()));
                 }
-                Connection::cluster(
+                Transport::cluster(
                     &self.urls,
                     self.connect_timeout,
                     self.response_timeout,
@@ -483,27 +471,25 @@ impl RedisBackendBuilder {
                     master,
                     master_url,
                     connect_timeout: self.connect_timeout,
-                    config: connection::manager_config(self.connect_timeout, self.response_timeout),
+                    config: transport::manager_config(self.connect_timeout, self.response_timeout),
                     #[cfg(feature = "tls")]
                     certs,
-                    last_error: Arc::clone(&last_error),
                 };
                 let mut urls = self.urls.clone();
                 urls.push(master_url.clone());
-                Connection::Sentinel(
-                    sentinel::Sentinel::new(settings).map_err(|e| url_error(&urls, &e))?,
-                )
+                Transport::sentinel(settings).map_err(|e| url_error(&urls, &e))?
             }
         };
-        let batcher = (self.batch > 1).then(|| Batcher::new(self.batch));
+        let transport = Arc::new(transport);
+        let batcher =
+            (self.batch > 1).then(|| Arc::new(Batcher::new(self.batch, Arc::clone(&transport))));
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 batcher,
-                connection,
+                transport,
                 prefix: self.prefix,
                 nonces: Nonces::new(),
                 read_only: AtomicBool::new(true),
-                last_error,
                 fleet: fleet::Fleet::new(),
             }),
         })
@@ -645,16 +631,20 @@ impl RedisBackend {
     /// # Ok::<(), tower_redis_ratelimit::ConfigError>(())
     /// ```
     pub fn redis_keys(&self, policy: &Policy, key: &Key) -> Vec<String> {
-        script::keys(&self.inner.prefix, policy, key)
+        keyspace::keys(&self.inner.prefix, policy, key)
     }
 }
 
 /// A check sent alone: its algorithm's own script; `lead` is released
 /// when the call ends or is dropped.
-async fn lone(inner: Arc<Inner>, call: Call, lead: Option<Lead>) -> Result<Decision, BackendError> {
+async fn lone(
+    transport: Arc<Transport>,
+    call: Call,
+    lead: Option<Lead>,
+) -> Result<Decision, BackendError> {
     let _lead = lead;
     let invocation = call.invocation();
-    let reply: Vec<i64> = inner
+    let reply: Vec<i64> = transport
         .send(Request::Script(&invocation))
         .await
         .map_err(script::key_fault)?;
@@ -671,81 +661,41 @@ impl Backend for RedisBackend {
         if policy.failure_mode_kind() == FailureMode::Local {
             // Counting the fleet starts with the first check that may
             // need the count.
-            fleet::start(&self.inner);
+            let inner = &self.inner;
+            inner.fleet.start(&inner.transport, &inner.prefix);
         }
         let call = script::call(&self.inner.prefix, &self.inner.nonces, policy, key, cost);
-        let inner = Arc::clone(&self.inner);
+        let transport = &self.inner.transport;
         // On a cluster the call runs to completion even if the layer's
         // deadline gives up on it: the client repairs its topology from the
-        // errors its calls meet (see `connection::cluster`). Checks are
-        // batched per hash slot (a script call's keys must share one), once
-        // the connection is made (before, they run in their callers' tasks,
-        // see `Cluster::detached`).
-        #[cfg(feature = "cluster")]
-        if let Connection::Cluster(cluster) = &self.inner.connection {
-            let batcher = self.inner.batcher.as_ref();
-            if let Some(batcher) = batcher.filter(|_| cluster.is_connected()) {
-                // Every key of a decision shares the hash tag
-                // `{<policy>:<key>}` (see `redis_keys`).
-                let lane = connection::cluster::slot_of_tag(&[
-                    policy.name().as_bytes(),
-                    b":",
-                    key.as_str().as_bytes(),
-                ]);
-                return match batcher.submit(lane, call) {
-                    Submitted::Queued(reply) => queued(reply),
-                    Submitted::Lead(call) => {
-                        let lead = Lead::new(Arc::clone(&inner), lane);
-                        cluster.detached(lone(inner, call, Some(lead)))
-                    }
-                };
-            }
-            return cluster.detached(lone(inner, call, None));
-        }
-        // The check's place in its connection's order is taken here, when
-        // it is made, not when it is first polled.
-        if let Some(batcher) = &self.inner.batcher {
-            return match batcher.submit(0, call) {
+        // errors its calls meet (see `cluster`). Checks are batched per
+        // lane: per hash slot on a cluster (a script call's keys must share
+        // one), once the connection is made (before, they run in their
+        // callers' tasks, see `Cluster::detached`).
+        let batcher = self.inner.batcher.as_ref();
+        if let Some(batcher) = batcher.filter(|_| transport.batches()) {
+            let lane = transport.lane(HashTag::of(policy, key));
+            // The check's place in its lane's order is taken here, when it
+            // is made, not when it is first polled.
+            return match batcher.submit(lane, call) {
                 Submitted::Queued(reply) => queued(reply),
                 Submitted::Lead(call) => {
-                    let lead = Lead::new(Arc::clone(&inner), 0);
-                    Box::pin(lone(inner, call, Some(lead)))
+                    let lead = Lead::new(Arc::clone(batcher), lane);
+                    transport.decide(lone(Arc::clone(transport), call, Some(lead)))
                 }
             };
         }
-        Box::pin(lone(inner, call, None))
+        transport.decide(lone(Arc::clone(transport), call, None))
     }
 
     // Failure isolation: one partition per group of hash slots on a cluster.
 
     fn partitions(&self) -> usize {
-        match self.inner.connection {
-            #[cfg(feature = "cluster")]
-            Connection::Cluster(_) => connection::cluster::PARTITIONS,
-            #[allow(unreachable_patterns)]
-            _ => 1,
-        }
+        self.inner.transport.partitions()
     }
 
     fn partition(&self, policy: &Policy, key: &Key) -> usize {
-        match self.inner.connection {
-            #[cfg(feature = "cluster")]
-            Connection::Cluster(_) => {
-                // Every key of a decision shares the hash tag
-                // `{<policy>:<key>}` (see `redis_keys`); neither part can
-                // hold a brace (validated names, sanitised keys).
-                connection::cluster::partition(&[
-                    policy.name().as_bytes(),
-                    b":",
-                    key.as_str().as_bytes(),
-                ])
-            }
-            #[allow(unreachable_patterns)]
-            _ => {
-                let _ = (policy, key);
-                0
-            }
-        }
+        self.inner.transport.partition(HashTag::of(policy, key))
     }
 
     // Administration: peek and reset.
@@ -756,34 +706,28 @@ impl Backend for RedisBackend {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let request = Request::ReadOnly(&call, &inner.read_only);
-            let reply: Vec<i64> = inner.send(request).await?;
+            let reply: Vec<i64> = inner.transport.send(request).await?;
             script::decode(&reply, &quotas)
         })
     }
 
     fn reset(&self, policy: &Policy, key: &Key) -> ResetFuture {
         let command = script::reset_command(&self.inner.prefix, policy, key);
-        let inner = Arc::clone(&self.inner);
+        let transport = Arc::clone(&self.inner.transport);
         Box::pin(async move {
             if let Some(command) = command {
-                let _deleted: u64 = inner.send(Request::Command(&command)).await?;
+                let _deleted: u64 = transport.send(Request::Command(&command)).await?;
             }
             Ok(())
         })
     }
 
     fn metrics_label(&self) -> &'static str {
-        match self.inner.connection {
-            Connection::Single { .. } => "redis",
-            #[cfg(feature = "cluster")]
-            Connection::Cluster(_) => "redis_cluster",
-            #[cfg(feature = "sentinel")]
-            Connection::Sentinel(_) => "redis_sentinel",
-        }
+        self.inner.transport.metrics_label()
     }
 
     fn last_error(&self) -> Option<String> {
-        self.inner.last_error.get()
+        self.inner.transport.last_error()
     }
 
     fn instances(&self) -> Option<NonZeroU32> {

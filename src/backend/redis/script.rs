@@ -5,7 +5,7 @@
 //! source) is called alike:
 //!
 //! ```text
-//! KEYS[i]                 quota i's key, see `keys`
+//! KEYS[i]                 quota i's key, see `super::keyspace::keys`
 //! ARGV[1]                 cost
 //! ARGV[2]                 request nonce, unique per request across instances,
 //!                         if the algorithm needs one (else empty)
@@ -19,7 +19,7 @@
 //! called and replies the same way, with a cost of [`PEEK_COST`] and no
 //! nonce; it is sent as `EVALSHA_RO` where the server knows it (see
 //! [`ReadOnlyCall`]). A reset is one `DEL` of every key of the client (see
-//! `keys`).
+//! `super::keyspace::keys`).
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use redis::{Cmd, Script, ScriptInvocation};
 
+use super::keyspace::keys;
 use crate::algorithm::{Algorithm, PEEK_COST};
 use crate::decision::{Decision, QuotaStatus};
 use crate::error::BackendError;
@@ -60,26 +61,6 @@ static PEEK_SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
 pub(super) fn peek_script(algorithm: Algorithm) -> &'static Script {
     let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
     &PEEK_SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
-}
-
-/// The Redis key of every quota of `policy` for `key`, in quota order:
-/// `<prefix>:{<policy>:<key>}:<tag><window in ms>`, `tag` being the
-/// algorithm's letter. All keys of one decision share one hash tag, hence one
-/// cluster slot.
-pub(super) fn keys(prefix: &str, policy: &Policy, key: &Key) -> Vec<String> {
-    let tag = policy.algorithm_kind().spec().tag;
-    policy
-        .quotas()
-        .iter()
-        .map(|quota| {
-            format!(
-                "{prefix}:{{{}:{}}}:{tag}{}",
-                policy.name(),
-                key.as_str(),
-                quota.window().as_millis()
-            )
-        })
-        .collect()
 }
 
 /// The arguments (`ARGV`) of a check of `cost` units against `quotas`.
@@ -429,32 +410,6 @@ mod tests {
             reply.extend([9, 1, 99, 2]);
             assert_protocol_error(&reply, &[a, b]);
         }
-    }
-
-    #[test]
-    fn keys_follow_the_documented_layout() {
-        let key = Key::new("203.0.113.9");
-        let log = Policy::auth().quota(Quota::per_hour(50));
-        assert_eq!(
-            keys("rl", &log, &key),
-            [
-                "rl:{auth:203.0.113.9}:w60000",
-                "rl:{auth:203.0.113.9}:w3600000"
-            ]
-        );
-        let counter = Policy::default_api().quota(Quota::new(5, Duration::from_millis(1500)));
-        assert_eq!(
-            keys("app:v2", &counter, &key),
-            [
-                "app:v2:{api:203.0.113.9}:c60000",
-                "app:v2:{api:203.0.113.9}:c1500"
-            ]
-        );
-        let gcra = Policy::new("pay")
-            .algorithm(Algorithm::Gcra)
-            .quota(Quota::per_second(10));
-        assert_eq!(keys("rl", &gcra, &key), ["rl:{pay:203.0.113.9}:g1000"]);
-        assert!(keys("rl", &Policy::new("none"), &key).is_empty());
     }
 
     #[test]

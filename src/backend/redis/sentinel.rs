@@ -22,7 +22,8 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, Error
 use redis::{RedisResult, ServerErrorKind};
 use tokio::sync::watch;
 
-use super::connection::LastError;
+use super::last_error::LastError;
+use super::redact::redact_url;
 
 /// How often, at most, the sentinels are asked while calls are made.
 pub(super) const REFRESH: Duration = Duration::from_secs(1);
@@ -75,12 +76,12 @@ pub(super) struct Settings<'a> {
     pub config: ConnectionManagerConfig,
     #[cfg(feature = "tls")]
     pub certs: Option<redis::TlsCertificates>,
-    pub last_error: Arc<LastError>,
 }
 
 impl Sentinel {
-    /// Checks the URLs; connects nothing.
-    pub fn new(settings: Settings<'_>) -> RedisResult<Self> {
+    /// Checks the URLs; connects nothing. Failed lookups are recorded in
+    /// `last_error`.
+    pub fn new(settings: Settings<'_>, last_error: Arc<LastError>) -> RedisResult<Self> {
         #[cfg(feature = "tls")]
         let client = |url: &str| {
             let tls = url.starts_with("rediss://") || url.starts_with("valkeys://");
@@ -102,7 +103,7 @@ impl Sentinel {
             shown: settings
                 .sentinels
                 .iter()
-                .map(|u| super::redact_url(u).into_owned())
+                .map(|u| redact_url(u).into_owned())
                 .collect(),
             master: settings.master.to_owned(),
             shared: Arc::new(Shared {
@@ -117,7 +118,7 @@ impl Sentinel {
                 looking: AtomicBool::new(false),
                 looked_at: AtomicU64::new(0),
                 epoch: Instant::now(),
-                last_error: settings.last_error,
+                last_error,
             }),
         })
     }
