@@ -32,7 +32,7 @@ def value(rows, name, field):
 
 def missing(rows, *names):
     gone = [n for n in names if value(rows, n, "req_per_s") is None]
-    return "not measured (no row " + ", ".join(f"`{n}`" for n in gone) + ")"
+    return ", ".join(f"`{n}`" for n in gone) + ": not run"
 
 
 class Table:

@@ -7,8 +7,8 @@
 # distinct x-api-key values. Then the issue's targets, computed from the rows
 # of this run, marked met or missed.
 #
-#   scripts/loadrun.sh                  # the full run: 32 configurations, 10 s each (~7 min once built)
-#   DURATION=1s scripts/loadrun.sh      # a quick check of the script (~2 min once built)
+#   scripts/loadrun.sh                  # the full run: 32 configurations, 10 s each (~6 min once built)
+#   DURATION=1s scripts/loadrun.sh      # a quick check of the script (~1 min once built)
 #   ONLY='10k' scripts/loadrun.sh       # only the configurations whose name matches (and off)
 #
 # Environment (all optional):
@@ -145,7 +145,7 @@ run() {
 }
 OURS="" PEERS="" REDIS_URL_LOCAL="" CLUSTER_URLS=""
 configurations
-echo "loadrun: $PLANNED configurations of ${SECS}s each: about $((PLANNED * (SECS + 2) / 60 + 1)) min once built"
+echo "loadrun: $PLANNED configurations of ${SECS}s each: about $(((PLANNED * (SECS + 1) + 59) / 60)) min once built"
 
 # --- binaries --------------------------------------------------------------
 OURS_TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -293,7 +293,7 @@ CSV="$TMP/rows.csv"
 : >"$CSV"
 OFF_RPS=""
 OFF_APP_US=""
-FORMAT="%-30s %6s %8s %5s %7s %7s %8s %6s %5s %7s %7s %8s %8s\n"
+FORMAT="%-31s %6s %8s %5s %7s %7s %8s %6s %5s %7s %7s %8s %8s\n"
 run() {
   local name=$1 group=$2 keys=$3; shift 3
   selected "$name" || return 0
@@ -323,7 +323,7 @@ run() {
     SERVER_PID=""
     local why
     why=$(field <"$TMP/server.log")
-    printf "%-30s not run: server exited (status %s): %s\n" "$name" "$status" "$why"
+    printf "%-31s not run: server exited (status %s): %s\n" "$name" "$status" "$why"
     echo "$name,$group,$keys,,,,,,,,,,,,,not run: $why" >>"$CSV"
     return
   fi
@@ -360,7 +360,7 @@ run() {
     local why
     why=$(echo "$out" | field)
     [ -n "$ticks0" ] && [ -n "$ticks1" ] || why="the server died during the run: $(field <"$TMP/server.log")"
-    printf "%-30s failed: %s\n" "$name" "$why"
+    printf "%-31s failed: %s\n" "$name" "$why"
     echo "$name,$group,$keys,,,,,,,,,,,,,failed: $why" >>"$CSV"
     return
   fi
