@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Issue 18's targets, computed from the rows of one scripts/loadrun.sh run.
 
-    python3 scripts/loadrun-targets.py benches/results/loadrun.csv
+    python3 scripts/loadrun-targets.py benches/results/loadrun.csv [--before EARLIER.csv]
 
 Prints a Markdown table "target | measured | result", one line per target
 and row it applies to; the result is `met`, `missed`, or `not measured` when
 a row it needs did not run (an ONLY filter, a failed server). Every ratio
 compares rows of the same run. Exit status 0 whatever the results: the table
 is a report, not a gate.
+
+With --before, also a table of this crate's memory and Redis rows in both
+runs: req/s and the server's CPU per request beyond LIMITER=off's.
 """
 
 import csv
@@ -126,13 +129,46 @@ def targets(rows):
     return t
 
 
+def number(rows, name, field, fmt):
+    v = value(rows, name, field)
+    return "-" if v is None else fmt.format(v)
+
+
+def before_after(before, after):
+    """This crate's limiter rows in both runs: req/s and app CPU beyond off."""
+    out = [
+        "| configuration | req/s before | req/s after | app µs/req beyond off, before | after |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in after.items():
+        if row.get("group") not in ("memory", "redis", "redis-cluster") or name not in before:
+            continue
+        out.append(
+            f"| {name} | {number(before, name, 'req_per_s', '{:,.0f}')} "
+            f"| {number(after, name, 'req_per_s', '{:,.0f}')} "
+            f"| {number(before, name, 'app_cpu_us_beyond_off', '{:.2f}')} "
+            f"| {number(after, name, 'app_cpu_us_beyond_off', '{:.2f}')} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv):
-    if len(argv) != 2:
-        sys.exit("usage: loadrun-targets.py RESULTS.csv")
-    rows = read(argv[1])
+    args = argv[1:]
+    before = None
+    if len(args) == 3 and args[1] == "--before":
+        before = read(args[2])
+        args = args[:1]
+    if len(args) != 1:
+        sys.exit("usage: loadrun-targets.py RESULTS.csv [--before EARLIER.csv]")
+    rows = read(args[0])
     print("Targets of issue 18 (ratios within this run):")
     print()
     print(targets(rows).markdown())
+    if before is not None:
+        print()
+        print("Before (an earlier run, `BEFORE`) and after (this run):")
+        print()
+        print(before_after(before, rows))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@
 #   DURATION=1s scripts/loadrun.sh      # a quick check of the script (~1 min once built)
 #   ONLY='10k' scripts/loadrun.sh       # only the configurations whose name matches (and off)
 #
+# Before and after a change (app CPU beyond off, req/s): build the earlier
+# commit's example in a worktree of its own, run it, then pass its CSV:
+#   LOADTEST_SERVER=../old/target/release/examples/loadtest_server OUT=/tmp/before scripts/loadrun.sh
+#   BEFORE=/tmp/before/loadrun.csv scripts/loadrun.sh
+#
 # Environment (all optional):
 #   DURATION     wrk -d per configuration, 1s to 10s              (default 10s)
 #   THREADS      wrk -t                                           (default 2)
@@ -20,6 +25,12 @@
 #                (`off` always runs: the ratios and "beyond off" need it)
 #   OUT          results folder                   (default benches/results)
 #   NO_BUILD=1   use the release binaries already built
+#   LOADTEST_SERVER  another loadtest_server binary (e.g. an earlier commit's
+#                build, for a "before" run; never built here); a row whose
+#                backend the binary does not print is "not run"
+#   BEFORE       the loadrun.csv of an earlier run (e.g. made with
+#                LOADTEST_SERVER): adds a before/after table of app CPU
+#                beyond off and req/s
 #   REDIS_PORT, APP_PORT, CLUSTER_PORT  first loopback ports tried
 #                (default 6395, 3100, 7395; a cluster node also needs its
 #                port + 10000 free, the cluster bus)
@@ -55,6 +66,9 @@
 # OUT/loadrun.svg (scripts/loadrun-chart.py); the targets table is
 # scripts/loadrun-targets.py's.
 set -euo pipefail
+# Paths given by the caller are relative to the caller's folder.
+BEFORE=${BEFORE:+$(realpath -m "$BEFORE")}
+LOADTEST_SERVER=${LOADTEST_SERVER:+$(realpath -m "$LOADTEST_SERVER")}
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
@@ -78,6 +92,7 @@ SECS=${BASH_REMATCH[1]}
 [[ $THREADS =~ ^[1-9][0-9]?$ ]] || die "THREADS=$THREADS: expected 1 to 99"
 [[ $CONNECTIONS =~ ^[1-9][0-9]{0,3}$ ]] || die "CONNECTIONS must be 1 to 9999"
 ((CONNECTIONS >= THREADS)) || die "CONNECTIONS must be at least THREADS"
+[ -z "$BEFORE" ] || [ -r "$BEFORE" ] || die "BEFORE=$BEFORE: no such file"
 [ -z "$ONLY" ] || { [[ x =~ $ONLY ]] || [ $? -ne 2 ]; } || die "ONLY=$ONLY: not an extended regex"
 
 # --- tools -----------------------------------------------------------------
@@ -149,12 +164,13 @@ echo "loadrun: $PLANNED configurations of ${SECS}s each: about $(((PLANNED * (SE
 
 # --- binaries --------------------------------------------------------------
 OURS_TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-OURS=$OURS_TARGET/release/examples/loadtest_server
+OURS=${LOADTEST_SERVER:-$OURS_TARGET/release/examples/loadtest_server}
 PEERS=$ROOT/benches/peers/target/release/loadrun-peers
 if [ -z "${NO_BUILD:-}" ]; then
   echo "loadrun: building release binaries"
   # `cluster`: REDIS_CLUSTER (the cluster row).
-  cargo build --quiet --release --features cluster --example loadtest_server
+  [ -n "${LOADTEST_SERVER:-}" ] ||
+    cargo build --quiet --release --features cluster --example loadtest_server
   # tower-rate-limiter's releases declare rust-version 1.96 but compile with
   # older toolchains; the peers have their own workspace and target folder.
   cargo build --quiet --release --ignore-rust-version \
@@ -316,15 +332,28 @@ run() {
     if listening "$AP"; then up=1; break; fi
     sleep 0.1
   done
+  # Our server names its backend: a binary that ignores a variable (an
+  # older build, one without the `cluster` feature) must not pass for it.
+  local expect="" why=""
+  case $group in
+    memory) expect="backend: in-memory" ;;
+    redis) expect="backend: redis at" ;;
+    redis-cluster) expect="backend: redis cluster at" ;;
+  esac
   if [ -z "$up" ]; then
+    why="server exited"
+  elif [ -n "$expect" ] && ! grep -q "^$expect" "$TMP/server.log"; then
+    why="the server did not print '$expect'"
+  fi
+  if [ -n "$why" ]; then
     local status=0
     kill -KILL "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || status=$?
     SERVER_PID=""
-    local why
-    why=$(field <"$TMP/server.log")
-    printf "%-31s not run: server exited (status %s): %s\n" "$name" "$status" "$why"
-    echo "$name,$group,$keys,,,,,,,,,,,,,not run: $why" >>"$CSV"
+    [ -n "$up" ] || why="$why (status $status)"
+    why="$why: $(field <"$TMP/server.log")"
+    printf "%-31s not run: %s\n" "$name" "$why"
+    echo "$name,$group,$keys,,,,,,,,,,,,,not run: $(echo "$why" | field)" >>"$CSV"
     return
   fi
 
@@ -404,7 +433,7 @@ SETTING="wrk -t$THREADS -c$CONNECTIONS -d${SECS}s --latency on loopback; x-api-k
   echo "name,group,keys,req_per_s,requests,p50_ms,p99_ms,non_2xx,socket_errors,ratio_vs_off,app_cpu_pct,app_cpu_us_per_req,app_cpu_us_beyond_off,redis_cpu_us_per_req,redis_cmds_per_req,note"
   cat "$CSV"
 } >"$OUT/loadrun.csv"
-TARGETS=$(python3 scripts/loadrun-targets.py "$OUT/loadrun.csv")
+TARGETS=$(python3 scripts/loadrun-targets.py "$OUT/loadrun.csv" ${BEFORE:+--before "$BEFORE"})
 {
   echo "Setting: $SETTING"
   echo
