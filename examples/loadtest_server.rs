@@ -6,12 +6,15 @@
 //! REDIS_URL=redis://127.0.0.1:6379 WORKERS=2 KEY=x-api-key LIMIT=1000 \
 //!     cargo run --release --example loadtest_server
 //! LIMITER=off cargo run --release --example loadtest_server   # baseline, no layer
+//! REDIS_CLUSTER=redis://127.0.0.1:7000,redis://127.0.0.1:7001 \
+//!     cargo run --release --features cluster --example loadtest_server
 //! ```
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `BIND` | `127.0.0.1:3000` | listen address (port 0: any free port; the address is printed) |
 //! | `REDIS_URL` | unset | Redis backend; unset or empty: in-memory backend |
+//! | `REDIS_CLUSTER` | unset | Redis Cluster backend: nodes' URLs, comma-separated (feature `cluster`; not with `REDIS_URL`) |
 //! | `WORKERS` | `1` | tokio worker threads |
 //! | `KEY` | `ip` | `ip` (peer IP) or a header name such as `x-api-key` |
 //! | `ALGORITHM` | `counter` | `counter` (sliding window counter), `log` (sliding log) or `gcra` |
@@ -51,7 +54,7 @@ enum KeyKind {
 #[derive(Debug)]
 struct Config {
     bind: String,
-    /// `(url, backend)`; `None`: in-memory.
+    /// `(what to print, backend)`; `None`: in-memory.
     redis: Option<(String, RedisBackend)>,
     workers: usize,
     key: KeyKind,
@@ -126,19 +129,7 @@ fn config() -> Result<Config, String> {
     };
     Ok(Config {
         bind: var("BIND")?.unwrap_or_else(|| "127.0.0.1:3000".to_owned()),
-        redis: match var("REDIS_URL")? {
-            None => None,
-            Some(url) => {
-                let backend = RedisBackend::builder(&url)
-                    .batch(int("BATCH", 64, 1, 1024)? as usize)
-                    .build()
-                    .map_err(|e| {
-                        let url = env::without_password(&url);
-                        format!("REDIS_URL={url:?} is invalid: {e}")
-                    })?;
-                Some((url, backend))
-            }
-        },
+        redis: redis()?,
         workers: int("WORKERS", 1, 1, 1024)? as usize,
         key,
         algorithm,
@@ -148,6 +139,56 @@ fn config() -> Result<Config, String> {
         headers,
         limiter,
     })
+}
+
+/// The Redis backend of `REDIS_URL` or `REDIS_CLUSTER`, if either is set.
+fn redis() -> Result<Option<(String, RedisBackend)>, String> {
+    let batch = int("BATCH", 64, 1, 1024)? as usize;
+    match (var("REDIS_URL")?, var("REDIS_CLUSTER")?) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err("set REDIS_URL or REDIS_CLUSTER, not both".to_owned()),
+        (Some(url), None) => {
+            let shown = env::without_password(&url);
+            let backend = RedisBackend::builder(&url)
+                .batch(batch)
+                .build()
+                .map_err(|e| format!("REDIS_URL={shown:?} is invalid: {e}"))?;
+            Ok(Some((format!("redis at {shown}"), backend)))
+        }
+        (None, Some(nodes)) => cluster(&nodes, batch).map(Some),
+    }
+}
+
+/// A Redis Cluster backend for `nodes` (comma-separated URLs).
+#[cfg(feature = "cluster")]
+fn cluster(nodes: &str, batch: usize) -> Result<(String, RedisBackend), String> {
+    let urls: Vec<&str> = nodes
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let shown = urls
+        .iter()
+        .map(|u| env::without_password(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    if urls.is_empty() {
+        return Err(format!(
+            "REDIS_CLUSTER={nodes:?} is invalid: expected comma-separated node URLs"
+        ));
+    }
+    let backend = RedisBackend::cluster_builder(urls)
+        .batch(batch)
+        .build()
+        .map_err(|e| format!("REDIS_CLUSTER={shown:?} is invalid: {e}"))?;
+    Ok((format!("redis cluster at {shown}"), backend))
+}
+
+#[cfg(not(feature = "cluster"))]
+fn cluster(_nodes: &str, _batch: usize) -> Result<(String, RedisBackend), String> {
+    Err("REDIS_CLUSTER needs the `cluster` feature: \
+         cargo run --release --features cluster --example loadtest_server"
+        .to_owned())
 }
 
 fn fail(message: &str) -> ! {
@@ -186,8 +227,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             .headers(config.headers)
             .deadline(Duration::from_millis(config.deadline_ms));
         let builder = match config.redis {
-            Some((url, backend)) => {
-                println!("backend: redis at {}", env::without_password(&url));
+            Some((shown, backend)) => {
+                println!("backend: {shown}");
                 builder.backend(backend)
             }
             None => {

@@ -3,8 +3,9 @@
 
     python3 scripts/loadrun-chart.py benches/results/loadrun.csv benches/results/loadrun.svg
 
-Three panels share the rows (one per configuration): requests per second
-(with the ratio to LIMITER=off), p99 latency, and Redis CPU per request.
+Four panels share the rows (one per configuration): requests per second
+(with the ratio to LIMITER=off), p99 latency, the server's CPU per request
+and Redis CPU per request (summed over the nodes for the cluster).
 Configurations that did not run are listed with their reason.
 """
 
@@ -16,6 +17,7 @@ COLORS = {
     "base": "#9e9e9e",
     "memory": "#4caf50",
     "redis": "#1e88e5",
+    "redis-cluster": "#3949ab",
     "peer-memory": "#ffb300",
     "peer-redis": "#e53935",
 }
@@ -23,12 +25,14 @@ LEGEND = [
     ("base", "no limiter"),
     ("memory", "this crate, memory"),
     ("redis", "this crate, Redis"),
+    ("redis-cluster", "this crate, Redis Cluster (3 masters)"),
     ("peer-memory", "peer, in-process"),
     ("peer-redis", "peer, Redis"),
 ]
 PANELS = [
     ("req_per_s", "requests/s", "{:,.0f}"),
     ("p99_ms", "p99 latency (ms)", "{:.2f}"),
+    ("app_cpu_us_per_req", "server CPU per request (µs)", "{:.1f}"),
     ("redis_cpu_us_per_req", "Redis CPU per request (µs)", "{:.1f}"),
 ]
 

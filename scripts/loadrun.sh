@@ -1,38 +1,74 @@
 #!/usr/bin/env bash
 # One-go load runs: this crate's examples/loadtest_server (LIMITER=off, the
-# memory and Redis backends with each algorithm, one hot key, 10 000 keys, a
-# denied flood) and the peers of benches/peers (tower_governor,
-# tower-rate-limiter with its memory and Redis Lua stores), all behind the
-# same axum server, driven by wrk on loopback, one after the other.
+# memory and Redis backends with each algorithm, a 3-master Redis Cluster)
+# and the peers of benches/peers (tower_governor, tower-rate-limiter with its
+# memory and Redis Lua stores), all behind the same axum server, driven by wrk
+# on loopback, one after the other, for one hot key, 10 000 and 100 000
+# distinct x-api-key values. Then the issue's targets, computed from the rows
+# of this run, marked met or missed.
 #
-#   scripts/loadrun.sh                  # the full run, 10 s per configuration (~3 min)
-#   DURATION=2s scripts/loadrun.sh      # a quick check of the script (~35 s once built)
-#   ONLY='redis' scripts/loadrun.sh     # only the configurations whose name matches
+#   scripts/loadrun.sh                  # the full run: 32 configurations, 10 s each (~6 min once built)
+#   DURATION=1s scripts/loadrun.sh      # a quick check of the script (~1 min once built)
+#   ONLY='10k' scripts/loadrun.sh       # only the configurations whose name matches (and off)
+#
+# Before and after a change (app CPU beyond off, req/s): build the earlier
+# commit's example in a worktree of its own, run it, then pass its CSV:
+#   LOADTEST_SERVER=../old/target/release/examples/loadtest_server OUT=/tmp/before scripts/loadrun.sh
+#   BEFORE=/tmp/before/loadrun.csv scripts/loadrun.sh
 #
 # Environment (all optional):
-#   DURATION     wrk -d per configuration, at most 10s          (default 10s)
+#   DURATION     wrk -d per configuration, 1s to 10s              (default 10s)
 #   THREADS      wrk -t                                           (default 2)
 #   CONNECTIONS  wrk -c                                           (default 64)
 #   WORKERS      tokio worker threads in each server              (default 1)
 #   ONLY         extended regex: run only the matching names      (default: all)
+#                (`off` always runs: the ratios and "beyond off" need it)
 #   OUT          results folder                   (default benches/results)
 #   NO_BUILD=1   use the release binaries already built
-#   REDIS_PORT, APP_PORT  first loopback ports tried (default 6395, 3100)
-# The servers inherit the environment, so e.g. DEADLINE_MS reaches
-# loadtest_server; each configuration sets its own LIMITER, REDIS_URL, KEY,
-# ALGORITHM and LIMIT.
+#   LOADTEST_SERVER  another loadtest_server binary (e.g. an earlier commit's
+#                build, for a "before" run; never built here); a row whose
+#                backend the binary does not print is "not run"
+#   BEFORE       the loadrun.csv of an earlier run (e.g. made with
+#                LOADTEST_SERVER): adds a before/after table of app CPU
+#                beyond off and req/s
+#   REDIS_PORT, APP_PORT, CLUSTER_PORT  first loopback ports tried
+#                (default 6395, 3100, 7395; a cluster node also needs its
+#                port + 10000 free, the cluster bus)
+# The servers inherit the environment, so e.g. DEADLINE_MS or BATCH reach
+# loadtest_server; each configuration sets its own LIMITER, REDIS_URL,
+# REDIS_CLUSTER, KEY, ALGORITHM, LIMIT and HEADERS.
+#
+# Every request carries an x-api-key header (scripts/loadrun-keys.lua, with
+# LOADRUN_KEYS distinct values) and every limiter keys by it; `off` is run with
+# the 10 000-key script, so that wrk does the same work in every row.
+#
+# Measures, per configuration:
+# - req/s, p50 and p99 latency, non-2xx responses and socket errors (wrk);
+# - the server's CPU: utime + stime of /proc/<pid>/stat (all its threads)
+#   before and after wrk, as % of one core over wrk's wall time ("app CPU %")
+#   and per request completed ("app µs/req"), and the latter minus off's
+#   ("beyond off": the limiter's own cost per decision);
+# - for the rows that use Redis: its CPU per request, the `INFO cpu` delta
+#   (used_cpu_sys + used_cpu_user) over the run divided by the requests wrk
+#   completed, and its commands per request, the `INFO stats`
+#   total_commands_processed delta (commands run inside scripts included),
+#   each summed over the nodes for the cluster.
 #
 # Needs wrk (Debian package `wrk`: installed here with apt-get when missing and
-# running as root), redis-server and redis-cli, cargo, python3 (the chart).
-# Redis runs on 127.0.0.1 with `--save "" --appendonly no`, emptied
-# (FLUSHALL) before each configuration that uses it; its CPU per request is the
-# `INFO cpu` delta (used_cpu_sys + used_cpu_user) over the run divided by the
-# requests wrk completed, and its commands per request the `INFO stats`
-# total_commands_processed delta divided by the same.
+# running as root), redis-server and redis-cli (7.x, with --cluster), cargo,
+# python3 (the targets and the chart). Redis runs on 127.0.0.1 with
+# `--save "" --appendonly no`, emptied (FLUSHALL) before each configuration
+# that uses it; the cluster (3 masters, no replicas) is started only when a
+# cluster configuration is selected. Everything started here is stopped at
+# exit, Ctrl-C included.
 #
-# Writes OUT/loadrun.csv, OUT/loadrun.md (table and setting) and
-# OUT/loadrun.svg (scripts/loadrun-chart.py).
+# Writes OUT/loadrun.csv, OUT/loadrun.md (table, targets, setting) and
+# OUT/loadrun.svg (scripts/loadrun-chart.py); the targets table is
+# scripts/loadrun-targets.py's.
 set -euo pipefail
+# Paths given by the caller are relative to the caller's folder.
+BEFORE=${BEFORE:+$(realpath -m "$BEFORE")}
+LOADTEST_SERVER=${LOADTEST_SERVER:+$(realpath -m "$LOADTEST_SERVER")}
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
@@ -43,6 +79,8 @@ WORKERS=${WORKERS:-1}
 ONLY=${ONLY:-}
 OUT=${OUT:-benches/results}
 BIG=1000000000 # a limit never reached
+LOG_LIMIT=10000 # the sliding log's largest limit (MAX_LOG_LIMIT): 10 000 keys and more keep each client under it
+KEYS_LUA=scripts/loadrun-keys.lua
 
 die() { echo "loadrun: $*" >&2; exit 1; }
 
@@ -52,8 +90,10 @@ if [[ ! $DURATION =~ ^([0-9]+)s?$ ]] || ((BASH_REMATCH[1] < 1 || BASH_REMATCH[1]
 fi
 SECS=${BASH_REMATCH[1]}
 [[ $THREADS =~ ^[1-9][0-9]?$ ]] || die "THREADS=$THREADS: expected 1 to 99"
-[[ $CONNECTIONS =~ ^[1-9][0-9]{0,3}$ ]] || die "CONNECTIONS=$CONNECTIONS: expected 1 to 9999"
+[[ $CONNECTIONS =~ ^[1-9][0-9]{0,3}$ ]] || die "CONNECTIONS must be 1 to 9999"
 ((CONNECTIONS >= THREADS)) || die "CONNECTIONS must be at least THREADS"
+[ -z "$BEFORE" ] || [ -r "$BEFORE" ] || die "BEFORE=$BEFORE: no such file"
+[ -z "$ONLY" ] || { [[ x =~ $ONLY ]] || [ $? -ne 2 ]; } || die "ONLY=$ONLY: not an extended regex"
 
 # --- tools -----------------------------------------------------------------
 if ! command -v wrk >/dev/null; then
@@ -65,17 +105,72 @@ if ! command -v wrk >/dev/null; then
     die "wrk is missing: install it (Debian/Ubuntu: \`sudo apt-get install -y wrk\`)"
   fi
 fi
-for tool in redis-server redis-cli cargo; do
+for tool in redis-server redis-cli cargo python3; do
   command -v $tool >/dev/null || die "$tool is missing (redis-server/redis-cli: Debian package \`redis-server\`)"
 done
+[ -r /proc/self/stat ] || die "/proc is missing: the app CPU is read from /proc/<pid>/stat"
+TICKS=$(getconf CLK_TCK)
+
+# --- the configurations ----------------------------------------------------
+# Each line: run NAME GROUP KEYS BINARY-ARGS... -- ENV...
+#   NAME   unique, without commas; scripts/loadrun-targets.py finds rows by it
+#   GROUP  base | memory | redis | redis-cluster | peer-memory | peer-redis
+#   KEYS   distinct x-api-key values (LOADRUN_KEYS of the wrk script)
+# The limiters key by x-api-key and never deny (LIMIT=$BIG, or LOG_LIMIT with
+# 10 000 keys or more), except the two denied floods (LIMIT=10, one key).
+configurations() {
+  local us=$OURS peers=$PEERS redis=REDIS_URL=$REDIS_URL_LOCAL cluster=REDIS_CLUSTER=$CLUSTER_URLS
+  local k=KEY=x-api-key
+  run off base 10000 "$us" -- LIMITER=off
+  run "peers bare" base 10000 "$peers" bare --
+  local set keys
+  for set in hot 10k 100k; do
+    case $set in hot) keys=1 ;; 10k) keys=10000 ;; 100k) keys=100000 ;; esac
+    for algorithm in counter gcra; do
+      run "memory $algorithm $set" memory $keys "$us" -- $k LIMIT=$BIG ALGORITHM=$algorithm
+    done
+    # One key cannot stay within the sliding log's largest limit.
+    [ $set = hot ] || run "memory log $set" memory $keys "$us" -- $k LIMIT=$LOG_LIMIT ALGORITHM=log
+    [ $set != 10k ] || for algorithm in counter gcra; do
+      run "memory $algorithm 10k headers none" memory $keys "$us" -- $k LIMIT=$BIG ALGORITHM=$algorithm HEADERS=none
+    done
+    for algorithm in counter gcra; do
+      run "redis $algorithm $set" redis $keys "$us" -- $k "$redis" LIMIT=$BIG ALGORITHM=$algorithm
+    done
+    [ $set = hot ] || run "redis log $set" redis $keys "$us" -- $k "$redis" LIMIT=$LOG_LIMIT ALGORITHM=log
+    [ $set != 10k ] || run "redis counter 10k cluster" redis-cluster $keys "$us" -- $k "$cluster" LIMIT=$BIG ALGORITHM=counter
+    run "governor $set" peer-memory $keys "$peers" governor -- $k LIMIT=$BIG
+    run "trl-memory $set" peer-memory $keys "$peers" trl-memory -- $k LIMIT=$BIG
+    run "trl-redis $set" peer-redis $keys "$peers" trl-redis -- $k "$redis" LIMIT=$BIG
+  done
+  run "redis counter hot denied" redis 1 "$us" -- $k "$redis" LIMIT=10 ALGORITHM=counter
+  run "trl-redis hot denied" peer-redis 1 "$peers" trl-redis -- $k "$redis" LIMIT=10
+}
+
+selected() { [ "$1" = off ] || [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
+
+# A first pass only counts: how many configurations, which servers they need.
+PLANNED=0
+NEED_REDIS=""
+NEED_CLUSTER=""
+run() {
+  selected "$1" || return 0
+  PLANNED=$((PLANNED + 1))
+  case $2 in redis | peer-redis) NEED_REDIS=1 ;; redis-cluster) NEED_CLUSTER=1 ;; esac
+}
+OURS="" PEERS="" REDIS_URL_LOCAL="" CLUSTER_URLS=""
+configurations
+echo "loadrun: $PLANNED configurations of ${SECS}s each: about $(((PLANNED * (SECS + 1) + 59) / 60)) min once built"
 
 # --- binaries --------------------------------------------------------------
 OURS_TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-OURS=$OURS_TARGET/release/examples/loadtest_server
+OURS=${LOADTEST_SERVER:-$OURS_TARGET/release/examples/loadtest_server}
 PEERS=$ROOT/benches/peers/target/release/loadrun-peers
 if [ -z "${NO_BUILD:-}" ]; then
   echo "loadrun: building release binaries"
-  cargo build --quiet --release --example loadtest_server
+  # `cluster`: REDIS_CLUSTER (the cluster row).
+  [ -n "${LOADTEST_SERVER:-}" ] ||
+    cargo build --quiet --release --features cluster --example loadtest_server
   # tower-rate-limiter's releases declare rust-version 1.96 but compile with
   # older toolchains; the peers have their own workspace and target folder.
   cargo build --quiet --release --ignore-rust-version \
@@ -84,45 +179,119 @@ fi
 [ -x "$OURS" ] || die "$OURS is missing (run without NO_BUILD)"
 [ -x "$PEERS" ] || die "$PEERS is missing (run without NO_BUILD)"
 
-# --- loopback ports, Redis, cleanup ----------------------------------------
+# --- cleanup -----------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/loadrun.XXXXXX")
-REDIS_PID=""
 SERVER_PID=""
+WRK_PID=""
+REDIS_PIDS=()
 cleanup() {
+  if [ -n "$WRK_PID" ]; then kill -TERM "$WRK_PID" 2>/dev/null || true; fi
   if [ -n "$SERVER_PID" ]; then kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
-  if [ -n "$REDIS_PID" ]; then kill -TERM "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
+  local pid
+  for pid in "${REDIS_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${REDIS_PIDS[@]}" $WRK_PID $SERVER_PID; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# --- loopback ports, Redis -----------------------------------------------------
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+TAKEN=" "
+# free_port FIRST [BUS]: the first port from FIRST nobody listens on and not
+# handed out before (BUS: port + 10000 free too); recorded in PORT.
 free_port() {
   local p
-  for ((p = $1; p < $1 + 100; p++)); do
-    listening "$p" || { echo "$p"; return; }
+  for ((p = $1; p < $1 + 200; p++)); do
+    [[ $TAKEN == *" $p "* ]] && continue
+    listening "$p" && continue
+    if [ -n "${2:-}" ]; then
+      [[ $TAKEN == *" $((p + 10000)) "* ]] && continue
+      listening $((p + 10000)) && continue
+      TAKEN+="$((p + 10000)) "
+    fi
+    TAKEN+="$p "
+    PORT=$p
+    return
   done
-  die "no free loopback port from $1 to $(($1 + 99))"
+  die "no free loopback port from $1 to $(($1 + 199))"
 }
-RP=$(free_port "${REDIS_PORT:-6395}")
-AP=$(free_port "${APP_PORT:-3100}")
-[ "$RP" != "$AP" ] || AP=$(free_port $((AP + 1)))
-REDIS_URL_LOCAL=redis://127.0.0.1:$RP
-rcli() { redis-cli -p "$RP" "$@"; }
+free_port "${APP_PORT:-3100}"
+AP=$PORT
 
-redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no \
-  --daemonize no --logfile "$TMP/redis.log" &
-REDIS_PID=$!
-for _ in $(seq 50); do
-  [ "$(rcli ping 2>/dev/null)" = PONG ] && break
-  sleep 0.1
-done
-[ "$(rcli ping 2>/dev/null)" = PONG ] || die "redis-server did not start: $(cat "$TMP/redis.log")"
-REDIS_VERSION=$(rcli info server | tr -d '\r' | awk -F: '$1=="redis_version" {print $2}')
+# start_redis PORT [ARGS...]: a redis-server on 127.0.0.1:PORT, in TMP.
+start_redis() {
+  local port=$1; shift
+  mkdir -p "$TMP/redis-$port"
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    --dir "$TMP/redis-$port" --logfile "$TMP/redis-$port/log" "$@" &
+  REDIS_PIDS+=($!)
+  local _
+  for _ in $(seq 50); do
+    [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && return
+    sleep 0.1
+  done
+  die "redis-server on port $port did not start: $(cat "$TMP/redis-$port/log")"
+}
 
-# INFO fields: Redis CPU seconds (sys + user) and commands processed.
-redis_cpu() { rcli info cpu | tr -d '\r' | awk -F: '$1=="used_cpu_sys" || $1=="used_cpu_user" {s += $2} END {printf "%.6f", s}'; }
-redis_cmds() { rcli info stats | tr -d '\r' | awk -F: '$1=="total_commands_processed" {print $2}'; }
+REDIS_VERSION=$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
+REDIS_URL_LOCAL=""
+RP=""
+if [ -n "$NEED_REDIS" ]; then
+  free_port "${REDIS_PORT:-6395}"
+  RP=$PORT
+  start_redis "$RP"
+  REDIS_URL_LOCAL=redis://127.0.0.1:$RP
+fi
+CLUSTER_PORTS=()
+CLUSTER_URLS=""
+if [ -n "$NEED_CLUSTER" ]; then
+  port=${CLUSTER_PORT:-7395}
+  for _ in 1 2 3; do
+    free_port "$port" bus
+    CLUSTER_PORTS+=("$PORT")
+    start_redis "$PORT" --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout 5000
+    port=$((PORT + 1))
+  done
+  nodes=()
+  for p in "${CLUSTER_PORTS[@]}"; do nodes+=("127.0.0.1:$p"); done
+  timeout 30 redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
+    >"$TMP/cluster-create.log" 2>&1 || die "redis-cli --cluster create failed: $(tail -5 "$TMP/cluster-create.log")"
+  for p in "${CLUSTER_PORTS[@]}"; do
+    ok=""
+    for _ in $(seq 100); do
+      if redis-cli -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; then ok=1; break; fi
+      sleep 0.1
+    done
+    [ -n "$ok" ] || die "the cluster node on port $p is not ok after 10 s"
+  done
+  CLUSTER_URLS=$(printf 'redis://127.0.0.1:%s,' "${CLUSTER_PORTS[@]}")
+  CLUSTER_URLS=${CLUSTER_URLS%,}
+fi
+
+# The Redis ports a group uses (none, the server, or the cluster's nodes).
+redis_ports() {
+  case $1 in
+    redis | peer-redis) echo "$RP" ;;
+    redis-cluster) echo "${CLUSTER_PORTS[*]}" ;;
+  esac
+}
+# Summed over PORTS...: Redis CPU seconds (sys + user), commands processed.
+redis_cpu() {
+  local p
+  for p in "$@"; do redis-cli -p "$p" info cpu; done |
+    tr -d '\r' | awk -F: '$1=="used_cpu_sys" || $1=="used_cpu_user" {s += $2} END {printf "%.6f", s}'
+}
+redis_cmds() {
+  local p
+  for p in "$@"; do redis-cli -p "$p" info stats; done |
+    tr -d '\r' | awk -F: '$1=="total_commands_processed" {s += $2} END {print s + 0}'
+}
+# The CPU ticks (utime + stime, all threads) of process PID; fields after the
+# `(comm)` one, which may hold spaces.
+app_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+now() { date +%s.%N; }
 
 # wrk's latency (e.g. 512.00us, 1.23ms, 1.02s) in milliseconds.
 to_ms() {
@@ -132,27 +301,30 @@ to_ms() {
     if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
     printf "%.3f", n }'
 }
+# A message as one CSV field.
+field() { tr '\n' ' ' | sed "s/,/;/g; s/\"/'/g" | cut -c1-160; }
 
-# --- one configuration -----------------------------------------------------
-# run NAME GROUP (NAME without commas) BINARY-ARGS... -- ENV...   (GROUP: base | memory | redis | peer-memory | peer-redis)
-# WRK_SCRIPT (variable) adds `-s` to wrk. Appends a CSV row.
+# --- one configuration -------------------------------------------------------
 CSV="$TMP/rows.csv"
 : >"$CSV"
 OFF_RPS=""
+OFF_APP_US=""
+FORMAT="%-31s %6s %8s %5s %7s %7s %8s %6s %5s %7s %7s %8s %8s\n"
 run() {
-  local name=$1 group=$2; shift 2
+  local name=$1 group=$2 keys=$3; shift 3
+  selected "$name" || return 0
   local args=()
   while [ $# -gt 0 ] && [ "$1" != -- ]; do args+=("$1"); shift; done
   [ $# -gt 0 ] && shift
-  if [ -n "$ONLY" ] && [[ ! $name =~ $ONLY ]] && [ "$name" != off ]; then return; fi
-  local uses_redis=""
-  [[ $group == *redis ]] && uses_redis=1
-  [ -n "$uses_redis" ] && rcli flushall sync >/dev/null
+  local ports
+  read -r -a ports <<<"$(redis_ports "$group")"
+  local p
+  for p in "${ports[@]}"; do redis-cli -p "$p" flushall sync >/dev/null; done
 
   # Defaults first, so that a REDIS_URL, KEY or LIMITER exported by the caller
   # does not change a configuration; the configuration's own values follow.
-  env BIND="127.0.0.1:$AP" WORKERS="$WORKERS" LIMITER=on REDIS_URL= KEY=ip ALGORITHM=counter \
-    "$@" "${args[@]}" >"$TMP/server.log" 2>&1 &
+  env BIND="127.0.0.1:$AP" WORKERS="$WORKERS" LIMITER=on REDIS_URL= REDIS_CLUSTER= KEY=ip \
+    ALGORITHM=counter HEADERS= "$@" "${args[@]}" >"$TMP/server.log" 2>&1 &
   SERVER_PID=$!
   local up=""
   for _ in $(seq 100); do
@@ -160,33 +332,51 @@ run() {
     if listening "$AP"; then up=1; break; fi
     sleep 0.1
   done
+  # Our server names its backend: a binary that ignores a variable (an
+  # older build, one without the `cluster` feature) must not pass for it.
+  local expect="" why=""
+  case $group in
+    memory) expect="backend: in-memory" ;;
+    redis) expect="backend: redis at" ;;
+    redis-cluster) expect="backend: redis cluster at" ;;
+  esac
   if [ -z "$up" ]; then
+    why="server exited"
+  elif [ -n "$expect" ] && ! grep -q "^$expect" "$TMP/server.log"; then
+    why="the server did not print '$expect'"
+  fi
+  if [ -n "$why" ]; then
     local status=0
     kill -KILL "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || status=$?
     SERVER_PID=""
-    local why
-    why=$(tr '\n' ' ' <"$TMP/server.log" | sed "s/,/;/g; s/\"/'/g" | cut -c1-160)
-    printf "%-34s not run: server exited (status %s): %s\n" "$name" "$status" "$why"
-    echo "$name,$group,,,,,,,,,,not run: $why" >>"$CSV"
+    [ -n "$up" ] || why="$why (status $status)"
+    why="$why: $(field <"$TMP/server.log")"
+    printf "%-31s not run: %s\n" "$name" "$why"
+    echo "$name,$group,$keys,,,,,,,,,,,,,not run: $(echo "$why" | field)" >>"$CSV"
     return
   fi
 
-  local cpu0="" cmd0="" cpu1="" cmd1=""
-  if [ -n "$uses_redis" ]; then cpu0=$(redis_cpu); cmd0=$(redis_cmds); fi
-  local script=()
-  [ -n "${WRK_SCRIPT:-}" ] && script=(-s "$WRK_SCRIPT")
-  local out
-  out=$(timeout $((SECS + 20)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECS}s" --latency "${script[@]}" \
-    "http://127.0.0.1:$AP/api/ping" 2>&1) || true
-  if [ -n "$uses_redis" ]; then cpu1=$(redis_cpu); cmd1=$(redis_cmds); fi
+  local cpu0="" cmd0="" cpu1="" cmd1="" ticks0 ticks1 t0 t1
+  if [ ${#ports[@]} -gt 0 ]; then cpu0=$(redis_cpu "${ports[@]}"); cmd0=$(redis_cmds "${ports[@]}"); fi
+  ticks0=$(app_ticks "$SERVER_PID" 2>/dev/null || echo "")
+  t0=$(now)
+  LOADRUN_KEYS=$keys timeout $((SECS + 20)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECS}s" --latency \
+    -s "$KEYS_LUA" "http://127.0.0.1:$AP/api/ping" >"$TMP/wrk.out" 2>&1 &
+  WRK_PID=$!
+  wait "$WRK_PID" || true
+  WRK_PID=""
+  t1=$(now)
+  ticks1=$(app_ticks "$SERVER_PID" 2>/dev/null || echo "")
+  if [ ${#ports[@]} -gt 0 ]; then cpu1=$(redis_cpu "${ports[@]}"); cmd1=$(redis_cmds "${ports[@]}"); fi
   kill -INT "$SERVER_PID" 2>/dev/null || true
   for _ in $(seq 30); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
 
-  local rps p50 p99 non2xx requests errors
+  local out rps p50 p99 non2xx requests errors
+  out=$(cat "$TMP/wrk.out")
   rps=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
   p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
@@ -195,80 +385,73 @@ run() {
   non2xx=${non2xx:-0}
   errors=$(echo "$out" | awk '/Socket errors/ {gsub(/,/, ""); print $4 + $6 + $8 + $10}')
   errors=${errors:-0}
-  if [ -z "$rps" ] || [ -z "$requests" ]; then
+  if [ -z "$rps" ] || [ -z "$requests" ] || [ "$requests" -eq 0 ] || [ -z "$ticks0" ] || [ -z "$ticks1" ]; then
     local why
-    why=$(echo "$out" | tr '\n' ' ' | sed "s/,/;/g; s/\"/'/g" | cut -c1-160)
-    printf "%-34s failed: %s\n" "$name" "$why"
-    echo "$name,$group,,,,,,,,,,failed: $why" >>"$CSV"
+    why=$(echo "$out" | field)
+    [ -n "$ticks0" ] && [ -n "$ticks1" ] || why="the server died during the run: $(field <"$TMP/server.log")"
+    printf "%-31s failed: %s\n" "$name" "$why"
+    echo "$name,$group,$keys,,,,,,,,,,,,,failed: $why" >>"$CSV"
     return
   fi
-  [ "$name" = off ] && OFF_RPS=$rps
-  local ratio="" cpu_us="" cmds=""
-  [ -n "$OFF_RPS" ] && ratio=$(awk -v a="$rps" -v b="$OFF_RPS" 'BEGIN {printf "%.2f", a / b}')
-  if [ -n "$uses_redis" ] && [ "$requests" -gt 0 ]; then
-    cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$requests" 'BEGIN {printf "%.2f", (b - a) * 1e6 / n}')
-    cmds=$(awk -v a="$cmd0" -v b="$cmd1" -v n="$requests" 'BEGIN {printf "%.3f", (b - a - 2) / n}')
+  local app_pct app_us beyond="" ratio="" cpu_us="" cmds=""
+  app_pct=$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$TICKS" -v t0="$t0" -v t1="$t1" \
+    'BEGIN {printf "%.0f", (b - a) / hz / (t1 - t0) * 100}')
+  app_us=$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$TICKS" -v n="$requests" \
+    'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / n}')
+  if [ "$name" = off ]; then OFF_RPS=$rps; OFF_APP_US=$app_us; fi
+  if [ -n "$OFF_RPS" ]; then
+    ratio=$(awk -v a="$rps" -v b="$OFF_RPS" 'BEGIN {printf "%.2f", a / b}')
+    [ "$name" = off ] || beyond=$(awk -v a="$app_us" -v b="$OFF_APP_US" 'BEGIN {printf "%.2f", a - b}')
   fi
-  printf "%-34s %9s %8s %8s %9s %7s %6s %9s %9s\n" "$name" "$rps" "$p50" "$p99" "$non2xx" "$errors" \
-    "${ratio:--}" "${cpu_us:--}" "${cmds:--}"
-  echo "$name,$group,$rps,$requests,$p50,$p99,$non2xx,$errors,$ratio,$cpu_us,$cmds," >>"$CSV"
+  if [ ${#ports[@]} -gt 0 ]; then
+    cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$requests" 'BEGIN {printf "%.2f", (b - a) * 1e6 / n}')
+    # Minus the two INFO commands counted in the delta, per node.
+    cmds=$(awk -v a="$cmd0" -v b="$cmd1" -v n="$requests" -v k="${#ports[@]}" \
+      'BEGIN {printf "%.3f", (b - a - 2 * k) / n}')
+  fi
+  printf "$FORMAT" "$name" "$keys" "$rps" "${ratio:--}" "$p50" "$p99" "$non2xx" "$errors" \
+    "$app_pct" "$app_us" "${beyond:--}" "${cpu_us:--}" "${cmds:--}"
+  echo "$name,$group,$keys,$rps,$requests,$p50,$p99,$non2xx,$errors,$ratio,$app_pct,$app_us,$beyond,$cpu_us,$cmds," >>"$CSV"
 }
 
-# --- the configurations ----------------------------------------------------
-LOG_LIMIT=10000 # the sliding log's largest limit (MAX_LOG_LIMIT): 10 000 keys keep each client under it
-KEYS_LUA=scripts/loadrun-keys.lua
+# --- the runs ------------------------------------------------------------------
 START=$(date +%s)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d${SECS}s --latency, WORKERS=$WORKERS, redis $REDIS_VERSION on 127.0.0.1:$RP, server on 127.0.0.1:$AP"
-printf "%-34s %9s %8s %8s %9s %7s %6s %9s %9s\n" name req/s p50_ms p99_ms non-2xx errors ratio redis_us redis_cmd
-run off base "$OURS" -- LIMITER=off
-run "peers: bare axum" base "$PEERS" bare --
-for algorithm in counter gcra; do
-  run "memory $algorithm (hot key)" memory "$OURS" -- LIMIT=$BIG ALGORITHM=$algorithm
-done
-WRK_SCRIPT=$KEYS_LUA run "memory log (10k keys)" memory "$OURS" -- LIMIT=$LOG_LIMIT ALGORITHM=log KEY=x-api-key
-for algorithm in counter gcra; do
-  run "redis $algorithm (hot key)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$BIG ALGORITHM=$algorithm
-done
-WRK_SCRIPT=$KEYS_LUA run "redis log (10k keys)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$LOG_LIMIT ALGORITHM=log KEY=x-api-key
-WRK_SCRIPT=$KEYS_LUA run "redis log limit 100 (10k keys)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=100 ALGORITHM=log KEY=x-api-key
-WRK_SCRIPT=$KEYS_LUA run "redis gcra (10k keys)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$BIG ALGORITHM=gcra KEY=x-api-key
-WRK_SCRIPT=$KEYS_LUA run "redis counter (10k keys)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$BIG ALGORITHM=counter KEY=x-api-key
-run "redis counter (denied flood)" redis "$OURS" -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=10 ALGORITHM=counter
-run "governor (hot key)" peer-memory "$PEERS" governor -- LIMIT=$BIG
-run "trl-memory (hot key)" peer-memory "$PEERS" trl-memory -- LIMIT=$BIG
-run "trl-redis (hot key)" peer-redis "$PEERS" trl-redis -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$BIG
-WRK_SCRIPT=$KEYS_LUA run "trl-redis (10k keys)" peer-redis "$PEERS" trl-redis -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=$BIG KEY=x-api-key
-run "trl-redis (denied flood)" peer-redis "$PEERS" trl-redis -- REDIS_URL=$REDIS_URL_LOCAL LIMIT=10
+echo "wrk -t$THREADS -c$CONNECTIONS -d${SECS}s --latency, WORKERS=$WORKERS, redis $REDIS_VERSION${RP:+ on 127.0.0.1:$RP}${CLUSTER_URLS:+, cluster ${CLUSTER_PORTS[*]}}, server on 127.0.0.1:$AP"
+printf "$FORMAT" name keys req/s ×off p50_ms p99_ms non-2xx errors app_% app_us +off_us redis_us redis_cmd
+configurations
 ELAPSED=$(($(date +%s) - START))
 echo "runs took ${ELAPSED}s"
 
-# --- results -----------------------------------------------------------------
+# --- results -------------------------------------------------------------------
 mkdir -p "$OUT"
 REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-SETTING="wrk -t$THREADS -c$CONNECTIONS -d${SECS}s --latency on loopback; WORKERS=$WORKERS; redis-server $REDIS_VERSION (--save \"\" --appendonly no); $(nproc) cores; load average before: $LOAD_BEFORE; commit $REV; $(date -u +%Y-%m-%dT%H:%MZ)"
+SETTING="wrk -t$THREADS -c$CONNECTIONS -d${SECS}s --latency on loopback; x-api-key keyed; WORKERS=$WORKERS; redis-server $REDIS_VERSION (--save \"\" --appendonly no); $(nproc) cores; load average before: $LOAD_BEFORE; commit $REV; $(date -u +%Y-%m-%dT%H:%MZ)"
 {
   echo "# $SETTING"
-  echo "name,group,req_per_s,requests,p50_ms,p99_ms,non_2xx,socket_errors,ratio_vs_off,redis_cpu_us_per_req,redis_cmds_per_req,note"
+  echo "name,group,keys,req_per_s,requests,p50_ms,p99_ms,non_2xx,socket_errors,ratio_vs_off,app_cpu_pct,app_cpu_us_per_req,app_cpu_us_beyond_off,redis_cpu_us_per_req,redis_cmds_per_req,note"
   cat "$CSV"
 } >"$OUT/loadrun.csv"
+TARGETS=$(python3 scripts/loadrun-targets.py "$OUT/loadrun.csv" ${BEFORE:+--before "$BEFORE"})
 {
   echo "Setting: $SETTING"
   echo
-  echo "| configuration | req/s | p50 ms | p99 ms | non-2xx | ratio vs off | Redis CPU µs/req | Redis cmds/req (incl. inside scripts) |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-  while IFS=, read -r name group rps requests p50 p99 non2xx errors ratio cpu_us cmds note; do
+  echo "App CPU: the server process's utime + stime over the run (% of one core; µs per request; \"beyond off\": minus LIMITER=off's µs per request). Redis: \`INFO cpu\` and \`INFO stats\` deltas per request (summed over the cluster's nodes)."
+  echo
+  echo "| configuration | keys | req/s | × off | p50 ms | p99 ms | non-2xx | app CPU % | app µs/req | beyond off µs/req | Redis CPU µs/req | Redis cmds/req |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  while IFS=, read -r name group keys rps requests p50 p99 non2xx errors ratio app_pct app_us beyond cpu_us cmds note; do
     if [ -n "$note" ]; then
-      echo "| $name | $note | | | | | | |"
+      echo "| $name | $keys | $note | | | | | | | | | |"
     else
-      echo "| $name | $rps | $p50 | $p99 | $non2xx | ${ratio:--} | ${cpu_us:--} | ${cmds:--} |"
+      echo "| $name | $keys | $rps | ${ratio:--} | $p50 | $p99 | $non2xx | $app_pct | $app_us | ${beyond:--} | ${cpu_us:--} | ${cmds:--} |"
     fi
   done <"$CSV"
+  echo
+  echo "$TARGETS"
 } >"$OUT/loadrun.md"
-if command -v python3 >/dev/null; then
-  python3 scripts/loadrun-chart.py "$OUT/loadrun.csv" "$OUT/loadrun.svg"
-else
-  echo "loadrun: python3 is missing: no chart (run scripts/loadrun-chart.py later)" >&2
-fi
+echo
+echo "$TARGETS"
+python3 scripts/loadrun-chart.py "$OUT/loadrun.csv" "$OUT/loadrun.svg"
 echo "wrote $OUT/loadrun.csv, $OUT/loadrun.md, $OUT/loadrun.svg"
