@@ -2,11 +2,22 @@
 //! that decides them in order.
 //!
 //! A lone check is sent at once, as its algorithm's own `EVALSHA` (no timer,
-//! no added latency). While a call is in flight, further checks queue; when
-//! it returns, everything queued (up to the batch size) goes out as one call
-//! of the batch script, which runs each check's algorithm in arrival order,
+//! no added latency). A lane holds up to `Transport::depth` calls in flight
+//! (one for now: see `transport::PIPELINE`); while it has no room, further
+//! checks queue, and when room is
+//! made everything queued (up to the batch size) goes out as one call of
+//! the batch script, which runs each check's algorithm in arrival order,
 //! each seeing the writes of those before it, exactly as that many single
-//! calls would. One call is in flight per lane at a time.
+//! calls would. So Redis runs one call while the application makes the
+//! next, and batches grow with the load.
+//!
+//! Order: calls on one connection run in the order they reach it, and a
+//! check's place is taken when it is made (`Batcher::submit`). A queued
+//! check is sent only after every call before it has reached the
+//! connection: a lead's call once its future has been polled (the request
+//! is then in the connection's queue), a batch once the lane's draining
+//! task has polled it, which it does for each batch before it takes the
+//! next.
 //!
 //! Lanes: a single node or a Sentinel primary has one lane (0). On a Redis
 //! Cluster a script call may only touch keys of one hash slot, so each hash
@@ -44,7 +55,9 @@
 //! ran it.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::task::{Poll, Waker};
 
 use redis::{Script, ScriptInvocation};
 use tokio::sync::oneshot;
@@ -311,6 +324,9 @@ struct Waiting {
 /// The batching of one backend's checks, in independent lanes.
 pub(super) struct Batcher {
     max: usize,
+    /// How many calls may be in flight on one lane at once
+    /// ([`Transport::depth`]).
+    depth: usize,
     /// Where the calls go.
     transport: Arc<Transport>,
     /// The busy lanes: a lane has an entry while a call is in flight on it
@@ -326,8 +342,47 @@ pub(super) struct Batcher {
 /// A busy lane.
 #[derive(Default)]
 struct State {
-    /// The checks waiting for the call in flight to end.
+    /// The checks waiting for room on the lane, in arrival order.
     queue: VecDeque<Waiting>,
+    /// Calls sent on the lane (leads and batches) that have not ended.
+    in_flight: usize,
+    /// A lead was handed out whose call has not reached the connection yet
+    /// (its future was not polled yet): nothing may be sent on the lane
+    /// until it has, or a later check could overtake it.
+    unwritten: bool,
+    /// Whether the lane's draining task runs.
+    draining: bool,
+    /// The draining task, while it waits: woken when a check queues or a
+    /// lead's call is written or ends.
+    waker: Option<Waker>,
+}
+
+impl State {
+    /// Whether a call may be sent on the lane now.
+    fn has_room(&self, depth: usize) -> bool {
+        !self.unwritten && self.in_flight < depth
+    }
+
+    /// Whether queued checks may go out now: wakes the draining task and
+    /// returns `false`, or returns whether one must be started (marked as
+    /// running).
+    fn kick(&mut self, depth: usize) -> bool {
+        if self.queue.is_empty() || !self.has_room(depth) {
+            return false;
+        }
+        if self.draining {
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+            return false;
+        }
+        self.draining = true;
+        true
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.in_flight == 0 && !self.draining
+    }
 }
 
 /// What to do with a check.
@@ -339,10 +394,18 @@ pub(super) enum Submitted {
 }
 
 impl Batcher {
-    /// Batches of up to `max` checks, sent through `transport`.
+    /// Batches of up to `max` checks, sent through `transport`, up to its
+    /// [`Transport::depth`] calls in flight per lane.
     pub(super) fn new(max: usize, transport: Arc<Transport>) -> Self {
+        let depth = transport.depth();
+        Self::with_depth(max, depth, transport)
+    }
+
+    /// Batches of up to `max` checks, up to `depth` calls in flight per lane.
+    fn with_depth(max: usize, depth: usize, transport: Arc<Transport>) -> Self {
         Self {
             max,
+            depth: depth.max(1),
             transport,
             lanes: Mutex::default(),
         }
@@ -352,33 +415,129 @@ impl Batcher {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `call` now if nothing is in flight on `lane`, else queues it.
-    pub(super) fn submit(&self, lane: Lane, call: Call) -> Submitted {
+    /// Sends `call` now, alone, if the lane has room and nothing waits on
+    /// it; else queues it (and makes sure the queue drains).
+    pub(super) fn submit(self: &Arc<Self>, lane: Lane, call: Call) -> Submitted {
         let mut lanes = self.lanes();
-        match lanes.get_mut(&lane) {
-            Some(state) => {
-                let (tx, rx) = oneshot::channel();
-                state.queue.push_back(Waiting { call, reply: tx });
-                Submitted::Queued(rx)
+        let state = lanes.entry(lane).or_default();
+        if state.queue.is_empty() && state.has_room(self.depth) {
+            state.in_flight += 1;
+            state.unwritten = true;
+            return Submitted::Lead(call);
+        }
+        let (tx, rx) = oneshot::channel();
+        state.queue.push_back(Waiting { call, reply: tx });
+        let start = state.kick(self.depth);
+        drop(lanes);
+        if start {
+            self.start_draining(lane);
+        }
+        Submitted::Queued(rx)
+    }
+
+    /// The lead of `lane` has reached the connection (or never will):
+    /// checks queued behind it may go out.
+    fn written(self: &Arc<Self>, lane: Lane) {
+        let mut lanes = self.lanes();
+        let Some(state) = lanes.get_mut(&lane) else {
+            return;
+        };
+        state.unwritten = false;
+        let start = state.kick(self.depth);
+        drop(lanes);
+        if start {
+            self.start_draining(lane);
+        }
+    }
+
+    /// A lead's call on `lane` ended (or was dropped).
+    fn lead_done(self: &Arc<Self>, lane: Lane, written: bool) {
+        let mut lanes = self.lanes();
+        let Some(state) = lanes.get_mut(&lane) else {
+            return;
+        };
+        state.in_flight -= 1;
+        if !written {
+            state.unwritten = false;
+        }
+        let start = state.kick(self.depth);
+        if state.idle() {
+            lanes.remove(&lane);
+        }
+        drop(lanes);
+        if start {
+            self.start_draining(lane);
+        }
+    }
+
+    /// Starts `lane`'s draining task (marked as running by the caller).
+    fn start_draining(self: &Arc<Self>, lane: Lane) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(drain(Arc::clone(self), lane));
             }
-            None => {
-                lanes.insert(lane, State::default());
-                Submitted::Lead(call)
+            Err(_) => {
+                // No runtime to send from (a check made or dropped outside
+                // one): fail the waiting checks rather than leave them
+                // waiting.
+                let mut lanes = self.lanes();
+                if let Some(state) = lanes.get_mut(&lane) {
+                    state.queue.clear();
+                    state.draining = false;
+                    if state.idle() {
+                        lanes.remove(&lane);
+                    }
+                }
             }
         }
     }
 
-    /// The next batch of `lane`, or `None` (and the lane idle, its entry
-    /// gone) if no check is waiting.
+    /// The next batch of `lane` if it has room for a call (counted in
+    /// flight), else `None`.
     fn next_batch(&self, lane: Lane) -> Option<Vec<Waiting>> {
         let mut lanes = self.lanes();
         let state = lanes.get_mut(&lane)?;
-        if state.queue.is_empty() {
-            lanes.remove(&lane);
+        if state.queue.is_empty() || !state.has_room(self.depth) {
             return None;
         }
+        state.in_flight += 1;
         let n = state.queue.len().min(self.max);
         Some(state.queue.drain(..n).collect())
+    }
+
+    /// `ended` of the draining task's calls on `lane` ended.
+    fn ended(&self, lane: Lane, ended: usize) {
+        if let Some(state) = self.lanes().get_mut(&lane) {
+            state.in_flight -= ended;
+        }
+    }
+
+    /// What the draining task of `lane`, with `flying` calls of its own in
+    /// flight, does next (decided under the lock that checks queue under):
+    /// send again if a check queued meanwhile and there is room; stop if it
+    /// has nothing in flight (marked as stopped, the lane removed if idle:
+    /// whatever makes room later starts a new task); else wait, `waker`
+    /// stored to be woken when a check queues or room is made.
+    fn next_step(&self, lane: Lane, flying: usize, waker: &Waker) -> Step {
+        let mut lanes = self.lanes();
+        let Some(state) = lanes.get_mut(&lane) else {
+            return Step::Stop;
+        };
+        if !state.queue.is_empty() && state.has_room(self.depth) {
+            return Step::Again;
+        }
+        if flying == 0 {
+            state.draining = false;
+            state.waker = None;
+            if state.idle() {
+                lanes.remove(&lane);
+            }
+            return Step::Stop;
+        }
+        if !state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            state.waker = Some(waker.clone());
+        }
+        Step::Wait
     }
 
     /// How many lanes are busy.
@@ -388,55 +547,89 @@ impl Batcher {
     }
 }
 
-/// A lone call in flight on a lane: when it ends (or is dropped), the
-/// checks queued meanwhile on that lane go out.
+/// A lone call on a lane, from [`Batcher::submit`]'s [`Submitted::Lead`]
+/// until it ends (or is dropped).
 pub(super) struct Lead {
     batcher: Arc<Batcher>,
     lane: Lane,
+    written: bool,
 }
 
 impl Lead {
     /// The guard of the lone call that [`Batcher::submit`] answered with
     /// [`Submitted::Lead`] for `lane`.
     pub(super) fn new(batcher: Arc<Batcher>, lane: Lane) -> Self {
-        Self { batcher, lane }
+        Self {
+            batcher,
+            lane,
+            written: false,
+        }
+    }
+
+    /// Runs `call`, the lead's call: once it has been polled (its request
+    /// handed to the connection), the lane's queued checks may follow it.
+    pub(super) async fn run<F: Future>(mut self, call: F) -> F::Output {
+        let mut call = std::pin::pin!(call);
+        std::future::poll_fn(|cx| {
+            let poll = call.as_mut().poll(cx);
+            if !self.written {
+                self.written = true;
+                self.batcher.written(self.lane);
+            }
+            poll
+        })
+        .await
     }
 }
 
 impl Drop for Lead {
     fn drop(&mut self) {
-        done(&self.batcher, self.lane);
+        self.batcher.lead_done(self.lane, self.written);
     }
 }
 
-/// A call on `lane` ended: sends what queued meanwhile, in a task of its
-/// own, or marks the lane idle.
-fn done(batcher: &Arc<Batcher>, lane: Lane) {
-    let Some(batch) = batcher.next_batch(lane) else {
-        return;
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(drain(Arc::clone(batcher), lane, batch));
-        }
-        Err(_) => {
-            // No runtime to send from (a check dropped outside one): fail
-            // the waiting checks rather than leave them waiting.
-            drop(batch);
-            while batcher.next_batch(lane).is_some() {}
-        }
-    }
+/// See [`Batcher::next_step`].
+enum Step {
+    Again,
+    Stop,
+    Wait,
 }
 
-/// Sends batches of `lane` until no check is waiting on it.
-async fn drain(batcher: Arc<Batcher>, lane: Lane, mut batch: Vec<Waiting>) {
-    loop {
-        send(&batcher.transport, batch).await;
-        match batcher.next_batch(lane) {
-            Some(next) => batch = next,
-            None => return,
+/// A batch call in flight, from a lane's draining task.
+type Flying = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Sends the batches of `lane` while checks wait and the lane has room: up
+/// to [`Transport::depth`] calls in flight (a lead's included), each handed
+/// to the connection in the order its checks queued (the task polls each
+/// new call once before it takes the next batch), so that Redis runs them
+/// in that order while the next batch is being made.
+async fn drain(batcher: Arc<Batcher>, lane: Lane) {
+    let mut flying: VecDeque<Flying> = VecDeque::new();
+    std::future::poll_fn(|cx| {
+        loop {
+            while let Some(batch) = batcher.next_batch(lane) {
+                let mut call: Flying = Box::pin(send(Arc::clone(&batcher.transport), batch));
+                if call.as_mut().poll(cx).is_ready() {
+                    batcher.ended(lane, 1);
+                } else {
+                    flying.push_back(call);
+                }
+            }
+            let before = flying.len();
+            flying.retain_mut(|call| call.as_mut().poll(cx).is_pending());
+            let ended = before - flying.len();
+            if ended > 0 {
+                batcher.ended(lane, ended);
+                continue;
+            }
+            match batcher.next_step(lane, flying.len(), cx.waker()) {
+                Step::Again => {}
+                Step::Stop => return Poll::Ready(()),
+                Step::Wait => return Poll::Pending,
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// Sends `invocation` from a lane's draining task, under the transport's
@@ -452,7 +645,8 @@ async fn call(
 
 /// Sends one batch (a lone check as its own script) and hands each check its
 /// decision.
-async fn send(transport: &Transport, batch: Vec<Waiting>) {
+async fn send(transport: Arc<Transport>, batch: Vec<Waiting>) {
+    let transport = &*transport;
     if let [one] = batch.as_slice() {
         let result = call(transport, &one.call.invocation())
             .await
@@ -538,44 +732,77 @@ mod tests {
         super::super::script::call("t", &super::super::script::Nonces::new(), &policy, &key, 1)
     }
 
-    #[test]
-    fn lanes_are_independent_and_idle_lanes_leave_nothing() {
+    fn queued(submitted: Submitted) -> oneshot::Receiver<Reply> {
+        match submitted {
+            Submitted::Queued(rx) => rx,
+            Submitted::Lead(_) => panic!("expected to queue"),
+        }
+    }
+
+    fn leads(submitted: &Submitted) -> bool {
+        matches!(submitted, Submitted::Lead(_))
+    }
+
+    /// The lane state machine, step by step (the draining tasks it starts
+    /// never run: the test does not yield to the runtime).
+    #[tokio::test]
+    async fn lanes_pipeline_in_order_and_idle_lanes_leave_nothing() {
         let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
         let second = Duration::from_secs(1);
         let transport = Transport::single(client, second, second);
-        let batcher = Batcher::new(2, Arc::new(transport));
-        // The first check of each lane leads; the next ones queue there.
-        for lane in [7, 9, 16_383] {
-            assert!(matches!(
-                batcher.submit(lane, a_call(0)),
-                Submitted::Lead(_)
-            ));
-        }
+        let batcher = Arc::new(Batcher::with_depth(2, 2, Arc::new(transport)));
+        let keys = |batch: &[Waiting]| -> Vec<Vec<String>> {
+            batch.iter().map(|w| w.call.keys.clone()).collect()
+        };
         let mut waiting = Vec::new();
-        for n in 0..3 {
-            match batcher.submit(7, a_call(n)) {
-                Submitted::Queued(rx) => waiting.push(rx),
-                Submitted::Lead(_) => panic!("lane 7 is busy"),
-            }
-        }
-        assert_eq!(batcher.busy(), 3);
-        // Lane 7 drains in batches of at most 2, in arrival order.
-        let first = batcher.next_batch(7).unwrap();
-        assert_eq!(first.len(), 2);
-        assert_eq!(first[0].call.keys, a_call(0).keys);
-        assert_eq!(first[1].call.keys, a_call(1).keys);
-        assert_eq!(batcher.next_batch(7).unwrap().len(), 1);
-        // Still busy until a look finds nothing waiting; then gone.
-        assert_eq!(batcher.busy(), 3);
-        assert!(batcher.next_batch(7).is_none());
-        assert!(batcher.next_batch(9).is_none());
+
+        // The first check of a lane leads. Until its call is written
+        // (polled), nothing may follow it, even with room on the lane.
+        assert!(leads(&batcher.submit(7, a_call(0))));
+        waiting.push(queued(batcher.submit(7, a_call(1))));
+        assert!(batcher.next_batch(7).is_none(), "the lead is not written");
+        batcher.written(7);
+        // Room for one more call: the queue goes out, in order.
+        assert_eq!(keys(&batcher.next_batch(7).unwrap()), [a_call(1).keys]);
+        // Two calls in flight: no room until one ends.
+        waiting.push(queued(batcher.submit(7, a_call(2))));
+        waiting.push(queued(batcher.submit(7, a_call(3))));
+        waiting.push(queued(batcher.submit(7, a_call(4))));
+        assert!(batcher.next_batch(7).is_none(), "two calls in flight");
+        batcher.lead_done(7, true);
+        // Batches of at most 2, in arrival order.
+        assert_eq!(
+            keys(&batcher.next_batch(7).unwrap()),
+            [a_call(2).keys, a_call(3).keys]
+        );
+        assert!(batcher.next_batch(7).is_none(), "two calls in flight");
+        batcher.ended(7, 2);
+        assert_eq!(keys(&batcher.next_batch(7).unwrap()), [a_call(4).keys]);
+        batcher.ended(7, 1);
+
+        // Lanes are independent: lane 9 leads while lane 7 drains.
+        assert!(leads(&batcher.submit(9, a_call(0))));
+        assert_eq!(batcher.busy(), 2);
+
+        // A draining task with nothing left stops, and the idle lane goes.
+        let waker = std::task::Waker::noop();
+        assert!(matches!(batcher.next_step(7, 0, waker), Step::Stop));
         assert_eq!(batcher.busy(), 1);
-        // An idle lane leads again; an unknown lane has nothing.
-        assert!(matches!(batcher.submit(7, a_call(5)), Submitted::Lead(_)));
-        assert!(batcher.next_batch(12).is_none());
-        assert!(batcher.next_batch(7).is_none());
-        assert!(batcher.next_batch(16_383).is_none());
+        // A lead dropped before it was polled frees its lane.
+        batcher.lead_done(9, false);
         assert_eq!(batcher.busy(), 0);
+
+        // With room and nothing waiting, a second check leads too (the
+        // first lead written); a third (no room) queues.
+        assert!(leads(&batcher.submit(5, a_call(0))));
+        batcher.written(5);
+        assert!(leads(&batcher.submit(5, a_call(2))));
+        batcher.written(5);
+        assert!(!leads(&batcher.submit(5, a_call(3))), "two calls in flight");
+        // A draining task waits while its own call is in flight and the
+        // lane has no room.
+        assert!(matches!(batcher.next_step(5, 1, waker), Step::Wait));
+        drop(waiting);
     }
 
     #[test]

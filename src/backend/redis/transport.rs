@@ -44,6 +44,18 @@ use crate::error::BackendError;
 /// one per hash slot (a script call's keys must share one).
 pub(super) type Lane = u16;
 
+/// How many calls may be in flight at once on the one lane of a single
+/// node or a Sentinel primary (see `super::batch`). With one, Redis and the
+/// application take turns: the application waits while Redis runs a batch,
+/// and Redis idles while the application makes the next. The batcher can
+/// keep more in flight, in order, but not yet across a script reload: two
+/// pipelined `EVALSHA`s that both meet `NOSCRIPT` (a new server, `SCRIPT
+/// FLUSH`, a failover) are each reloaded and sent again by redis-rs, in
+/// whatever order their tasks run, so a later batch may be decided before
+/// an earlier one (`tests/it/batching.rs` sees it on a fresh server). Until
+/// the draining task reloads and resends in order itself, one.
+pub(super) const PIPELINE: usize = 1;
+
 /// The longest a call from a lane's own task (a batch call) may run before
 /// its checks fail, off a cluster (the connection's own timeouts end it
 /// much sooner in practice); the batcher then sends what queued meanwhile.
@@ -390,6 +402,20 @@ impl Transport {
                 let _ = tag;
                 0
             }
+        }
+    }
+
+    /// How many calls may be in flight on one lane at once: on a single
+    /// node or a Sentinel primary, [`PIPELINE`]; on a cluster 1 per hash
+    /// slot (distinct clients spread over many slots, which run side by
+    /// side, and a slot's calls stay in order across `MOVED`/`ASK`
+    /// redirections and retries).
+    pub(super) fn depth(&self) -> usize {
+        match &self.link {
+            #[cfg(feature = "cluster")]
+            Link::Cluster(_) => 1,
+            #[allow(unreachable_patterns)]
+            _ => PIPELINE,
         }
     }
 
