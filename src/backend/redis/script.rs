@@ -120,14 +120,21 @@ impl Call {
         invocation
     }
 
-    /// The number of arguments (`ARGV`) of the call.
-    pub(super) fn arg_count(&self) -> usize {
-        2 + 2 * self.quotas.len()
-    }
-
     /// Appends the call's arguments (`ARGV`, see the module docs).
     pub(super) fn push_args(&self, invocation: &mut ScriptInvocation<'static>) {
         invocation.arg(self.cost).arg(&self.nonce);
+        self.push_quotas(invocation);
+    }
+
+    /// Appends the call's quota count and cost, then its quotas, as a run of
+    /// the batch script takes them (see `super::batch`).
+    pub(super) fn push_batch_args(&self, invocation: &mut ScriptInvocation<'static>) {
+        invocation.arg(self.quotas.len()).arg(self.cost);
+        self.push_quotas(invocation);
+    }
+
+    /// Appends each quota's limit and window (µs).
+    fn push_quotas(&self, invocation: &mut ScriptInvocation<'static>) {
         for quota in &self.quotas {
             invocation.arg(quota.limit()).arg(quota.window_us());
         }
