@@ -144,8 +144,9 @@ async fn runs_of_identical_checks_decide_as_single_calls() {
         "the tighter quota denied"
     );
 
-    // The batch calls carried runs: `EVALSHA sha 1 <key> <runs> <algorithm>
-    // <run length> ...` with one run standing for many checks.
+    // The batch calls carried runs: `EVALSHA sha 1 <key> <runs> <code> ...`,
+    // the code being `algorithm + 4 * (fresh + 2 * (implicit + 2 * run
+    // length))`, with one run standing for many checks.
     let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(1000)
@@ -161,7 +162,7 @@ async fn runs_of_identical_checks_decide_as_single_calls() {
             (args.first()?.eq_ignore_ascii_case("evalsha")
                 && args.get(2)? == "1"
                 && args.get(4)? == "1")
-                .then(|| args.get(6)?.parse::<usize>().ok())
+                .then(|| Some(args.get(5)?.parse::<usize>().ok()? / 16))
                 .flatten()
         })
         .max()

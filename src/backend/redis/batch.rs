@@ -26,7 +26,6 @@
 //!
 //! ```text
 //! ARGV[1]                 number of runs
-//! ARGV[2]                 the reply's greatest length (to size it)
 //! then per run            code = alg + 4 * (fresh + 2 * (implicit + 2 * n)):
 //!                           alg: the algorithm (1-based, `Algorithm::ALL`
 //!                           order); n: how many identical checks in a row
@@ -112,21 +111,15 @@ pub(super) fn batch_lua() -> String {
     let mut lua = String::from(
         "local clock = redis.call('TIME')
 local now = clock[1] * 1000000 + clock[2]
-local unpack = unpack
--- Whether Redis is past maxmemory. Redis refuses a script's first write
--- that may grow memory (`ZADD`, `SET`) when it is, and lets every later
--- write through: so the batch asks once, first, with a `ZADD XX` of a
--- member no script writes (a no-op whatever the key holds; past
--- maxmemory, refused before it runs), and then refuses every check that
--- would write, as that check alone would have been refused.
-local oom = false
-do
-  local ok, e = pcall(redis.call, 'ZADD', KEYS[1], 'XX', 0, '-')
-  if not ok then
-    if type(e) == 'table' then e = e.err end
-    oom = string.find(tostring(e), 'OOM', 1, true) ~= nil
-  end
-end
+-- Whether Redis is past maxmemory: unknown (nil) until the batch's first
+-- write. Redis refuses a script's first write that may grow memory (`ZADD`,
+-- `SET`) when it is, and lets every later write through: so the batch's
+-- first write is made at once, when its check is decided, and tells; from
+-- then on the batch refuses every check that would write if it was
+-- refused, as that check alone would have been. (No probe: a probe that
+-- writes nothing, such as a `ZADD XX`, fails with WRONGTYPE on the
+-- counter's and GCRA's keys, an error Redis counts in `INFO errorstats`.)
+local oom
 -- A check that failed with a script error (a key of the wrong type, a
 -- value that is not ours, maxmemory) replies {-1, code} and fails alone:
 -- 1 wrong type, 2 out of memory, 3 anything else.
@@ -137,16 +130,10 @@ local function fault(e)
   if string.find(e, 'OOM', 1, true) then return 2 end
   return 3
 end
--- A table of n nils whose array part is already n long (Lua 5.1 has no
--- table.new: grown one element at a time, it would be copied as it grows).
-local function sized(n)
-  if n < 1 or n > 4000 then return {} end
-  return {unpack({}, 1, n)}
-end
 local nk = #KEYS
 -- Per key (its index in KEYS): its state (x, y, z; nil until read), and
 -- while it must be written, its algorithm (else nil) and window.
-local X, Y, Z, dirty, windows = sized(nk), sized(nk), sized(nk), sized(nk), sized(nk)
+local X, Y, Z, dirty, windows = {}, {}, {}, {}, {}
 local api = {}
 ",
     );
@@ -166,13 +153,13 @@ local api = {}
         ));
     }
     lua.push_str(
-        "local out = sized(tonumber(ARGV[2]))
+        "local out = {}
 -- The current run's cost and quotas (limit, window of quota i at 2i - 1,
 -- 2i), parsed once and kept while runs say they are the same; its keys'
 -- indexes in KEYS, and its keys (for `decide`).
 local cost, nq, qv, J, keys = 0, 0, {}, {}, {}
 local function run()
-  local m, a, k = 0, 2, 0
+  local m, a, k = 0, 1, 0
   for _ = 1, tonumber(ARGV[1]) do
     local code = tonumber(ARGV[a + 1])
     a = a + 1
@@ -209,12 +196,16 @@ local function run()
       for i = 1, nq do keys[i] = KEYS[J[i]] end
       for _ = 1, runs do
         local at = m + 1
-        local ok, e = pcall(decide, keys, nq, qv, 0, now, cost, nonce, oom, out, at)
+        local ok, e = pcall(decide, keys, nq, qv, 0, now, cost, nonce, oom == true, out, at)
         if ok then
+          -- An admission wrote (a ZADD Redis let through).
+          if out[at + 1] == 1 and cost > 0 then oom = false end
           out[at], m = e - at, e
         else
           for i = at + 1, at + 3 + 2 * nq do out[i] = nil end
-          out[at], out[at + 1], out[at + 2], m = 2, -1, fault(e), at + 2
+          local code = fault(e)
+          if code == 2 then oom = true end
+          out[at], out[at + 1], out[at + 2], m = 2, -1, code, at + 2
         end
       end
     else
@@ -242,10 +233,26 @@ local function run()
           end
         end
         local admit = denied == 0 and cost > 0
-        if broken or (admit and oom) then
-          -- An admission past maxmemory cannot be written: it fails, and
-          -- counts nothing.
-          out[m + 1], out[m + 2], out[m + 3] = 2, -1, broken or 2
+        -- A failure: the run's unreadable key, or an admission that cannot
+        -- be written (past maxmemory: it fails, and counts nothing).
+        local failed, written = broken
+        if failed == nil and admit and oom then
+          failed = 2
+        elseif failed == nil and admit and oom == nil and nq > 0 then
+          -- The batch's first write (see `oom`), made now: its first key
+          -- (the rest when the batch ends).
+          local j = J[1]
+          local x, y, z = count(X[j], Y[j], Z[j], now, qv[1], qv[2], cost)
+          local ok, e = pcall(f.write, KEYS[j], x, y, z, now, qv[2])
+          if ok then
+            oom, written = false, j
+          else
+            failed = fault(e)
+            if failed == 2 then oom = true end
+          end
+        end
+        if failed then
+          out[m + 1], out[m + 2], out[m + 3] = 2, -1, failed
           m = m + 3
         else
           out[m + 1], out[m + 2], out[m + 3], out[m + 4] =
@@ -256,7 +263,8 @@ local function run()
             local x, y, z = X[j], Y[j], Z[j]
             if admit then
               x, y, z = count(x, y, z, now, limit, window, cost)
-              X[j], Y[j], Z[j], dirty[j], windows[j] = x, y, z, alg, window
+              X[j], Y[j], Z[j] = x, y, z
+              if j ~= written then dirty[j], windows[j] = alg, window end
             end
             out[m + 1], out[m + 2] = status(x, y, z, now, limit, window)
             m = m + 2
@@ -296,12 +304,8 @@ pub(super) fn batch_invocation<'a>(
             _ => runs.push((call, 1)),
         }
     }
-    let reply_len: usize = runs
-        .iter()
-        .map(|(call, n)| n * (4 + 2 * call.keys.len()))
-        .sum();
     let mut invocation = BATCH_SCRIPT.prepare_invoke();
-    invocation.arg(runs.len()).arg(reply_len);
+    invocation.arg(runs.len());
     // Each distinct key's index in KEYS (1-based), in order of first use.
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut previous: Option<&Call> = None;
