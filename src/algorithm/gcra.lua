@@ -7,7 +7,8 @@
 --          remaining_1, reset_us_1, ..., remaining_n, reset_us_n}.
 -- A denied request writes nothing.
 --
--- This file defines `state`, `retry`, `count`, `status` and `write`, on a
+-- This file defines `state`, `retry`, `count`, `status`, `check1` and
+-- `write`, on a
 -- quota's state as three numbers (here the level, then two unused zeros; no
 -- table); the script is this file followed by state_main.lua (one check).
 -- The batch script (backend/redis/batch.rs) calls the functions alone,
@@ -38,6 +39,20 @@ end
 -- The quota's remaining units and reset (us) at `level`.
 local function status(level, _, _, now, limit, window)
   return max(limit - ceil(level / ceil(window / limit)), 0), level
+end
+
+-- One quota's whole check in one call (a Lua call costs about as much as
+-- the maths): the retry-after (0: `cost` units fit, and are then counted
+-- if any), the state after, and the remaining units and reset.
+local function check1(level, y, z, now, limit, window, cost)
+  local interval = ceil(window / limit)
+  local wait = window
+  if cost <= limit then wait = level + (cost - limit) * interval end
+  if wait > 0 then
+    return wait, level, y, z, max(limit - ceil(level / interval), 0), level
+  end
+  level = level + cost * interval
+  return 0, level, y, z, max(limit - ceil(level / interval), 0), level
 end
 
 -- Stores the `level` of a quota at `now`, until the bucket has drained.

@@ -8,7 +8,8 @@
 --          remaining_1, reset_us_1, ..., remaining_n, reset_us_n}.
 -- A denied request writes nothing.
 --
--- This file defines `state`, `retry`, `count`, `status` and `write`, on a
+-- This file defines `state`, `retry`, `count`, `status`, `check1` and
+-- `write`, on a
 -- quota's state as three numbers (no table); the script is this file
 -- followed by state_main.lua (one check). The batch script
 -- (backend/redis/batch.rs) calls the functions alone, keeping each key's
@@ -62,6 +63,24 @@ local function status(s, c, p, now, limit, window)
   local reset = 0
   if c > 0 then reset = 2 * window - e elseif p > 0 then reset = window - e end
   return max(limit - est, 0), reset
+end
+
+-- One quota's whole check in one call (a Lua call costs about as much as
+-- the maths): the retry-after (0: `cost` units fit, and are then counted
+-- if any), the state after, and the remaining units and reset.
+local function check1(s, c, p, now, limit, window, cost)
+  local e = now % window
+  local est = floor(p * ((window - e) / window)) + c
+  if est + cost > limit then
+    local wait = retry(s, c, p, now, limit, window, cost)
+    local reset = 0
+    if c > 0 then reset = 2 * window - e elseif p > 0 then reset = window - e end
+    return wait, s, c, p, max(limit - est, 0), reset
+  end
+  c, est = c + cost, est + cost
+  local reset = 0
+  if c > 0 then reset = 2 * window - e elseif p > 0 then reset = window - e end
+  return 0, s, c, p, max(limit - est, 0), reset
 end
 
 -- Stores the state `s, c, p` of a quota at `now`, until it stops mattering.

@@ -130,6 +130,9 @@ local function fault(e)
   if string.find(e, 'OOM', 1, true) then return 2 end
   return 3
 end
+-- Runs' codes repeat (every one-quota check of a new key of the same
+-- policy has the same): each distinct one is converted once per batch.
+local codes = {}
 local nk = #KEYS
 -- Per key (its index in KEYS): its state (x, y, z; nil until read), and
 -- while it must be written, its algorithm (else nil) and window.
@@ -145,7 +148,7 @@ local api = {}
         let exports = if functions.contains("\nlocal function decide(") {
             "{decide = decide}"
         } else {
-            "{state = state, retry = retry, count = count, status = status, write = write}"
+            "{state = state, retry = retry, count = count, status = status, check1 = check1, write = write}"
         };
         lua.push_str(&format!(
             "api[{}] = (function()\n{functions}\nreturn {exports}\nend)()\n",
@@ -158,10 +161,26 @@ local api = {}
 -- 2i), parsed once and kept while runs say they are the same; its keys'
 -- indexes in KEYS, and its keys (for `decide`).
 local cost, nq, qv, J, keys = 0, 0, {}, {}, {}
+-- The batch's first write (see `oom`), made at once: key j's new state.
+-- Nil if written, else the check's failure code.
+local function first_write(write, j, x, y, z, window)
+  local ok, e = pcall(write, KEYS[j], x, y, z, now, window)
+  if ok then
+    oom = false
+    return nil
+  end
+  local code = fault(e)
+  if code == 2 then oom = true end
+  return code
+end
 local function run()
   local m, a, k = 0, 1, 0
   for _ = 1, tonumber(ARGV[1]) do
-    local code = tonumber(ARGV[a + 1])
+    local code = codes[ARGV[a + 1]]
+    if code == nil then
+      code = tonumber(ARGV[a + 1])
+      codes[ARGV[a + 1]] = code
+    end
     a = a + 1
     local alg = code % 4
     code = (code - alg) / 4
@@ -223,6 +242,39 @@ local function run()
           X[j], Y[j], Z[j] = state(v, now, qv[2 * i])
         end
       end
+      if nq == 1 and not broken then
+        -- One quota (the common case): one call per check.
+        local j, limit, window, check1 = J[1], qv[1], qv[2], f.check1
+        for _ = 1, runs do
+          local wait, x, y, z, remaining, reset = check1(X[j], Y[j], Z[j], now, limit, window, cost)
+          local failed, written
+          if wait == 0 and cost > 0 then
+            if oom then
+              failed = 2
+            elseif oom == nil then
+              failed = first_write(f.write, j, x, y, z, window)
+              written = failed == nil
+            end
+            if not failed then
+              X[j], Y[j], Z[j] = x, y, z
+              if not written then dirty[j], windows[j] = alg, window end
+            end
+          end
+          if failed then
+            out[m + 1], out[m + 2], out[m + 3] = 2, -1, failed
+            m = m + 3
+          elseif wait > 0 then
+            out[m + 1], out[m + 2], out[m + 3], out[m + 4], out[m + 5], out[m + 6] =
+              5, 0, 1, wait, remaining, reset
+            m = m + 6
+          else
+            out[m + 1], out[m + 2], out[m + 3], out[m + 4], out[m + 5], out[m + 6] =
+              5, 1, 0, 0, remaining, reset
+            m = m + 6
+          end
+        end
+        runs = 0
+      end
       for _ = 1, runs do
         local denied, wait = 0, 0
         if not broken then
@@ -239,17 +291,12 @@ local function run()
         if failed == nil and admit and oom then
           failed = 2
         elseif failed == nil and admit and oom == nil and nq > 0 then
-          -- The batch's first write (see `oom`), made now: its first key
-          -- (the rest when the batch ends).
+          -- The batch's first write (see `oom`): its first key (the rest
+          -- when the batch ends).
           local j = J[1]
           local x, y, z = count(X[j], Y[j], Z[j], now, qv[1], qv[2], cost)
-          local ok, e = pcall(f.write, KEYS[j], x, y, z, now, qv[2])
-          if ok then
-            oom, written = false, j
-          else
-            failed = fault(e)
-            if failed == 2 then oom = true end
-          end
+          failed = first_write(f.write, j, x, y, z, qv[2])
+          if failed == nil then written = j end
         end
         if failed then
           out[m + 1], out[m + 2], out[m + 3] = 2, -1, failed
@@ -672,7 +719,7 @@ mod tests {
                 );
             } else {
                 with_state += 1;
-                for name in ["state", "retry", "count", "status", "write"] {
+                for name in ["state", "retry", "count", "status", "check1", "write"] {
                     assert!(defines(name), "{algorithm:?} {name}");
                     assert!(main.contains(&format!(" {name}(")), "{algorithm:?} {name}");
                 }
