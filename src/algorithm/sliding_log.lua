@@ -71,6 +71,8 @@ end
 
 -- main
 local t = redis.call('TIME')
-local out = {}
+-- Sized for one quota up front (a table grown one element at a time is
+-- copied as it grows).
+local out = {0, 0, 0, 0, 0}
 decide(KEYS, #KEYS, ARGV, 2, t[1] * 1000000 + t[2], tonumber(ARGV[1]), ARGV[2], false, out, 0)
 return out

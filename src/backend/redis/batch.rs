@@ -137,7 +137,9 @@ local nk = #KEYS
 -- Per key (its index in KEYS): its state (x, y, z; nil until read), and
 -- while it must be written, its algorithm (else nil) and window.
 local X, Y, Z, dirty, windows = {}, {}, {}, {}, {}
-local api = {}
+-- Each algorithm's functions, made when a run first needs them (making
+-- them all costs about a check's worth).
+local api, make = {}, {}
 ",
     );
     for (i, algorithm) in Algorithm::ALL.iter().enumerate() {
@@ -151,7 +153,7 @@ local api = {}
             "{state = state, retry = retry, count = count, status = status, check1 = check1, write = write}"
         };
         lua.push_str(&format!(
-            "api[{}] = (function()\n{functions}\nreturn {exports}\nend)()\n",
+            "make[{}] = function()\n{functions}\nreturn {exports}\nend\n",
             i + 1
         ));
     }
@@ -189,6 +191,10 @@ local function run()
     local implicit = code % 2
     local runs = (code - implicit) / 2
     local f = api[alg]
+    if f == nil then
+      f = make[alg]()
+      api[alg] = f
+    end
     local decide, nonce = f.decide
     if decide then
       nonce = ARGV[a + 1]
