@@ -90,18 +90,21 @@ const MAIN: &str = "\n-- main\n";
 /// tell the difference).
 ///
 /// An algorithm whose script keeps a state per key (the counter, GCRA)
-/// defines above its line `-- main` five functions on a quota's state as
+/// defines above its line `-- main` six functions on a quota's state as
 /// three numbers: `state(value, now, window)` turns a key's stored value
 /// into its state at `now`, `retry(x, y, z, now, limit, window, cost)` says
 /// how long until a cost fits (0 or less: now), `count(...)` counts it,
-/// `status(...)` gives the remaining units and reset, `write(key, x, y, z,
-/// now, window)` stores a state. The batch reads each key once (`GET`),
+/// `status(...)` gives the remaining units and reset, `check1(...)` does
+/// all three for a check of one quota in one call (the common case: a Lua
+/// call costs about as much as the maths), `write(key, x, y, z, now,
+/// window)` stores a state. The batch reads each key once (`GET`),
 /// keeps its state in parallel arrays indexed by the key's position in
 /// `KEYS` (each key appears once there) from one check to the next, and
 /// writes each changed key once when the batch ends (also when a check
 /// fails with a script error, so that the checks decided before it keep
-/// their effect, as with single calls). No table is made per check, and a
-/// hot key's checks cost one `GET` and one `SET` per batch, no parsing or
+/// their effect, as with single calls; the batch's first write is made at
+/// once, see `oom` in the script). No table is made per check, and a hot
+/// key's checks cost one `GET` and one `SET` per batch, no parsing or
 /// formatting per check.
 ///
 /// The sliding log defines `decide(keys, n, qv, q, now, cost, nonce, full,
@@ -342,14 +345,44 @@ return out
 /// The batch script.
 static BATCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&batch_lua()));
 
-/// The batch call deciding `calls` in order (see the module docs for its
-/// layout). A run of identical checks (same algorithm, keys and arguments:
-/// a hot client's checks of the same cost; never the sliding log's, whose
-/// nonces differ) goes out once, with its length: Redis decides it that many
-/// times, one check after the other. Each distinct key goes out once.
+/// The batch call deciding `calls` in order (see `encode`).
 pub(super) fn batch_invocation<'a>(
     calls: impl Iterator<Item = &'a Call>,
 ) -> ScriptInvocation<'static> {
+    let mut invocation = BATCH_SCRIPT.prepare_invoke();
+    encode(calls, &mut invocation);
+    invocation
+}
+
+/// Where a batch call's keys and arguments go: its invocation (or, in the
+/// tests, lists of words).
+trait Words {
+    fn key(&mut self, key: &str);
+    fn number(&mut self, n: u64);
+    fn text(&mut self, text: &str);
+}
+
+impl Words for ScriptInvocation<'static> {
+    fn key(&mut self, key: &str) {
+        ScriptInvocation::key(self, key);
+    }
+
+    fn number(&mut self, n: u64) {
+        self.arg(n);
+    }
+
+    fn text(&mut self, text: &str) {
+        self.arg(text);
+    }
+}
+
+/// The keys and arguments of the batch call deciding `calls` in order (see
+/// the module docs for the layout). A run of identical checks (same
+/// algorithm, keys and arguments: a hot client's checks of the same cost;
+/// never the sliding log's, whose nonces differ) goes out once, with its
+/// length: Redis decides it that many times, one check after the other.
+/// Each distinct key goes out once.
+fn encode<'a>(calls: impl Iterator<Item = &'a Call>, out: &mut impl Words) {
     let mut runs: Vec<(&Call, usize)> = Vec::new();
     for call in calls {
         match runs.last_mut() {
@@ -357,14 +390,13 @@ pub(super) fn batch_invocation<'a>(
             _ => runs.push((call, 1)),
         }
     }
-    let mut invocation = BATCH_SCRIPT.prepare_invoke();
-    invocation.arg(runs.len());
+    out.number(runs.len() as u64);
     // Each distinct key's index in KEYS (1-based), in order of first use.
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut index: HashMap<&str, u64> = HashMap::new();
     let mut previous: Option<&Call> = None;
     for (call, n) in runs {
         let alg = Algorithm::ALL.iter().position(|&a| a == call.algorithm);
-        let alg = alg.expect("every algorithm is in Algorithm::ALL") + 1;
+        let alg = alg.expect("every algorithm is in Algorithm::ALL") as u64 + 1;
         let fresh = previous.is_none_or(|p| p.cost != call.cost || p.quotas != call.quotas);
         // The keys are the next ones of KEYS when none was used before (nor
         // twice in this check).
@@ -373,26 +405,28 @@ pub(super) fn batch_invocation<'a>(
             .iter()
             .enumerate()
             .all(|(i, key)| !index.contains_key(key.as_str()) && !call.keys[..i].contains(key));
-        invocation.arg(alg + 4 * (usize::from(fresh) + 2 * (usize::from(implicit) + 2 * n)));
+        let (fresh_bit, implicit_bit) = (u64::from(fresh), u64::from(implicit));
+        out.number(alg + 4 * (fresh_bit + 2 * (implicit_bit + 2 * n as u64)));
         if call.algorithm.spec().nonce {
-            invocation.arg(&call.nonce);
+            out.text(&call.nonce);
         }
         if fresh {
-            call.push_batch_args(&mut invocation);
+            for n in call.batch_args() {
+                out.number(n);
+            }
         }
         for key in &call.keys {
-            let next = index.len() + 1;
+            let next = index.len() as u64 + 1;
             let i = *index.entry(key).or_insert_with(|| {
-                invocation.key(key);
+                out.key(key);
                 next
             });
             if !implicit {
-                invocation.arg(i);
+                out.number(i);
             }
         }
         previous = Some(call);
     }
-    invocation
 }
 
 /// Splits a batch reply into `n` replies; `None` if it is not `n` replies,
@@ -697,6 +731,109 @@ mod tests {
         assert!(batcher.next_batch(7).is_none());
         assert!(batcher.next_batch(16_383).is_none());
         assert_eq!(batcher.busy(), 0);
+    }
+
+    /// A batch call's words: its keys, and its arguments as text.
+    #[derive(Default)]
+    struct Recorded {
+        keys: Vec<String>,
+        args: Vec<String>,
+    }
+
+    impl Words for Recorded {
+        fn key(&mut self, key: &str) {
+            self.keys.push(key.to_owned());
+        }
+
+        fn number(&mut self, n: u64) {
+            self.args.push(n.to_string());
+        }
+
+        fn text(&mut self, text: &str) {
+            self.args.push(text.to_owned());
+        }
+    }
+
+    fn check(policy: &crate::Policy, key: &str, cost: u64) -> Call {
+        let nonces = super::super::script::Nonces::new();
+        super::super::script::call("t", &nonces, policy, &crate::Key::new(key), cost)
+    }
+
+    #[test]
+    fn batch_calls_follow_the_documented_layout() {
+        use crate::{Policy, Quota};
+        let hour = Quota::per_hour(10);
+        let two = Quota::new(5, std::time::Duration::from_secs(7200));
+        let counter = Policy::new("p").quota(hour);
+        // Same name, so its first key is the counter's.
+        let both = Policy::new("p").quota(hour).quota(two);
+        let log = Policy::new("l")
+            .algorithm(Algorithm::SlidingLog)
+            .quota(hour);
+        let calls = [
+            check(&counter, "a", 1), // run 1: fresh, new key 1
+            check(&counter, "a", 1), // ... the same check: run 1 is 2 long
+            check(&counter, "b", 1), // run 2: same cost and quotas, new key 2
+            check(&counter, "a", 2), // run 3: another cost, key 1 again
+            check(&both, "b", 2),    // run 4: other quotas, keys 2 and 3
+            check(&log, "a", 2),     // run 5: the log's nonce, new key 4
+            check(&log, "a", 2),     // run 6: another nonce, key 4 again
+        ];
+        let mut out = Recorded::default();
+        encode(calls.iter(), &mut out);
+        let code = |alg: u64, fresh: u64, implicit: u64, n: u64| {
+            (alg + 4 * (fresh + 2 * (implicit + 2 * n))).to_string()
+        };
+        let (log_alg, counter_alg) = (1, 2);
+        assert_eq!(Algorithm::ALL[0], Algorithm::SlidingLog);
+        assert_eq!(Algorithm::ALL[1], Algorithm::SlidingWindow);
+        let (h, t) = ("3600000000", "7200000000");
+        let (n1, n2) = (calls[5].nonce.as_str(), calls[6].nonce.as_str());
+        let want: Vec<String> = [
+            vec![6.to_string()],
+            vec![
+                code(counter_alg, 1, 1, 2),
+                "1".into(),
+                "1".into(),
+                "10".into(),
+                h.into(),
+            ],
+            vec![code(counter_alg, 0, 1, 1)],
+            vec![
+                code(counter_alg, 1, 0, 1),
+                "1".into(),
+                "2".into(),
+                "10".into(),
+                h.into(),
+                "1".into(),
+            ],
+            [code(counter_alg, 1, 0, 1)]
+                .into_iter()
+                .chain(["2", "2", "10", h, "5", t, "2", "3"].map(String::from))
+                .collect(),
+            vec![
+                code(log_alg, 1, 1, 1),
+                n1.into(),
+                "1".into(),
+                "2".into(),
+                "10".into(),
+                h.into(),
+            ],
+            vec![code(log_alg, 0, 0, 1), n2.into(), "4".into()],
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        assert_eq!(out.args, want);
+        let keys: Vec<&str> = vec![
+            &calls[0].keys[0],
+            &calls[2].keys[0],
+            &calls[4].keys[1],
+            &calls[5].keys[0],
+        ];
+        assert_eq!(out.keys, keys);
+        assert_eq!(calls[4].keys[0], calls[2].keys[0]);
+        assert_ne!(n1, n2);
     }
 
     /// Writes the batch script to the file named by `BATCH_LUA_OUT`, for
