@@ -22,9 +22,9 @@
 -- batch script (backend/redis/batch.rs) calls `decide` alone, once per check.
 local format, max, ceil = string.format, math.max, math.ceil
 
--- Each quota's count, running sum and newest score (reused from one check
--- to the next: no table per check).
-local counts, sums, newest = {}, {}, {}
+-- Each quota's limit, window, count, running sum and newest score (reused
+-- from one check to the next: no table per check).
+local limits, windows, counts, sums, newest = {}, {}, {}, {}, {}
 
 -- Decides `cost` units (request `nonce`) against the sets `keys[1..n]` at
 -- `now`, quota i's limit and window being `qv[q + 2i - 1]` and `qv[q + 2i]`
@@ -38,7 +38,7 @@ local function decide(keys, n, qv, q, now, cost, nonce, full, out, m)
     local limit, window = tonumber(qv[q + 2 * i - 1]), tonumber(qv[q + 2 * i])
     local key, from = keys[i], '(' .. format('%d', now - window)
     local count, sum, last = window_units(key, from, now, window)
-    counts[i], sums[i], newest[i] = count, sum, last
+    limits[i], windows[i], counts[i], sums[i], newest[i] = limit, window, count, sum, last
     if count + cost > limit then
       local r = retry_after(key, from, now, window, limit, count, cost)
       if r > retry then denied, retry = i, r end
@@ -51,7 +51,7 @@ local function decide(keys, n, qv, q, now, cost, nonce, full, out, m)
   end
   out[m + 1], out[m + 2], out[m + 3] = denied == 0 and 1 or 0, denied, retry
   for i = 1, n do
-    local limit, window = tonumber(qv[q + 2 * i - 1]), tonumber(qv[q + 2 * i])
+    local limit, window = limits[i], windows[i]
     local key, count, at = keys[i], counts[i], newest[i]
     if admit then
       -- Never before the newest entry (the clock stepped back).
