@@ -22,9 +22,11 @@
 -- batch script (backend/redis/batch.rs) calls `decide` alone, once per check.
 local format, max, ceil = string.format, math.max, math.ceil
 
--- Each quota's limit, window, count, running sum and newest score (reused
--- from one check to the next: no table per check).
-local limits, windows, counts, sums, newest = {}, {}, {}, {}, {}
+-- Each quota's limit, window, count, running sum and newest score, from
+-- 5i - 4: one table (each upvalue of `decide` costs the single check),
+-- reused from one check to the next (no table per check), sized for one
+-- quota up front.
+local seen = {0, 0, 0, 0, 0}
 
 -- Decides `cost` units (request `nonce`) against the sets `keys[1..n]` at
 -- `now`, quota i's limit and window being `qv[q + 2i - 1]` and `qv[q + 2i]`
@@ -38,7 +40,8 @@ local function decide(keys, n, qv, q, now, cost, nonce, full, out, m)
     local limit, window = tonumber(qv[q + 2 * i - 1]), tonumber(qv[q + 2 * i])
     local key, from = keys[i], '(' .. format('%d', now - window)
     local count, sum, last = window_units(key, from, now, window)
-    limits[i], windows[i], counts[i], sums[i], newest[i] = limit, window, count, sum, last
+    local b = 5 * i
+    seen[b - 4], seen[b - 3], seen[b - 2], seen[b - 1], seen[b] = limit, window, count, sum, last
     if count + cost > limit then
       local r = retry_after(key, from, now, window, limit, count, cost)
       if r > retry then denied, retry = i, r end
@@ -51,12 +54,13 @@ local function decide(keys, n, qv, q, now, cost, nonce, full, out, m)
   end
   out[m + 1], out[m + 2], out[m + 3] = denied == 0 and 1 or 0, denied, retry
   for i = 1, n do
-    local limit, window = limits[i], windows[i]
-    local key, count, at = keys[i], counts[i], newest[i]
+    local b = 5 * i
+    local limit, window, count, sum, at = seen[b - 4], seen[b - 3], seen[b - 2], seen[b - 1], seen[b]
+    local key = keys[i]
     if admit then
       -- Never before the newest entry (the clock stepped back).
       at = max(now, at or now)
-      redis.call('ZADD', key, at, format('%016d:%d:%s', sums[i] + cost, cost, nonce))
+      redis.call('ZADD', key, at, format('%016d:%d:%s', sum + cost, cost, nonce))
       redis.call('PEXPIRE', key, ceil((at + window - now) / 1000))
       redis.call('ZREMRANGEBYSCORE', key, '-inf', format('%d', now - window))
       count = count + cost
