@@ -100,6 +100,13 @@ async fn batched_checks_decide_as_single_calls_in_order() {
         "{batched_calls} EVALSHA calls for 400 checks"
     );
     assert_eq!(calls(&single_server, "evalsha"), 400 + 3, "one per check");
+    // No error inside the batches either (a probe of maxmemory that failed
+    // with WRONGTYPE on every counter and GCRA batch once did).
+    let errors: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query(&mut batched_server.conn())
+        .unwrap();
+    assert!(!errors.contains("WRONGTYPE"), "{errors}");
 }
 
 /// A hot client's identical checks go out as one run that Redis decides
