@@ -35,21 +35,26 @@ CLI=(redis-cli -p "$PORT")
 
 # A script's source: "old:<file>" (at $OLD), "new:<file>" (working tree) or
 # "baseline" (TIME and a 5-element reply, nothing else).
-# A file that defines `state`/`decide`/`write` without its single check is
-# followed by state_main.lua of the same revision, as the crate sends it.
+# A file that defines `state` without its single check is followed by
+# state_main.lua of the same revision, and one that calls `window_units`
+# without defining it comes after sliding_log_read.lua, as the crate sends
+# them.
 with_main() {
   local text
   text=$("$@" "$file")
+  if grep -q 'window_units(' <<<"$text" && ! grep -q '^local function window_units(' <<<"$text"; then
+    "$@" "$read"
+  fi
   printf '%s\n' "$text"
-  if grep -q '^local function decide(' <<<"$text" && ! grep -q '^-- main$' <<<"$text"; then
+  if grep -q '^local function state(' <<<"$text" && ! grep -q '^-- main$' <<<"$text"; then
     "$@" "$main"
   fi
 }
 show_old() { git show "$OLD:$1"; }
 source_of() {
   case "$1" in
-    old:*) file=src/algorithm/${1#old:} main=src/algorithm/state_main.lua with_main show_old ;;
-    new:*) file=src/algorithm/${1#new:} main=src/algorithm/state_main.lua with_main cat ;;
+    old:*) file=src/algorithm/${1#old:} main=src/algorithm/state_main.lua read=src/algorithm/sliding_log_read.lua with_main show_old ;;
+    new:*) file=src/algorithm/${1#new:} main=src/algorithm/state_main.lua read=src/algorithm/sliding_log_read.lua with_main cat ;;
     baseline) echo "local t = redis.call('TIME') return {1, 0, 0, 1, 1}" ;;
   esac
 }

@@ -7,55 +7,55 @@
 --          remaining_1, reset_us_1, ..., remaining_n, reset_us_n}.
 -- A denied request writes nothing.
 --
--- This file defines `state`, `decide` and `write`; the script is this file
--- followed by state_main.lua (one check). The batch script
--- (backend/redis/batch.rs) calls the functions alone, keeping each key's
--- state from one check to the next.
+-- This file defines `state`, `retry`, `count`, `status`, `check1` and
+-- `write`, on a
+-- quota's state as three numbers (here the level, then two unused zeros; no
+-- table); the script is this file followed by state_main.lua (one check).
+-- The batch script (backend/redis/batch.rs) calls the functions alone,
+-- keeping each key's state from one check to the next.
 
-local floor, ceil, max = math.floor, math.ceil, math.max
+local ceil, max = math.ceil, math.max
 
 -- The state of one quota at `now`, from its stored value `v` (false: none):
--- {level}, the time until the bucket has drained (us, at least 0).
+-- the level, the time until the bucket has drained (us, at least 0).
 local function state(v, now, window)
   local level = (tonumber(v) or 0) - now
   if level < 0 then level = 0 end
-  return {level}
+  return level, 0, 0
 end
 
--- Decides `cost` units against the states `qs` (quota order) at `now`; if
--- admitted, counts them in `qs`. Returns the reply and whether `qs` changed.
-local function decide(qs, now, cost, ARGV, n)
-  local denied, retry = 0, 0
-  for i = 1, n do
-    local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-    local r = window
-    if cost <= limit then
-      local interval = ceil(window / limit)
-      r = qs[i][1] + (cost - limit) * interval
-    end
-    if r > retry then denied, retry = i, r end
+-- Microseconds until `cost` units fit in the quota (`limit` per `window`)
+-- at `level`; 0 (or less) if they fit now.
+local function retry(level, _, _, now, limit, window, cost)
+  if cost > limit then return window end
+  return level + (cost - limit) * ceil(window / limit)
+end
+
+-- The state after `cost` units are counted.
+local function count(level, y, z, now, limit, window, cost)
+  return level + cost * ceil(window / limit), y, z
+end
+
+-- The quota's remaining units and reset (us) at `level`.
+local function status(level, _, _, now, limit, window)
+  return max(limit - ceil(level / ceil(window / limit)), 0), level
+end
+
+-- One quota's whole check in one call (a Lua call costs about as much as
+-- the maths): the retry-after (0: `cost` units fit, and are then counted
+-- if any), the state after, and the remaining units and reset.
+local function check1(level, y, z, now, limit, window, cost)
+  local interval = ceil(window / limit)
+  local wait = window
+  if cost <= limit then wait = level + (cost - limit) * interval end
+  if wait > 0 then
+    return wait, level, y, z, max(limit - ceil(level / interval), 0), level
   end
-
-  local admit = denied == 0 and cost > 0
-  -- Sized for one quota up front (a table grown one entry at a time is
-  -- copied as it grows).
-  local out = {denied == 0 and 1 or 0, denied, retry, 0, 0}
-  for i = 1, n do
-    local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-    local interval = ceil(window / limit)
-    local level = qs[i][1]
-    if admit then
-      level = level + cost * interval
-      qs[i][1] = level
-    end
-    out[2 * i + 2] = max(limit - ceil(level / interval), 0)
-    out[2 * i + 3] = level
-  end
-  return out, admit
+  level = level + cost * interval
+  return 0, level, y, z, max(limit - ceil(level / interval), 0), level
 end
 
--- Stores the state `q` of a quota at `now`, until the bucket has drained.
-local function write(key, q, now, window)
-  redis.call('SET', key, now + q[1], 'PX', ceil(q[1] / 1000))
+-- Stores the `level` of a quota at `now`, until the bucket has drained.
+local function write(key, level, _, _, now, window)
+  redis.call('SET', key, now + level, 'PX', ceil(level / 1000))
 end
-

@@ -100,6 +100,13 @@ async fn batched_checks_decide_as_single_calls_in_order() {
         "{batched_calls} EVALSHA calls for 400 checks"
     );
     assert_eq!(calls(&single_server, "evalsha"), 400 + 3, "one per check");
+    // No error inside the batches either (a probe of maxmemory that failed
+    // with WRONGTYPE on every counter and GCRA batch once did).
+    let errors: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query(&mut batched_server.conn())
+        .unwrap();
+    assert!(!errors.contains("WRONGTYPE"), "{errors}");
 }
 
 /// A hot client's identical checks go out as one run that Redis decides
@@ -144,8 +151,9 @@ async fn runs_of_identical_checks_decide_as_single_calls() {
         "the tighter quota denied"
     );
 
-    // The batch calls carried runs: `EVALSHA sha 1 <key> <runs> <algorithm>
-    // <run length> ...` with one run standing for many checks.
+    // The batch calls carried runs: `EVALSHA sha 1 <key> <runs> <code> ...`,
+    // the code being `algorithm + 4 * (fresh + 2 * (implicit + 2 * run
+    // length))`, with one run standing for many checks.
     let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(1000)
@@ -161,7 +169,7 @@ async fn runs_of_identical_checks_decide_as_single_calls() {
             (args.first()?.eq_ignore_ascii_case("evalsha")
                 && args.get(2)? == "1"
                 && args.get(4)? == "1")
-                .then(|| args.get(6)?.parse::<usize>().ok())
+                .then(|| Some(args.get(5)?.parse::<usize>().ok()? / 16))
                 .flatten()
         })
         .max()
@@ -366,4 +374,91 @@ fn batch_sizes_are_checked() {
     );
     let off = RedisBackend::builder("redis://127.0.0.1/").batching(false);
     assert!(format!("{off:?}").contains("batch: 1"), "{off:?}");
+}
+
+/// The batch script's less common paths, against single calls: policies
+/// sharing a name whose quota sets overlap (a check whose keys are partly
+/// new to its batch, partly seen), one-quota runs among two-quota runs,
+/// and keys of another type or holding a value that is not ours in the
+/// middle of runs (each such check fails alone, or starts afresh, exactly
+/// as alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_runs_and_bad_keys_decide_as_single_calls() {
+    let batched_server = RedisServer::start();
+    let single_server = RedisServer::start();
+    away_from_hour_boundary(&batched_server);
+    let batched = backend(&batched_server, 64);
+    let single = backend(&single_server, 1);
+    let mut policies = Vec::new();
+    for algorithm in [
+        Algorithm::SlidingLog,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ] {
+        let name = format!("mix-{algorithm:?}");
+        let hour = Quota::per_hour(9);
+        let two_hours = Quota::new(6, Duration::from_secs(7200));
+        policies.push(
+            Policy::new(&name)
+                .algorithm(algorithm)
+                .quota(hour)
+                .quota(two_hours),
+        );
+        policies.push(Policy::new(&name).algorithm(algorithm).quota(two_hours));
+        policies.push(Policy::new(&name).algorithm(algorithm).quota(hour));
+    }
+    // The same foreign values on both servers: a list (wrong type) and a
+    // string that is not ours (a sorted set's key holding a string is of
+    // the wrong type too).
+    for server in [&batched_server, &single_server] {
+        for policy in &policies {
+            for key in batched.redis_keys(policy, &Key::new("list")) {
+                let () = redis::cmd("RPUSH")
+                    .arg(&key)
+                    .arg("x")
+                    .query(&mut server.conn())
+                    .unwrap_or(());
+            }
+            for key in batched.redis_keys(policy, &Key::new("junk")) {
+                let () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg("12 not ours")
+                    .query(&mut server.conn())
+                    .unwrap();
+            }
+        }
+    }
+    let keys = ["a", "b", "c", "list", "junk", "d"];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let seq: Vec<(usize, String, u64)> = (0..600)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let policy = (x % policies.len() as u64) as usize;
+            let key = keys[((x >> 8) % keys.len() as u64) as usize].to_owned();
+            (policy, key, 1 + (x >> 16) % 2)
+        })
+        .collect();
+    let outcome = |r: Result<Decision, BackendError>| match r {
+        Ok(d) => Ok(summary(&d)),
+        Err(BackendError::Key(e)) => Err(e.contains("WRONGTYPE")),
+        Err(other) => panic!("{other}"),
+    };
+    let tasks: Vec<_> = seq
+        .iter()
+        .map(|(p, key, cost)| tokio::spawn(batched.check(&policies[*p], &Key::new(key), *cost)))
+        .collect();
+    let mut got = Vec::new();
+    for task in tasks {
+        got.push(outcome(task.await.unwrap()));
+    }
+    for (i, (p, key, cost)) in seq.iter().enumerate() {
+        let want = outcome(single.check(&policies[*p], &Key::new(key), *cost).await);
+        assert_eq!(got[i], want, "check {i}: {:?}", seq[i]);
+    }
+    // Every kind of outcome happened: admissions, denials, faults.
+    assert!(got.iter().any(|g| matches!(g, Ok((true, _, _)))));
+    assert!(got.iter().any(|g| matches!(g, Ok((false, _, _)))));
+    assert!(got.iter().any(|g| g == &Err(true)));
 }

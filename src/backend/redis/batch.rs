@@ -4,12 +4,12 @@
 //! A lone check is sent at once, as its algorithm's own `EVALSHA` (no timer,
 //! no added latency). A lane holds up to `Transport::depth` calls in flight
 //! (one for now: see `transport::PIPELINE`); while it has no room, further
-//! checks queue, and when room is
-//! made everything queued (up to the batch size) goes out as one call of
-//! the batch script, which runs each check's algorithm in arrival order,
-//! each seeing the writes of those before it, exactly as that many single
-//! calls would. So Redis runs one call while the application makes the
-//! next, and batches grow with the load.
+//! checks queue, and when room is made everything queued (up to the batch
+//! size) goes out as one call of the batch script, which runs each check's
+//! algorithm in arrival order, each seeing the writes of those before it,
+//! exactly as that many single calls would. Batches grow with the load;
+//! with more than one call in flight, Redis would run one while the
+//! application makes the next.
 //!
 //! Order: calls on one connection run in the order they reach it, and a
 //! check's place is taken when it is made (`Batcher::submit`). A queued
@@ -36,17 +36,28 @@
 //! through it, and lets it bound the calls of a lane's task.
 //!
 //! The batch script is made at start-up from the algorithms' own scripts
-//! (see `batch_lua`: the counter and GCRA through the functions their
-//! scripts define, the sliding log as a whole), and called as:
+//! (see `batch_lua`: the functions each defines above its `-- main` line),
+//! and called as:
 //!
 //! ```text
 //! ARGV[1]                 number of runs
-//! then per run            algorithm (1-based, `Algorithm::ALL` order),
-//!                         how many identical checks in a row it stands for,
-//!                         their key count k, their argument count a,
-//!                         their a arguments (see `script`)
-//! KEYS                    every run's k keys, one run after the other
+//! then per run            code = alg + 4 * (fresh + 2 * (implicit + 2 * n)):
+//!                           alg: the algorithm (1-based, `Algorithm::ALL`
+//!                           order); n: how many identical checks in a row
+//!                           the run stands for; fresh: 1 if the cost and
+//!                           quotas follow, 0 if they are the previous run's;
+//!                           implicit: 1 if the run's keys are the next ones
+//!                           of KEYS, 0 if their indexes in KEYS follow
+//!                         the nonce, if the algorithm takes one
+//!                         if fresh: the quota count q, the cost, and each
+//!                           quota's limit and window (µs)
+//!                         unless implicit: the q keys' indexes in KEYS
+//! KEYS                    every distinct key, once, in order of first use
 //! ```
+//!
+//! So a check of one quota whose key is new to the batch takes one argument
+//! when its cost and quotas are those of the check before it (distinct
+//! clients of one policy), five when not, besides its key.
 //!
 //! It replies, per check in order, the length of that check's reply, then
 //! the reply. A failed batch call (a connection error, a script error) fails
@@ -74,9 +85,10 @@ pub(super) const DEFAULT_MAX: usize = 64;
 /// The largest batch size the builder accepts.
 pub(super) const MAX_MAX: usize = 1024;
 
-/// The line of an algorithm's script above which it defines `state`,
-/// `decide` and `write` (see `batch_lua`): the first line of
-/// `algorithm/state_main.lua`, the single check such scripts end with.
+/// The line of an algorithm's script above which it defines the functions
+/// the batch script calls (see `batch_lua`), and below which its script
+/// decides one check with them (for the counter and GCRA, the first line of
+/// `algorithm/state_main.lua`).
 const MAIN: &str = "\n-- main\n";
 
 /// The Lua source of the batch script.
@@ -85,173 +97,251 @@ const MAIN: &str = "\n-- main\n";
 /// is read once: Redis runs the batch atomically, so no other client can
 /// tell the difference).
 ///
-/// An algorithm whose script has a line `-- main` (the counter, GCRA)
-/// defines above it three functions, which the batch calls rather than the
-/// whole script: `state(value, now, window)` turns a key's stored value into
-/// its state at `now`, `decide(states, now, cost, ARGV, n)` decides a check
-/// against its quotas' states (counting the cost in them if admitted) and
-/// replies, `write(key, state, now, window)` stores a state. The batch reads
-/// each key once (`GET`), keeps its state from one check to the next, and
-/// writes each changed key once when the batch ends (also when a check fails
-/// with a script error, so that the checks decided before it keep their
-/// effect, as with single calls). Checks of one hot key thus cost one `GET`
-/// and one `SET` per batch, and no parsing or formatting per check.
+/// An algorithm whose script keeps a state per key (the counter, GCRA)
+/// defines above its line `-- main` six functions on a quota's state as
+/// three numbers: `state(value, now, window)` turns a key's stored value
+/// into its state at `now`, `retry(x, y, z, now, limit, window, cost)` says
+/// how long until a cost fits (0 or less: now), `count(...)` counts it,
+/// `status(...)` gives the remaining units and reset, `check1(...)` does
+/// all three for a check of one quota in one call (the common case: a Lua
+/// call costs about as much as the maths), `write(key, x, y, z, now,
+/// window)` stores a state. The batch reads each key once (`GET`),
+/// keeps its state in parallel arrays indexed by the key's position in
+/// `KEYS` (each key appears once there) from one check to the next, and
+/// writes each changed key once when the batch ends (also when a check
+/// fails with a script error, so that the checks decided before it keep
+/// their effect, as with single calls; the batch's first write is made at
+/// once, see `oom` in the script). No table is made per check, and a hot
+/// key's checks cost one `GET` and one `SET` per batch, no parsing or
+/// formatting per check.
 ///
-/// Any other algorithm's whole script (the sliding log's) runs once per
-/// check, as a function whose parameters `KEYS`, `ARGV` and `redis` shadow
-/// the globals; the `redis` it sees answers `TIME` with the batch's.
+/// The sliding log defines `decide(keys, n, qv, q, now, cost, nonce, full,
+/// out, m)` instead, which the batch calls once per check (its state is the
+/// sorted set itself), writing its reply straight into the batch's.
 pub(super) fn batch_lua() -> String {
     let mut lua = String::from(
         "local clock = redis.call('TIME')
 local now = clock[1] * 1000000 + clock[2]
-local real = redis
--- Whether Redis is past maxmemory. Redis refuses a script's first write
--- that may grow memory (`ZADD`, `SET`) when it is, and lets every later
--- write through: so the batch asks once, first, with a `ZADD XX` of a
--- member no script writes (a no-op whatever the key holds; past
--- maxmemory, refused before it runs), and then refuses every check that
--- would write, as that check alone would have been refused.
-local oom = false
-do
-  local ok, e = pcall(real.call, 'ZADD', KEYS[1], 'XX', 0, '-')
-  if not ok then
-    if type(e) == 'table' then e = e.err end
-    oom = string.find(tostring(e), 'OOM', 1, true) ~= nil
-  end
-end
-local OOM = {err = 'OOM command not allowed when used memory > maxmemory (batch)'}
--- The redis of whole scripts (made when first needed).
-local batched
-local function time_of_batch(command, ...)
-  if command == 'TIME' then return clock end
-  if oom and command == 'ZADD' then error(OOM) end
-  return real.call(command, ...)
-end
+-- Whether Redis is past maxmemory: unknown (nil) until the batch's first
+-- write. Redis refuses a script's first write that may grow memory (`ZADD`,
+-- `SET`) when it is, and lets every later write through: so the batch's
+-- first write is made at once, when its check is decided, and tells; from
+-- then on the batch refuses every check that would write if it was
+-- refused, as that check alone would have been. (No probe: a probe that
+-- writes nothing, such as a `ZADD XX`, fails with WRONGTYPE on the
+-- counter's and GCRA's keys, an error Redis counts in `INFO errorstats`.)
+local oom
 -- A check that failed with a script error (a key of the wrong type, a
 -- value that is not ours, maxmemory) replies {-1, code} and fails alone:
 -- 1 wrong type, 2 out of memory, 3 anything else.
 local function fault(e)
   if type(e) == 'table' then e = e.err end
   e = tostring(e)
-  if string.find(e, 'WRONGTYPE', 1, true) then return {-1, 1} end
-  if string.find(e, 'OOM', 1, true) then return {-1, 2} end
-  return {-1, 3}
+  if string.find(e, 'WRONGTYPE', 1, true) then return 1 end
+  if string.find(e, 'OOM', 1, true) then return 2 end
+  return 3
 end
--- Every argument but the nonce (the second) is a number: each distinct one
--- is converted once per batch, and the scripts' own `tonumber` of a number
--- costs nothing.
-local numbers = {}
-local function number(s)
-  local v = numbers[s]
-  if v == nil then
-    v = tonumber(s)
-    numbers[s] = v
-  end
-  return v
-end
--- Per key: its state, and while it must be written, its writer and window.
-local kept, writer, window_of, order = {}, {}, {}, {}
-local api, whole = {}, {}
+-- Runs' codes repeat (every one-quota check of a new key of the same
+-- policy has the same): each distinct one is converted once per batch.
+local codes = {}
+local nk = #KEYS
+-- Per key (its index in KEYS): its state (x, y, z; nil until read), and
+-- while it must be written, its algorithm (else nil) and window.
+local X, Y, Z, dirty, windows = {}, {}, {}, {}, {}
+-- Each algorithm's functions, made when a run first needs them (making
+-- them all costs about a check's worth).
+local api, make = {}, {}
 ",
     );
     for (i, algorithm) in Algorithm::ALL.iter().enumerate() {
         let script = algorithm.spec().lua;
-        match script.split_once(MAIN) {
-            Some((functions, _)) => lua.push_str(&format!(
-                "api[{}] = (function()\n{functions}\nreturn {{state = state, decide = decide, write = write}}\nend)()\n",
-                i + 1
-            )),
-            None => lua.push_str(&format!(
-                "whole[{}] = function(KEYS, ARGV, redis)\n{script}\nend\n",
-                i + 1
-            )),
-        }
+        let (functions, _) = script
+            .split_once(MAIN)
+            .expect("every algorithm's script has a `-- main` line");
+        let exports = if functions.contains("\nlocal function decide(") {
+            "{decide = decide}"
+        } else {
+            "{state = state, retry = retry, count = count, status = status, check1 = check1, write = write}"
+        };
+        lua.push_str(&format!(
+            "make[{}] = function()\n{functions}\nreturn {exports}\nend\n",
+            i + 1
+        ));
     }
     lua.push_str(
         "local out = {}
+-- The current run's cost and quotas (limit, window of quota i at 2i - 1,
+-- 2i), parsed once and kept while runs say they are the same; its keys'
+-- indexes in KEYS, and its keys (for `decide`).
+local cost, nq, qv, J, keys = 0, 0, {}, {}, {}
+-- The batch's first write (see `oom`), made at once: key j's new state.
+-- Nil if written, else the check's failure code.
+local function first_write(write, j, x, y, z, window)
+  local ok, e = pcall(write, KEYS[j], x, y, z, now, window)
+  if ok then
+    oom = false
+    return nil
+  end
+  local code = fault(e)
+  if code == 2 then oom = true end
+  return code
+end
 local function run()
-  local m = 0
-  local k, a = 0, 1
-  for _ = 1, number(ARGV[1]) do
-    local alg, runs = number(ARGV[a + 1]), number(ARGV[a + 2])
-    local nk, na = number(ARGV[a + 3]), number(ARGV[a + 4])
-    a = a + 4
-    local args
-    if na == 4 then
-      args = {number(ARGV[a + 1]), ARGV[a + 2], number(ARGV[a + 3]), number(ARGV[a + 4])}
-    else
-      args = {number(ARGV[a + 1]), ARGV[a + 2]}
-      for i = 3, na do args[i] = number(ARGV[a + i]) end
+  local m, a, k = 0, 1, 0
+  for _ = 1, tonumber(ARGV[1]) do
+    local code = codes[ARGV[a + 1]]
+    if code == nil then
+      code = tonumber(ARGV[a + 1])
+      codes[ARGV[a + 1]] = code
     end
+    a = a + 1
+    local alg = code % 4
+    code = (code - alg) / 4
+    local fresh = code % 2
+    code = (code - fresh) / 2
+    local implicit = code % 2
+    local runs = (code - implicit) / 2
     local f = api[alg]
-    local qs, keys = {}, {}
-    -- A key that cannot be read fails the checks of this run only.
-    local broken
-    for i = 1, nk do
-      local key = KEYS[k + i]
-      keys[i] = key
-      if f and not broken then
-        local q = kept[key]
-        if q == nil then
-          local ok, v = pcall(real.call, 'GET', key)
-          if ok then
-            q = f.state(v, now, args[2 + 2 * i])
-            kept[key] = q
-          else
+    if f == nil then
+      f = make[alg]()
+      api[alg] = f
+    end
+    local decide, nonce = f.decide
+    if decide then
+      nonce = ARGV[a + 1]
+      a = a + 1
+    end
+    if fresh == 1 then
+      nq, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+      a = a + 2
+      for i = 1, 2 * nq do qv[i] = tonumber(ARGV[a + i]) end
+      a = a + 2 * nq
+    end
+    if implicit == 1 then
+      for i = 1, nq do J[i] = k + i end
+      k = k + nq
+    else
+      for i = 1, nq do
+        local j = tonumber(ARGV[a + i])
+        J[i] = j
+        if j > k then k = j end
+      end
+      a = a + nq
+    end
+    if decide then
+      for i = 1, nq do keys[i] = KEYS[J[i]] end
+      for _ = 1, runs do
+        local at = m + 1
+        local ok, e = pcall(decide, keys, nq, qv, 0, now, cost, nonce, oom == true, out, at)
+        if ok then
+          -- An admission wrote (a ZADD Redis let through).
+          if out[at + 1] == 1 and cost > 0 then oom = false end
+          out[at], m = e - at, e
+        else
+          for i = at + 1, at + 3 + 2 * nq do out[i] = nil end
+          local code = fault(e)
+          if code == 2 then oom = true end
+          out[at], out[at + 1], out[at + 2], m = 2, -1, code, at + 2
+        end
+      end
+    else
+      local state, retry, count, status = f.state, f.retry, f.count, f.status
+      -- A key that cannot be read fails the checks of this run only.
+      local broken
+      for i = 1, nq do
+        local j = J[i]
+        if X[j] == nil then
+          local v = redis.pcall('GET', KEYS[j])
+          if type(v) == 'table' then
             broken = fault(v)
+            break
           end
+          X[j], Y[j], Z[j] = state(v, now, qv[2 * i])
         end
-        qs[i] = q
       end
-    end
-    for _ = 1, runs do
-      local reply
-      if broken then
-        reply = broken
-      elseif f then
-        local saved
-        if oom then
-          -- An admission cannot be written: it fails, and counts nothing.
-          saved = {}
-          for i = 1, nk do saved[i] = {unpack(qs[i])} end
-        end
-        local changed
-        reply, changed = f.decide(qs, now, args[1], args, nk)
-        if changed and oom then
-          for i = 1, nk do
-            local q, s = qs[i], saved[i]
-            for j = 1, #s do q[j] = s[j] end
-          end
-          reply = {-1, 2}
-        elseif changed then
-          for i = 1, nk do
-            local key = keys[i]
-            if writer[key] == nil then
-              order[#order + 1] = key
-              writer[key] = f.write
+      if nq == 1 and not broken then
+        -- One quota (the common case): one call per check.
+        local j, limit, window, check1 = J[1], qv[1], qv[2], f.check1
+        for _ = 1, runs do
+          local wait, x, y, z, remaining, reset = check1(X[j], Y[j], Z[j], now, limit, window, cost)
+          local failed, written
+          if wait == 0 and cost > 0 then
+            if oom then
+              failed = 2
+            elseif oom == nil then
+              failed = first_write(f.write, j, x, y, z, window)
+              written = failed == nil
             end
-            window_of[key] = args[2 + 2 * i]
+            if not failed then
+              X[j], Y[j], Z[j] = x, y, z
+              if not written then dirty[j], windows[j] = alg, window end
+            end
+          end
+          if failed then
+            out[m + 1], out[m + 2], out[m + 3] = 2, -1, failed
+            m = m + 3
+          elseif wait > 0 then
+            out[m + 1], out[m + 2], out[m + 3], out[m + 4], out[m + 5], out[m + 6] =
+              5, 0, 1, wait, remaining, reset
+            m = m + 6
+          else
+            out[m + 1], out[m + 2], out[m + 3], out[m + 4], out[m + 5], out[m + 6] =
+              5, 1, 0, 0, remaining, reset
+            m = m + 6
           end
         end
-      else
-        if batched == nil then
-          batched = setmetatable({call = time_of_batch}, {__index = real})
-        end
-        local ok, r = pcall(whole[alg], keys, args, batched)
-        if ok then reply = r else reply = fault(r) end
+        runs = 0
       end
-      local len = #reply
-      out[m + 1] = len
-      for i = 1, len do out[m + 1 + i] = reply[i] end
-      m = m + 1 + len
+      for _ = 1, runs do
+        local denied, wait = 0, 0
+        if not broken then
+          for i = 1, nq do
+            local j = J[i]
+            local r = retry(X[j], Y[j], Z[j], now, qv[2 * i - 1], qv[2 * i], cost)
+            if r > wait then denied, wait = i, r end
+          end
+        end
+        local admit = denied == 0 and cost > 0
+        -- A failure: the run's unreadable key, or an admission that cannot
+        -- be written (past maxmemory: it fails, and counts nothing).
+        local failed, written = broken
+        if failed == nil and admit and oom then
+          failed = 2
+        elseif failed == nil and admit and oom == nil and nq > 0 then
+          -- The batch's first write (see `oom`): its first key (the rest
+          -- when the batch ends).
+          local j = J[1]
+          local x, y, z = count(X[j], Y[j], Z[j], now, qv[1], qv[2], cost)
+          failed = first_write(f.write, j, x, y, z, qv[2])
+          if failed == nil then written = j end
+        end
+        if failed then
+          out[m + 1], out[m + 2], out[m + 3] = 2, -1, failed
+          m = m + 3
+        else
+          out[m + 1], out[m + 2], out[m + 3], out[m + 4] =
+            3 + 2 * nq, denied == 0 and 1 or 0, denied, wait
+          m = m + 4
+          for i = 1, nq do
+            local j, limit, window = J[i], qv[2 * i - 1], qv[2 * i]
+            local x, y, z = X[j], Y[j], Z[j]
+            if admit then
+              x, y, z = count(x, y, z, now, limit, window, cost)
+              X[j], Y[j], Z[j] = x, y, z
+              if j ~= written then dirty[j], windows[j] = alg, window end
+            end
+            out[m + 1], out[m + 2] = status(x, y, z, now, limit, window)
+            m = m + 2
+          end
+        end
+      end
     end
-    k, a = k + nk, a + na
   end
 end
 local ok, err = pcall(run)
-for i = 1, #order do
-  local key = order[i]
-  writer[key](key, kept[key], now, window_of[key])
+for j = 1, nk do
+  local alg = dirty[j]
+  if alg then api[alg].write(KEYS[j], X[j], Y[j], Z[j], now, windows[j]) end
 end
 if not ok then error(err, 0) end
 return out
@@ -263,13 +353,44 @@ return out
 /// The batch script.
 static BATCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&batch_lua()));
 
-/// The batch call deciding `calls` in order. A run of identical checks
-/// (same algorithm, keys and arguments: a hot client's checks of the same
-/// cost; never the sliding log's, whose nonces differ) goes out once, with
-/// its length: Redis decides it that many times, one check after the other.
+/// The batch call deciding `calls` in order (see `encode`).
 pub(super) fn batch_invocation<'a>(
     calls: impl Iterator<Item = &'a Call>,
 ) -> ScriptInvocation<'static> {
+    let mut invocation = BATCH_SCRIPT.prepare_invoke();
+    encode(calls, &mut invocation);
+    invocation
+}
+
+/// Where a batch call's keys and arguments go: its invocation (or, in the
+/// tests, lists of words).
+trait Words {
+    fn key(&mut self, key: &str);
+    fn number(&mut self, n: u64);
+    fn text(&mut self, text: &str);
+}
+
+impl Words for ScriptInvocation<'static> {
+    fn key(&mut self, key: &str) {
+        ScriptInvocation::key(self, key);
+    }
+
+    fn number(&mut self, n: u64) {
+        self.arg(n);
+    }
+
+    fn text(&mut self, text: &str) {
+        self.arg(text);
+    }
+}
+
+/// The keys and arguments of the batch call deciding `calls` in order (see
+/// the module docs for the layout). A run of identical checks (same
+/// algorithm, keys and arguments: a hot client's checks of the same cost;
+/// never the sliding log's, whose nonces differ) goes out once, with its
+/// length: Redis decides it that many times, one check after the other.
+/// Each distinct key goes out once.
+fn encode<'a>(calls: impl Iterator<Item = &'a Call>, out: &mut impl Words) {
     let mut runs: Vec<(&Call, usize)> = Vec::new();
     for call in calls {
         match runs.last_mut() {
@@ -277,22 +398,43 @@ pub(super) fn batch_invocation<'a>(
             _ => runs.push((call, 1)),
         }
     }
-    let mut invocation = BATCH_SCRIPT.prepare_invoke();
-    invocation.arg(runs.len());
+    out.number(runs.len() as u64);
+    // Each distinct key's index in KEYS (1-based), in order of first use.
+    let mut index: HashMap<&str, u64> = HashMap::new();
+    let mut previous: Option<&Call> = None;
     for (call, n) in runs {
-        let index = Algorithm::ALL.iter().position(|&a| a == call.algorithm);
-        let index = index.expect("every algorithm is in Algorithm::ALL") + 1;
-        invocation
-            .arg(index)
-            .arg(n)
-            .arg(call.keys.len())
-            .arg(call.arg_count());
-        call.push_args(&mut invocation);
-        for key in &call.keys {
-            invocation.key(key);
+        let alg = Algorithm::ALL.iter().position(|&a| a == call.algorithm);
+        let alg = alg.expect("every algorithm is in Algorithm::ALL") as u64 + 1;
+        let fresh = previous.is_none_or(|p| p.cost != call.cost || p.quotas != call.quotas);
+        // The keys are the next ones of KEYS when none was used before (nor
+        // twice in this check).
+        let implicit = call
+            .keys
+            .iter()
+            .enumerate()
+            .all(|(i, key)| !index.contains_key(key.as_str()) && !call.keys[..i].contains(key));
+        let (fresh_bit, implicit_bit) = (u64::from(fresh), u64::from(implicit));
+        out.number(alg + 4 * (fresh_bit + 2 * (implicit_bit + 2 * n as u64)));
+        if call.algorithm.spec().nonce {
+            out.text(&call.nonce);
         }
+        if fresh {
+            for n in call.batch_args() {
+                out.number(n);
+            }
+        }
+        for key in &call.keys {
+            let next = index.len() as u64 + 1;
+            let i = *index.entry(key).or_insert_with(|| {
+                out.key(key);
+                next
+            });
+            if !implicit {
+                out.number(i);
+            }
+        }
+        previous = Some(call);
     }
-    invocation
 }
 
 /// Splits a batch reply into `n` replies; `None` if it is not `n` replies,
@@ -805,32 +947,141 @@ mod tests {
         drop(waiting);
     }
 
+    /// A batch call's words: its keys, and its arguments as text.
+    #[derive(Default)]
+    struct Recorded {
+        keys: Vec<String>,
+        args: Vec<String>,
+    }
+
+    impl Words for Recorded {
+        fn key(&mut self, key: &str) {
+            self.keys.push(key.to_owned());
+        }
+
+        fn number(&mut self, n: u64) {
+            self.args.push(n.to_string());
+        }
+
+        fn text(&mut self, text: &str) {
+            self.args.push(text.to_owned());
+        }
+    }
+
+    fn check(policy: &crate::Policy, key: &str, cost: u64) -> Call {
+        let nonces = super::super::script::Nonces::new();
+        super::super::script::call("t", &nonces, policy, &crate::Key::new(key), cost)
+    }
+
+    #[test]
+    fn batch_calls_follow_the_documented_layout() {
+        use crate::{Policy, Quota};
+        let hour = Quota::per_hour(10);
+        let two = Quota::new(5, std::time::Duration::from_secs(7200));
+        let counter = Policy::new("p").quota(hour);
+        // Same name, so its first key is the counter's.
+        let both = Policy::new("p").quota(hour).quota(two);
+        let log = Policy::new("l")
+            .algorithm(Algorithm::SlidingLog)
+            .quota(hour);
+        let calls = [
+            check(&counter, "a", 1), // run 1: fresh, new key 1
+            check(&counter, "a", 1), // ... the same check: run 1 is 2 long
+            check(&counter, "b", 1), // run 2: same cost and quotas, new key 2
+            check(&counter, "a", 2), // run 3: another cost, key 1 again
+            check(&both, "b", 2),    // run 4: other quotas, keys 2 and 3
+            check(&log, "a", 2),     // run 5: the log's nonce, new key 4
+            check(&log, "a", 2),     // run 6: another nonce, key 4 again
+        ];
+        let mut out = Recorded::default();
+        encode(calls.iter(), &mut out);
+        let code = |alg: u64, fresh: u64, implicit: u64, n: u64| {
+            (alg + 4 * (fresh + 2 * (implicit + 2 * n))).to_string()
+        };
+        let (log_alg, counter_alg) = (1, 2);
+        assert_eq!(Algorithm::ALL[0], Algorithm::SlidingLog);
+        assert_eq!(Algorithm::ALL[1], Algorithm::SlidingWindow);
+        let (h, t) = ("3600000000", "7200000000");
+        let (n1, n2) = (calls[5].nonce.as_str(), calls[6].nonce.as_str());
+        let want: Vec<String> = [
+            vec![6.to_string()],
+            vec![
+                code(counter_alg, 1, 1, 2),
+                "1".into(),
+                "1".into(),
+                "10".into(),
+                h.into(),
+            ],
+            vec![code(counter_alg, 0, 1, 1)],
+            vec![
+                code(counter_alg, 1, 0, 1),
+                "1".into(),
+                "2".into(),
+                "10".into(),
+                h.into(),
+                "1".into(),
+            ],
+            [code(counter_alg, 1, 0, 1)]
+                .into_iter()
+                .chain(["2", "2", "10", h, "5", t, "2", "3"].map(String::from))
+                .collect(),
+            vec![
+                code(log_alg, 1, 1, 1),
+                n1.into(),
+                "1".into(),
+                "2".into(),
+                "10".into(),
+                h.into(),
+            ],
+            vec![code(log_alg, 0, 0, 1), n2.into(), "4".into()],
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        assert_eq!(out.args, want);
+        let keys: Vec<&str> = vec![
+            &calls[0].keys[0],
+            &calls[2].keys[0],
+            &calls[4].keys[1],
+            &calls[5].keys[0],
+        ];
+        assert_eq!(out.keys, keys);
+        assert_eq!(calls[4].keys[0], calls[2].keys[0]);
+        assert_ne!(n1, n2);
+    }
+
+    /// Writes the batch script to the file named by `BATCH_LUA_OUT`, for
+    /// `scripts/batch-cost.sh`.
+    #[test]
+    #[ignore = "a tool for scripts/batch-cost.sh, not a test"]
+    fn write_batch_lua() {
+        let path = std::env::var("BATCH_LUA_OUT").expect("BATCH_LUA_OUT names the file");
+        std::fs::write(path, batch_lua()).expect("written");
+    }
+
     #[test]
     fn the_batch_script_wraps_every_algorithm() {
         let lua = batch_lua();
-        let mut with_functions = 0;
+        let mut with_state = 0;
         for algorithm in Algorithm::ALL {
             let script = algorithm.spec().lua;
-            match script.split_once(MAIN) {
-                Some((functions, main)) => {
-                    with_functions += 1;
-                    assert!(lua.contains(functions), "{algorithm:?}");
-                    for name in ["state", "decide", "write"] {
-                        let definition = format!("\nlocal function {name}(");
-                        assert!(functions.contains(&definition), "{algorithm:?} {name}");
-                    }
-                    // The single check calls the same functions.
-                    assert!(main.contains("decide(qs, now, "), "{algorithm:?}");
-                }
-                None => {
-                    assert!(lua.contains(script));
-                    // A `return` must end a block: the body's last statement
-                    // is its `return`, so the function's `end` may follow it.
-                    let last = script.trim_end().lines().last().unwrap();
-                    assert!(last.trim_start().starts_with("return "), "{algorithm:?}");
+            let (functions, main) = script.split_once(MAIN).expect("a `-- main` line");
+            assert!(lua.contains(functions), "{algorithm:?}");
+            let defines = |name: &str| functions.contains(&format!("\nlocal function {name}("));
+            if defines("decide") {
+                // The log: the single check calls the function the batch does.
+                assert!(
+                    main.contains("decide(KEYS, #KEYS, ARGV, 2, "),
+                    "{algorithm:?}"
+                );
+            } else {
+                with_state += 1;
+                for name in ["state", "retry", "count", "status", "check1", "write"] {
+                    assert!(defines(name), "{algorithm:?} {name}");
+                    assert!(main.contains(&format!(" {name}(")), "{algorithm:?} {name}");
                 }
             }
         }
-        assert_eq!(with_functions, 2, "the counter and GCRA");
+        assert_eq!(with_state, 2, "the counter and GCRA");
     }
 }

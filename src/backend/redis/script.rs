@@ -101,17 +101,22 @@ impl Call {
         invocation
     }
 
-    /// The number of arguments (`ARGV`) of the call.
-    pub(super) fn arg_count(&self) -> usize {
-        2 + 2 * self.quotas.len()
-    }
-
     /// Appends the call's arguments (`ARGV`, see the module docs).
     pub(super) fn push_args(&self, invocation: &mut ScriptInvocation<'static>) {
         invocation.arg(self.cost).arg(&self.nonce);
         for quota in &self.quotas {
             invocation.arg(quota.limit()).arg(quota.window_us());
         }
+    }
+
+    /// The call's quota count and cost, then each quota's limit and window
+    /// (µs), as a run of the batch script takes them (see `super::batch`).
+    pub(super) fn batch_args(&self) -> impl Iterator<Item = u64> + '_ {
+        [self.quotas.len() as u64, self.cost].into_iter().chain(
+            self.quotas
+                .iter()
+                .flat_map(|quota| [quota.limit(), quota.window_us()]),
+        )
     }
 
     /// Whether `other` is the same check: same algorithm, keys and
