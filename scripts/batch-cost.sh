@@ -10,7 +10,7 @@
 # RESETSTAT, and the main thread's CPU time from INFO cpu: each divided by
 # the checks per call. The old script is scripts/batch-cost-old.lua (what
 # `batch_lua()` made before the lean rewrite, with its own argument layout);
-# the new one is the working tree's, written by the ignored unit test
+# the new one is the working tree's, written by the unit test
 # `write_batch_lua` (so this builds the crate's unit tests).
 #
 # Every check admits (limits far above the traffic: the write path); the
@@ -39,7 +39,7 @@ done
 
 DIR=$(mktemp -d)
 BATCH_LUA_OUT=$DIR/new.lua timeout 1800 cargo test --all-features --lib --quiet \
-  write_batch_lua -- --ignored >/dev/null
+  write_batch_lua >/dev/null
 PORT=6500
 while redis-cli -p "$PORT" ping >/dev/null 2>&1; do PORT=$((PORT + 1)); done
 NICE=()
