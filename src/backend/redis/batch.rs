@@ -70,7 +70,7 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::task::{Poll, Waker};
 
-use redis::{Script, ScriptInvocation};
+use redis::{Cmd, Script, ScriptInvocation};
 use tokio::sync::oneshot;
 
 use super::script::Call;
@@ -362,8 +362,53 @@ pub(super) fn batch_invocation<'a>(
     invocation
 }
 
-/// Where a batch call's keys and arguments go: its invocation (or, in the
-/// tests, lists of words).
+/// The batch call deciding `calls` in order, as a plain `EVALSHA` (see
+/// `encode`): `NOSCRIPT` is its caller's to handle.
+fn batch_evalsha<'a>(calls: impl Iterator<Item = &'a Call>) -> Cmd {
+    let mut words = Plain::default();
+    encode(calls, &mut words);
+    let mut command = redis::cmd("EVALSHA");
+    command
+        .arg(BATCH_SCRIPT.get_hash())
+        .arg(words.keys.len())
+        .arg(&words.keys);
+    for arg in &words.args {
+        match arg {
+            Word::Number(n) => command.arg(*n),
+            Word::Text(text) => command.arg(text),
+        };
+    }
+    command
+}
+
+/// A plain call's keys and arguments, in the order `encode` gives them.
+#[derive(Default)]
+struct Plain {
+    keys: Vec<String>,
+    args: Vec<Word>,
+}
+
+enum Word {
+    Number(u64),
+    Text(String),
+}
+
+impl Words for Plain {
+    fn key(&mut self, key: &str) {
+        self.keys.push(key.to_owned());
+    }
+
+    fn number(&mut self, n: u64) {
+        self.args.push(Word::Number(n));
+    }
+
+    fn text(&mut self, text: &str) {
+        self.args.push(Word::Text(text.to_owned()));
+    }
+}
+
+/// Where a batch call's keys and arguments go: its invocation, a plain
+/// `EVALSHA` (or, in the tests, lists of words).
 trait Words {
     fn key(&mut self, key: &str);
     fn number(&mut self, n: u64);
@@ -466,7 +511,7 @@ struct Waiting {
 /// The batching of one backend's checks, in independent lanes.
 pub(super) struct Batcher {
     max: usize,
-    /// How many calls may be in flight on one lane at once
+    /// How many batch calls may be in flight on one lane at once
     /// ([`Transport::depth`]).
     depth: usize,
     /// Where the calls go.
@@ -486,23 +531,22 @@ pub(super) struct Batcher {
 struct State {
     /// The checks waiting for room on the lane, in arrival order.
     queue: VecDeque<Waiting>,
-    /// Calls sent on the lane (leads and batches) that have not ended.
+    /// Calls in flight on the lane: the lead's, or the draining task's.
     in_flight: usize,
-    /// A lead was handed out whose call has not reached the connection yet
-    /// (its future was not polled yet): nothing may be sent on the lane
-    /// until it has, or a later check could overtake it.
-    unwritten: bool,
+    /// Whether the call in flight is a lead's (sent from its caller's task,
+    /// which reloads a flushed script itself): nothing is sent beside it.
+    lead: bool,
     /// Whether the lane's draining task runs.
     draining: bool,
-    /// The draining task, while it waits: woken when a check queues or a
-    /// lead's call is written or ends.
+    /// The draining task, while it waits: woken when a check queues or the
+    /// lead's call ends.
     waker: Option<Waker>,
 }
 
 impl State {
-    /// Whether a call may be sent on the lane now.
+    /// Whether the draining task may send a batch now.
     fn has_room(&self, depth: usize) -> bool {
-        !self.unwritten && self.in_flight < depth
+        !self.lead && self.in_flight < depth
     }
 
     /// Whether queued checks may go out now: wakes the draining task and
@@ -535,6 +579,16 @@ pub(super) enum Submitted {
     Queued(oneshot::Receiver<Reply>),
 }
 
+/// What a lane's draining task does next (see [`Batcher::next_step`]).
+enum Step {
+    /// Look at the queue again: a check queued meanwhile, and there is room.
+    Again,
+    /// End: nothing in flight, nothing it may send.
+    Stop,
+    /// Wait for a reply, a check or room.
+    Wait,
+}
+
 impl Batcher {
     /// Batches of up to `max` checks, sent through `transport`, up to its
     /// [`Transport::depth`] calls in flight per lane.
@@ -557,14 +611,14 @@ impl Batcher {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `call` now, alone, if the lane has room and nothing waits on
-    /// it; else queues it (and makes sure the queue drains).
+    /// Sends `call` now, alone, if nothing is in flight or waiting on
+    /// `lane`; else queues it (and makes sure the queue drains).
     pub(super) fn submit(self: &Arc<Self>, lane: Lane, call: Call) -> Submitted {
         let mut lanes = self.lanes();
         let state = lanes.entry(lane).or_default();
-        if state.queue.is_empty() && state.has_room(self.depth) {
-            state.in_flight += 1;
-            state.unwritten = true;
+        if state.queue.is_empty() && state.in_flight == 0 {
+            state.in_flight = 1;
+            state.lead = true;
             return Submitted::Lead(call);
         }
         let (tx, rx) = oneshot::channel();
@@ -577,31 +631,14 @@ impl Batcher {
         Submitted::Queued(rx)
     }
 
-    /// The lead of `lane` has reached the connection (or never will):
-    /// checks queued behind it may go out.
-    fn written(self: &Arc<Self>, lane: Lane) {
-        let mut lanes = self.lanes();
-        let Some(state) = lanes.get_mut(&lane) else {
-            return;
-        };
-        state.unwritten = false;
-        let start = state.kick(self.depth);
-        drop(lanes);
-        if start {
-            self.start_draining(lane);
-        }
-    }
-
-    /// A lead's call on `lane` ended (or was dropped).
-    fn lead_done(self: &Arc<Self>, lane: Lane, written: bool) {
+    /// The lead's call on `lane` ended (or was dropped).
+    fn lead_done(self: &Arc<Self>, lane: Lane) {
         let mut lanes = self.lanes();
         let Some(state) = lanes.get_mut(&lane) else {
             return;
         };
         state.in_flight -= 1;
-        if !written {
-            state.unwritten = false;
-        }
+        state.lead = false;
         let start = state.kick(self.depth);
         if state.idle() {
             lanes.remove(&lane);
@@ -634,7 +671,7 @@ impl Batcher {
         }
     }
 
-    /// The next batch of `lane` if it has room for a call (counted in
+    /// The next batch of `lane` if it has room for a call (then counted in
     /// flight), else `None`.
     fn next_batch(&self, lane: Lane) -> Option<Vec<Waiting>> {
         let mut lanes = self.lanes();
@@ -655,17 +692,18 @@ impl Batcher {
     }
 
     /// What the draining task of `lane`, with `flying` calls of its own in
-    /// flight, does next (decided under the lock that checks queue under):
-    /// send again if a check queued meanwhile and there is room; stop if it
-    /// has nothing in flight (marked as stopped, the lane removed if idle:
-    /// whatever makes room later starts a new task); else wait, `waker`
-    /// stored to be woken when a check queues or room is made.
-    fn next_step(&self, lane: Lane, flying: usize, waker: &Waker) -> Step {
+    /// flight, does next, decided under the lock checks queue under: look
+    /// again if a check queued meanwhile and it may send (`sending`: not
+    /// while it resends after a script reload); stop if it has nothing in
+    /// flight (marked as stopped, the lane removed if idle: whatever makes
+    /// room later starts a new task); else wait, `waker` stored to be woken
+    /// when a check queues or the lead's call ends.
+    fn next_step(&self, lane: Lane, flying: usize, sending: bool, waker: &Waker) -> Step {
         let mut lanes = self.lanes();
         let Some(state) = lanes.get_mut(&lane) else {
             return Step::Stop;
         };
-        if !state.queue.is_empty() && state.has_room(self.depth) {
+        if sending && !state.queue.is_empty() && state.has_room(self.depth) {
             return Step::Again;
         }
         if flying == 0 {
@@ -689,82 +727,116 @@ impl Batcher {
     }
 }
 
-/// A lone call on a lane, from [`Batcher::submit`]'s [`Submitted::Lead`]
-/// until it ends (or is dropped).
+/// A lone call in flight on a lane: when it ends (or is dropped), the
+/// checks queued meanwhile on that lane go out.
 pub(super) struct Lead {
     batcher: Arc<Batcher>,
     lane: Lane,
-    written: bool,
 }
 
 impl Lead {
     /// The guard of the lone call that [`Batcher::submit`] answered with
     /// [`Submitted::Lead`] for `lane`.
     pub(super) fn new(batcher: Arc<Batcher>, lane: Lane) -> Self {
-        Self {
-            batcher,
-            lane,
-            written: false,
-        }
-    }
-
-    /// Runs `call`, the lead's call: once it has been polled (its request
-    /// handed to the connection), the lane's queued checks may follow it.
-    pub(super) async fn run<F: Future>(mut self, call: F) -> F::Output {
-        let mut call = std::pin::pin!(call);
-        std::future::poll_fn(|cx| {
-            let poll = call.as_mut().poll(cx);
-            if !self.written {
-                self.written = true;
-                self.batcher.written(self.lane);
-            }
-            poll
-        })
-        .await
+        Self { batcher, lane }
     }
 }
 
 impl Drop for Lead {
     fn drop(&mut self) {
-        self.batcher.lead_done(self.lane, self.written);
+        self.batcher.lead_done(self.lane);
     }
 }
 
-/// See [`Batcher::next_step`].
-enum Step {
-    Again,
-    Stop,
-    Wait,
+/// A batch call's reply, or its error.
+type Outcome = Result<Vec<i64>, BackendError>;
+
+/// A call in flight from a lane's draining task.
+struct Flying {
+    batch: Vec<Waiting>,
+    /// Whether it is a call of the batch script (else, a lone check's own
+    /// script).
+    as_batch: bool,
+    call: Pin<Box<dyn Future<Output = Outcome> + Send>>,
+    /// Its outcome, once it came (outcomes are handed out in call order).
+    outcome: Option<Outcome>,
+    /// Whether it was sent again after a script reload.
+    resent: bool,
 }
 
-/// A batch call in flight, from a lane's draining task.
-type Flying = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// Sends the batches of `lane` while checks wait and the lane has room: up
-/// to [`Transport::depth`] calls in flight (a lead's included), each handed
-/// to the connection in the order its checks queued (the task polls each
-/// new call once before it takes the next batch), so that Redis runs them
-/// in that order while the next batch is being made.
+/// to [`Transport::depth`] calls in flight, each polled once (its request
+/// handed to the connection) before the next batch is taken, so Redis runs
+/// them in the order their checks queued while the application makes the
+/// next one.
+///
+/// The calls are plain `EVALSHA`s. If one meets `NOSCRIPT` (a new server,
+/// `SCRIPT FLUSH`, a failover) so may those sent after it; left to redis-rs,
+/// each would be reloaded and sent again in whatever order their tasks run.
+/// Here outcomes are taken in call order: a call that met `NOSCRIPT` is sent
+/// again (reloading the script) and its outcome awaited before the next
+/// call's outcome is looked at, and no new batch goes out until every call
+/// sent before the reload has ended. (A call that followed one that met
+/// `NOSCRIPT` but found the script, loaded meanwhile by another client, has
+/// run before it: those checks were pending together, none answered.)
 async fn drain(batcher: Arc<Batcher>, lane: Lane) {
     let mut flying: VecDeque<Flying> = VecDeque::new();
+    let mut reloading = false;
     std::future::poll_fn(|cx| {
         loop {
-            while let Some(batch) = batcher.next_batch(lane) {
-                let mut call: Flying = Box::pin(send(Arc::clone(&batcher.transport), batch));
-                if call.as_mut().poll(cx).is_ready() {
-                    batcher.ended(lane, 1);
-                } else {
-                    flying.push_back(call);
+            if !reloading {
+                while let Some(batch) = batcher.next_batch(lane) {
+                    // Calls in flight together are all of the batch script,
+                    // so that if one meets `NOSCRIPT` those after it do
+                    // too. A lone check on a lane of one call at a time
+                    // goes out as its own, cheaper script.
+                    let as_batch = batch.len() > 1 || batcher.depth > 1;
+                    let transport = Arc::clone(&batcher.transport);
+                    let call = Box::pin(plain_call(transport, &batch, as_batch));
+                    flying.push_back(Flying {
+                        batch,
+                        as_batch,
+                        call,
+                        outcome: None,
+                        resent: false,
+                    });
+                    poll_call(flying.back_mut().expect("just pushed"), cx);
                 }
             }
-            let before = flying.len();
-            flying.retain_mut(|call| call.as_mut().poll(cx).is_pending());
-            let ended = before - flying.len();
+            for call in flying.iter_mut() {
+                poll_call(call, cx);
+            }
+            let mut ended = 0;
+            while let Some(front) = flying.front_mut() {
+                match &front.outcome {
+                    None => break,
+                    Some(Err(error)) if !front.resent && is_noscript(error) => {
+                        reloading = true;
+                        front.resent = true;
+                        front.outcome = None;
+                        front.call = Box::pin(reloading_call(
+                            Arc::clone(&batcher.transport),
+                            &front.batch,
+                            front.as_batch,
+                        ));
+                        poll_call(front, cx);
+                    }
+                    Some(_) => {
+                        let done = flying.pop_front().expect("a front");
+                        let outcome = done.outcome.expect("an outcome");
+                        hand_out(done.batch, outcome, done.as_batch);
+                        ended += 1;
+                    }
+                }
+            }
+            if flying.is_empty() {
+                reloading = false;
+            }
             if ended > 0 {
                 batcher.ended(lane, ended);
                 continue;
             }
-            match batcher.next_step(lane, flying.len(), cx.waker()) {
+            match batcher.next_step(lane, flying.len(), !reloading, cx.waker()) {
                 Step::Again => {}
                 Step::Stop => return Poll::Ready(()),
                 Step::Wait => return Poll::Pending,
@@ -774,34 +846,73 @@ async fn drain(batcher: Arc<Batcher>, lane: Lane) {
     .await;
 }
 
-/// Sends `invocation` from a lane's draining task, under the transport's
-/// bounds for such calls ([`Transport::bounded`]: on a cluster those of a
-/// detached call).
-async fn call(
-    transport: &Transport,
-    invocation: &ScriptInvocation<'static>,
-) -> Result<Vec<i64>, BackendError> {
-    let call = transport.send::<Vec<i64>>(Request::Script(invocation));
-    transport.bounded(call).await
+/// Polls a call still in flight, keeping its outcome if it came.
+fn poll_call(call: &mut Flying, cx: &mut std::task::Context<'_>) {
+    if call.outcome.is_none()
+        && let Poll::Ready(outcome) = call.call.as_mut().poll(cx)
+    {
+        call.outcome = Some(outcome);
+    }
 }
 
-/// Sends one batch (a lone check as its own script) and hands each check its
-/// decision.
-async fn send(transport: Arc<Transport>, batch: Vec<Waiting>) {
-    let transport = &*transport;
-    if let [one] = batch.as_slice() {
-        let result = call(transport, &one.call.invocation())
-            .await
-            .map_err(super::script::key_fault);
+/// Whether a call failed because Redis does not have its script.
+fn is_noscript(error: &BackendError) -> bool {
+    match error {
+        BackendError::Connection(e) => e.downcast_ref::<redis::RedisError>().is_some_and(|e| {
+            e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        }),
+        _ => false,
+    }
+}
+
+/// The plain `EVALSHA` deciding `batch` (`as_batch`: of the batch script,
+/// else of a lone check's own), under the transport's bounds for a lane's
+/// calls ([`Transport::bounded`]: on a cluster those of a detached call).
+/// `NOSCRIPT` is its caller's to handle.
+fn plain_call(
+    transport: Arc<Transport>,
+    batch: &[Waiting],
+    as_batch: bool,
+) -> impl Future<Output = Outcome> + Send + 'static {
+    let command = match batch {
+        [one] if !as_batch => one.call.evalsha(),
+        _ => batch_evalsha(batch.iter().map(|w| &w.call)),
+    };
+    async move {
+        let call = transport.send::<Vec<i64>>(Request::Command(&command));
+        transport.bounded(call).await
+    }
+}
+
+/// `batch`'s call again, loading its script first if Redis still lacks it
+/// (redis-rs' `EVALSHA`, `SCRIPT LOAD` on `NOSCRIPT`, `EVALSHA`).
+fn reloading_call(
+    transport: Arc<Transport>,
+    batch: &[Waiting],
+    as_batch: bool,
+) -> impl Future<Output = Outcome> + Send + 'static {
+    let invocation = match batch {
+        [one] if !as_batch => one.call.invocation(),
+        _ => batch_invocation(batch.iter().map(|w| &w.call)),
+    };
+    async move {
+        let call = transport.send::<Vec<i64>>(Request::Script(&invocation));
+        transport.bounded(call).await
+    }
+}
+
+/// Hands each check of `batch` its decision from the call's outcome
+/// (`as_batch`: the batch script's reply).
+fn hand_out(batch: Vec<Waiting>, outcome: Outcome, as_batch: bool) {
+    if !as_batch {
+        let result = outcome.map_err(super::script::key_fault);
         let [one] = <[Waiting; 1]>::try_from(batch).ok().expect("one check");
         let _ = one
             .reply
             .send(result.and_then(|reply| one.call.decode(&reply)));
         return;
     }
-    let invocation = batch_invocation(batch.iter().map(|w| &w.call));
-    let result = call(transport, &invocation).await;
-    match result {
+    match outcome {
         Ok(reply) => match split(&reply, batch.len()) {
             Some(replies) => {
                 for (waiting, reply) in batch.into_iter().zip(replies) {
@@ -898,29 +1009,26 @@ mod tests {
         };
         let mut waiting = Vec::new();
 
-        // The first check of a lane leads. Until its call is written
-        // (polled), nothing may follow it, even with room on the lane.
+        // The first check of an idle lane leads; nothing goes out beside a
+        // lead's call (its caller reloads a flushed script on its own).
         assert!(leads(&batcher.submit(7, a_call(0))));
         waiting.push(queued(batcher.submit(7, a_call(1))));
-        assert!(batcher.next_batch(7).is_none(), "the lead is not written");
-        batcher.written(7);
-        // Room for one more call: the queue goes out, in order.
+        assert!(batcher.next_batch(7).is_none(), "the lead is in flight");
+        batcher.lead_done(7);
+        // Then up to two calls in flight, batches of at most 2, in order.
         assert_eq!(keys(&batcher.next_batch(7).unwrap()), [a_call(1).keys]);
-        // Two calls in flight: no room until one ends.
+        // Nothing waits, but a call is in flight: a new check queues.
         waiting.push(queued(batcher.submit(7, a_call(2))));
         waiting.push(queued(batcher.submit(7, a_call(3))));
         waiting.push(queued(batcher.submit(7, a_call(4))));
-        assert!(batcher.next_batch(7).is_none(), "two calls in flight");
-        batcher.lead_done(7, true);
-        // Batches of at most 2, in arrival order.
         assert_eq!(
             keys(&batcher.next_batch(7).unwrap()),
             [a_call(2).keys, a_call(3).keys]
         );
         assert!(batcher.next_batch(7).is_none(), "two calls in flight");
-        batcher.ended(7, 2);
-        assert_eq!(keys(&batcher.next_batch(7).unwrap()), [a_call(4).keys]);
         batcher.ended(7, 1);
+        assert_eq!(keys(&batcher.next_batch(7).unwrap()), [a_call(4).keys]);
+        batcher.ended(7, 2);
 
         // Lanes are independent: lane 9 leads while lane 7 drains.
         assert!(leads(&batcher.submit(9, a_call(0))));
@@ -928,22 +1036,20 @@ mod tests {
 
         // A draining task with nothing left stops, and the idle lane goes.
         let waker = std::task::Waker::noop();
-        assert!(matches!(batcher.next_step(7, 0, waker), Step::Stop));
+        assert!(matches!(batcher.next_step(7, 0, true, waker), Step::Stop));
         assert_eq!(batcher.busy(), 1);
-        // A lead dropped before it was polled frees its lane.
-        batcher.lead_done(9, false);
+        batcher.lead_done(9);
         assert_eq!(batcher.busy(), 0);
 
-        // With room and nothing waiting, a second check leads too (the
-        // first lead written); a third (no room) queues.
+        // While it resends after a script reload, a draining task sends no
+        // new batch, even with room: it waits for its calls in flight.
         assert!(leads(&batcher.submit(5, a_call(0))));
-        batcher.written(5);
-        assert!(leads(&batcher.submit(5, a_call(2))));
-        batcher.written(5);
-        assert!(!leads(&batcher.submit(5, a_call(3))), "two calls in flight");
-        // A draining task waits while its own call is in flight and the
-        // lane has no room.
-        assert!(matches!(batcher.next_step(5, 1, waker), Step::Wait));
+        waiting.push(queued(batcher.submit(5, a_call(1))));
+        batcher.lead_done(5);
+        assert_eq!(keys(&batcher.next_batch(5).unwrap()), [a_call(1).keys]);
+        waiting.push(queued(batcher.submit(5, a_call(2))));
+        assert!(matches!(batcher.next_step(5, 1, false, waker), Step::Wait));
+        assert!(matches!(batcher.next_step(5, 1, true, waker), Step::Again));
         drop(waiting);
     }
 

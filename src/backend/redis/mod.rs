@@ -635,8 +635,14 @@ impl RedisBackend {
     }
 }
 
-/// A check sent alone: its algorithm's own script.
-async fn lone(transport: Arc<Transport>, call: Call) -> Result<Decision, BackendError> {
+/// A check sent alone: its algorithm's own script; `lead` is released
+/// when the call ends or is dropped.
+async fn lone(
+    transport: Arc<Transport>,
+    call: Call,
+    lead: Option<Lead>,
+) -> Result<Decision, BackendError> {
+    let _lead = lead;
     let invocation = call.invocation();
     let reply: Vec<i64> = transport
         .send(Request::Script(&invocation))
@@ -675,11 +681,11 @@ impl Backend for RedisBackend {
                 Submitted::Queued(reply) => queued(reply),
                 Submitted::Lead(call) => {
                     let lead = Lead::new(Arc::clone(batcher), lane);
-                    transport.decide(lead.run(lone(Arc::clone(transport), call)))
+                    transport.decide(lone(Arc::clone(transport), call, Some(lead)))
                 }
             };
         }
-        transport.decide(lone(Arc::clone(transport), call))
+        transport.decide(lone(Arc::clone(transport), call, None))
     }
 
     // Failure isolation: one partition per group of hash slots on a cluster.

@@ -101,6 +101,23 @@ impl Call {
         invocation
     }
 
+    /// The call alone as a plain `EVALSHA` of its algorithm's script, with
+    /// the same keys and arguments as [`Call::invocation`]: `NOSCRIPT` is
+    /// the caller's to handle.
+    pub(super) fn evalsha(&self) -> Cmd {
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(script(self.algorithm).get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(self.cost)
+            .arg(&self.nonce);
+        for quota in &self.quotas {
+            command.arg(quota.limit()).arg(quota.window_us());
+        }
+        command
+    }
+
     /// Appends the call's arguments (`ARGV`, see the module docs).
     pub(super) fn push_args(&self, invocation: &mut ScriptInvocation<'static>) {
         invocation.arg(self.cost).arg(&self.nonce);

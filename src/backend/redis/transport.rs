@@ -54,7 +54,7 @@ pub(super) type Lane = u16;
 /// whatever order their tasks run, so a later batch may be decided before
 /// an earlier one (`tests/it/batching.rs` sees it on a fresh server). Until
 /// the draining task reloads and resends in order itself, one.
-pub(super) const PIPELINE: usize = 1;
+pub(super) const PIPELINE: usize = 2;
 
 /// The longest a call from a lane's own task (a batch call) may run before
 /// its checks fail, off a cluster (the connection's own timeouts end it
