@@ -1,23 +1,27 @@
 //! Batching: checks waiting for the same lane go out as one script call
 //! that decides them in order.
 //!
-//! A lone check is sent at once, as its algorithm's own `EVALSHA` (no timer,
-//! no added latency). A lane holds up to `Transport::depth` calls in flight
-//! (one for now: see `transport::PIPELINE`); while it has no room, further
-//! checks queue, and when room is made everything queued (up to the batch
-//! size) goes out as one call of the batch script, which runs each check's
+//! A check on an idle lane is sent at once, as its algorithm's own
+//! `EVALSHA` (no timer, no added latency). Checks that find the lane busy
+//! queue; the lane's draining task sends what is queued (up to the batch
+//! size) as one call of the batch script, which runs each check's
 //! algorithm in arrival order, each seeing the writes of those before it,
-//! exactly as that many single calls would. Batches grow with the load;
-//! with more than one call in flight, Redis would run one while the
-//! application makes the next.
+//! exactly as that many single calls would, and keeps up to
+//! `Transport::depth` such calls in flight (2 on a single node or a
+//! Sentinel primary: Redis runs one while the application makes the next;
+//! 1 per hash slot on a cluster). Batches grow with the load.
 //!
 //! Order: calls on one connection run in the order they reach it, and a
-//! check's place is taken when it is made (`Batcher::submit`). A queued
-//! check is sent only after every call before it has reached the
-//! connection: a lead's call once its future has been polled (the request
-//! is then in the connection's queue), a batch once the lane's draining
-//! task has polled it, which it does for each batch before it takes the
-//! next.
+//! check's place is taken when it is made (`Batcher::submit`). Nothing is
+//! sent beside a lone check's call; the draining task polls each batch
+//! call once (handing its request to the connection) before it takes the
+//! next batch, and polls its calls in that order. Its calls are plain
+//! `EVALSHA`s of the batch script and their outcomes are taken in call
+//! order: one that met `NOSCRIPT` (a new server, `SCRIPT FLUSH`, a
+//! failover) is sent again, loading the script, before the next outcome is
+//! looked at, and no new batch goes out until every call sent before the
+//! reload has ended; so a reload cannot reorder them (as redis-rs' own
+//! reload-and-retry of each call would, in whatever order their tasks ran).
 //!
 //! Lanes: a single node or a Sentinel primary has one lane (0). On a Redis
 //! Cluster a script call may only touch keys of one hash slot, so each hash

@@ -91,16 +91,18 @@ mod transport;
 /// on older servers or when an ACL allows only `EVALSHA`; it changes no key,
 /// member or TTL. A [reset](Backend::reset) is one `DEL` of the client's keys.
 ///
-/// Batching: a lone check is sent at once; while a call is in flight,
+/// Batching: a lone check is sent at once; while calls are in flight,
 /// further checks queue, and go out together as one call of a batch script
-/// (at most [`RedisBackendBuilder::batch`] checks, default 64) when it
-/// returns. The batch script runs each check's own algorithm in arrival
-/// order, so a batch decides exactly as the same checks sent one by one
-/// would; under load it spares Redis most of the per-call cost. A failed
-/// batch call fails each check in it. On a cluster, checks are batched per
-/// hash slot (a script's keys must share one): each slot has its own call
-/// in flight and its own queue, and every call runs to completion even
-/// when its callers stop waiting, as a lone call does there.
+/// (at most [`RedisBackendBuilder::batch`] checks, default 64), two calls
+/// in flight at a time on one node (Redis runs one while the next is
+/// made), in order. The batch script runs each check's own algorithm in
+/// arrival order, so a batch decides exactly as the same checks sent one by
+/// one would; under load it spares Redis most of the per-call cost. A
+/// failed batch call fails each check in it. On a cluster, checks are
+/// batched per hash slot (a script's keys must share one): each slot has
+/// its own call in flight and its own queue, and every call runs to
+/// completion even when its callers stop waiting, as a lone call does
+/// there.
 ///
 /// The connection is made lazily, on the first check: building the backend
 /// never blocks or fails because Redis is down. The connection is multiplexed

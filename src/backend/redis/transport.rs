@@ -46,14 +46,10 @@ pub(super) type Lane = u16;
 
 /// How many calls may be in flight at once on the one lane of a single
 /// node or a Sentinel primary (see `super::batch`). With one, Redis and the
-/// application take turns: the application waits while Redis runs a batch,
-/// and Redis idles while the application makes the next. The batcher can
-/// keep more in flight, in order, but not yet across a script reload: two
-/// pipelined `EVALSHA`s that both meet `NOSCRIPT` (a new server, `SCRIPT
-/// FLUSH`, a failover) are each reloaded and sent again by redis-rs, in
-/// whatever order their tasks run, so a later batch may be decided before
-/// an earlier one (`tests/it/batching.rs` sees it on a fresh server). Until
-/// the draining task reloads and resends in order itself, one.
+/// application took turns: the application waited while Redis ran a batch,
+/// and Redis idled while the application made the next. Two keep both
+/// busy; more would only split the queue into smaller batches, each paying
+/// a call's fixed cost in Redis.
 pub(super) const PIPELINE: usize = 2;
 
 /// The longest a call from a lane's own task (a batch call) may run before
