@@ -796,7 +796,7 @@ async fn drain(batcher: Arc<Batcher>, lane: Lane) {
                     // goes out as its own, cheaper script.
                     let as_batch = batch.len() > 1 || batcher.depth > 1;
                     let transport = Arc::clone(&batcher.transport);
-                    let call = Box::pin(plain_call(transport, &batch, as_batch));
+                    let call = Box::pin(lane_call(transport, &batch, as_batch, false));
                     flying.push_back(Flying {
                         batch,
                         as_batch,
@@ -818,10 +818,11 @@ async fn drain(batcher: Arc<Batcher>, lane: Lane) {
                         reloading = true;
                         front.resent = true;
                         front.outcome = None;
-                        front.call = Box::pin(reloading_call(
+                        front.call = Box::pin(lane_call(
                             Arc::clone(&batcher.transport),
                             &front.batch,
                             front.as_batch,
+                            true,
                         ));
                         poll_call(front, cx);
                     }
@@ -869,38 +870,34 @@ fn is_noscript(error: &BackendError) -> bool {
     }
 }
 
-/// The plain `EVALSHA` deciding `batch` (`as_batch`: of the batch script,
-/// else of a lone check's own), under the transport's bounds for a lane's
-/// calls ([`Transport::bounded`]: on a cluster those of a detached call).
-/// `NOSCRIPT` is its caller's to handle.
-fn plain_call(
+/// The call deciding `batch` (`as_batch`: of the batch script, else of a
+/// lone check's own), under the transport's bounds for a lane's calls
+/// ([`Transport::bounded`]: on a cluster those of a detached call). A plain
+/// `EVALSHA`, whose `NOSCRIPT` is its caller's to handle; or, `reloading`,
+/// redis-rs' `EVALSHA` that loads the script on `NOSCRIPT` and calls again.
+fn lane_call(
     transport: Arc<Transport>,
     batch: &[Waiting],
     as_batch: bool,
+    reloading: bool,
 ) -> impl Future<Output = Outcome> + Send + 'static {
-    let command = match batch {
-        [one] if !as_batch => one.call.evalsha(),
-        _ => batch_evalsha(batch.iter().map(|w| &w.call)),
-    };
-    async move {
-        let call = transport.send::<Vec<i64>>(Request::Command(&command));
-        transport.bounded(call).await
+    enum Made {
+        Plain(Cmd),
+        Reloading(ScriptInvocation<'static>),
     }
-}
-
-/// `batch`'s call again, loading its script first if Redis still lacks it
-/// (redis-rs' `EVALSHA`, `SCRIPT LOAD` on `NOSCRIPT`, `EVALSHA`).
-fn reloading_call(
-    transport: Arc<Transport>,
-    batch: &[Waiting],
-    as_batch: bool,
-) -> impl Future<Output = Outcome> + Send + 'static {
-    let invocation = match batch {
-        [one] if !as_batch => one.call.invocation(),
-        _ => batch_invocation(batch.iter().map(|w| &w.call)),
+    let calls = || batch.iter().map(|w| &w.call);
+    let made = match (batch, reloading) {
+        ([one], false) if !as_batch => Made::Plain(one.call.evalsha()),
+        ([one], true) if !as_batch => Made::Reloading(one.call.invocation()),
+        (_, false) => Made::Plain(batch_evalsha(calls())),
+        (_, true) => Made::Reloading(batch_invocation(calls())),
     };
     async move {
-        let call = transport.send::<Vec<i64>>(Request::Script(&invocation));
+        let request = match &made {
+            Made::Plain(command) => Request::Command(command),
+            Made::Reloading(invocation) => Request::Script(invocation),
+        };
+        let call = transport.send::<Vec<i64>>(request);
         transport.bounded(call).await
     }
 }
