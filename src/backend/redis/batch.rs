@@ -7,9 +7,10 @@
 //! size) as one call of the batch script, which runs each check's
 //! algorithm in arrival order, each seeing the writes of those before it,
 //! exactly as that many single calls would, and keeps up to
-//! `Transport::depth` such calls in flight (2 on a single node or a
-//! Sentinel primary: Redis runs one while the application makes the next;
-//! 1 per hash slot on a cluster). Batches grow with the load.
+//! `Transport::depth` such calls in flight (1 for now, see
+//! `transport::PIPELINE`: with 2 on a single node or a Sentinel primary,
+//! Redis would run one while the application makes the next; 1 per hash
+//! slot on a cluster). Batches grow with the load.
 //!
 //! Order: calls on one connection run in the order they reach it, and a
 //! check's place is taken when it is made (`Batcher::submit`). Nothing is

@@ -93,9 +93,8 @@ mod transport;
 ///
 /// Batching: a lone check is sent at once; while calls are in flight,
 /// further checks queue, and go out together as one call of a batch script
-/// (at most [`RedisBackendBuilder::batch`] checks, default 64), two calls
-/// in flight at a time on one node (Redis runs one while the next is
-/// made), in order. The batch script runs each check's own algorithm in
+/// (at most [`RedisBackendBuilder::batch`] checks, default 64), in
+/// order. The batch script runs each check's own algorithm in
 /// arrival order, so a batch decides exactly as the same checks sent one by
 /// one would; under load it spares Redis most of the per-call cost. A
 /// failed batch call fails each check in it. On a cluster, checks are
