@@ -412,8 +412,8 @@ impl Words for Plain {
     }
 }
 
-/// Where a batch call's keys and arguments go: its invocation, a plain
-/// `EVALSHA` (or, in the tests, lists of words).
+/// Where a batch call's keys and arguments go: its invocation, or a plain
+/// `EVALSHA`'s lists.
 trait Words {
     fn key(&mut self, key: &str);
     fn number(&mut self, n: u64);
@@ -1055,27 +1055,6 @@ mod tests {
         drop(waiting);
     }
 
-    /// A batch call's words: its keys, and its arguments as text.
-    #[derive(Default)]
-    struct Recorded {
-        keys: Vec<String>,
-        args: Vec<String>,
-    }
-
-    impl Words for Recorded {
-        fn key(&mut self, key: &str) {
-            self.keys.push(key.to_owned());
-        }
-
-        fn number(&mut self, n: u64) {
-            self.args.push(n.to_string());
-        }
-
-        fn text(&mut self, text: &str) {
-            self.args.push(text.to_owned());
-        }
-    }
-
     fn check(policy: &crate::Policy, key: &str, cost: u64) -> Call {
         let nonces = super::super::script::Nonces::new();
         super::super::script::call("t", &nonces, policy, &crate::Key::new(key), cost)
@@ -1101,8 +1080,14 @@ mod tests {
             check(&log, "a", 2),     // run 5: the log's nonce, new key 4
             check(&log, "a", 2),     // run 6: another nonce, key 4 again
         ];
-        let mut out = Recorded::default();
+        let mut out = Plain::default();
         encode(calls.iter(), &mut out);
+        let args: Vec<String> = (out.args.iter())
+            .map(|word| match word {
+                Word::Number(n) => n.to_string(),
+                Word::Text(text) => text.clone(),
+            })
+            .collect();
         let code = |alg: u64, fresh: u64, implicit: u64, n: u64| {
             (alg + 4 * (fresh + 2 * (implicit + 2 * n))).to_string()
         };
@@ -1146,7 +1131,7 @@ mod tests {
         .into_iter()
         .flatten()
         .collect();
-        assert_eq!(out.args, want);
+        assert_eq!(args, want);
         let keys: Vec<&str> = vec![
             &calls[0].keys[0],
             &calls[2].keys[0],
