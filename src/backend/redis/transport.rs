@@ -49,10 +49,15 @@ pub(super) type Lane = u16;
 /// application take turns: the application waits while Redis runs a batch,
 /// and Redis idles while the application makes the next. The batcher keeps
 /// more in flight in order (also across a script reload; its unit test and
-/// `tests/it/batching.rs` ran green at two), but at two a CI run of the
-/// connection-churn attack (`under_load::attacks::churn`) once failed open
-/// on 51 % of the decisions during the kills, against 0 % in 16 runs here:
-/// one until that is understood.
+/// `tests/it/batching.rs` ran green at two), but at two the
+/// connection-churn attack (`under_load::attacks::churn`) fails: with two
+/// busy loops beside it, 4 runs of 40 failed open on 25–75 % of the
+/// decisions during the kills (0 of 22 at one). In those runs both calls in
+/// flight on the connection a kill hit got neither a reply nor an error
+/// until redis-rs' response timeout (1 s); the lane waited behind them,
+/// the queued checks missed their deadlines, the breaker opened and its
+/// probes missed theirs too. One until a call stuck on a dead connection
+/// can no longer hold its lane.
 pub(super) const PIPELINE: usize = 1;
 
 /// The longest a call from a lane's own task (a batch call) may run before
