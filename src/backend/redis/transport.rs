@@ -52,9 +52,9 @@ pub(super) type Lane = u16;
 /// `tests/it/batching.rs` ran green at two), but at two the
 /// connection-churn attack (`under_load::attacks::churn`) fails: with two
 /// busy loops beside it, 5 runs of 48 failed open on 25–75 % of the
-/// decisions during the kills (0 of 6 at one). In those runs both calls in
-/// flight on the connection a kill hit got neither a reply nor an error
-/// until redis-rs' response timeout (1 s); the lane waited behind them,
+/// decisions during the kills (0 of 6 at one). In the failed runs traced,
+/// calls in flight on the connection a kill hit got neither a reply nor an
+/// error until redis-rs' response timeout (1 s); the lane waited behind them,
 /// the queued checks missed their deadlines, the breaker opened and its
 /// probes missed theirs too. One until a call stuck on a dead connection
 /// can no longer hold its lane.
