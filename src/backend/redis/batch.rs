@@ -8,9 +8,7 @@
 //! algorithm in arrival order, each seeing the writes of those before it,
 //! exactly as that many single calls would, and keeps up to
 //! `Transport::depth` such calls in flight (1 for now, see
-//! `transport::PIPELINE`: with 2 on a single node or a Sentinel primary,
-//! Redis would run one while the application makes the next; 1 per hash
-//! slot on a cluster). Batches grow with the load.
+//! `transport::PIPELINE`). Batches grow with the load.
 //!
 //! Order: calls on one connection run in the order they reach it, and a
 //! check's place is taken when it is made (`Batcher::submit`). Nothing is
@@ -24,11 +22,15 @@
 //! reload has ended; so a reload cannot reorder them (as redis-rs' own
 //! reload-and-retry of each call would, in whatever order their tasks ran).
 //!
-//! Lanes: a single node or a Sentinel primary has one lane (0). On a Redis
-//! Cluster a script call may only touch keys of one hash slot, so each hash
-//! slot is a lane of its own (every key of a decision shares the hash tag
-//! `{<policy>:<key>}`): checks are batched with those of the same slot only,
-//! and the lanes run independently, each with its own call in flight. A
+//! Lanes: every key of a decision shares the hash tag `{<policy>:<key>}`,
+//! and the tag picks the lane, so all checks of one client key go through
+//! one lane, in order. A single node or a Sentinel primary has
+//! `transport::LANES` lanes (a hash of the tag picks one), whose calls share
+//! the connection: Redis runs one lane's batch while the application makes
+//! another's. On a Redis Cluster a script call may only touch keys of one
+//! hash slot, so each hash slot is a lane of its own: checks are batched
+//! with those of the same slot only. The lanes run independently, each
+//! with its own call in flight. A
 //! lane exists only while a call is in flight on it (its entry is removed
 //! when it goes idle with nothing queued), so memory follows the load, not
 //! the 16384 slots. On a cluster every call runs detached from its callers,

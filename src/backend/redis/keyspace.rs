@@ -36,6 +36,21 @@ impl<'a> HashTag<'a> {
         }
     }
 
+    /// One of `n` groups (`0..n`, `n` at least 1), the same for every
+    /// decision of the tag: FNV-1a over the tag's text. Spreads the
+    /// decisions of a single node over its lanes (see
+    /// `super::transport::LANES`); not the cluster's slot (no CRC16 needed).
+    pub(super) fn spread(self, n: u16) -> u16 {
+        let mut hash: u32 = 0x811c_9dc5;
+        for part in [self.policy.as_bytes(), b":", self.key.as_bytes()] {
+            for &byte in part {
+                hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+            }
+        }
+        // The result is below `n`, itself a u16.
+        u16::try_from(hash % u32::from(n.max(1))).unwrap_or(0)
+    }
+
     /// The hash slot of every key of the decision.
     #[cfg(feature = "cluster")]
     pub(super) fn slot(self) -> u16 {

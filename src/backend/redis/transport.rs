@@ -40,8 +40,9 @@ use crate::decision::Decision;
 use crate::error::BackendError;
 
 /// A lane: the calls that must go out one batch at a time, in order. A
-/// single node or a Sentinel primary has one lane (0); a Redis Cluster has
-/// one per hash slot (a script call's keys must share one).
+/// single node or a Sentinel primary has [`LANES`] lanes (a client key's
+/// decisions always take the same); a Redis Cluster has one per hash slot
+/// (a script call's keys must share one).
 pub(super) type Lane = u16;
 
 /// How many calls may be in flight at once on the one lane of a single
@@ -59,6 +60,18 @@ pub(super) type Lane = u16;
 /// probes missed theirs too. One until a call stuck on a dead connection
 /// can no longer hold its lane.
 pub(super) const PIPELINE: usize = 1;
+
+/// How many lanes a single node or a Sentinel primary has: a decision's
+/// lane is its hash tag's [`spread`](HashTag::spread) over them, so every
+/// check of one client key (every key of a decision shares the tag) stays
+/// in one lane, in order, while the lanes' calls share the connection and
+/// Redis runs one lane's batch as the application makes another's (as a
+/// cluster's lanes per hash slot do). One hot key is one lane, as before.
+/// Unlike a second call in flight on one lane ([`PIPELINE`]), a call stuck
+/// on a killed connection holds back only its own lane's checks: the other
+/// lanes' decisions keep succeeding, and the breaker, which opens on
+/// consecutive failures, stays closed.
+pub(super) const LANES: u16 = 2;
 
 /// The longest a call from a lane's own task (a batch call) may run before
 /// its checks fail, off a cluster (the connection's own timeouts end it
@@ -370,17 +383,14 @@ impl Transport {
         }
     }
 
-    /// The lane of a decision whose keys share `tag`: 0 on one node or a
-    /// Sentinel primary, the tag's hash slot on a cluster.
+    /// The lane of a decision whose keys share `tag`: on one node or a
+    /// Sentinel primary one of [`LANES`], on a cluster the tag's hash slot.
     pub(super) fn lane(&self, tag: HashTag<'_>) -> Lane {
         match self.link {
             #[cfg(feature = "cluster")]
             Link::Cluster(_) => tag.slot(),
             #[allow(unreachable_patterns)]
-            _ => {
-                let _ = tag;
-                0
-            }
+            _ => tag.spread(LANES),
         }
     }
 
