@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use crate::decision::{Decision, QuotaStatus};
+use crate::decision::{Decision, Origin, QuotaStatus};
 use crate::quota::Quota;
 
 mod gcra;
@@ -119,6 +119,10 @@ pub(crate) struct Spec {
     /// arguments and reply as `lua`, and no write at all (it is sent with
     /// `EVALSHA_RO` where the server knows it).
     pub peek_lua: &'static str,
+    /// The Lua script giving back what a request took (see [`refund`]):
+    /// its own keys and arguments (see `backend/redis/script.rs`), one call
+    /// per refund, and a reply of 1.
+    pub refund_lua: &'static str,
     /// Whether the script needs a per-request nonce, unique across instances.
     pub nonce: bool,
     /// The largest limit a quota may have.
@@ -155,6 +159,22 @@ pub(crate) trait Model {
     /// What `look` of `cost` and then `commit` of nothing would report at
     /// `now`, computed from the state as it is: drops nothing, writes nothing.
     fn peek(&self, now: u64, limit: u64, window: u64, cost: u64) -> (Option<u64>, Usage);
+
+    /// Gives back, at `now`, `cost` units (at most `admitted`) of the
+    /// request admitted at `at` for `admitted` units (see [`refund`]).
+    fn refund(&mut self, refund: Refund, limit: u64, window: u64);
+}
+
+/// One refund, as every quota's model takes it: at `now`, give back
+/// `cost` units (never more than `admitted`) of the request that a check
+/// at `at` (on the same clock, never after `now`) admitted for `admitted`
+/// units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refund {
+    pub now: u64,
+    pub at: u64,
+    pub admitted: u64,
+    pub cost: u64,
 }
 
 /// A quota's usage after a decision.
@@ -283,6 +303,38 @@ pub(crate) fn peek(states: &[QuotaState], quotas: &[Quota], now: u64) -> Decisio
     }
 }
 
+/// Gives back what a request took, in every quota (see [`Model::refund`] in
+/// each algorithm's file for the exact rule):
+///
+/// - sliding log: the request's own entry leaves the log (its cost is
+///   lowered, for a partial refund), if it is still in the window; else
+///   nothing changes;
+/// - sliding window counter: `cost` units leave the count of the fixed
+///   window the request was counted in, if it is the current or the
+///   previous one (never below zero); else nothing changes;
+/// - GCRA: the theoretical arrival time moves back by `cost` emission
+///   intervals, never before `now` (a bucket is at most empty).
+///
+/// `refund.cost` is capped at `refund.admitted`. Returns how long the state
+/// must be kept now (zero: nothing is counted any more).
+pub(crate) fn refund(states: &mut [QuotaState], quotas: &[Quota], refund: Refund) -> u64 {
+    debug_assert_eq!(states.len(), quotas.len());
+    let refund = Refund {
+        cost: refund.cost.min(refund.admitted),
+        ..refund
+    };
+    let mut keep = 0;
+    for (state, quota) in states.iter_mut().zip(quotas) {
+        let (limit, window) = (quota.limit(), quota.window_us());
+        if refund.cost > 0 && refund.at <= refund.now {
+            state.model().refund(refund, limit, window);
+        }
+        let (_, usage) = state.model_ref().peek(refund.now, limit, window, 0);
+        keep = keep.max(usage.reset);
+    }
+    keep
+}
+
 /// Checks and (if every quota admits it) consumes `cost` units from every quota,
 /// all-or-nothing. `states[i]` belongs to `quotas[i]`.
 ///
@@ -317,7 +369,7 @@ pub(crate) fn check(
         })
         .collect();
     let decision = match denied {
-        None => Decision::allowed(statuses),
+        None => Decision::allowed(statuses).stamped(cost, Origin::Memory { at: now }),
         Some((i, r)) => Decision::denied(statuses, i, Duration::from_micros(r)),
     };
     (decision, keep)

@@ -36,8 +36,8 @@ use self::script::{Call, Nonces};
 #[cfg(all(feature = "serde", feature = "tls"))]
 pub(crate) use self::tls::{check_ca, check_client_cert, check_client_key};
 use self::transport::{Request, Transport};
-use super::{Backend, CheckFuture, ResetFuture};
-use crate::decision::Decision;
+use super::{Backend, CheckFuture, RefundFuture, ResetFuture};
+use crate::decision::{Decision, Ticket};
 use crate::error::{BackendError, ConfigError};
 use crate::failure::FailureMode;
 use crate::key::Key;
@@ -718,6 +718,22 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             if let Some(command) = command {
                 let _deleted: u64 = transport.send(Request::Command(&command)).await?;
+            }
+            Ok(())
+        })
+    }
+
+    // Refunds: one call of the algorithm's refund script, never batched.
+
+    fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
+        let call = script::refund_call(&self.inner.prefix, policy, key, cost, ticket);
+        let transport = Arc::clone(&self.inner.transport);
+        Box::pin(async move {
+            if let Some(invocation) = call {
+                let _: i64 = transport
+                    .send(Request::Script(&invocation))
+                    .await
+                    .map_err(script::key_fault)?;
             }
             Ok(())
         })

@@ -1,0 +1,69 @@
+-- Sliding log, refund. A translation of `Log::refund` in sliding_log.rs and
+-- `refund` in mod.rs (sliding_log_read.lua comes first): in every quota's
+-- set, the request's own member (found by its nonce) gives back ARGV[1]
+-- units if it is still in the window: it leaves the set, or, for a partial
+-- refund, holds fewer units. A member that has left the window, or is gone,
+-- is left alone.
+-- KEYS[i]  the sets, as in sliding_log.lua.
+-- ARGV[1]  units to give back (at most the request's cost),
+-- ARGV[2]  the request's nonce, ARGV[3] (unused here),
+-- ARGV[1+3i], ARGV[2+3i], ARGV[3+3i]  limit, window (us) and (unused)
+--          reset of quota i.
+-- Returns 1.
+--
+-- The members' running sums stay a running sum: every member newer than
+-- the refunded one is rewritten with its sum lowered by the units given
+-- back (usually a few: the requests admitted while the refunded one ran;
+-- at most the limit). The key's TTL is set again to when its newest member
+-- leaves the window (the set is deleted when nothing is left).
+local t = redis.call('TIME')
+local now = t[1] * 1000000 + t[2]
+local cost = tonumber(ARGV[1])
+local suffix = ':' .. ARGV[2]
+local format, sub, min, ceil = string.format, string.sub, math.min, math.ceil
+
+-- The member of `key` ending with `suffix`, its score and its rank; nil
+-- if none. Searched from the newest member on, in growing chunks: a
+-- refund usually follows its request closely.
+local function find(key)
+  local n = redis.call('ZCARD', key)
+  local top, chunk = n - 1, 8
+  while top >= 0 do
+    local low = top - chunk + 1
+    if low < 0 then low = 0 end
+    local ms = redis.call('ZRANGE', key, low, top, 'WITHSCORES')
+    for j = #ms - 1, 1, -2 do
+      if sub(ms[j], -#suffix) == suffix then
+        return ms[j], tonumber(ms[j + 1]), low + (j - 1) / 2
+      end
+    end
+    top, chunk = low - 1, chunk * 4
+  end
+  return nil
+end
+
+if cost > 0 and ARGV[2] ~= '' then
+  for i = 1, #KEYS do
+    local key, window = KEYS[i], tonumber(ARGV[2 + 3 * i])
+    local m, score, rank = find(key)
+    if m and score > now - window then
+      local sum, c = entry(m)
+      local back = min(cost, c)
+      local newer = redis.call('ZRANGE', key, rank + 1, -1, 'WITHSCORES')
+      redis.call('ZREM', key, m)
+      for j = 1, #newer, 2 do redis.call('ZREM', key, newer[j]) end
+      if c > back then
+        redis.call('ZADD', key, score, format('%016d:%d', sum - back, c - back) .. suffix)
+      end
+      for j = 1, #newer, 2 do
+        local s = entry(newer[j])
+        redis.call('ZADD', key, newer[j + 1], format('%016d', s - back) .. sub(newer[j], 17))
+      end
+      local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      if last[1] then
+        redis.call('PEXPIRE', key, ceil((tonumber(last[2]) + window - now) / 1000))
+      end
+    end
+  end
+end
+return 1
