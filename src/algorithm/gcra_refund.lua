@@ -11,12 +11,15 @@
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local cost = tonumber(ARGV[1])
+-- Reads first, every quota's, then writes: a key of another type fails
+-- the refund before it writes.
 if cost > 0 then
+  local tats = {}
+  for i = 1, #KEYS do tats[i] = tonumber(redis.call('GET', KEYS[i])) or false end
   for i = 1, #KEYS do
     local limit, window = tonumber(ARGV[1 + 3 * i]), tonumber(ARGV[2 + 3 * i])
-    local key = KEYS[i]
+    local key, tat = KEYS[i], tats[i]
     -- Not ours (or nothing): nothing to give back.
-    local tat = tonumber(redis.call('GET', key))
     if tat and tat > now then
       tat = math.max(tat - cost * math.ceil(window / limit), now)
       if tat > now then

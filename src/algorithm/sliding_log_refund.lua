@@ -42,22 +42,34 @@ local function find(key)
   return nil
 end
 
+-- Reads first, every quota's, then writes: a key that cannot be read (of
+-- another type, a member not ours) fails the refund before it writes.
 if cost > 0 and ARGV[2] ~= '' then
+  local found = {}
   for i = 1, #KEYS do
     local key, window = KEYS[i], tonumber(ARGV[2 + 3 * i])
     local m, score, rank = find(key)
     if m and score > now - window then
       local sum, c = entry(m)
-      local back = min(cost, c)
       local newer = redis.call('ZRANGE', key, rank + 1, -1, 'WITHSCORES')
+      local sums = {}
+      for j = 1, #newer, 2 do sums[j] = entry(newer[j]) + 0 end
+      found[i] = {m, score, sum + 0, c + 0, newer, sums}
+    end
+  end
+  for i = 1, #KEYS do
+    local f = found[i]
+    if f then
+      local key, window = KEYS[i], tonumber(ARGV[2 + 3 * i])
+      local m, score, sum, c, newer, sums = f[1], f[2], f[3], f[4], f[5], f[6]
+      local back = min(cost, c)
       redis.call('ZREM', key, m)
       for j = 1, #newer, 2 do redis.call('ZREM', key, newer[j]) end
       if c > back then
         redis.call('ZADD', key, score, format('%016d:%d', sum - back, c - back) .. suffix)
       end
       for j = 1, #newer, 2 do
-        local s = entry(newer[j])
-        redis.call('ZADD', key, newer[j + 1], format('%016d', s - back) .. sub(newer[j], 17))
+        redis.call('ZADD', key, newer[j + 1], format('%016d', sums[j] - back) .. sub(newer[j], 17))
       end
       local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
       if last[1] then

@@ -34,11 +34,14 @@ local function counted_in(window, reset)
   return best - e
 end
 
+-- Reads first, every quota's, then writes: a key of another type fails
+-- the refund before it writes.
 if cost > 0 then
+  local values = {}
+  for i = 1, #KEYS do values[i] = redis.call('GET', KEYS[i]) end
   for i = 1, #KEYS do
     local window, reset = tonumber(ARGV[2 + 3 * i]), tonumber(ARGV[3 + 3 * i])
-    local key = KEYS[i]
-    local v = redis.call('GET', key)
+    local key, v = KEYS[i], values[i]
     -- Not ours (or nothing): nothing to give back.
     if v and string.match(v, '^%d+ %d+ %d+$') then
       local s, c, p = state(v, now, window)
