@@ -632,6 +632,10 @@ mod tests {
         Ok(())
     }
 
+    /// A step of a sequence with refunds: clock advance, the request's cost,
+    /// and (instead of the request) a refund (see `strategy::refund`).
+    type RefundStep = (u64, u64, Option<(usize, u64)>);
+
     /// Runs `steps` from `start` through [`check`], [`refund`] and the
     /// reference model: a request, or a refund of one of the admissions
     /// not yet refunded; every decision, and every peek after a refund,
@@ -641,7 +645,7 @@ mod tests {
         algorithm: Algorithm,
         quotas: &[Quota],
         start: u64,
-        steps: &[(u64, u64, Option<(usize, u64)>)],
+        steps: &[RefundStep],
     ) -> Result<(), TestCaseError> {
         let mut states = states(algorithm, quotas.len());
         let mut reference = Reference::new(algorithm, quotas);

@@ -7,7 +7,7 @@
 //!
 //! Besides deciding ([`Backend::check`]), both backends give back what an
 //! admitted request took ([`Backend::refund`], with the decision's
-//! [`Ticket`](crate::Ticket)), and answer the administration calls behind
+//! [`Ticket`]), and answer the administration calls behind
 //! [`Admin`](crate::Admin): [`Backend::peek`] (read a client's quotas,
 //! consuming nothing) and [`Backend::reset`] (forget a client's counts).
 
