@@ -652,6 +652,51 @@ mod tests {
     }
 
     #[test]
+    fn refunds_have_their_own_scripts_and_send_only_what_redis_took() {
+        let mut hashes = HashSet::new();
+        for &algorithm in Algorithm::ALL {
+            let refund = refund_script(algorithm).get_hash();
+            assert_ne!(refund, script(algorithm).get_hash(), "{algorithm:?}");
+            assert_ne!(refund, peek_script(algorithm).get_hash(), "{algorithm:?}");
+            assert!(hashes.insert(refund), "{algorithm:?}");
+        }
+        let key = Key::new("203.0.113.9");
+        let nonces = Nonces::new();
+        for &algorithm in Algorithm::ALL {
+            let policy = Policy::new("p")
+                .algorithm(algorithm)
+                .quota(Quota::per_minute(10));
+            let call = call("rl", &nonces, &policy, &key, 2);
+            // An admission carries a ticket of its cost and, for the log,
+            // its nonce; a denial none.
+            let admitted = call.decode(&[1, 0, 0, 8, 60_000_000]).unwrap();
+            let ticket = admitted.ticket().unwrap();
+            assert_eq!(ticket.cost(), 2);
+            match &ticket.stamp.origin {
+                Origin::Redis { nonce, .. } => {
+                    assert_eq!(
+                        nonce.as_deref(),
+                        Some(call.nonce.as_str()).filter(|n| !n.is_empty())
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            let denied = call.decode(&[0, 1, 5, 0, 60_000_000]).unwrap();
+            assert!(denied.ticket().is_none());
+            assert!(refund_call("rl", &policy, &key, 1, &ticket).is_some());
+            // Nothing to give back: nothing sent.
+            assert!(refund_call("rl", &policy, &key, 0, &ticket).is_none());
+            assert!(refund_call("rl", &Policy::new("none"), &key, 1, &ticket).is_none());
+            // A ticket of the in-process model: Redis took nothing.
+            let memory = Decision::allowed(vec![])
+                .stamped(2, Origin::Memory { at: 1 })
+                .ticket()
+                .unwrap();
+            assert!(refund_call("rl", &policy, &key, 2, &memory).is_none());
+        }
+    }
+
+    #[test]
     fn every_algorithm_has_its_own_script_and_tag() {
         let mut hashes = HashSet::new();
         let mut tags = HashSet::new();
