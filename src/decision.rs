@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::key::Key;
+
 /// The state of one quota after a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaStatus {
@@ -28,6 +30,9 @@ pub struct Decision {
     denied: Option<(usize, Duration)>,
     /// Set by the backend that admitted the request (cost above zero).
     stamp: Option<Stamp>,
+    /// The client the layer checked, kept with a stamped decision (for a
+    /// refund after the response).
+    client: Option<Key>,
 }
 
 impl PartialEq for Decision {
@@ -96,6 +101,7 @@ impl Decision {
             quotas,
             denied: None,
             stamp: None,
+            client: None,
         }
     }
 
@@ -107,6 +113,7 @@ impl Decision {
             quotas,
             denied: Some((quota, retry_after)),
             stamp: None,
+            client: None,
         }
     }
 
@@ -117,6 +124,20 @@ impl Decision {
             self.stamp = Some(Stamp { cost, origin });
         }
         self
+    }
+
+    /// This decision with the client it was made for, kept if it has a
+    /// ticket (else dropped): what a refund by the layer needs besides.
+    pub(crate) fn with_client(mut self, key: Key) -> Self {
+        if self.stamp.is_some() {
+            self.client = Some(key);
+        }
+        self
+    }
+
+    /// The client kept by [`Decision::with_client`].
+    pub(crate) fn client(&self) -> Option<&Key> {
+        self.client.as_ref()
     }
 
     /// What a refund of this admitted request needs

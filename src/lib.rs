@@ -100,6 +100,7 @@
 #![deny(unsafe_code)]
 
 mod access;
+mod adjust;
 mod admin;
 mod algorithm;
 pub mod backend;
