@@ -1,6 +1,7 @@
-//! Adjustments after the response: a request this layer admitted but an
-//! inner rate-limit layer refused is given back to this layer's policy
-//! (stacked layers: one refusal spends one quota).
+//! Adjustments after the response: a request this layer admitted is given
+//! back to its policy when an inner rate-limit layer refused it (stacked
+//! layers: one refusal spends one quota), or when the policy says so from
+//! the response's head ([`Policy::refund_when`]).
 //!
 //! Every rejection a layer makes carries a [`Refused`] marker in its
 //! response's extensions; a layer above it that admitted the request finds
@@ -85,17 +86,17 @@ impl Adjustments {
         let mut cx = Context::from_waker(Waker::noop());
         if let Poll::Ready(result) = refund.as_mut().poll(&mut cx) {
             if let Err(error) = result {
-                tracing::debug!(policy = %name, %error, "refund of a refused request failed");
+                tracing::debug!(policy = %name, %error, "refund after the response failed");
             }
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(policy = %name, "refund of a refused request dropped: no Tokio runtime");
+            tracing::debug!(policy = %name, "refund after the response dropped: no Tokio runtime");
             return;
         };
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(policy = %name, "refund of a refused request dropped: too many in flight");
+            tracing::debug!(policy = %name, "refund after the response dropped: too many in flight");
             return;
         }
         let in_flight = Arc::clone(&self.in_flight);
@@ -104,10 +105,10 @@ impl Adjustments {
             match tokio::time::timeout(limit, refund).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    tracing::debug!(policy = %name, %error, "refund of a refused request failed");
+                    tracing::debug!(policy = %name, %error, "refund after the response failed");
                 }
                 Err(_) => {
-                    tracing::debug!(policy = %name, "refund of a refused request timed out");
+                    tracing::debug!(policy = %name, "refund after the response timed out");
                 }
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -176,10 +176,13 @@ where
                     let mut response = ready!(future.poll(cx))?;
                     if let Some((id, decision)) = decision.take() {
                         let limiter = &**this.limiter;
-                        // Refused by an inner rate-limit layer: this
-                        // admission is given back, off the response's path.
-                        if limiter.adjust.refunds(&response) {
-                            let policy = &limiter.policy(id).policy;
+                        let policy = &limiter.policy(id).policy;
+                        // Refused by an inner rate-limit layer, or refunded
+                        // by the policy: this admission is given back, off
+                        // the response's path.
+                        if limiter.adjust.refunds(&response)
+                            || policy.refunds(response.status(), response.headers())
+                        {
                             let backend = &limiter.backend;
                             limiter.adjust.refund_later(
                                 backend,

@@ -44,6 +44,10 @@ end
 
 -- Reads first, every quota's, then writes: a key that cannot be read (of
 -- another type, a member not ours) fails the refund before it writes.
+-- The writes use the commands the check uses (ZADD, ZREMRANGEBYSCORE,
+-- PEXPIRE: the minimal ACL rule needs nothing more): every member from the
+-- refunded one's score on is removed, and those to keep are added back
+-- (older members of that very score as they were, newer ones lowered).
 if cost > 0 and ARGV[2] ~= '' then
   local found = {}
   for i = 1, #KEYS do
@@ -51,22 +55,31 @@ if cost > 0 and ARGV[2] ~= '' then
     local m, score, rank = find(key)
     if m and score > now - window then
       local sum, c = entry(m)
+      local at = format('%d', score)
+      -- Members of the refunded one's score, in order: those before it are
+      -- older.
+      local same = redis.call('ZRANGEBYSCORE', key, at, at)
+      local older = {}
+      for j = 1, #same do
+        if same[j] == m then break end
+        older[#older + 1] = same[j]
+      end
       local newer = redis.call('ZRANGE', key, rank + 1, -1, 'WITHSCORES')
       local sums = {}
       for j = 1, #newer, 2 do sums[j] = entry(newer[j]) + 0 end
-      found[i] = {m, score, sum + 0, c + 0, newer, sums}
+      found[i] = {m, at, sum + 0, c + 0, older, newer, sums}
     end
   end
   for i = 1, #KEYS do
     local f = found[i]
     if f then
       local key, window = KEYS[i], tonumber(ARGV[2 + 3 * i])
-      local m, score, sum, c, newer, sums = f[1], f[2], f[3], f[4], f[5], f[6]
+      local m, at, sum, c, older, newer, sums = f[1], f[2], f[3], f[4], f[5], f[6], f[7]
       local back = min(cost, c)
-      redis.call('ZREM', key, m)
-      for j = 1, #newer, 2 do redis.call('ZREM', key, newer[j]) end
+      redis.call('ZREMRANGEBYSCORE', key, at, '+inf')
+      for j = 1, #older do redis.call('ZADD', key, at, older[j]) end
       if c > back then
-        redis.call('ZADD', key, score, format('%016d:%d', sum - back, c - back) .. suffix)
+        redis.call('ZADD', key, at, format('%016d:%d', sum - back, c - back) .. suffix)
       end
       for j = 1, #newer, 2 do
         redis.call('ZADD', key, newer[j + 1], format('%016d', sums[j] - back) .. sub(newer[j], 17))
