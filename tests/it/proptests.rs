@@ -269,10 +269,14 @@ proptest! {
     }
 }
 
-/// A check (`None`) or a refund (`Some((which, cost))`) of one of the
-/// admissions not yet refunded (`which` modulo their number), of `cost`
-/// units (above the admission's cost: all of it).
-fn refund_steps() -> impl Strategy<Value = Vec<(u64, u64, Option<(usize, u64)>)>> {
+/// A step: clock advance, a check's cost, and instead of the check a
+/// refund (`Some((which, cost))`) of one of the admissions not yet refunded
+/// (`which` modulo their number), of `cost` units (above the admission's
+/// cost: all of it).
+type RefundStep = (u64, u64, Option<(usize, u64)>);
+
+/// Steps with refunds mixed in (see [`RefundStep`]).
+fn refund_steps() -> impl Strategy<Value = Vec<RefundStep>> {
     let advance = prop_oneof![
         20 => Just(0_u64),
         60 => (0_u64..7).prop_map(|k| k * 10_000),
@@ -305,7 +309,7 @@ fn refund_scripts_agree(
     algorithm: Algorithm,
     quotas: &[Quota],
     start: u64,
-    steps: &[(u64, u64, Option<(usize, u64)>)],
+    steps: &[RefundStep],
 ) -> Result<(), TestCaseError> {
     let (check, peek, tag) = crate::support::scripts::shipped(algorithm);
     let refund = on_test_clock(crate::support::scripts::shipped_refund(algorithm));
