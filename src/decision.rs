@@ -1,6 +1,7 @@
 //! The outcome of one rate-limit check, and the [`Ticket`] that refunds an
 //! admitted request.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::key::Key;
@@ -24,7 +25,7 @@ pub struct QuotaStatus {
 /// An admission by a backend also carries what a later refund needs
 /// ([`Decision::ticket`]). Two decisions are equal when they say the same
 /// (outcome, quotas, retry-after): the ticket is not compared.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Decision {
     quotas: Vec<QuotaStatus>,
     denied: Option<(usize, Duration)>,
@@ -33,6 +34,17 @@ pub struct Decision {
     /// The client the layer checked, kept with a stamped decision (for a
     /// refund after the response).
     client: Option<Key>,
+}
+
+/// Leaves the client out (an IP address or an API key: never in logs).
+impl fmt::Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decision")
+            .field("quotas", &self.quotas)
+            .field("denied", &self.denied)
+            .field("stamp", &self.stamp)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PartialEq for Decision {
@@ -232,4 +244,38 @@ pub(crate) enum Verdict {
     AllowUnlimited,
     /// Answer with a rejection instead of calling the inner service.
     Deny(PolicyId, RejectReason, Option<Decision>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_come_with_admissions_and_debug_never_shows_the_client() {
+        let status = QuotaStatus {
+            limit: 5,
+            window: Duration::from_secs(60),
+            remaining: 4,
+            reset_after: Duration::from_secs(60),
+        };
+        let admitted = Decision::allowed(vec![status]).stamped(1, Origin::Memory { at: 7 });
+        let ticket = admitted.ticket().unwrap();
+        assert_eq!(ticket.cost(), 1);
+        assert_eq!(ticket.resets, [60_000_000]);
+        let kept = admitted.clone().with_client(Key::new("203.0.113.9"));
+        assert_eq!(kept.client(), Some(&Key::new("203.0.113.9")));
+        assert!(!format!("{kept:?}").contains("203.0.113.9"), "{kept:?}");
+        // Equal decisions say the same, whatever their tickets.
+        assert_eq!(kept, Decision::allowed(vec![status]));
+        // Nothing taken, nothing to refund, no client kept.
+        for decision in [
+            Decision::allowed(vec![status]).stamped(0, Origin::Memory { at: 7 }),
+            Decision::denied(vec![status], 0, Duration::from_secs(1))
+                .stamped(1, Origin::Memory { at: 7 }),
+            Decision::allowed(vec![status]),
+        ] {
+            assert!(decision.ticket().is_none());
+            assert!(decision.with_client(Key::new("x")).client().is_none());
+        }
+    }
 }

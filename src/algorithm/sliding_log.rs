@@ -141,7 +141,7 @@ impl Model for Log {
             admitted,
             cost,
         } = refund;
-        if at + window <= now {
+        if at.saturating_add(window) <= now {
             return;
         }
         let found = self
