@@ -81,24 +81,27 @@ impl Adjustments {
             return;
         };
         let name = policy.name().to_owned();
+        // A slot first: a refund beyond the bound is never even started.
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(policy = %name, "refund after the response dropped: too many in flight");
+            return;
+        }
         let mut refund = backend.refund(policy, client, ticket.cost(), &ticket);
         // In-process backends are done at once: no task.
         let mut cx = Context::from_waker(Waker::noop());
         if let Poll::Ready(result) = refund.as_mut().poll(&mut cx) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
             if let Err(error) = result {
                 tracing::debug!(policy = %name, %error, "refund after the response failed");
             }
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
             tracing::debug!(policy = %name, "refund after the response dropped: no Tokio runtime");
             return;
         };
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(policy = %name, "refund after the response dropped: too many in flight");
-            return;
-        }
         let in_flight = Arc::clone(&self.in_flight);
         let limit = deadline.max(MIN_TIME_LIMIT);
         runtime.spawn(async move {
@@ -113,5 +116,84 @@ impl Adjustments {
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::backend::{CheckFuture, RefundFuture};
+    use crate::decision::{Origin, QuotaStatus, Ticket};
+    use crate::key::Key;
+    use crate::quota::Quota;
+
+    /// A backend whose refunds never end (a stalled Redis), counting them.
+    struct Stalled(AtomicU64);
+
+    impl Backend for Stalled {
+        fn check(&self, _: &Policy, _: &Key, _: u64) -> CheckFuture {
+            unreachable!("only refunds here")
+        }
+
+        fn refund(&self, _: &Policy, _: &Key, _: u64, _: &Ticket) -> RefundFuture {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn admitted(client: Option<&str>) -> Decision {
+        let status = QuotaStatus {
+            limit: 5,
+            window: Duration::from_secs(60),
+            remaining: 4,
+            reset_after: Duration::from_secs(60),
+        };
+        let decision = Decision::allowed(vec![status]).stamped(1, Origin::Memory { at: 1 });
+        match client {
+            Some(key) => decision.with_client(Key::new(key)),
+            None => decision,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_refunds_are_bounded_in_number_and_time() {
+        let stalled = Arc::new(Stalled(AtomicU64::new(0)));
+        let backend: Arc<dyn Backend> = stalled.clone();
+        let policy = Policy::new("p").quota(Quota::per_minute(5));
+        let adjust = Adjustments::new(true);
+        let deadline = Duration::from_millis(50);
+        // Nothing to refund without a ticket and a client.
+        adjust.refund_later(&backend, &policy, &admitted(None), deadline);
+        let denied = Decision::denied(Vec::new(), 0, Duration::from_secs(1));
+        adjust.refund_later(&backend, &policy, &denied, deadline);
+        assert_eq!(stalled.0.load(Ordering::SeqCst), 0);
+        // A flood: at most MAX_IN_FLIGHT wait at once, the rest are dropped.
+        let decision = admitted(Some("203.0.113.9"));
+        for _ in 0..MAX_IN_FLIGHT + 100 {
+            adjust.refund_later(&backend, &policy, &decision, deadline);
+        }
+        assert_eq!(adjust.in_flight.load(Ordering::SeqCst), MAX_IN_FLIGHT);
+        // The dropped ones were never started.
+        assert_eq!(stalled.0.load(Ordering::SeqCst), MAX_IN_FLIGHT as u64);
+        // Given up after a second (the deadline is shorter): room again.
+        tokio::time::sleep(MIN_TIME_LIMIT + Duration::from_millis(1)).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(adjust.in_flight.load(Ordering::SeqCst), 0);
+        adjust.refund_later(&backend, &policy, &decision, deadline);
+        assert_eq!(adjust.in_flight.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn only_a_rate_limit_refusal_is_marked() {
+        let adjust = Adjustments::new(true);
+        let mut response = Response::new(());
+        assert!(!adjust.refunds(&response));
+        Adjustments::mark_refused(&mut response);
+        assert!(adjust.refunds(&response));
+        assert!(!Adjustments::new(false).refunds(&response));
     }
 }
