@@ -30,6 +30,21 @@ pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 /// (the layer's deadline, if longer).
 const MIN_TIME_LIMIT: Duration = Duration::from_secs(1);
 
+/// Counts one refund's `outcome` (`ok`, `failed`, `dropped`) for `policy`
+/// in `ratelimit_adjustments_total` (feature `metrics`).
+fn count(policy: &str, outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(
+        crate::metrics::ADJUSTMENTS_TOTAL,
+        "policy" => policy.to_owned(),
+        "kind" => "refund",
+        "outcome" => outcome,
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (policy, outcome);
+}
+
 /// The mark of a response a rate-limit layer made to refuse a request (in
 /// the response's extensions).
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +100,7 @@ impl Adjustments {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             tracing::debug!(policy = %name, "refund after the response dropped: too many in flight");
+            count(&name, "dropped");
             return;
         }
         let mut refund = backend.refund(policy, client, ticket.cost(), &ticket);
@@ -92,26 +108,33 @@ impl Adjustments {
         let mut cx = Context::from_waker(Waker::noop());
         if let Poll::Ready(result) = refund.as_mut().poll(&mut cx) {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            if let Err(error) = result {
-                tracing::debug!(policy = %name, %error, "refund after the response failed");
+            match result {
+                Ok(()) => count(&name, "ok"),
+                Err(error) => {
+                    tracing::debug!(policy = %name, %error, "refund after the response failed");
+                    count(&name, "failed");
+                }
             }
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             tracing::debug!(policy = %name, "refund after the response dropped: no Tokio runtime");
+            count(&name, "dropped");
             return;
         };
         let in_flight = Arc::clone(&self.in_flight);
         let limit = deadline.max(MIN_TIME_LIMIT);
         runtime.spawn(async move {
             match tokio::time::timeout(limit, refund).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => count(&name, "ok"),
                 Ok(Err(error)) => {
                     tracing::debug!(policy = %name, %error, "refund after the response failed");
+                    count(&name, "failed");
                 }
                 Err(_) => {
                     tracing::debug!(policy = %name, "refund after the response timed out");
+                    count(&name, "failed");
                 }
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);
