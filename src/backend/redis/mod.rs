@@ -91,6 +91,10 @@ mod transport;
 /// on older servers or when an ACL allows only `EVALSHA`; it changes no key,
 /// member or TTL. A [reset](Backend::reset) is one `DEL` of the client's keys.
 ///
+/// Refunds ([`Backend::refund`]): one call of a third script per algorithm,
+/// never batched, on Redis' clock; it reads every key before it writes, so a
+/// key of another type fails the refund whole (a key fault, as for a check).
+///
 /// Batching: a lone check is sent at once; while calls are in flight,
 /// further checks queue, and go out together as one call of a batch script
 /// (at most [`RedisBackendBuilder::batch`] checks, default 64), in
