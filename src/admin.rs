@@ -1,11 +1,11 @@
-//! [`Admin`]: a layer's policies, reachable without a request — check, peek
-//! at and reset a client's quotas from jobs, websocket handlers, queue
-//! consumers or an operator's tool.
+//! [`Admin`]: a layer's policies, reachable without a request — check,
+//! refund, peek at and reset a client's quotas from jobs, websocket
+//! handlers, queue consumers or an operator's tool.
 
 use std::fmt;
 use std::sync::Arc;
 
-use crate::decision::Decision;
+use crate::decision::{Decision, Ticket};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::limiter::{CompiledPolicy, Limiter};
@@ -45,6 +45,13 @@ use crate::policy::Policy;
 /// // A websocket message costs one unit of the client's "api" quota.
 /// let decision = admin.check("api", &client, 1).await?;
 /// assert!(decision.is_allowed());
+///
+/// // The work failed: give its unit back (the decision's ticket says
+/// // which request it was).
+/// let ticket = decision.ticket().expect("an admission has a ticket");
+/// admin.refund("api", &client, 1, &ticket).await?;
+/// assert_eq!(admin.peek("api", &client).await?.quotas()[0].remaining, 100);
+/// admin.check("api", &client, 1).await?;
 ///
 /// // Looking consumes nothing.
 /// for _ in 0..3 {
@@ -152,6 +159,35 @@ impl Admin {
             .backend
             .check(&compiled.policy, key, cost)
             .await?)
+    }
+
+    /// Gives back `cost` units (at most [`Ticket::cost`]) of the request
+    /// whose admission `ticket` comes from ([`Decision::ticket`] of a
+    /// [`check`](Self::check) of the same policy and key), in the backend:
+    /// for work that ends outside a request (a websocket session, a job)
+    /// and turns out not to count, or to cost less. What each algorithm
+    /// gives back: [`Backend::refund`](crate::Backend::refund) (never more
+    /// than the request took; a sliding log entry that has left the window,
+    /// or a counter's window that no longer counts, gives back nothing).
+    ///
+    /// The client's entry in this instance's blocked-client cache is
+    /// dropped too, so that its next request asks the backend, where the
+    /// units are back. Refund each admission once.
+    pub async fn refund(
+        &self,
+        policy: &str,
+        key: &Key,
+        cost: u64,
+        ticket: &Ticket,
+    ) -> Result<(), AdminError> {
+        let compiled = self.find(policy)?;
+        self.limiter
+            .backend
+            .refund(&compiled.policy, key, cost, ticket)
+            .await?;
+        // After the backend, as for a reset.
+        compiled.blocked.remove(key);
+        Ok(())
     }
 
     /// Reads every quota of policy `policy` for `key`, consuming nothing and

@@ -1,6 +1,10 @@
-//! The outcome of one rate-limit check.
+//! The outcome of one rate-limit check, and the [`Ticket`] that refunds an
+//! admitted request.
 
-use std::time::Duration;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::key::Key;
 
 /// The state of one quota after a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,10 +21,89 @@ pub struct QuotaStatus {
 }
 
 /// The outcome of a check: admitted or denied, with every quota's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// An admission by a backend also carries what a later refund needs
+/// ([`Decision::ticket`]). Two decisions are equal when they say the same
+/// (outcome, quotas, retry-after): the ticket is not compared.
+#[derive(Clone)]
 pub struct Decision {
     quotas: Vec<QuotaStatus>,
     denied: Option<(usize, Duration)>,
+    /// Set by the backend that admitted the request (cost above zero).
+    stamp: Option<Stamp>,
+    /// The client the layer checked, kept with a stamped decision (for a
+    /// refund after the response).
+    client: Option<Key>,
+}
+
+/// Leaves the client out (an IP address or an API key: never in logs).
+impl fmt::Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decision")
+            .field("quotas", &self.quotas)
+            .field("denied", &self.denied)
+            .field("stamp", &self.stamp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Decision {
+    fn eq(&self, other: &Self) -> bool {
+        self.quotas == other.quotas && self.denied == other.denied
+    }
+}
+
+impl Eq for Decision {}
+
+/// Where an admitted request was counted: what a refund needs to find what
+/// it took, beside the decision's quota statuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// The units admitted.
+    pub cost: u64,
+    pub origin: Origin,
+}
+
+/// Which kind of backend admitted a request, and how it finds it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The in-process model: the instant (µs on its clock) of the decision.
+    Memory { at: u64 },
+    /// Redis: the request nonce (sliding log: its entries' members end with
+    /// it), and when the decision was received (to find, on Redis' clock,
+    /// the fixed window a counter counted it in).
+    Redis {
+        nonce: Option<Box<str>>,
+        received: Instant,
+    },
+}
+
+/// What a refund needs to give back an admitted request's cost
+/// ([`Backend::refund`](crate::Backend::refund),
+/// [`Admin::refund`](crate::Admin::refund)), from
+/// [`Decision::ticket`]. Opaque, small, cheap to keep (e.g. in a request's
+/// extensions until its response is known), `Send + Sync + 'static`.
+///
+/// A ticket belongs to the backend that made its decision: refunded on
+/// another kind of backend it gives back nothing (that backend took
+/// nothing). Refund each admitted request once: a second refund of one
+/// ticket is a no-op for a sliding log in Redis, but gives back again on
+/// the counter and GCRA (within the same bounds as the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub(crate) stamp: Stamp,
+    /// Each quota's reset (µs) right after the admission, in policy order:
+    /// for the counter on Redis, the offset into the fixed window at which
+    /// the request was counted (`2 W - reset`).
+    pub(crate) resets: Vec<u64>,
+}
+
+impl Ticket {
+    /// The units the request was admitted for: the most a refund of this
+    /// ticket gives back.
+    pub fn cost(&self) -> u64 {
+        self.stamp.cost
+    }
 }
 
 impl Decision {
@@ -29,6 +112,8 @@ impl Decision {
         Self {
             quotas,
             denied: None,
+            stamp: None,
+            client: None,
         }
     }
 
@@ -39,7 +124,47 @@ impl Decision {
         Self {
             quotas,
             denied: Some((quota, retry_after)),
+            stamp: None,
+            client: None,
         }
+    }
+
+    /// This decision, marked as the admission of `cost` units by the
+    /// backend of `origin` (nothing to mark for a denial or a cost of 0).
+    pub(crate) fn stamped(mut self, cost: u64, origin: Origin) -> Self {
+        if self.is_allowed() && cost > 0 {
+            self.stamp = Some(Stamp { cost, origin });
+        }
+        self
+    }
+
+    /// This decision with the client it was made for, kept if it has a
+    /// ticket (else dropped): what a refund by the layer needs besides.
+    pub(crate) fn with_client(mut self, key: Key) -> Self {
+        if self.stamp.is_some() {
+            self.client = Some(key);
+        }
+        self
+    }
+
+    /// The client kept by [`Decision::with_client`].
+    pub(crate) fn client(&self) -> Option<&Key> {
+        self.client.as_ref()
+    }
+
+    /// What a refund of this admitted request needs
+    /// ([`Backend::refund`](crate::Backend::refund)): `Some` for a request
+    /// that a backend admitted with a cost above zero, `None` for a denial,
+    /// a request of cost 0 (it took nothing), or a decision made otherwise
+    /// (`Decision::allowed` in a custom backend, a test).
+    pub fn ticket(&self) -> Option<Ticket> {
+        let stamp = self.stamp.clone()?;
+        let resets = self
+            .quotas
+            .iter()
+            .map(|q| u64::try_from(q.reset_after.as_micros()).unwrap_or(u64::MAX))
+            .collect();
+        Some(Ticket { stamp, resets })
     }
 
     /// Whether the request was admitted.
@@ -119,4 +244,38 @@ pub(crate) enum Verdict {
     AllowUnlimited,
     /// Answer with a rejection instead of calling the inner service.
     Deny(PolicyId, RejectReason, Option<Decision>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_come_with_admissions_and_debug_never_shows_the_client() {
+        let status = QuotaStatus {
+            limit: 5,
+            window: Duration::from_secs(60),
+            remaining: 4,
+            reset_after: Duration::from_secs(60),
+        };
+        let admitted = Decision::allowed(vec![status]).stamped(1, Origin::Memory { at: 7 });
+        let ticket = admitted.ticket().unwrap();
+        assert_eq!(ticket.cost(), 1);
+        assert_eq!(ticket.resets, [60_000_000]);
+        let kept = admitted.clone().with_client(Key::new("203.0.113.9"));
+        assert_eq!(kept.client(), Some(&Key::new("203.0.113.9")));
+        assert!(!format!("{kept:?}").contains("203.0.113.9"), "{kept:?}");
+        // Equal decisions say the same, whatever their tickets.
+        assert_eq!(kept, Decision::allowed(vec![status]));
+        // Nothing taken, nothing to refund, no client kept.
+        for decision in [
+            Decision::allowed(vec![status]).stamped(0, Origin::Memory { at: 7 }),
+            Decision::denied(vec![status], 0, Duration::from_secs(1))
+                .stamped(1, Origin::Memory { at: 7 }),
+            Decision::allowed(vec![status]),
+        ] {
+            assert!(decision.ticket().is_none());
+            assert!(decision.with_client(Key::new("x")).client().is_none());
+        }
+    }
 }

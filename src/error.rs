@@ -496,13 +496,14 @@ pub enum BackendError {
     /// Any other failure of a custom backend.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync>),
-    /// The backend does not implement this administration call
-    /// ([`Backend::peek`](crate::Backend::peek) or
-    /// [`Backend::reset`](crate::Backend::reset): their default
+    /// The backend does not implement this call
+    /// ([`Backend::peek`](crate::Backend::peek),
+    /// [`Backend::reset`](crate::Backend::reset) or
+    /// [`Backend::refund`](crate::Backend::refund): their default
     /// implementations).
     #[error("this backend does not support `{operation}`")]
     Unsupported {
-        /// The call: `"peek"` or `"reset"`.
+        /// The call: `"peek"`, `"reset"` or `"refund"`.
         operation: &'static str,
     },
 }

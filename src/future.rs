@@ -175,7 +175,23 @@ where
                 StateProj::Calling { future, decision } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some((id, decision)) = decision.take() {
-                        this.limiter.decorate(&mut response, id, &decision);
+                        let limiter = &**this.limiter;
+                        let policy = &limiter.policy(id).policy;
+                        // Refused by an inner rate-limit layer, or refunded
+                        // by the policy: this admission is given back, off
+                        // the response's path.
+                        if limiter.adjust.refunds(&response)
+                            || policy.refunds(response.status(), response.headers())
+                        {
+                            let backend = &limiter.backend;
+                            limiter.adjust.refund_later(
+                                backend,
+                                policy,
+                                &decision,
+                                limiter.deadline,
+                            );
+                        }
+                        limiter.decorate(&mut response, id, &decision);
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::{Method, Response};
 use tower_layer::Layer;
 
+use crate::adjust::Adjustments;
 use crate::admin::Admin;
 use crate::backend::{Backend, MemoryBackend};
 use crate::breaker::{Breaker, CircuitBreaker};
@@ -164,6 +165,7 @@ pub struct RateLimitLayerBuilder {
     breaker: CircuitBreaker,
     blocked_capacity: usize,
     blocked_max_age: Duration,
+    refund_refused: bool,
 }
 
 impl Default for RateLimitLayerBuilder {
@@ -178,6 +180,7 @@ impl Default for RateLimitLayerBuilder {
             breaker: CircuitBreaker::new(),
             blocked_capacity: Self::DEFAULT_BLOCKED_CAPACITY,
             blocked_max_age: Self::DEFAULT_BLOCKED_MAX_AGE,
+            refund_refused: true,
         }
     }
 }
@@ -302,6 +305,25 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Whether a request this layer admitted, but another rate-limit layer
+    /// inside it refused (a stricter `route_layer` under a global
+    /// `.layer()`), is given back to this layer's policy (default `true`):
+    /// one refusal spends one quota, the refusing layer's.
+    ///
+    /// The refund ([`Backend::refund`](crate::Backend::refund), exact per
+    /// algorithm as documented there) runs after the response is handed
+    /// back, never delaying it: at once on an in-process backend, in the
+    /// background on Redis (at most 1 024 at once per layer, each given up
+    /// after the [deadline](Self::deadline) or one second, whichever is
+    /// longer; a failure is logged at `debug`). The response's rate-limit
+    /// headers show this layer's quota as decided, before the refund. A
+    /// request admitted by the [`FailureMode::Local`](crate::FailureMode)
+    /// fallback is not refunded. `false` keeps every admission.
+    pub fn refund_refused_by_inner_layers(mut self, yes: bool) -> Self {
+        self.refund_refused = yes;
+        self
+    }
+
     /// Compares paths case-insensitively (for apps that route that way).
     pub fn case_insensitive_paths(mut self, yes: bool) -> Self {
         self.case_insensitive = yes;
@@ -387,6 +409,7 @@ impl RateLimitLayerBuilder {
                 breaker: Arc::new(Breaker::new(self.breaker, partitions)),
                 failures: FailureLog::default(),
                 local: MemoryBackend::new(),
+                adjust: Adjustments::new(self.refund_refused),
             }),
             on_rejection: DefaultRejection,
         })

@@ -100,6 +100,7 @@
 #![deny(unsafe_code)]
 
 mod access;
+mod adjust;
 mod admin;
 mod algorithm;
 pub mod backend;
@@ -133,13 +134,13 @@ pub use crate::access::AccessList;
 pub use crate::admin::{Admin, AdminError};
 pub use crate::backend::{
     Backend, CheckFuture, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
-    ResetFuture,
+    RefundFuture, ResetFuture,
 };
 pub use crate::breaker::CircuitBreaker;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub use crate::config::Config;
-pub use crate::decision::{Decision, QuotaStatus, RejectReason};
+pub use crate::decision::{Decision, QuotaStatus, RejectReason, Ticket};
 pub use crate::error::{BackendError, ConfigError, FileError, PolicyError, RouteError};
 pub use crate::future::ResponseFuture;
 pub use crate::headers::HeaderStyle;

@@ -28,6 +28,7 @@ use http::request::Parts;
 use tracing::{Span, field};
 
 use crate::access::Access;
+use crate::adjust::Adjustments;
 use crate::backend::{Backend, MemoryBackend};
 use crate::blocked::BlockedClients;
 use crate::breaker::{Breaker, Call, Called, Checked, Guarded, Outcome};
@@ -136,6 +137,8 @@ pub(crate) struct Limiter {
     pub(crate) failures: FailureLog,
     /// Decides for policies with `FailureMode::Local` while the backend is down.
     pub(crate) local: MemoryBackend,
+    /// Refunds after the response (stacked layers).
+    pub(crate) adjust: Adjustments,
 }
 
 /// How a request starts.
@@ -308,7 +311,12 @@ impl Limiter {
         let compiled = self.policy(id);
         let (verdict, source) = match outcome {
             Outcome::Decided(decision) if decision.is_allowed() => {
-                (Verdict::Allow(id, decision), Source::Backend)
+                // The client goes with the decision, for a refund after the
+                // response (moved: no copy).
+                (
+                    Verdict::Allow(id, decision.with_client(key)),
+                    Source::Backend,
+                )
             }
             Outcome::Decided(decision) => {
                 // Only the backend's denials are remembered: a local
@@ -447,6 +455,7 @@ impl Limiter {
             decision,
         };
         let mut response = on_rejection.response(&rejection);
+        Adjustments::mark_refused(&mut response);
         if let Some(after) = rejection.retry_after() {
             set_retry_after(response.headers_mut(), after);
         }

@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http::HeaderName;
 use http::request::Parts;
+use http::{HeaderMap, HeaderName, StatusCode};
 
 use crate::access::{AccessList, AccessLists};
 use crate::error::{ConfigError, PolicyError};
@@ -31,6 +31,9 @@ pub enum MissingKey {
 type CostFn = dyn Fn(&Parts) -> u64 + Send + Sync;
 
 type TierFn = dyn Fn(&Parts, &Key) -> Option<String> + Send + Sync;
+
+/// Whether an admitted request is refunded, from its response's head.
+type RefundFn = dyn Fn(StatusCode, &HeaderMap) -> bool + Send + Sync;
 
 /// How a request's tier is chosen (see [`Policy::tier`]).
 #[derive(Clone)]
@@ -78,6 +81,9 @@ struct PolicyInner {
     /// Named alternative quotas (see [`Policy::tier`]).
     tiers: Vec<Tier>,
     tier_selector: Option<TierSelector>,
+    /// Refunds an admitted request after its response (see
+    /// [`Policy::refund_when`]).
+    refund: Option<Arc<RefundFn>>,
 }
 
 /// A named rate-limit policy: one or more quotas, an algorithm, a key extractor,
@@ -124,6 +130,7 @@ impl fmt::Debug for Policy {
             .field("allow", &self.inner.access.allow)
             .field("deny", &self.inner.access.deny)
             .field("tiers", &self.inner.tiers)
+            .field("refund_when", &self.inner.refund.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +171,7 @@ impl Policy {
                 access: AccessLists::default(),
                 tiers: Vec::new(),
                 tier_selector: None,
+                refund: None,
             }),
         }
     }
@@ -379,6 +387,75 @@ impl Policy {
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.edit().shadow = shadow;
         self
+    }
+
+    /// Gives an admitted request's cost back after its response when
+    /// `refund(status, headers)` says so: the cost is taken before the
+    /// handler runs, as always (so concurrent requests are bounded by the
+    /// limit on every instance), and refunded once the response head is
+    /// known. Replaces an earlier [`refund_when`](Self::refund_when) or
+    /// [`count_only_status`](Self::count_only_status).
+    ///
+    /// The refund ([`Backend::refund`](crate::Backend::refund): exact per
+    /// algorithm as documented there) runs after the response is handed
+    /// back, never delaying it, as the refund of a request an inner layer
+    /// refused does (see
+    /// [`RateLimitLayerBuilder::refund_refused_by_inner_layers`](crate::RateLimitLayerBuilder::refund_refused_by_inner_layers)).
+    /// The response's rate-limit headers show the quota as decided, before
+    /// the refund. Requests admitted by the
+    /// [`FailureMode::Local`] fallback are not refunded; an error of the
+    /// inner service (not a response) is not either.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_redis_ratelimit::{Policy, Quota};
+    ///
+    /// // Redirects cost nothing.
+    /// let pages = Policy::new("pages")
+    ///     .quota(Quota::per_minute(60))
+    ///     .refund_when(|status, _headers| status.is_redirection());
+    /// # let _ = pages;
+    /// ```
+    #[must_use]
+    pub fn refund_when<F>(mut self, refund: F) -> Self
+    where
+        F: Fn(StatusCode, &HeaderMap) -> bool + Send + Sync + 'static,
+    {
+        self.edit().refund = Some(Arc::new(refund));
+        self
+    }
+
+    /// Counts only the requests answered with one of `statuses`: every
+    /// other admitted request is refunded after its response (see
+    /// [`refund_when`](Self::refund_when), which this sets). For
+    /// brute-force protection, count failures, not logins: `[401, 403]`
+    /// (a successful login costs nothing; N failed attempts per window are
+    /// allowed, and concurrent attempts are still bounded by the limit,
+    /// since each is counted until its response).
+    ///
+    /// ```
+    /// use tower_redis_ratelimit::{Algorithm, Policy, Quota};
+    ///
+    /// // 3 failed attempts per minute per client IP.
+    /// let session = Policy::new("session")
+    ///     .quota(Quota::per_minute(3))
+    ///     .algorithm(Algorithm::SlidingLog)
+    ///     .count_only_status([401, 403]);
+    /// # let _ = session;
+    /// ```
+    #[must_use]
+    pub fn count_only_status(self, statuses: impl IntoIterator<Item = u16>) -> Self {
+        let counted: Vec<u16> = statuses.into_iter().collect();
+        self.refund_when(move |status, _| !counted.contains(&status.as_u16()))
+    }
+
+    /// Whether an admitted request answered with `status` and `headers` is
+    /// refunded (see [`Policy::refund_when`]).
+    pub(crate) fn refunds(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        self.inner
+            .refund
+            .as_ref()
+            .is_some_and(|refund| refund(status, headers))
     }
 
     /// Clients this policy never limits: requests whose client IP (as the

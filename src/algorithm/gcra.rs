@@ -40,7 +40,7 @@
 //!   rounded up to whole seconds in headers). A cost above the limit never
 //!   fits, and reports one window, as the other algorithms do.
 
-use super::{Model, Spec, Usage};
+use super::{Model, Refund, Spec, Usage};
 use crate::quota::Quota;
 
 /// What backends need to know about GCRA.
@@ -48,6 +48,7 @@ pub(super) const SPEC: Spec = Spec {
     tag: 'g',
     lua: concat!(include_str!("gcra.lua"), include_str!("state_main.lua")),
     peek_lua: include_str!("gcra_peek.lua"),
+    refund_lua: include_str!("gcra_refund.lua"),
     nonce: false,
     max_limit: Quota::MAX_LIMIT,
     // Same work whatever the cost.
@@ -112,6 +113,26 @@ impl Model for Tat {
         Usage {
             used: used(level, t),
             reset: level,
+        }
+    }
+
+    /// The TAT moves back by `cost` emission intervals, never before `now`:
+    /// `TAT' = max(TAT - cost × T, now)`, i.e. the level drops by
+    /// `cost × T`, never below empty.
+    ///
+    /// Admissions only move the TAT forward, so, each request refunded at
+    /// most once, `TAT - cost × T` is never below the state just before the
+    /// request, `max(TAT before it, its instant)`: a refund never gives back
+    /// more than its request took. Compared with never having admitted the
+    /// request: the same level when, without it, the bucket would not have
+    /// stood empty at a later admission (steady or bursty traffic); else
+    /// up to `cost × T` lower, by the time the bucket would have stood
+    /// empty (one number of state cannot replay the history).
+    fn refund(&mut self, refund: Refund, limit: u64, window: u64) {
+        let Refund { now, cost, .. } = refund;
+        if self.0 > now {
+            let back = cost.saturating_mul(interval(limit, window));
+            self.0 = self.0.saturating_sub(back).max(now);
         }
     }
 }

@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use crate::decision::{Decision, QuotaStatus};
+use crate::decision::{Decision, Origin, QuotaStatus};
 use crate::quota::Quota;
 
 mod gcra;
@@ -119,6 +119,10 @@ pub(crate) struct Spec {
     /// arguments and reply as `lua`, and no write at all (it is sent with
     /// `EVALSHA_RO` where the server knows it).
     pub peek_lua: &'static str,
+    /// The Lua script giving back what a request took (see [`refund`]):
+    /// its own keys and arguments (see `backend/redis/script.rs`), one call
+    /// per refund, and a reply of 1.
+    pub refund_lua: &'static str,
     /// Whether the script needs a per-request nonce, unique across instances.
     pub nonce: bool,
     /// The largest limit a quota may have.
@@ -155,6 +159,22 @@ pub(crate) trait Model {
     /// What `look` of `cost` and then `commit` of nothing would report at
     /// `now`, computed from the state as it is: drops nothing, writes nothing.
     fn peek(&self, now: u64, limit: u64, window: u64, cost: u64) -> (Option<u64>, Usage);
+
+    /// Gives back, at `now`, `cost` units (at most `admitted`) of the
+    /// request admitted at `at` for `admitted` units (see [`refund`]).
+    fn refund(&mut self, refund: Refund, limit: u64, window: u64);
+}
+
+/// One refund, as every quota's model takes it: at `now`, give back
+/// `cost` units (never more than `admitted`) of the request that a check
+/// at `at` (on the same clock, never after `now`) admitted for `admitted`
+/// units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refund {
+    pub now: u64,
+    pub at: u64,
+    pub admitted: u64,
+    pub cost: u64,
 }
 
 /// A quota's usage after a decision.
@@ -283,6 +303,38 @@ pub(crate) fn peek(states: &[QuotaState], quotas: &[Quota], now: u64) -> Decisio
     }
 }
 
+/// Gives back what a request took, in every quota (see [`Model::refund`] in
+/// each algorithm's file for the exact rule):
+///
+/// - sliding log: the request's own entry leaves the log (its cost is
+///   lowered, for a partial refund), if it is still in the window; else
+///   nothing changes;
+/// - sliding window counter: `cost` units leave the count of the fixed
+///   window the request was counted in, if it is the current or the
+///   previous one (never below zero); else nothing changes;
+/// - GCRA: the theoretical arrival time moves back by `cost` emission
+///   intervals, never before `now` (a bucket is at most empty).
+///
+/// `refund.cost` is capped at `refund.admitted`. Returns how long the state
+/// must be kept now (zero: nothing is counted any more).
+pub(crate) fn refund(states: &mut [QuotaState], quotas: &[Quota], refund: Refund) -> u64 {
+    debug_assert_eq!(states.len(), quotas.len());
+    let refund = Refund {
+        cost: refund.cost.min(refund.admitted),
+        ..refund
+    };
+    let mut keep = 0;
+    for (state, quota) in states.iter_mut().zip(quotas) {
+        let (limit, window) = (quota.limit(), quota.window_us());
+        if refund.cost > 0 && refund.at <= refund.now {
+            state.model().refund(refund, limit, window);
+        }
+        let (_, usage) = state.model_ref().peek(refund.now, limit, window, 0);
+        keep = keep.max(usage.reset);
+    }
+    keep
+}
+
 /// Checks and (if every quota admits it) consumes `cost` units from every quota,
 /// all-or-nothing. `states[i]` belongs to `quotas[i]`.
 ///
@@ -317,7 +369,7 @@ pub(crate) fn check(
         })
         .collect();
     let decision = match denied {
-        None => Decision::allowed(statuses),
+        None => Decision::allowed(statuses).stamped(cost, Origin::Memory { at: now }),
         Some((i, r)) => Decision::denied(statuses, i, Duration::from_micros(r)),
     };
     (decision, keep)
@@ -580,6 +632,162 @@ mod tests {
         Ok(())
     }
 
+    /// A step of a sequence with refunds: clock advance, the request's cost,
+    /// and (instead of the request) a refund (see `strategy::refund`).
+    type RefundStep = (u64, u64, Option<(usize, u64)>);
+
+    /// Runs `steps` from `start` through [`check`], [`refund`] and the
+    /// reference model: a request, or a refund of one of the admissions
+    /// not yet refunded; every decision, and every peek after a refund,
+    /// must agree, and a refund must keep the state as long as the
+    /// reference still counts something.
+    fn refunds_agree_with_the_reference(
+        algorithm: Algorithm,
+        quotas: &[Quota],
+        start: u64,
+        steps: &[RefundStep],
+    ) -> Result<(), TestCaseError> {
+        let mut states = states(algorithm, quotas.len());
+        let mut reference = Reference::new(algorithm, quotas);
+        // Admissions not yet refunded: (instant, cost).
+        let mut admitted: Vec<(u64, u64)> = Vec::new();
+        let mut now = start;
+        for (step, &(advance, cost, refunding)) in steps.iter().enumerate() {
+            now += advance;
+            let what = format!("step {step}, +{} us", now - start);
+            match refunding {
+                Some((which, part)) if !admitted.is_empty() => {
+                    let (at, took) = admitted.remove(which % admitted.len());
+                    let keep = refund(
+                        &mut states,
+                        quotas,
+                        Refund {
+                            now,
+                            at,
+                            admitted: took,
+                            cost: part,
+                        },
+                    );
+                    reference.refund(at, took, part);
+                    let what = format!("{what}, refund of {part} of {took} at +{}", at - start);
+                    peek_agrees(&states, quotas, now, &reference, algorithm)
+                        .map_err(|e| TestCaseError::fail(format!("{what}, peek: {e}")))?;
+                    let longest = reference
+                        .peek(now, 0)
+                        .statuses
+                        .iter()
+                        .map(|q| q.reset_after)
+                        .max();
+                    prop_assert_eq!(Some(Duration::from_micros(keep)), longest, "{}", what);
+                }
+                _ => {
+                    let (got, _) = check(&mut states, quotas, now, cost);
+                    reference
+                        .check(now, cost)
+                        .agrees(&got, algorithm)
+                        .map_err(|e| TestCaseError::fail(format!("{what}, cost {cost}: {e}")))?;
+                    let ticket = got.ticket();
+                    prop_assert_eq!(ticket.is_some(), got.is_allowed() && cost > 0);
+                    if let Some(ticket) = ticket {
+                        prop_assert_eq!(ticket.cost(), cost);
+                        admitted.push((now, cost));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn refunds_give_back_what_the_request_took() {
+        let q = [Quota::per_second(3)];
+        let t0 = 10 * SEC;
+        // The log: the request's own entry leaves; one outside the window
+        // is left alone.
+        let mut s = states(Algorithm::SlidingLog, 1);
+        for t in [0, 100_000, 200_000] {
+            assert!(check(&mut s, &q, t0 + t, 1).0.is_allowed());
+        }
+        let back = |at, cost| Refund {
+            now: t0 + 300_000,
+            at,
+            admitted: 1,
+            cost,
+        };
+        let keep = refund(&mut s, &q, back(t0 + 100_000, 1));
+        assert_eq!(keep, SEC - 100_000);
+        let d = peek(&s, &q, t0 + 300_000);
+        assert_eq!(d.quotas()[0].remaining, 1);
+        // The oldest entry (t0) is now the one to wait for, then t0 + 200 ms.
+        let (d, _) = check(&mut s, &q, t0 + 300_000, 1);
+        assert!(d.is_allowed());
+        let (d, _) = check(&mut s, &q, t0 + 300_000, 1);
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(700)));
+        let late = Refund {
+            now: t0 + SEC,
+            ..back(t0, 1)
+        };
+        let before = s.clone();
+        refund(&mut s, &q, late);
+        assert_eq!(s, before, "an entry that has left the window stays");
+
+        // The counter: from the current fixed window's count, else from the
+        // previous one's, never below zero, never more than taken.
+        let mut s = states(Algorithm::SlidingWindow, 1);
+        for _ in 0..3 {
+            assert!(check(&mut s, &q, t0 + 500_000, 1).0.is_allowed());
+        }
+        let took = |at, cost, now| Refund {
+            now,
+            at,
+            admitted: 1,
+            cost,
+        };
+        refund(&mut s, &q, took(t0 + 500_000, 5, t0 + 600_000));
+        assert_eq!(peek(&s, &q, t0 + 600_000).quotas()[0].remaining, 1);
+        // Next window, halfway: the previous count (2) weighs 1.
+        refund(&mut s, &q, took(t0 + 500_000, 1, t0 + SEC + 500_000));
+        assert_eq!(peek(&s, &q, t0 + SEC + 500_000).quotas()[0].remaining, 3);
+        let keep = refund(&mut s, &q, took(t0 + 500_000, 1, t0 + SEC + 500_000));
+        assert_eq!(keep, 0, "nothing counted any more");
+        let before = s.clone();
+        refund(&mut s, &q, took(t0 + 500_000, 1, t0 + SEC + 500_000));
+        assert_eq!(s, before, "never below zero");
+
+        // GCRA (T = 333 334 µs): the TAT moves back by the cost's
+        // intervals, never before now.
+        let mut s = states(Algorithm::Gcra, 1);
+        for _ in 0..3 {
+            assert!(check(&mut s, &q, t0, 1).0.is_allowed());
+        }
+        let tat = |s: &[QuotaState]| match s[0] {
+            QuotaState::Rate(gcra::Tat(t)) => t,
+            _ => unreachable!(),
+        };
+        assert_eq!(tat(&s), t0 + 1_000_002);
+        let keep = refund(&mut s, &q, took(t0, 1, t0 + 100_000));
+        assert_eq!(tat(&s), t0 + 666_668);
+        assert_eq!(keep, 566_668);
+        assert_eq!(peek(&s, &q, t0 + 100_000).quotas()[0].remaining, 1);
+        // Two units given back while only 0.5668 s of level is left: the
+        // bucket is empty, not below.
+        let keep = refund(
+            &mut s,
+            &q,
+            Refund {
+                admitted: 2,
+                ..took(t0, 2, t0 + 100_000)
+            },
+        );
+        assert_eq!((tat(&s), keep), (t0 + 100_000, 0));
+        // A refund never gives back more than the request took.
+        let mut s = states(Algorithm::Gcra, 1);
+        assert!(check(&mut s, &q, t0, 1).0.is_allowed());
+        assert!(check(&mut s, &q, t0, 1).0.is_allowed());
+        refund(&mut s, &q, took(t0, 3, t0));
+        assert_eq!(tat(&s), t0 + 333_334);
+    }
+
     #[test]
     fn peek_reads_without_dropping_what_has_left_the_window() {
         let q = [Quota::per_second(3)];
@@ -624,6 +832,20 @@ mod tests {
             steps in vec((strategy::advance(), strategy::cost()), 1..200),
         ) {
             agree_with_the_reference(algorithm, &quotas, start, &steps)?;
+        }
+
+        /// The sliding log's and the counter's refunds make the state of a
+        /// history without what was given back: checks, peeks and how long
+        /// the state is kept agree with the naive definition, over request
+        /// sequences with whole and partial refunds mixed in.
+        #[test]
+        fn refunds_agree_with_the_definitions(
+            algorithm in prop::sample::select(vec![Algorithm::SlidingLog, Algorithm::SlidingWindow]),
+            quotas in strategy::quotas(),
+            start in strategy::start(),
+            steps in vec((strategy::advance(), strategy::cost(), strategy::refund()), 1..200),
+        ) {
+            refunds_agree_with_the_reference(algorithm, &quotas, start, &steps)?;
         }
     }
 }

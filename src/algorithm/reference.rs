@@ -101,6 +101,30 @@ impl Reference {
         }
     }
 
+    /// Gives back `cost` units (at most `admitted`) of the request admitted
+    /// at `at` for `admitted` units: by definition, for the sliding log and
+    /// the counter, the history becomes one where that request cost less
+    /// (was never admitted, for a whole refund). The first request of that
+    /// instant and cost is the one (any of several alike gives the same
+    /// history); one no longer in the history (it counts no more) is left
+    /// alone. Not a definition of GCRA's refund, whose single number of
+    /// state cannot replay a history (see `Tat::refund`).
+    pub(crate) fn refund(&mut self, at: u64, admitted: u64, cost: u64) {
+        debug_assert_ne!(self.algorithm, Algorithm::Gcra);
+        let found = self
+            .history
+            .iter()
+            .position(|&(t, c)| t == at && c == admitted);
+        if let Some(i) = found {
+            let back = cost.min(admitted);
+            if back == admitted {
+                self.history.remove(i);
+            } else {
+                self.history[i].1 -= back;
+            }
+        }
+    }
+
     /// What a peek at `now` (never before the last request) reports: the
     /// statuses of a request of cost 0 and whether one of `cost` would be
     /// admitted. Records nothing.
@@ -261,6 +285,17 @@ pub(crate) mod strategy {
             60 => (0_u64..7).prop_map(|k| k * 10 * MS),
             18 => 0..60 * MS,
             2 => 0..12 * SEC,
+        ]
+    }
+
+    /// A step of a sequence with refunds: a request (`None`), or a refund
+    /// (`Some((which, cost))`) of one of the admissions not yet refunded
+    /// (`which` modulo their number), of `cost` units: mostly the whole
+    /// cost (any cost above it gives back the whole), sometimes part of it.
+    pub(crate) fn refund() -> impl Strategy<Value = Option<(usize, u64)>> {
+        prop_oneof![
+            3 => Just(None),
+            1 => (any::<usize>(), prop_oneof![3 => Just(u64::MAX), 1 => 1_u64..=3]).prop_map(Some),
         ]
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Model, Spec, Usage};
+use super::{Model, Refund, Spec, Usage};
 use crate::quota::{self, Quota};
 
 /// What backends need to know about the sliding log.
@@ -26,6 +26,10 @@ pub(super) const SPEC: Spec = Spec {
     ),
     // Sorted-set members must be unique per admitted unit across instances.
     nonce: true,
+    refund_lua: concat!(
+        include_str!("sliding_log_read.lua"),
+        include_str!("sliding_log_refund.lua")
+    ),
     max_limit: Quota::MAX_LOG_LIMIT,
     max_cost_cap: Some(quota::DEFAULT_MAX_LOG_COST),
 };
@@ -122,6 +126,38 @@ impl Model for Log {
             used: self.units,
             reset: self.reset(now, window),
         }
+    }
+
+    /// The request's entry is the first one of its instant and cost (any
+    /// of several alike gives the same log). If it is still in the window
+    /// at `now`, `cost` units leave it, and it leaves the log once it holds
+    /// none; an entry that has left the window (or was already refunded)
+    /// is left alone. Redis finds the entry by the request's nonce instead
+    /// (`sliding_log_refund.lua`), with the same outcome.
+    fn refund(&mut self, refund: Refund, _limit: u64, window: u64) {
+        let Refund {
+            now,
+            at,
+            admitted,
+            cost,
+        } = refund;
+        if at.saturating_add(window) <= now {
+            return;
+        }
+        let found = self
+            .entries
+            .iter()
+            .position(|&(t, c)| t == at && c == admitted);
+        let Some(index) = found else {
+            return;
+        };
+        let back = cost.min(admitted);
+        if back == admitted {
+            self.entries.remove(index);
+        } else {
+            self.entries[index].1 -= back;
+        }
+        self.units -= back;
     }
 }
 

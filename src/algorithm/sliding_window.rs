@@ -7,7 +7,7 @@
 //! its count, the previous window's count), read with one `GET` and written
 //! with one `SET .. PX`. `sliding_window_peek.lua` translates [`Model::peek`].
 
-use super::{Model, Spec, Usage};
+use super::{Model, Refund, Spec, Usage};
 use crate::quota::Quota;
 
 /// What backends need to know about the sliding window counter.
@@ -20,6 +20,10 @@ pub(super) const SPEC: Spec = Spec {
         include_str!("state_main.lua")
     ),
     peek_lua: include_str!("sliding_window_peek.lua"),
+    refund_lua: concat!(
+        include_str!("sliding_window.lua"),
+        include_str!("sliding_window_refund.lua")
+    ),
     nonce: false,
     max_limit: Quota::MAX_LIMIT,
     // The counter does the same work whatever the cost.
@@ -135,6 +139,25 @@ impl Model for Counter {
             used: estimate(rolled, elapsed, window),
             reset: reset(rolled, elapsed, window),
         }
+    }
+
+    /// The request was counted in the fixed window holding `at`: if that
+    /// is the current window at `now`, `cost` units leave the current
+    /// count; if it is the previous one, they leave the previous count (the
+    /// request now weighs there); never below zero. A request counted in an
+    /// older window counts no more: nothing changes.
+    fn refund(&mut self, refund: Refund, _limit: u64, window: u64) {
+        let Refund { now, at, cost, .. } = refund;
+        let (mut rolled, _) = roll(*self, now, window);
+        let counted_in = at - at % window;
+        if counted_in == rolled.start {
+            rolled.cur -= cost.min(rolled.cur);
+        } else if counted_in + window == rolled.start {
+            rolled.prev -= cost.min(rolled.prev);
+        } else {
+            return;
+        }
+        *self = rolled;
     }
 }
 

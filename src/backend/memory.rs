@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
-use super::{Backend, CheckFuture, ResetFuture};
+use super::{Backend, CheckFuture, RefundFuture, ResetFuture};
 use crate::algorithm::{self, QuotaState};
 use crate::clock::{Clock, SystemClock};
+use crate::decision::{Origin, Ticket};
 use crate::error::ConfigError;
 use crate::key::Key;
 use crate::policy::Policy;
@@ -530,6 +531,51 @@ impl MemoryBackend {
         }
     }
 
+    /// A refund, synchronously: gives back `cost` units (at most the
+    /// ticket's) of the request `ticket` admitted, in the entry of `policy`
+    /// and `key` (see `algorithm::refund`). A ticket of another backend, an
+    /// entry that is gone, expired or of another shape: nothing to give
+    /// back. Drops the entry once it counts nothing.
+    pub(crate) fn refund_now(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) {
+        let Origin::Memory { at } = ticket.stamp.origin else {
+            return;
+        };
+        let inner = &*self.inner;
+        let now = inner.clock.now_micros();
+        let (name, text) = (policy.name(), key.as_str());
+        let hash = inner.shards.hash(&(name, text));
+        let mut shard = inner.shards.lock_hashed(hash);
+        let shard = &mut *shard;
+        let algorithm = policy.algorithm_kind();
+        let quotas = policy.quotas();
+        let Ok(mut found) = shard.map.find_entry(hash, |e| e.is(name, text)) else {
+            return;
+        };
+        let entry = found.get_mut();
+        let live = entry.expires_at > now
+            && entry.quotas.len() == quotas.len()
+            && entry.quotas.iter().all(|q| q.matches(algorithm));
+        if !live {
+            return;
+        }
+        let before = entry.bytes();
+        let refund = algorithm::Refund {
+            now,
+            at,
+            admitted: ticket.stamp.cost,
+            cost,
+        };
+        let keep = algorithm::refund(&mut entry.quotas, quotas, refund);
+        if keep > 0 {
+            entry.expires_at = now.saturating_add(keep);
+            let after = entry.bytes();
+            shard.bytes = shard.bytes - before + after;
+        } else {
+            found.remove();
+            shard.bytes -= before;
+        }
+    }
+
     /// Sweeps done so far, over all shards (a test helper).
     #[cfg(test)]
     fn sweeps(&self) -> u64 {
@@ -586,6 +632,11 @@ impl Backend for MemoryBackend {
 
     fn reset(&self, policy: &Policy, key: &Key) -> ResetFuture {
         self.reset_now(policy, key);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
+        self.refund_now(policy, key, cost, ticket);
         Box::pin(std::future::ready(Ok(())))
     }
 

@@ -5,16 +5,17 @@
 //! - [`MemoryBackend`]: in-process, the same algorithms and outcomes; the
 //!   embedded default when no Redis is configured.
 //!
-//! Besides deciding ([`Backend::check`]), both backends answer the
-//! administration calls behind [`Admin`](crate::Admin): [`Backend::peek`]
-//! (read a client's quotas, consuming nothing) and [`Backend::reset`]
-//! (forget a client's counts).
+//! Besides deciding ([`Backend::check`]), both backends give back what an
+//! admitted request took ([`Backend::refund`], with the decision's
+//! [`Ticket`]), and answer the administration calls behind
+//! [`Admin`](crate::Admin): [`Backend::peek`] (read a client's quotas,
+//! consuming nothing) and [`Backend::reset`] (forget a client's counts).
 
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 
-use crate::decision::Decision;
+use crate::decision::{Decision, Ticket};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::policy::Policy;
@@ -37,6 +38,9 @@ pub type CheckFuture = Pin<Box<dyn Future<Output = Result<Decision, BackendError
 
 /// The future returned by [`Backend::reset`].
 pub type ResetFuture = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>;
+
+/// The future returned by [`Backend::refund`].
+pub type RefundFuture = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>;
 
 /// Stores counters and makes decisions.
 ///
@@ -162,6 +166,51 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (policy, key);
         unsupported("reset")
     }
+
+    // Refunds: what an admitted request took, given back.
+
+    /// Gives back `cost` units (at most [`Ticket::cost`], what the request
+    /// was admitted for) of the request whose admission `ticket` comes from
+    /// ([`Decision::ticket`]), in every quota of `policy` for `key`: the
+    /// policy and key of that check. Atomic per (policy, key), as a check
+    /// is; on [`RedisBackend`], one script call on Redis' clock, not
+    /// batched.
+    ///
+    /// What each algorithm gives back (never more than the request took,
+    /// never below zero):
+    ///
+    /// - [`SlidingLog`](crate::Algorithm::SlidingLog): the request's own
+    ///   entry leaves the log (holds `cost` fewer units, for a partial
+    ///   refund) if it is still in the window; a refund after the entry
+    ///   has left the window changes nothing. Exactly as if the request
+    ///   had never been admitted (had cost less).
+    /// - [`SlidingWindow`](crate::Algorithm::SlidingWindow): `cost` units
+    ///   leave the count of the fixed window the request was counted in if
+    ///   that is the current window (the count the estimate adds whole) or
+    ///   the previous one (the count it weighs); an older window counts no
+    ///   more, and nothing changes. Exact: the counts become those of a
+    ///   history without the request. (On Redis the window is found from
+    ///   the check's reported reset and the time since its reply: exact
+    ///   unless the replies took half a window.)
+    /// - [`Gcra`](crate::Algorithm::Gcra): the theoretical arrival time
+    ///   moves back by `cost` emission intervals, never before now: the
+    ///   bucket's level drops by `cost × T`, never below empty (so never
+    ///   below the level just before the request). See `Tat::refund` in
+    ///   `src/algorithm/gcra.rs` for how it compares with never having
+    ///   admitted the request.
+    ///
+    /// Keys keep a TTL no longer than their state matters, and a key that
+    /// counts nothing any more may be deleted. A ticket from another kind
+    /// of backend (e.g. [`FailureMode::Local`](crate::FailureMode::Local)'s
+    /// in-process limiter) gives back nothing here: this backend took
+    /// nothing. A key holding a value of another type fails alone, with
+    /// [`BackendError::Key`], as a check does.
+    ///
+    /// The default implementation fails with [`BackendError::Unsupported`].
+    fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
+        let _ = (policy, key, cost, ticket);
+        unsupported("refund")
+    }
 }
 
 /// The future of an administration call a backend does not implement.
@@ -193,6 +242,10 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn reset(&self, policy: &Policy, key: &Key) -> ResetFuture {
         (**self).reset(policy, key)
+    }
+
+    fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
+        (**self).refund(policy, key, cost, ticket)
     }
 
     fn metrics_label(&self) -> &'static str {

@@ -50,6 +50,8 @@
 //! blocked_cache = 10000             # optional: denied clients remembered locally (0: off)
 //! blocked_cache_max_age = "1s"      # optional: the longest a client is denied locally
 //!                                   # without asking Redis again ("0s": cache off)
+//! refund_refused_by_inner_layers = true  # optional: give back an admission another
+//!                                   # rate-limit layer inside this one refused
 //!
 //! [redis]                           # optional; absent = in-memory
 //! url = "redis://127.0.0.1:6379"    # or: cluster = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
@@ -67,6 +69,7 @@
 //! cost = 1                          # optional fixed cost per request
 //! max_cost = 100                    # optional
 //! shadow = false                    # optional: decide and report, never deny
+//! # count_only_status = [401, 403]  # optional: refund every other response's cost
 //! allow = { networks = ["10.0.0.0/8"], keys = ["batch-job"] }  # optional: never limited
 //! deny = { networks = ["203.0.113.0/24"] }                      # optional: always 403
 //! tier_header = "x-plan"            # optional: the tier of a request (set by a trusted gateway)
@@ -184,6 +187,7 @@ pub struct Config {
     #[serde(default)]
     exempt: Vec<String>,
     case_insensitive_paths: Option<bool>,
+    refund_refused_by_inner_layers: Option<bool>,
     blocked_cache: Option<usize>,
     blocked_cache_max_age: Option<Parsed<Duration>>,
     redis: Option<RedisConfig>,
@@ -206,6 +210,7 @@ struct PolicyConfig {
     max_cost: Option<u64>,
     #[serde(default)]
     shadow: bool,
+    count_only_status: Option<Vec<u16>>,
     allow: Option<Table<AccessConfig>>,
     deny: Option<Table<AccessConfig>>,
     #[serde(default)]
@@ -625,6 +630,17 @@ impl PolicyConfig {
                 .map_err(|e| at(format!("{path}.cost"), e))?;
         }
         policy = policy.shadow(self.shadow);
+        if let Some(statuses) = &self.count_only_status {
+            for (i, &status) in statuses.iter().enumerate() {
+                if !(100..=599).contains(&status) {
+                    return Err(invalid(
+                        format!("{path}.count_only_status[{i}]"),
+                        format!("{status} is not an HTTP status: expected 100 to 599"),
+                    ));
+                }
+            }
+            policy = policy.count_only_status(statuses.iter().copied());
+        }
         if let Some(Table(allow)) = &self.allow {
             policy = policy.allow(allow.list());
         }
@@ -750,6 +766,9 @@ impl Config {
         }
         if let Some(yes) = self.case_insensitive_paths {
             builder = builder.case_insensitive_paths(yes);
+        }
+        if let Some(yes) = self.refund_refused_by_inner_layers {
+            builder = builder.refund_refused_by_inner_layers(yes);
         }
         if let Some(capacity) = self.blocked_cache {
             builder = builder.blocked_cache(capacity);

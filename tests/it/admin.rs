@@ -6,11 +6,13 @@
 //!   even what has left the window is left in place;
 //! - a reset gives the full quota back and lifts this instance's local
 //!   block (the blocked-client cache) at once;
+//! - a refund gives back what one admitted check took (whole or in part,
+//!   never more), and lifts the local block too;
 //! - on Redis 7 a peek is an `EVALSHA_RO`; a server that does not know it
 //!   (renamed away, as on Redis 6) or an ACL user without it gets `EVALSHA`
 //!   after one refusal; a flushed script cache is reloaded;
 //! - clear errors: an unknown policy, a cost above the max cost, a custom
-//!   backend without peek or reset.
+//!   backend without peek, reset or refund.
 //!
 //! `tests/it/conformance.rs` runs peek and reset scenarios on memory, Redis and
 //! a Redis Cluster too.
@@ -27,8 +29,8 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{
-    AdminError, Algorithm, Backend, BackendError, CheckFuture, Key, MemoryBackend, Policy, Quota,
-    RateLimitLayer, RedisBackend, ResetFuture,
+    AdminError, Algorithm, Backend, BackendError, CheckFuture, Decision, Key, MemoryBackend,
+    Policy, Quota, RateLimitLayer, RedisBackend, RefundFuture, ResetFuture, Ticket,
 };
 
 use crate::support::headers;
@@ -68,6 +70,10 @@ impl Backend for Counting {
 
     fn reset(&self, policy: &Policy, key: &Key) -> ResetFuture {
         self.inner.reset(policy, key)
+    }
+
+    fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
+        self.inner.refund(policy, key, cost, ticket)
     }
 }
 
@@ -190,6 +196,88 @@ async fn redis_peek_and_reset_through_a_layer() {
         tokio::time::sleep(Duration::from_secs(to_boundary + 1)).await;
     }
     peek_and_reset_through_a_layer(|test| Arc::new(support::redis_backend(&url, test))).await;
+}
+
+/// Through a layer on `backend`, for every algorithm: `admin.refund` gives
+/// back what one `admin.check` took (part of it, then the rest, never more
+/// than it took), a client blocked by this instance's cache is asked about
+/// again at once, and other clients are not touched.
+async fn refund_through_a_layer(backend: impl Fn(&str) -> Arc<dyn Backend>) {
+    for algorithm in [
+        Algorithm::SlidingLog,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ] {
+        let p = policy(algorithm);
+        let counting = Counting::new(backend(&format!("refund-{algorithm:?}")));
+        let layer = layer(counting.clone(), &p);
+        let admin = layer.admin();
+        let (a, b) = (Key::new("a"), Key::new("b"));
+        let name = p.name();
+        let remaining = |d: Decision| d.quotas()[0].remaining;
+
+        // A job of cost 2 and a request: full.
+        let job = admin.check(name, &a, 2).await.unwrap();
+        let ticket = job.ticket().expect("an admitted check has a ticket");
+        assert_eq!(ticket.cost(), 2);
+        assert_eq!(send(&layer, "a").await, (StatusCode::OK, Some(0)));
+        assert_eq!(send(&layer, "b").await, (StatusCode::OK, Some(2)));
+        // Denied by the backend, then by the blocked-client cache.
+        assert_eq!(send(&layer, "a").await.0, StatusCode::TOO_MANY_REQUESTS);
+        let before = counting.checks();
+        assert_eq!(send(&layer, "a").await.0, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(counting.checks(), before, "{algorithm:?}: answered locally");
+
+        // The job cost 1 after all: one unit back, and the client is asked
+        // about again (admitted, as its unit is back).
+        admin.refund(name, &a, 1, &ticket).await.unwrap();
+        assert_eq!(remaining(admin.peek(name, &a).await.unwrap()), 1);
+        assert_eq!(send(&layer, "a").await, (StatusCode::OK, Some(0)));
+        assert_eq!(counting.checks(), before + 1, "{algorithm:?}");
+
+        // A refund of a denied check's decision: there is no ticket.
+        let denied = admin.check(name, &a, 1).await.unwrap();
+        assert!(!denied.is_allowed() && denied.ticket().is_none());
+
+        // A new job, refunded whole, with a cost above what it took: what
+        // it took comes back, no more.
+        admin.reset(name, &a).await.unwrap();
+        let job = admin.check(name, &a, 1).await.unwrap();
+        assert_eq!(remaining(job.clone()), 2);
+        admin
+            .refund(name, &a, 3, &job.ticket().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(remaining(admin.peek(name, &a).await.unwrap()), 3);
+        // The other client was not touched.
+        assert_eq!(remaining(admin.peek(name, &b).await.unwrap()), 2);
+
+        // An unknown policy.
+        let err = admin.refund("nope", &a, 1, &ticket).await.unwrap_err();
+        assert!(matches!(err, AdminError::UnknownPolicy { .. }), "{err:?}");
+    }
+}
+
+#[cfg(feature = "test-util")]
+#[tokio::test]
+async fn memory_refund_through_a_layer() {
+    let clock = tower_redis_ratelimit::clock::FakeClock::new(86_400_000_000_000);
+    refund_through_a_layer(|_| Arc::new(MemoryBackend::with_clock(clock.clone()))).await;
+}
+
+#[tokio::test]
+async fn redis_refund_through_a_layer() {
+    let url = support::redis_url();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let (secs, _): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
+    let to_boundary = 3600 - secs % 3600;
+    if to_boundary < 10 {
+        tokio::time::sleep(Duration::from_secs(to_boundary + 1)).await;
+    }
+    refund_through_a_layer(|test| Arc::new(support::redis_backend(&url, test))).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -495,7 +583,8 @@ async fn peek_falls_back_to_evalsha_for_an_acl_user_without_evalsha_ro() {
 // Errors
 // ---------------------------------------------------------------------------
 
-/// A backend with `check` only: peek and reset use the default methods.
+/// A backend with `check` only: peek, reset and refund use the default
+/// methods.
 struct CheckOnly(MemoryBackend);
 
 impl Backend for CheckOnly {
@@ -552,9 +641,16 @@ async fn admin_errors_are_clear() {
     );
     assert!(admin.check("auth", &key, 5).await.unwrap().is_allowed());
 
+    let ticket = admin
+        .check("api", &key, 1)
+        .await
+        .unwrap()
+        .ticket()
+        .expect("the memory backend's admission");
     for (result, operation) in [
         (admin.peek("auth", &key).await.map(drop), "peek"),
         (admin.reset("auth", &key).await, "reset"),
+        (admin.refund("api", &key, 1, &ticket).await, "refund"),
     ] {
         let err = result.unwrap_err();
         assert!(

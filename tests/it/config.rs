@@ -570,15 +570,16 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
             "unknown top-level field",
             "deadlines = \"50ms\"".to_owned(),
             "deadlines: unknown field `deadlines`, expected one of `deadline`, `headers`, \
-             `default_policy`, `exempt`, `case_insensitive_paths`, `blocked_cache`, \
-             `blocked_cache_max_age`, `redis`, `policies`, `routes`",
+             `default_policy`, `exempt`, `case_insensitive_paths`, \
+             `refund_refused_by_inner_layers`, `blocked_cache`, `blocked_cache_max_age`, \
+             `redis`, `policies`, `routes`",
         ),
         (
             "unknown policy field",
             "[policies.api]\nquotas = [\"1/s\"]\nquota = \"1/s\"".to_owned(),
             "policies.api.quota: unknown field `quota`, expected one of `quotas`, `algorithm`, \
-             `key`, `failure_mode`, `missing_key`, `cost`, `max_cost`, `shadow`, `allow`, \
-             `deny`, `tiers`, `tier_header`, `tier_keys`",
+             `key`, `failure_mode`, `missing_key`, `cost`, `max_cost`, `shadow`, \
+             `count_only_status`, `allow`, `deny`, `tiers`, `tier_header`, `tier_keys`",
         ),
         (
             "unknown route field",
@@ -1267,5 +1268,65 @@ async fn tls_with_a_private_ca_from_the_file() {
             StatusCode::OK,
             StatusCode::TOO_MANY_REQUESTS
         ]
+    );
+}
+
+/// `count_only_status` and `refund_refused_by_inner_layers` from a file: a
+/// session policy counting only failed attempts (3 per minute); a status
+/// that is not one is an error at its place.
+#[tokio::test]
+async fn refunds_from_a_file() {
+    let text = r#"
+        default_policy = "session"
+        refund_refused_by_inner_layers = false
+
+        [policies.session]
+        quotas = ["3/min"]
+        algorithm = "sliding_log"
+        count_only_status = [401, 403]
+    "#;
+    let layer = load(text)
+        .unwrap()
+        .build_with_backend(support::still_memory())
+        .unwrap();
+    let service = layer.layer(tower::service_fn(|request: Request<String>| async move {
+        let ok = request
+            .headers()
+            .get("x-password")
+            .is_some_and(|v| v == "letmein");
+        let status = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        let mut response = Response::new(String::new());
+        *response.status_mut() = status;
+        Ok::<_, Infallible>(response)
+    }));
+    let attempt = |password: &'static str| {
+        let service = service.clone();
+        async move {
+            let mut request = Request::post("/auth/session")
+                .header("x-password", password)
+                .body(String::new())
+                .unwrap();
+            let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+            request.extensions_mut().insert(peer);
+            service.oneshot(request).await.unwrap().status()
+        }
+    };
+    for _ in 0..20 {
+        assert_eq!(attempt("letmein").await, StatusCode::OK);
+    }
+    for _ in 0..3 {
+        assert_eq!(attempt("guess").await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(attempt("guess").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(attempt("letmein").await, StatusCode::TOO_MANY_REQUESTS);
+
+    let bad = "[policies.session]\nquotas = [\"3/min\"]\ncount_only_status = [401, 99]\n";
+    assert_eq!(
+        error(bad),
+        "policies.session.count_only_status[1]: 99 is not an HTTP status: expected 100 to 599"
     );
 }

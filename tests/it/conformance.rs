@@ -13,7 +13,11 @@
 //!
 //! Besides checks, the administration calls run here too: `peek` (reads,
 //! consumes nothing) and `reset` (forgets a client); `tests/it/admin.rs` looks at
-//! the Redis keys themselves (contents and TTLs unchanged by a peek).
+//! the Redis keys themselves (contents and TTLs unchanged by a peek). So do
+//! refunds (`refund_*`): sequences of checks with refunds mixed in, decided
+//! exactly as the model decides them, and the timing of each algorithm's
+//! refund rule (the counter's previous window, entries that have left the
+//! window); `tests/it/refunds.rs` looks at the keys (TTLs, key faults).
 //!
 //! The models themselves are compared with naive reference models by
 //! property tests inside the crate: `algorithm::check` for every algorithm in
@@ -27,7 +31,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tower_redis_ratelimit::clock::{Clock, FakeClock};
-use tower_redis_ratelimit::{Algorithm, Backend, Decision, Key, MemoryBackend, Policy, Quota};
+use tower_redis_ratelimit::{
+    Algorithm, Backend, Decision, Key, MemoryBackend, Policy, Quota, Ticket,
+};
 
 use crate::support;
 
@@ -204,6 +210,13 @@ impl Harness {
             .reset(policy, key)
             .await
             .unwrap_or_else(|e| panic!("backend error on reset: {e}"));
+    }
+
+    async fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) {
+        self.backend
+            .refund(policy, key, cost, ticket)
+            .await
+            .unwrap_or_else(|e| panic!("backend error on refund: {e}"));
     }
 
     /// The decision and the clock just before and just after it: the backend
@@ -994,6 +1007,187 @@ async fn gcra_denials_are_free_and_quotas_all_or_nothing(h: &Harness, alg: Algor
     }
 }
 
+/// Refunds mixed into a sequence of checks decide exactly as the model
+/// (the memory backend on a fake clock, the same operations one by one):
+/// same admissions, denying quotas and remaining units, and the same
+/// remaining units in a peek after every refund. Whole and partial refunds
+/// of admissions chosen at random (each refunded once), several clients,
+/// a policy of one quota and one of two (all or nothing). Windows are an
+/// hour or two, so the milliseconds the run takes change no count.
+async fn refunds_match_the_model(h: &Harness, alg: Algorithm) {
+    let model = MemoryBackend::with_clock(FakeClock::new(FAKE_START));
+    let policies = [
+        policy("refund-one", alg).quota(Quota::per_hour(5)),
+        policy("refund-two", alg)
+            .quota(Quota::per_hour(6))
+            .quota(Quota::new(4, Duration::from_secs(7200))),
+    ];
+    // Away from the boundaries of the counters' fixed windows.
+    h.avoid_boundary(7200 * SEC, 30 * SEC).await;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ alg as u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // Admissions not yet refunded: (policy, key, cost, ticket, model's ticket).
+    let mut open: Vec<(usize, Key, u64, Ticket, Ticket)> = Vec::new();
+    let summary = |d: &Decision| -> (bool, Option<usize>, Vec<u64>) {
+        (d.is_allowed(), d.denied_by(), remaining(d))
+    };
+    let (mut refunds, mut denials) = (0, 0);
+    for step in 0..240 {
+        let r = next();
+        if r % 3 == 0 && !open.is_empty() {
+            let (p, key, cost, ticket, model_ticket) = open.remove((r >> 8) as usize % open.len());
+            let give = if r % 4 == 0 { 1 } else { cost };
+            h.refund(&policies[p], &key, give, &ticket).await;
+            model
+                .refund(&policies[p], &key, give, &model_ticket)
+                .await
+                .unwrap();
+            refunds += 1;
+            let got = h.peek(&policies[p], &key).await;
+            let want = model.peek(&policies[p], &key).await.unwrap();
+            assert_eq!(
+                summary(&got),
+                summary(&want),
+                "{alg:?} step {step}: peek after a refund of {give} of {cost}, {} {key:?}",
+                policies[p].name()
+            );
+        } else {
+            let p = (r >> 4) as usize % policies.len();
+            let key = Key::new(format!("c{}", (r >> 12) % 3));
+            let cost = [1, 1, 1, 2, 3][(r >> 20) as usize % 5];
+            let got = h.check(&policies[p], &key, cost).await;
+            let want = model.check(&policies[p], &key, cost).await.unwrap();
+            assert_eq!(
+                summary(&got),
+                summary(&want),
+                "{alg:?} step {step}: {} {key:?} cost {cost}",
+                policies[p].name()
+            );
+            assert_eq!(got.ticket().is_some(), got.is_allowed());
+            if let (Some(ticket), Some(model_ticket)) = (got.ticket(), want.ticket()) {
+                assert_eq!(ticket.cost(), cost);
+                open.push((p, key, cost, ticket, model_ticket));
+            } else {
+                denials += 1;
+            }
+        }
+    }
+    assert!(
+        refunds > 40 && denials > 20,
+        "{refunds} refunds, {denials} denials"
+    );
+}
+
+/// Each algorithm's refund rule in time, one quota of 4 per window:
+///
+/// - sliding log: the request's own entry leaves (the oldest one left then
+///   decides the retry-after); an entry that has left the window gives
+///   nothing back;
+/// - counter: a refund in the next fixed window comes off the previous
+///   count (the estimate drops by its weight); two windows on, nothing;
+/// - GCRA: the level drops by the cost's intervals, never below empty.
+async fn refund_rules_in_time(h: &Harness, alg: Algorithm) {
+    let p = policy("refund-time", alg).quota(quota(4, W));
+    let key = Key::new("refunded");
+    let m = h.margin();
+    match alg {
+        Algorithm::SlidingLog => {
+            let (d, a0, _) = h.check_timed(&p, &key, 1).await;
+            let first = d.ticket().unwrap();
+            let t0 = a0;
+            h.sleep_until(t0 + 200 * MS).await;
+            let (d, a1, b1) = h.check_timed(&p, &key, 1).await;
+            let second = d.ticket().unwrap();
+            h.sleep_until(t0 + 500 * MS).await;
+            for _ in 0..2 {
+                assert_allowed(&h.check(&p, &key, 1).await, "fill");
+            }
+            assert_denied(&h.check(&p, &key, 1).await, 0, "full");
+            // The oldest entry leaves: the second one decides when.
+            h.refund(&p, &key, 1, &first).await;
+            assert_eq!(remaining(&h.peek(&p, &key).await), [1]);
+            assert_allowed(&h.check(&p, &key, 1).await, "the refunded unit");
+            let (d, c, e) = h.check_timed(&p, &key, 1).await;
+            assert_denied(&d, 0, "full again");
+            assert_between(retry_us(&d), a1 + W - e, b1 + W - c, "the second entry");
+            // Once the second entry has left the window, its refund is a
+            // no-op: the others (admitted 500 ms in) still count.
+            h.sleep_until(b1 + W + m).await;
+            let before = remaining(&h.peek(&p, &key).await);
+            assert_eq!(before, [1]);
+            h.refund(&p, &key, 1, &second).await;
+            assert_eq!(remaining(&h.peek(&p, &key).await), before);
+        }
+        Algorithm::Gcra => {
+            // T = 250 ms.
+            const T: u64 = W / 4;
+            let mut tickets = Vec::new();
+            let (_, a0, _) = h.check_timed(&p, &key, 0).await;
+            for _ in 0..4 {
+                tickets.push(h.check(&p, &key, 1).await.ticket().unwrap());
+            }
+            assert_denied(&h.check(&p, &key, 1).await, 0, "full");
+            h.refund(&p, &key, 1, &tickets[0]).await;
+            let (d, _, e) = h.check_timed(&p, &key, 0).await;
+            assert_eq!(remaining(&d), [1]);
+            assert_between(
+                micros(d.quotas()[0].reset_after),
+                3 * T - (e - a0),
+                3 * T,
+                "level",
+            );
+            // More than the level left: empty, not below.
+            h.sleep_until(a0 + 2 * T + T / 2).await;
+            for ticket in &tickets[1..] {
+                h.refund(&p, &key, 1, ticket).await;
+            }
+            let d = h.peek(&p, &key).await;
+            assert_eq!(remaining(&d), [4]);
+            assert_eq!(resets(&d), [0]);
+            let d = h.check(&p, &key, 4).await;
+            assert_allowed(&d, "the whole burst, no more");
+            assert_denied(&h.check(&p, &key, 1).await, 0, "and no more");
+        }
+        _ => {
+            let s = h.align(W).await;
+            let mut tickets = Vec::new();
+            for _ in 0..4 {
+                tickets.push(h.check(&p, &key, 1).await.ticket().unwrap());
+            }
+            // Refunded in its own window: off the current count.
+            h.refund(&p, &key, 1, &tickets.pop().unwrap()).await;
+            assert_eq!(remaining(&h.peek(&p, &key).await), [1]);
+            // Next window, at a quarter: the previous 3 weigh
+            // floor(3 × 0.75) = 2; refunded, floor(2 × 0.75) = 1.
+            h.sleep_until(s + W + W / 4).await;
+            let before = h.now().await;
+            let d = h.peek(&p, &key).await;
+            h.refund(&p, &key, 1, &tickets.pop().unwrap()).await;
+            let seen = h.peek(&p, &key).await;
+            let after = h.now().await;
+            if h.exact() {
+                assert_eq!(remaining(&d), [2]);
+                assert_eq!(remaining(&seen), [3]);
+            } else if after < s + W + W / 2 {
+                // Within [W/4, W/2): 3 weighs 1 or 2, then 2 weighs 1.
+                assert_between(remaining(&seen)[0], 3, 3, "off the previous count");
+                assert!(before >= s + W + W / 4);
+            }
+            // Two windows on: that count no longer matters.
+            h.sleep_until(s + 2 * W + m).await;
+            let before = h.peek(&p, &key).await;
+            h.refund(&p, &key, 1, &tickets.pop().unwrap()).await;
+            assert_eq!(remaining(&h.peek(&p, &key).await), remaining(&before));
+            assert_eq!(remaining(&before), [4]);
+        }
+    }
+}
+
 /// The offset into a window from which a decaying count of `decaying` weighs
 /// at most `room` units: the first `x` with `floor(decaying * (W - x) / W) <=
 /// room`, i.e. `decaying * (W - x) / W < room + 1`, plus 1 µs against rounding.
@@ -1051,6 +1245,8 @@ scenarios! {
     reset_restores_the_quota: [SlidingLog, SlidingWindow, Gcra];
     gcra_burst_then_rate: [Gcra];
     gcra_denials_are_free_and_quotas_all_or_nothing: [Gcra];
+    refunds_match_the_model: [SlidingLog, SlidingWindow, Gcra];
+    refund_rules_in_time: [SlidingLog, SlidingWindow, Gcra];
 }
 
 /// Batching (Redis, one node): checks made at once go out as a few batch

@@ -62,6 +62,8 @@ mod nested_layers;
 #[cfg(feature = "test-util")]
 mod proptests;
 mod redis_keys;
+mod refund_after_response;
+mod refunds;
 mod reset_instances;
 mod route_config_errors;
 mod route_differential;

@@ -276,3 +276,58 @@ fn backends_name_their_metrics_label() {
         "redis_cluster"
     );
 }
+
+/// `ratelimit_adjustments_total`: a request the inner layer refuses is
+/// refunded to the outer one (`ok`), and a refund the backend fails is
+/// counted as `failed`, the response unaffected.
+#[tokio::test]
+async fn refunds_after_the_response_are_counted() {
+    use std::sync::Arc;
+    use tower_redis_ratelimit::metrics::ADJUSTMENTS_TOTAL;
+    use tower_redis_ratelimit::{Backend, BackendError, CheckFuture, Key, RefundFuture, Ticket};
+
+    /// The memory backend, whose refunds fail.
+    struct Failing(MemoryBackend);
+    impl Backend for Failing {
+        fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
+            self.0.check(policy, key, cost)
+        }
+        fn refund(&self, _: &Policy, _: &Key, _: u64, _: &Ticket) -> RefundFuture {
+            Box::pin(async { Err(BackendError::Protocol("refunds fail here".to_owned())) })
+        }
+    }
+
+    let mut recorded = Recorded::install();
+    let build = |name: &str, limit: u64, backend: Arc<dyn Backend>| {
+        RateLimitLayer::builder()
+            .backend(backend)
+            .default_policy(policy(name, limit))
+            .build()
+            .unwrap()
+    };
+    let ok = |_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) };
+    for (outer, outcome) in [
+        (build("api", 10, Arc::new(MemoryBackend::new())), "ok"),
+        (
+            build("api-failing", 10, Arc::new(Failing(MemoryBackend::new()))),
+            "failed",
+        ),
+    ] {
+        let inner = build("login", 1, Arc::new(MemoryBackend::new()));
+        let service = outer.layer(inner.layer(tower::service_fn(ok)));
+        let send = || {
+            let request = Request::get("/login")
+                .header("x-client", "a")
+                .body(String::new())
+                .unwrap();
+            service.clone().oneshot(request)
+        };
+        assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+        let refused = send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        let name = outer.admin().policies().next().unwrap().name().to_owned();
+        let counters = recorded.counters();
+        let key = format!("{ADJUSTMENTS_TOTAL}{{policy={name},kind=refund,outcome={outcome}}}");
+        assert_eq!(counters.get(&key), Some(&1), "{counters:?}");
+    }
+}

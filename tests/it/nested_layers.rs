@@ -4,7 +4,8 @@
 //! response: the IETF lists are merged (the inner layer's items first), the
 //! legacy single-valued headers describe the quota with the fewest units left
 //! and `Retry-After` keeps the inner denial's wait. Every `RateLimit` and
-//! `RateLimit-Policy` value is parsed with sfv.
+//! `RateLimit-Policy` value is parsed with sfv. A request the inner layer
+//! refuses gives its unit back to the outer one (by default; opt-out).
 
 use std::time::Duration;
 
@@ -20,12 +21,16 @@ use crate::support::web::{PEER, oneshot, request};
 /// Generous: a missed deadline would fail open and drop the headers.
 const DEADLINE: Duration = Duration::from_secs(2);
 
+/// Refunds of refused requests are off here: these tests count on every
+/// admission (the refund, which runs after the response, is the subject of
+/// `refused_logins_spend_no_outer_quota`).
 fn layer(backend: RedisBackend, policy: Policy, style: HeaderStyle) -> RateLimitLayer {
     RateLimitLayer::builder()
         .backend(backend)
         .default_policy(policy)
         .headers(style)
         .deadline(DEADLINE)
+        .refund_refused_by_inner_layers(false)
         .build()
         .unwrap()
 }
@@ -213,4 +218,81 @@ async fn nested_layers_on_the_memory_backend() {
     );
     assert_eq!((state[0].1, state[1].1), (0, 8));
     assert_eq!(legacy(&headers).1, 0);
+}
+
+/// The stack of the issue: `api` (`.layer()`) over `auth` (a `route_layer`)
+/// on `backend`. A login the inner layer refuses gives its unit of `api`
+/// back (by default): after five logins and five refusals, `api` has spent
+/// five units, not ten; opted out, ten.
+async fn refused_logins_spend_no_outer_quota(
+    backend: impl Fn() -> std::sync::Arc<dyn tower_redis_ratelimit::Backend>,
+    refund: bool,
+) {
+    let build = |policy: Policy, refund: bool| {
+        RateLimitLayer::builder()
+            .backend(backend())
+            .default_policy(policy)
+            .deadline(DEADLINE)
+            .refund_refused_by_inner_layers(refund)
+            .build()
+            .unwrap()
+    };
+    let inner = build(Policy::new("auth").quota(Quota::per_minute(5)), true);
+    let outer = build(Policy::new("api").quota(Quota::per_minute(100)), refund);
+    let admin = outer.admin();
+    let login = Router::new()
+        .route("/login", post(|| async { "welcome" }))
+        .route_layer(inner);
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .merge(login)
+        .layer(outer);
+    let client = tower_redis_ratelimit::Key::new(PEER.ip().to_string());
+    let api = || async { admin.peek("api", &client).await.unwrap().quotas()[0].remaining };
+    for i in 0..5 {
+        assert_eq!(post_login(&app).await.0, StatusCode::OK, "login {i}");
+    }
+    assert_eq!(api().await, 95);
+    for i in 0..5 {
+        let (status, headers) = post_login(&app).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "refused login {i}");
+        // The headers show `api` as decided, before its refund.
+        let (_, state) = ietf(&headers);
+        assert_eq!((state[1].0.as_str(), state[1].1), ("api", 94));
+        // The refund runs after the response: wait for it (at once on
+        // memory, a Redis call on Redis).
+        let want = if refund { 95 } else { 94 - i };
+        let start = std::time::Instant::now();
+        while api().await != want && start.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(api().await, want, "refund {refund}, refused login {i}");
+        if !refund {
+            break;
+        }
+    }
+    let (_, headers) = send(&app, Method::GET, "/hello").await;
+    let (_, state) = ietf(&headers);
+    let want = if refund { 94 } else { 93 };
+    assert_eq!((state[0].0.as_str(), state[0].1), ("api", want));
+}
+
+#[tokio::test]
+async fn a_login_refused_inside_is_refunded_outside_on_redis() {
+    let url = support::redis_url();
+    for refund in [true, false] {
+        refused_logins_spend_no_outer_quota(
+            || std::sync::Arc::new(support::redis_backend(&url, "stacked-refund")),
+            refund,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_login_refused_inside_is_refunded_outside_on_memory() {
+    for refund in [true, false] {
+        let backend = support::still_memory();
+        refused_logins_spend_no_outer_quota(|| std::sync::Arc::new(backend.clone()), refund).await;
+    }
 }

@@ -2,7 +2,8 @@
 //! for the Lua scripts against the model: every algorithm's check and peek
 //! scripts, run by a real `redis-server` on a clock the test sets, reply
 //! exactly what the memory backend (the Rust model) decides, over random
-//! request sequences. The path readings' property tests live with the code,
+//! request sequences, and so do the refund scripts, with refunds mixed into
+//! the sequences. The path readings' property tests live with the code,
 //! in `src/routes/path.rs`; the models' own, against naive definitions, in
 //! `src/algorithm/mod.rs`.
 
@@ -265,5 +266,166 @@ proptest! {
         // A day boundary plus an offset, in 2026.
         let start = 1_798_761_600_000_000 + offset;
         scripts_agree(&mut conn, algorithm, &quotas, start, &steps)?;
+    }
+}
+
+/// A step: clock advance, a check's cost, and instead of the check a
+/// refund (`Some((which, cost))`) of one of the admissions not yet refunded
+/// (`which` modulo their number), of `cost` units (above the admission's
+/// cost: all of it).
+type RefundStep = (u64, u64, Option<(usize, u64)>);
+
+/// Steps with refunds mixed in (see [`RefundStep`]).
+fn refund_steps() -> impl Strategy<Value = Vec<RefundStep>> {
+    let advance = prop_oneof![
+        20 => Just(0_u64),
+        60 => (0_u64..7).prop_map(|k| k * 10_000),
+        18 => 0_u64..60_000,
+        2 => 0_u64..9_000_000,
+    ];
+    let cost = prop_oneof![1 => Just(0_u64), 12 => Just(1), 6 => 1_u64..=4, 1 => 18_u64..=24];
+    let refund = prop_oneof![
+        2 => Just(None),
+        1 => (any::<usize>(), prop_oneof![3 => Just(u64::MAX), 1 => 1_u64..=3]).prop_map(Some),
+    ];
+    prop::collection::vec((advance, cost, refund), 1..120)
+}
+
+/// An admission not yet refunded: the model's decision (its ticket) and,
+/// for the script, its nonce, instant and reported resets.
+struct Admitted {
+    decision: Decision,
+    nonce: String,
+    at: u64,
+    resets: Vec<u64>,
+}
+
+/// Runs `steps` through the memory backend (the model, on a fake clock) and
+/// the scripts in Redis (on the same instants): checks as in
+/// [`scripts_agree`], and refunds of earlier admissions, each followed by a
+/// peek, whose reply must be the model's.
+fn refund_scripts_agree(
+    conn: &mut redis::Connection,
+    algorithm: Algorithm,
+    quotas: &[Quota],
+    start: u64,
+    steps: &[RefundStep],
+) -> Result<(), TestCaseError> {
+    let (check, peek, tag) = crate::support::scripts::shipped(algorithm);
+    let refund = on_test_clock(crate::support::scripts::shipped_refund(algorithm));
+    let (check, peek) = (on_test_clock(check), on_test_clock(peek));
+    let case = CASE.fetch_add(1, Ordering::Relaxed);
+    let policy = quotas
+        .iter()
+        .fold(Policy::new("prop").algorithm(algorithm), |p, &q| p.quota(q));
+    let keys: Vec<String> = (0..quotas.len())
+        .map(|i| format!("prop-refund{case}:{{k}}:{tag}{i}"))
+        .collect();
+    let clock = FakeClock::new(start);
+    let memory = MemoryBackend::with_clock(clock.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let key = Key::new("k");
+    let mut open: Vec<Admitted> = Vec::new();
+    for (n, &(advance, cost, refunding)) in steps.iter().enumerate() {
+        clock.advance(Duration::from_micros(advance));
+        let now = clock.now_micros();
+        let time = |cmd: &mut redis::Cmd| {
+            cmd.arg(now / 1_000_000).arg(now % 1_000_000);
+        };
+        let what = format!("{algorithm:?} step {n} at +{} us", now - start);
+        if let Some((which, part)) = refunding.filter(|_| !open.is_empty()) {
+            let admitted = open.remove(which % open.len());
+            let ticket = admitted.decision.ticket().unwrap();
+            runtime
+                .block_on(memory.refund(&policy, &key, part, &ticket))
+                .unwrap();
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(&refund)
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(part.min(ticket.cost()))
+                .arg(&admitted.nonce)
+                .arg(now - admitted.at);
+            for (q, reset) in quotas.iter().zip(&admitted.resets) {
+                cmd.arg(q.limit())
+                    .arg(q.window().as_micros() as u64)
+                    .arg(reset);
+            }
+            time(&mut cmd);
+            let what = format!(
+                "{what}, refund of {part} of {} admitted at +{}",
+                ticket.cost(),
+                admitted.at - start
+            );
+            let replied: i64 = cmd
+                .query(conn)
+                .map_err(|e| TestCaseError::fail(format!("{what}: redis error {e}")))?;
+            prop_assert_eq!(replied, 1, "{}", what);
+            let expected = as_reply(&runtime.block_on(memory.peek(&policy, &key)).unwrap());
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(&peek).arg(keys.len()).arg(&keys).arg(1).arg("");
+            for q in quotas {
+                cmd.arg(q.limit()).arg(q.window().as_micros() as u64);
+            }
+            time(&mut cmd);
+            let got: Vec<i64> = cmd
+                .query(conn)
+                .map_err(|e| TestCaseError::fail(format!("{what}, peek: redis error {e}")))?;
+            prop_assert_eq!(&got, &expected, "{}, peek", what);
+        } else {
+            let nonce = format!("{case}.{n}");
+            let decision = runtime.block_on(memory.check(&policy, &key, cost)).unwrap();
+            let expected = as_reply(&decision);
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(&check)
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(cost)
+                .arg(&nonce);
+            for q in quotas {
+                cmd.arg(q.limit()).arg(q.window().as_micros() as u64);
+            }
+            time(&mut cmd);
+            let got: Vec<i64> = cmd
+                .query(conn)
+                .map_err(|e| TestCaseError::fail(format!("{what}: redis error {e}")))?;
+            prop_assert_eq!(&got, &expected, "{}, cost {}", what, cost);
+            if decision.ticket().is_some() {
+                let resets = got[3..].chunks(2).map(|pair| pair[1] as u64).collect();
+                open.push(Admitted {
+                    decision,
+                    nonce,
+                    at: now,
+                    resets,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// The refund scripts are exact translations of the model: after any
+    /// refund, whole or partial, of any earlier admission, the scripts'
+    /// state reads as the model's.
+    #[test]
+    fn refund_scripts_give_back_what_the_model_does(
+        algorithm in prop::sample::select(vec![
+            Algorithm::SlidingLog,
+            Algorithm::SlidingWindow,
+            Algorithm::Gcra,
+        ]),
+        quotas in quotas(),
+        offset in 0_u64..20_000_000,
+        steps in refund_steps(),
+    ) {
+        let url = support::redis_url();
+        let mut conn = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+        let start = 1_798_761_600_000_000 + offset;
+        refund_scripts_agree(&mut conn, algorithm, &quotas, start, &steps)?;
     }
 }

@@ -36,8 +36,8 @@ use self::script::{Call, Nonces};
 #[cfg(all(feature = "serde", feature = "tls"))]
 pub(crate) use self::tls::{check_ca, check_client_cert, check_client_key};
 use self::transport::{Request, Transport};
-use super::{Backend, CheckFuture, ResetFuture};
-use crate::decision::Decision;
+use super::{Backend, CheckFuture, RefundFuture, ResetFuture};
+use crate::decision::{Decision, Ticket};
 use crate::error::{BackendError, ConfigError};
 use crate::failure::FailureMode;
 use crate::key::Key;
@@ -90,6 +90,10 @@ mod transport;
 /// Redis 7.0 and later (the server then refuses any write) and as `EVALSHA`
 /// on older servers or when an ACL allows only `EVALSHA`; it changes no key,
 /// member or TTL. A [reset](Backend::reset) is one `DEL` of the client's keys.
+///
+/// Refunds ([`Backend::refund`]): one call of a third script per algorithm,
+/// never batched, on Redis' clock; it reads every key before it writes, so a
+/// key of another type fails the refund whole (a key fault, as for a check).
 ///
 /// Batching: a lone check is sent at once; while calls are in flight,
 /// further checks queue, and go out together as one call of a batch script
@@ -718,6 +722,22 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             if let Some(command) = command {
                 let _deleted: u64 = transport.send(Request::Command(&command)).await?;
+            }
+            Ok(())
+        })
+    }
+
+    // Refunds: one call of the algorithm's refund script, never batched.
+
+    fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
+        let call = script::refund_call(&self.inner.prefix, policy, key, cost, ticket);
+        let transport = Arc::clone(&self.inner.transport);
+        Box::pin(async move {
+            if let Some(invocation) = call {
+                let _: i64 = transport
+                    .send(Request::Script(&invocation))
+                    .await
+                    .map_err(script::key_fault)?;
             }
             Ok(())
         })

@@ -24,13 +24,13 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Cmd, Script, ScriptInvocation};
 
 use super::keyspace::keys;
 use crate::algorithm::{Algorithm, PEEK_COST};
-use crate::decision::{Decision, QuotaStatus};
+use crate::decision::{Decision, Origin, QuotaStatus, Ticket};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::policy::{Policy, Quota};
@@ -146,9 +146,21 @@ impl Call {
             && self.keys == other.keys
     }
 
-    /// The decision in the script's reply to this call.
+    /// The decision in the script's reply to this call, with its ticket
+    /// when admitted (see [`Call::stamp`]).
     pub(super) fn decode(&self, reply: &[i64]) -> Result<Decision, BackendError> {
-        decode(reply, &self.quotas)
+        decode(reply, &self.quotas).map(|decision| self.stamp(decision))
+    }
+
+    /// `decision`, received now, marked (if it admits a cost above zero)
+    /// with what a refund needs: the nonce and the instant.
+    fn stamp(&self, decision: Decision) -> Decision {
+        if !decision.is_allowed() || self.cost == 0 {
+            return decision;
+        }
+        let nonce = (!self.nonce.is_empty()).then(|| Box::from(self.nonce.as_str()));
+        let received = Instant::now();
+        decision.stamped(self.cost, Origin::Redis { nonce, received })
     }
 }
 
@@ -217,6 +229,70 @@ pub(super) fn reset_command(prefix: &str, policy: &Policy, key: &Key) -> Option<
     let mut cmd = redis::cmd("DEL");
     cmd.arg(keys);
     Some(cmd)
+}
+
+/// Every algorithm's refund script, in the order of `Algorithm::ALL`.
+static REFUND_SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
+    Algorithm::ALL
+        .iter()
+        .map(|algorithm| Script::new(algorithm.spec().refund_lua))
+        .collect()
+});
+
+/// The refund script of `algorithm`.
+pub(super) fn refund_script(algorithm: Algorithm) -> &'static Script {
+    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
+    &REFUND_SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
+}
+
+/// The refund script call giving back `cost` units (at most the ticket's)
+/// of the request `ticket` admitted, in every quota of `policy` for `key`:
+///
+/// ```text
+/// KEYS[i]                             quota i's key
+/// ARGV[1]                             units to give back
+/// ARGV[2]                             the request's nonce (empty if none)
+/// ARGV[3]                             µs since the check's reply arrived
+/// ARGV[1+3i], ARGV[2+3i], ARGV[3+3i]  limit, window (µs) and the reset
+///                                     (µs) the check reported, of quota i
+/// ```
+///
+/// and the script replies 1. `None` if there is nothing to send: the
+/// ticket is not Redis' (another backend took the units), nothing is
+/// given back, or the policy has no quota.
+pub(super) fn refund_call(
+    prefix: &str,
+    policy: &Policy,
+    key: &Key,
+    cost: u64,
+    ticket: &Ticket,
+) -> Option<ScriptInvocation<'static>> {
+    let Origin::Redis { nonce, received } = &ticket.stamp.origin else {
+        return None;
+    };
+    let cost = cost.min(ticket.stamp.cost);
+    let keys = keys(prefix, policy, key);
+    if cost == 0 || keys.is_empty() {
+        return None;
+    }
+    let algorithm = policy.algorithm_kind();
+    let mut invocation = refund_script(algorithm).prepare_invoke();
+    for key in &keys {
+        invocation.key(key);
+    }
+    let age = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
+    invocation
+        .arg(cost)
+        .arg(nonce.as_deref().unwrap_or(""))
+        .arg(age);
+    for (i, quota) in policy.quotas().iter().enumerate() {
+        let reset = ticket.resets.get(i).copied().unwrap_or(0);
+        invocation
+            .arg(quota.limit())
+            .arg(quota.window_us())
+            .arg(reset);
+    }
+    Some(invocation)
 }
 
 /// Whether `error` says that the server does not know, or does not let this
@@ -572,6 +648,51 @@ mod tests {
             (ErrorKind::Io, "unknown command `EVALSHA_RO`"),
         ] {
             assert!(!read_only_refused(&error(kind, detail)), "{detail}");
+        }
+    }
+
+    #[test]
+    fn refunds_have_their_own_scripts_and_send_only_what_redis_took() {
+        let mut hashes = HashSet::new();
+        for &algorithm in Algorithm::ALL {
+            let refund = refund_script(algorithm).get_hash();
+            assert_ne!(refund, script(algorithm).get_hash(), "{algorithm:?}");
+            assert_ne!(refund, peek_script(algorithm).get_hash(), "{algorithm:?}");
+            assert!(hashes.insert(refund), "{algorithm:?}");
+        }
+        let key = Key::new("203.0.113.9");
+        let nonces = Nonces::new();
+        for &algorithm in Algorithm::ALL {
+            let policy = Policy::new("p")
+                .algorithm(algorithm)
+                .quota(Quota::per_minute(10));
+            let call = call("rl", &nonces, &policy, &key, 2);
+            // An admission carries a ticket of its cost and, for the log,
+            // its nonce; a denial none.
+            let admitted = call.decode(&[1, 0, 0, 8, 60_000_000]).unwrap();
+            let ticket = admitted.ticket().unwrap();
+            assert_eq!(ticket.cost(), 2);
+            match &ticket.stamp.origin {
+                Origin::Redis { nonce, .. } => {
+                    assert_eq!(
+                        nonce.as_deref(),
+                        Some(call.nonce.as_str()).filter(|n| !n.is_empty())
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            let denied = call.decode(&[0, 1, 5, 0, 60_000_000]).unwrap();
+            assert!(denied.ticket().is_none());
+            assert!(refund_call("rl", &policy, &key, 1, &ticket).is_some());
+            // Nothing to give back: nothing sent.
+            assert!(refund_call("rl", &policy, &key, 0, &ticket).is_none());
+            assert!(refund_call("rl", &Policy::new("none"), &key, 1, &ticket).is_none());
+            // A ticket of the in-process model: Redis took nothing.
+            let memory = Decision::allowed(vec![])
+                .stamped(2, Origin::Memory { at: 1 })
+                .ticket()
+                .unwrap();
+            assert!(refund_call("rl", &policy, &key, 2, &memory).is_none());
         }
     }
 

@@ -38,3 +38,19 @@ pub fn shipped(algorithm: Algorithm) -> (&'static str, &'static str, char) {
         other => panic!("no scripts listed for {other:?}"),
     }
 }
+
+/// Each algorithm's refund script, as shipped.
+pub fn shipped_refund(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::SlidingLog => concat!(
+            include_str!("../../../src/algorithm/sliding_log_read.lua"),
+            include_str!("../../../src/algorithm/sliding_log_refund.lua")
+        ),
+        Algorithm::SlidingWindow => concat!(
+            include_str!("../../../src/algorithm/sliding_window.lua"),
+            include_str!("../../../src/algorithm/sliding_window_refund.lua")
+        ),
+        Algorithm::Gcra => include_str!("../../../src/algorithm/gcra_refund.lua"),
+        other => panic!("no refund script listed for {other:?}"),
+    }
+}
