@@ -151,6 +151,22 @@ mod tests {
     use crate::policy::Quota;
 
     #[test]
+    fn spread_is_stable_in_range_and_uses_every_group() {
+        let policy = Policy::new("api").quota(Quota::per_minute(10));
+        let mut seen = [0u32; 2];
+        for n in 0..1000 {
+            let key = Key::new(format!("client-{n}"));
+            let group = HashTag::of(&policy, &key).spread(2);
+            assert_eq!(group, HashTag::of(&policy, &key).spread(2), "stable");
+            seen[usize::from(group)] += 1;
+            assert_eq!(HashTag::of(&policy, &key).spread(1), 0);
+            assert_eq!(HashTag::of(&policy, &key).spread(0), 0, "0 groups: one");
+        }
+        // FNV-1a spreads 1 000 keys over two groups nearly evenly.
+        assert!(seen.iter().all(|&n| (400..=600).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
     fn keys_follow_the_documented_layout() {
         let key = Key::new("203.0.113.9");
         let log = Policy::auth().quota(Quota::per_hour(50));
