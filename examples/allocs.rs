@@ -16,8 +16,13 @@
 //!   allocations, the connection's task included;
 //! - `redis/64_concurrent`: 64 decisions spawned together (batched), per
 //!   decision, the spawned tasks included.
+//!
+//! With `ALLOCS_TRACE=1`, one more run of each (after the counted ones)
+//! prints where each of its allocations is made: the frames of this crate
+//! (or, if none, the first few) of its backtrace.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,10 +76,51 @@ struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    /// Whether this thread's allocations are traced now; set while one is
+    /// being traced (a backtrace allocates too).
+    static TRACING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether `ALLOCS_TRACE` is set.
+fn trace_wanted() -> bool {
+    std::env::var_os("ALLOCS_TRACE").is_some()
+}
+
+/// Prints where the allocation being made is made, if this thread traces.
+fn trace() {
+    let Ok(true) = TRACING.try_with(|t| t.replace(false)) else {
+        return;
+    };
+    let trace = std::backtrace::Backtrace::force_capture().to_string();
+    let frames: Vec<&str> = trace
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("at "))
+        .map(|l| {
+            let l = l.trim();
+            &l[..l.len().min(100)]
+        })
+        .collect();
+    let ours: Vec<&str> = frames
+        .iter()
+        .copied()
+        .filter(|f| f.contains("tower_redis_ratelimit") || f.contains("redis::"))
+        .take(4)
+        .collect();
+    let shown = if ours.is_empty() {
+        frames.iter().copied().skip(3).take(6).collect()
+    } else {
+        ours
+    };
+    eprintln!("  alloc: {}", shown.join("  <  "));
+    TRACING.with(|t| t.set(true));
+}
+
 // SAFETY: every call is passed on unchanged to the system allocator.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        trace();
         // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc(layout) }
     }
@@ -86,12 +132,14 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        trace();
         // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        trace();
         // SAFETY: the caller's contract, passed on.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -131,7 +179,19 @@ fn per_run(n: u64, mut one: impl FnMut(u64)) -> f64 {
     for i in 0..n {
         one(i);
     }
-    (allocations() - before) as f64 / n as f64
+    let mean = (allocations() - before) as f64 / n as f64;
+    if trace_wanted() {
+        eprintln!("one more run, traced (this thread only):");
+        TRACING.with(|t| t.set(true));
+        one(n);
+        TRACING.with(|t| t.set(false));
+    }
+    mean
+}
+
+/// One line of the report.
+fn show(name: &str, per_decision: f64, note: &str) {
+    println!("{name:<36} {per_decision:6.2} {note}");
 }
 
 fn main() {
@@ -146,17 +206,15 @@ fn main() {
     let without = per_run(N, |i| {
         rt.block_on(inner.oneshot(request(i % 1024))).unwrap();
     });
-    println!("layer/without_layer                {without:6.2}");
+    show("layer/without_layer", without, "");
     for alg in [Algorithm::SlidingWindow, Algorithm::SlidingLog] {
         let layer = RateLimitLayer::new(MemoryBackend::new(), policy(alg)).unwrap();
         let svc = layer.layer(inner);
         let with = per_run(N, |i| {
             rt.block_on(svc.clone().oneshot(request(i % 1024))).unwrap();
         });
-        println!(
-            "layer/memory_backend/{alg:?}  {with:6.2}  (layer's own: {:.2})",
-            with - without
-        );
+        let own = format!("(the layer's own: {:.2})", with - without);
+        show(&format!("layer/memory_backend/{alg:?}"), with, &own);
     }
     let keys: Vec<Key> = (0..1024).map(|i| Key::new(format!("c{i}"))).collect();
     for alg in [Algorithm::SlidingWindow, Algorithm::SlidingLog] {
@@ -169,7 +227,7 @@ fn main() {
                 Poll::Pending => unreachable!("the memory backend decides at once"),
             }
         });
-        println!("memory/check/{alg:?}          {n:6.2}");
+        show(&format!("memory/check/{alg:?}"), n, "");
     }
 
     let server = RedisServer::start();
@@ -180,7 +238,7 @@ fn main() {
             let check = backend.check(&p, &keys[(i % 1024) as usize], 1);
             rt.block_on(check).unwrap();
         });
-        println!("redis/one_decision/{alg:?}    {n:6.2}");
+        show(&format!("redis/one_decision/{alg:?}"), n, "");
         let n = per_run(100, |_| {
             rt.block_on(async {
                 let mut set = tokio::task::JoinSet::new();
@@ -192,7 +250,7 @@ fn main() {
                 }
             });
         }) / 64.0;
-        println!("redis/64_concurrent/{alg:?}   {n:6.2}");
+        show(&format!("redis/64_concurrent/{alg:?}"), n, "");
     }
     drop(server);
 }

@@ -644,9 +644,9 @@ async fn lone(
     lead: Option<Lead>,
 ) -> Result<Decision, BackendError> {
     let _lead = lead;
-    let invocation = call.invocation();
+    let command = call.evalsha();
     let reply: Vec<i64> = transport
-        .send(Request::Script(&invocation))
+        .send(Request::Eval(&command, call.script()))
         .await
         .map_err(script::key_fault)?;
     call.decode(&reply)
