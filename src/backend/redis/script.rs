@@ -491,6 +491,30 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_call_is_evalsha_of_its_keys_and_args() {
+        let [a, b] = two_quotas();
+        let nonces = Nonces::new();
+        let key = Key::new("203.0.113.9");
+        for &algorithm in Algorithm::ALL {
+            let policy = Policy::new("p").quota(a).quota(b).algorithm(algorithm);
+            let call = call("rl", &nonces, &policy, &key, 3);
+            let nonce = call.nonce.as_str();
+            assert_eq!(nonce.is_empty(), !algorithm.spec().nonce);
+            let keys = keys("rl", &policy, &key);
+            let mut want = redis::cmd("EVALSHA");
+            want.arg(script(algorithm).get_hash())
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(args(policy.quotas(), 3, nonce));
+            assert_eq!(
+                call.evalsha().get_packed_command(),
+                want.get_packed_command(),
+                "{algorithm:?}"
+            );
+        }
+    }
+
+    #[test]
     fn args_follow_the_documented_layout() {
         let [a, b] = two_quotas();
         assert_eq!(
