@@ -277,10 +277,8 @@ pub(crate) fn peek(states: &[QuotaState], quotas: &[Quota], now: u64) -> Decisio
             status(quota, usage)
         })
         .collect();
-    match longest(retries) {
-        None => Decision::allowed(statuses),
-        Some((i, r)) => Decision::denied(statuses, i, Duration::from_micros(r)),
-    }
+    let denied = longest(retries).map(|(i, r)| (i, Duration::from_micros(r)));
+    Decision::new(statuses, denied)
 }
 
 /// Checks and (if every quota admits it) consumes `cost` units from every quota,
@@ -316,11 +314,8 @@ pub(crate) fn check(
             status(quota, usage)
         })
         .collect();
-    let decision = match denied {
-        None => Decision::allowed(statuses),
-        Some((i, r)) => Decision::denied(statuses, i, Duration::from_micros(r)),
-    };
-    (decision, keep)
+    let denied = denied.map(|(i, r)| (i, Duration::from_micros(r)));
+    (Decision::new(statuses, denied), keep)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use redis::{Cmd, Script};
 
 use super::keyspace::{KeyList, keys};
 use crate::algorithm::{Algorithm, PEEK_COST};
-use crate::decision::{Decision, QuotaStatus};
+use crate::decision::{Decision, QuotaStatus, Statuses};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::policy::{Policy, Quota};
@@ -370,14 +370,13 @@ pub(super) fn decode(reply: &[i64], quotas: &[Quota]) -> Result<Decision, Backen
                 reset_after: Duration::from_micros(non_neg(pair[1])?),
             })
         })
-        .collect::<Result<Vec<_>, BackendError>>()?;
+        .collect::<Result<Statuses, BackendError>>()?;
     match (reply[0], reply[1]) {
-        (1, 0) => Ok(Decision::allowed(statuses)),
-        (0, i) if i >= 1 && (i as usize) <= quotas.len() => Ok(Decision::denied(
-            statuses,
-            i as usize - 1,
-            Duration::from_micros(non_neg(reply[2])?),
-        )),
+        (1, 0) => Ok(Decision::new(statuses, None)),
+        (0, i) if i >= 1 && (i as usize) <= quotas.len() => {
+            let retry_after = Duration::from_micros(non_neg(reply[2])?);
+            Ok(Decision::new(statuses, Some((i as usize - 1, retry_after))))
+        }
         _ => Err(bad()),
     }
 }
