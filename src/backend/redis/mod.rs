@@ -703,12 +703,12 @@ impl Backend for RedisBackend {
 
     fn peek(&self, policy: &Policy, key: &Key) -> CheckFuture {
         let call = script::peek_call(&self.inner.prefix, policy, key);
-        let quotas = policy.quotas().to_vec();
+        let policy = policy.clone();
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let request = Request::ReadOnly(&call, &inner.read_only);
             let reply: Vec<i64> = inner.transport.send(request).await?;
-            script::decode(&reply, &quotas)
+            script::decode(&reply, policy.quotas())
         })
     }
 
