@@ -49,9 +49,11 @@ impl RedisServer {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server on the PATH");
+        // Killed and waited for on drop, even if it never listens.
+        let server = Self(child, port);
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self(child, port);
+                return server;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
