@@ -128,11 +128,9 @@ impl BlockedClients {
                 ..*q
             })
             .collect();
-        Some(Decision::denied(
-            quotas,
-            entry.decision.denied_by().unwrap_or(0),
-            Duration::from_micros(entry.until - now),
-        ))
+        let denied_by = entry.decision.denied_by().unwrap_or(0);
+        let retry_after = Duration::from_micros(entry.until - now);
+        Some(Decision::new(quotas, Some((denied_by, retry_after))))
     }
 
     /// Forgets `key`'s denial, if any: its next request asks the backend

@@ -451,6 +451,10 @@ impl Breaker {
     ///
     /// `backend` is the backend's metrics label; the call runs in `span`,
     /// and is timed if the `metrics` feature or that span wants it.
+    // The `Err` below carries a finished call out of the span's closure at
+    // once, never up a call stack: boxing it would cost an allocation per
+    // in-process decision for nothing.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn start(
         self: &Arc<Self>,
         deadline: Duration,

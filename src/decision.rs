@@ -27,7 +27,7 @@ pub struct QuotaStatus {
 /// (outcome, quotas, retry-after): the ticket is not compared.
 #[derive(Clone)]
 pub struct Decision {
-    quotas: Vec<QuotaStatus>,
+    quotas: Statuses,
     denied: Option<(usize, Duration)>,
     /// Set by the backend that admitted the request (cost above zero).
     stamp: Option<Stamp>,
@@ -40,7 +40,7 @@ pub struct Decision {
 impl fmt::Debug for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Decision")
-            .field("quotas", &self.quotas)
+            .field("quotas", &self.quotas())
             .field("denied", &self.denied)
             .field("stamp", &self.stamp)
             .finish_non_exhaustive()
@@ -49,7 +49,7 @@ impl fmt::Debug for Decision {
 
 impl PartialEq for Decision {
     fn eq(&self, other: &Self) -> bool {
-        self.quotas == other.quotas && self.denied == other.denied
+        self.quotas() == other.quotas() && self.denied == other.denied
     }
 }
 
@@ -106,11 +106,47 @@ impl Ticket {
     }
 }
 
+/// A decision's quota states: in place for the usual single quota (no
+/// allocation per decision), else in a vector.
+#[derive(Clone)]
+pub(crate) enum Statuses {
+    One(QuotaStatus),
+    Many(Vec<QuotaStatus>),
+}
+
+impl Statuses {
+    fn as_slice(&self) -> &[QuotaStatus] {
+        match self {
+            Statuses::One(status) => std::slice::from_ref(status),
+            Statuses::Many(statuses) => statuses,
+        }
+    }
+}
+
+/// One status in place, several (or none) in a vector.
+impl FromIterator<QuotaStatus> for Statuses {
+    fn from_iter<I: IntoIterator<Item = QuotaStatus>>(iter: I) -> Self {
+        let mut iter = iter.into_iter();
+        let Some(first) = iter.next() else {
+            return Statuses::Many(Vec::new());
+        };
+        match iter.next() {
+            None => Statuses::One(first),
+            Some(second) => {
+                let mut all = Vec::with_capacity(2 + iter.size_hint().0);
+                all.extend([first, second]);
+                all.extend(iter);
+                Statuses::Many(all)
+            }
+        }
+    }
+}
+
 impl Decision {
     /// An admitted request.
     pub fn allowed(quotas: Vec<QuotaStatus>) -> Self {
         Self {
-            quotas,
+            quotas: Statuses::Many(quotas),
             denied: None,
             stamp: None,
             client: None,
@@ -122,8 +158,20 @@ impl Decision {
     /// request would be admitted if nothing else arrives.
     pub fn denied(quotas: Vec<QuotaStatus>, quota: usize, retry_after: Duration) -> Self {
         Self {
-            quotas,
+            quotas: Statuses::Many(quotas),
             denied: Some((quota, retry_after)),
+            stamp: None,
+            client: None,
+        }
+    }
+
+    /// [`Decision::allowed`] or (`denied`: the quota's index and the
+    /// retry-after) [`Decision::denied`], from the backends: a single
+    /// quota's status is kept in place.
+    pub(crate) fn new(quotas: Statuses, denied: Option<(usize, Duration)>) -> Self {
+        Self {
+            quotas,
+            denied,
             stamp: None,
             client: None,
         }
@@ -160,7 +208,7 @@ impl Decision {
     pub fn ticket(&self) -> Option<Ticket> {
         let stamp = self.stamp.clone()?;
         let resets = self
-            .quotas
+            .quotas()
             .iter()
             .map(|q| u64::try_from(q.reset_after.as_micros()).unwrap_or(u64::MAX))
             .collect();
@@ -174,7 +222,7 @@ impl Decision {
 
     /// Every quota's state, in policy order.
     pub fn quotas(&self) -> &[QuotaStatus] {
-        &self.quotas
+        self.quotas.as_slice()
     }
 
     /// The index of the quota that denied the request.
@@ -191,9 +239,9 @@ impl Decision {
     /// fewest remaining units (ties: the longest reset).
     pub fn tightest(&self) -> Option<&QuotaStatus> {
         if let Some(i) = self.denied_by() {
-            return self.quotas.get(i);
+            return self.quotas().get(i);
         }
-        self.quotas.iter().min_by(|a, b| {
+        self.quotas().iter().min_by(|a, b| {
             a.remaining
                 .cmp(&b.remaining)
                 .then(b.reset_after.cmp(&a.reset_after))
@@ -277,5 +325,41 @@ mod tests {
             assert!(decision.ticket().is_none());
             assert!(decision.with_client(Key::new("x")).client().is_none());
         }
+    }
+
+    fn status(remaining: u64) -> QuotaStatus {
+        QuotaStatus {
+            limit: 10,
+            window: Duration::from_secs(1),
+            remaining,
+            reset_after: Duration::from_millis(remaining),
+        }
+    }
+
+    /// A decision whose statuses are kept in place is the one made from a
+    /// vector: equal, printed alike.
+    #[test]
+    fn statuses_in_place_or_in_a_vector_are_one_decision() {
+        let retry = Some((1, Duration::from_secs(2)));
+        for n in 0..4u64 {
+            let statuses: Vec<QuotaStatus> = (0..n).map(status).collect();
+            let in_place: Statuses = statuses.iter().copied().collect();
+            assert_eq!(matches!(in_place, Statuses::One(_)), n == 1);
+            let made = Decision::new(in_place.clone(), None);
+            let allowed = Decision::allowed(statuses.clone());
+            assert_eq!(made, allowed);
+            assert_eq!(format!("{made:?}"), format!("{allowed:?}"));
+            assert_eq!(made.quotas(), statuses);
+            let made = Decision::new(in_place, retry);
+            let denied = Decision::denied(statuses, 1, Duration::from_secs(2));
+            assert_eq!(made, denied);
+            assert_eq!(format!("{made:?}"), format!("{denied:?}"));
+            assert_eq!(made.tightest(), denied.tightest());
+        }
+        assert_eq!(
+            format!("{:?}", Decision::allowed(vec![status(3)])),
+            "Decision { quotas: [QuotaStatus { limit: 10, window: 1s, remaining: 3, \
+             reset_after: 3ms }], denied: None, stamp: None, .. }"
+        );
     }
 }

@@ -297,10 +297,8 @@ pub(crate) fn peek(states: &[QuotaState], quotas: &[Quota], now: u64) -> Decisio
             status(quota, usage)
         })
         .collect();
-    match longest(retries) {
-        None => Decision::allowed(statuses),
-        Some((i, r)) => Decision::denied(statuses, i, Duration::from_micros(r)),
-    }
+    let denied = longest(retries).map(|(i, r)| (i, Duration::from_micros(r)));
+    Decision::new(statuses, denied)
 }
 
 /// Gives back what a request took, in every quota (see [`Model::refund`] in
@@ -368,10 +366,8 @@ pub(crate) fn check(
             status(quota, usage)
         })
         .collect();
-    let decision = match denied {
-        None => Decision::allowed(statuses).stamped(cost, Origin::Memory { at: now }),
-        Some((i, r)) => Decision::denied(statuses, i, Duration::from_micros(r)),
-    };
+    let denied = denied.map(|(i, r)| (i, Duration::from_micros(r)));
+    let decision = Decision::new(statuses, denied).stamped(cost, Origin::Memory { at: now });
     (decision, keep)
 }
 

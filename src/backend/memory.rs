@@ -432,7 +432,12 @@ impl MemoryBackend {
         let quotas = policy.quotas();
         let fresh_quotas = || quotas.iter().map(|_| QuotaState::new(algorithm)).collect();
         let shard = &mut *shard;
-        let (decision, keep) = match shard.map.find_entry(hash, |e| e.is(name, text)) {
+        // The full hash first: a table tag's false match is then told
+        // apart without reading the entry's id.
+        let (decision, keep) = match shard
+            .map
+            .find_entry(hash, |e| e.hash == hash && e.is(name, text))
+        {
             Ok(mut found) => {
                 let entry = found.get_mut();
                 let before = entry.bytes();
@@ -502,7 +507,7 @@ impl MemoryBackend {
         let shard = inner.shards.lock_hashed(hash);
         let algorithm = policy.algorithm_kind();
         let quotas = policy.quotas();
-        match shard.map.find(hash, |e| e.is(name, text)) {
+        match shard.map.find(hash, |e| e.hash == hash && e.is(name, text)) {
             // The entry `decide_now` would use as it is.
             Some(entry)
                 if entry.expires_at > now
@@ -525,7 +530,10 @@ impl MemoryBackend {
         let (name, text) = (policy.name(), key.as_str());
         let hash = self.inner.shards.hash(&(name, text));
         let mut shard = self.inner.shards.lock_hashed(hash);
-        if let Ok(found) = shard.map.find_entry(hash, |e| e.is(name, text)) {
+        if let Ok(found) = shard
+            .map
+            .find_entry(hash, |e| e.hash == hash && e.is(name, text))
+        {
             let (entry, _) = found.remove();
             shard.bytes -= entry.bytes();
         }

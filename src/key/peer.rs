@@ -80,19 +80,27 @@ impl Key {
 /// The key of an IPv4 address: its dotted text, as `Display` writes it,
 /// written by hand (this runs for every request keyed by peer IP).
 fn ipv4_key(v4: Ipv4Addr) -> Key {
-    let mut text = String::with_capacity(15);
+    // Written on the stack, then copied once into the key's own allocation
+    // (a `String` of capacity 15 would be reallocated to fit).
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    let mut push = |byte: u8| {
+        text[len] = byte;
+        len += 1;
+    };
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            text.push('.');
+            push(b'.');
         }
         if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
+            push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
+            push(b'0' + octet / 10 % 10);
         }
-        text.push(char::from(b'0' + octet % 10));
+        push(b'0' + octet % 10);
     }
+    let text = std::str::from_utf8(&text[..len]).expect("digits and dots");
     Key(text.into())
 }
 

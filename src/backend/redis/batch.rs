@@ -77,7 +77,7 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::task::{Poll, Waker};
 
-use redis::{Cmd, Script, ScriptInvocation};
+use redis::{Cmd, Script};
 use tokio::sync::oneshot;
 
 use super::script::Call;
@@ -360,79 +360,63 @@ return out
 /// The batch script.
 static BATCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&batch_lua()));
 
-/// The batch call deciding `calls` in order (see `encode`).
-pub(super) fn batch_invocation<'a>(
-    calls: impl Iterator<Item = &'a Call>,
-) -> ScriptInvocation<'static> {
-    let mut invocation = BATCH_SCRIPT.prepare_invoke();
-    encode(calls, &mut invocation);
-    invocation
-}
-
 /// The batch call deciding `calls` in order, as a plain `EVALSHA` (see
-/// `encode`): `NOSCRIPT` is its caller's to handle.
+/// `encode`): `NOSCRIPT` is its caller's to handle, or `Request::Eval`'s,
+/// which loads [`BATCH_SCRIPT`] and calls again. Keys and arguments are
+/// written straight into the command, from the calls.
 fn batch_evalsha<'a>(calls: impl Iterator<Item = &'a Call>) -> Cmd {
     let mut words = Plain::default();
     encode(calls, &mut words);
-    let mut command = redis::cmd("EVALSHA");
+    let keys_len: usize = words.keys.iter().map(|key| key.len()).sum();
+    let texts_len: usize = (words.args.iter())
+        .map(|word| match word {
+            Word::Number(_) => 20,
+            Word::Text(text) => text.len(),
+        })
+        .sum();
+    // EVALSHA, SHA1, key count; each argument's length besides its bytes.
+    let args = 3 + words.keys.len() + words.args.len();
+    let mut command = Cmd::with_capacity(args, 56 + keys_len + texts_len);
     command
+        .arg("EVALSHA")
         .arg(BATCH_SCRIPT.get_hash())
-        .arg(words.keys.len())
-        .arg(&words.keys);
+        .arg(words.keys.len());
+    for key in &words.keys {
+        command.arg(*key);
+    }
     for arg in &words.args {
         match arg {
             Word::Number(n) => command.arg(*n),
-            Word::Text(text) => command.arg(text),
+            Word::Text(text) => command.arg(*text),
         };
     }
     command
 }
 
-/// A plain call's keys and arguments, in the order `encode` gives them.
+/// A plain call's keys and arguments, in the order `encode` gives them,
+/// borrowed from the calls.
 #[derive(Default)]
-struct Plain {
-    keys: Vec<String>,
-    args: Vec<Word>,
+struct Plain<'a> {
+    keys: Vec<&'a str>,
+    args: Vec<Word<'a>>,
 }
 
-enum Word {
+enum Word<'a> {
     Number(u64),
-    Text(String),
+    Text(&'a str),
 }
 
-impl Words for Plain {
-    fn key(&mut self, key: &str) {
-        self.keys.push(key.to_owned());
+impl<'a> Plain<'a> {
+    fn key(&mut self, key: &'a str) {
+        self.keys.push(key);
     }
 
     fn number(&mut self, n: u64) {
         self.args.push(Word::Number(n));
     }
 
-    fn text(&mut self, text: &str) {
-        self.args.push(Word::Text(text.to_owned()));
-    }
-}
-
-/// Where a batch call's keys and arguments go: its invocation, or a plain
-/// `EVALSHA`'s lists.
-trait Words {
-    fn key(&mut self, key: &str);
-    fn number(&mut self, n: u64);
-    fn text(&mut self, text: &str);
-}
-
-impl Words for ScriptInvocation<'static> {
-    fn key(&mut self, key: &str) {
-        ScriptInvocation::key(self, key);
-    }
-
-    fn number(&mut self, n: u64) {
-        self.arg(n);
-    }
-
-    fn text(&mut self, text: &str) {
-        self.arg(text);
+    fn text(&mut self, text: &'a str) {
+        self.args.push(Word::Text(text));
     }
 }
 
@@ -442,7 +426,7 @@ impl Words for ScriptInvocation<'static> {
 /// never the sliding log's, whose nonces differ) goes out once, with its
 /// length: Redis decides it that many times, one check after the other.
 /// Each distinct key goes out once.
-fn encode<'a>(calls: impl Iterator<Item = &'a Call>, out: &mut impl Words) {
+fn encode<'a>(calls: impl Iterator<Item = &'a Call>, out: &mut Plain<'a>) {
     let mut runs: Vec<(&Call, usize)> = Vec::new();
     for call in calls {
         match runs.last_mut() {
@@ -457,25 +441,24 @@ fn encode<'a>(calls: impl Iterator<Item = &'a Call>, out: &mut impl Words) {
     for (call, n) in runs {
         let alg = Algorithm::ALL.iter().position(|&a| a == call.algorithm);
         let alg = alg.expect("every algorithm is in Algorithm::ALL") as u64 + 1;
-        let fresh = previous.is_none_or(|p| p.cost != call.cost || p.quotas != call.quotas);
+        let fresh = previous.is_none_or(|p| p.cost != call.cost || p.quotas() != call.quotas());
         // The keys are the next ones of KEYS when none was used before (nor
         // twice in this check).
         let implicit = call
-            .keys
-            .iter()
+            .keys()
             .enumerate()
-            .all(|(i, key)| !index.contains_key(key.as_str()) && !call.keys[..i].contains(key));
+            .all(|(i, key)| !index.contains_key(key) && !call.keys().take(i).any(|k| k == key));
         let (fresh_bit, implicit_bit) = (u64::from(fresh), u64::from(implicit));
         out.number(alg + 4 * (fresh_bit + 2 * (implicit_bit + 2 * n as u64)));
         if call.algorithm.spec().nonce {
-            out.text(&call.nonce);
+            out.text(call.nonce.as_str());
         }
         if fresh {
             for n in call.batch_args() {
                 out.number(n);
             }
         }
-        for key in &call.keys {
+        for key in call.keys() {
             let next = index.len() as u64 + 1;
             let i = *index.entry(key).or_insert_with(|| {
                 out.key(key);
@@ -877,28 +860,23 @@ fn is_noscript(error: &BackendError) -> bool {
 /// lone check's own), under the transport's bounds for a lane's calls
 /// ([`Transport::bounded`]: on a cluster those of a detached call). A plain
 /// `EVALSHA`, whose `NOSCRIPT` is its caller's to handle; or, `reloading`,
-/// redis-rs' `EVALSHA` that loads the script on `NOSCRIPT` and calls again.
+/// the same `EVALSHA` through `Request::Eval`, which loads the script on
+/// `NOSCRIPT` and calls again.
 fn lane_call(
     transport: Arc<Transport>,
     batch: &[Waiting],
     as_batch: bool,
     reloading: bool,
 ) -> impl Future<Output = Outcome> + Send + 'static {
-    enum Made {
-        Plain(Cmd),
-        Reloading(ScriptInvocation<'static>),
-    }
-    let calls = || batch.iter().map(|w| &w.call);
-    let made = match (batch, reloading) {
-        ([one], false) if !as_batch => Made::Plain(one.call.evalsha()),
-        ([one], true) if !as_batch => Made::Reloading(one.call.invocation()),
-        (_, false) => Made::Plain(batch_evalsha(calls())),
-        (_, true) => Made::Reloading(batch_invocation(calls())),
+    let (command, script) = match batch {
+        [one] if !as_batch => (one.call.evalsha(), one.call.script()),
+        _ => (batch_evalsha(batch.iter().map(|w| &w.call)), &*BATCH_SCRIPT),
     };
     async move {
-        let request = match &made {
-            Made::Plain(command) => Request::Command(command),
-            Made::Reloading(invocation) => Request::Script(invocation),
+        let request = if reloading {
+            Request::Eval(&command, script)
+        } else {
+            Request::Command(&command)
         };
         let call = transport.send::<Vec<i64>>(request);
         transport.bounded(call).await
@@ -989,6 +967,10 @@ mod tests {
         super::super::script::call("t", &super::super::script::Nonces::new(), &policy, &key, 1)
     }
 
+    fn key_strings(call: &Call) -> Vec<String> {
+        call.keys().map(str::to_owned).collect()
+    }
+
     fn queued(submitted: Submitted) -> oneshot::Receiver<Reply> {
         match submitted {
             Submitted::Queued(rx) => rx,
@@ -1009,7 +991,7 @@ mod tests {
         let transport = Transport::single(client, second, second);
         let batcher = Arc::new(Batcher::with_depth(2, 2, Arc::new(transport)));
         let keys = |batch: &[Waiting]| -> Vec<Vec<String>> {
-            batch.iter().map(|w| w.call.keys.clone()).collect()
+            batch.iter().map(|w| key_strings(&w.call)).collect()
         };
         let mut waiting = Vec::new();
 
@@ -1020,18 +1002,24 @@ mod tests {
         assert!(batcher.next_batch(7).is_none(), "the lead is in flight");
         batcher.lead_done(7);
         // Then up to two calls in flight, batches of at most 2, in order.
-        assert_eq!(keys(&batcher.next_batch(7).unwrap()), [a_call(1).keys]);
+        assert_eq!(
+            keys(&batcher.next_batch(7).unwrap()),
+            [key_strings(&a_call(1))]
+        );
         // Nothing waits, but a call is in flight: a new check queues.
         waiting.push(queued(batcher.submit(7, a_call(2))));
         waiting.push(queued(batcher.submit(7, a_call(3))));
         waiting.push(queued(batcher.submit(7, a_call(4))));
         assert_eq!(
             keys(&batcher.next_batch(7).unwrap()),
-            [a_call(2).keys, a_call(3).keys]
+            [key_strings(&a_call(2)), key_strings(&a_call(3))]
         );
         assert!(batcher.next_batch(7).is_none(), "two calls in flight");
         batcher.ended(7, 1);
-        assert_eq!(keys(&batcher.next_batch(7).unwrap()), [a_call(4).keys]);
+        assert_eq!(
+            keys(&batcher.next_batch(7).unwrap()),
+            [key_strings(&a_call(4))]
+        );
         batcher.ended(7, 2);
 
         // Lanes are independent: lane 9 leads while lane 7 drains.
@@ -1050,7 +1038,10 @@ mod tests {
         assert!(leads(&batcher.submit(5, a_call(0))));
         waiting.push(queued(batcher.submit(5, a_call(1))));
         batcher.lead_done(5);
-        assert_eq!(keys(&batcher.next_batch(5).unwrap()), [a_call(1).keys]);
+        assert_eq!(
+            keys(&batcher.next_batch(5).unwrap()),
+            [key_strings(&a_call(1))]
+        );
         waiting.push(queued(batcher.submit(5, a_call(2))));
         assert!(matches!(batcher.next_step(5, 1, false, waker), Step::Wait));
         assert!(matches!(batcher.next_step(5, 1, true, waker), Step::Again));
@@ -1087,7 +1078,7 @@ mod tests {
         let args: Vec<String> = (out.args.iter())
             .map(|word| match word {
                 Word::Number(n) => n.to_string(),
-                Word::Text(text) => text.clone(),
+                Word::Text(text) => text.to_string(),
             })
             .collect();
         let code = |alg: u64, fresh: u64, implicit: u64, n: u64| {
@@ -1134,14 +1125,10 @@ mod tests {
         .flatten()
         .collect();
         assert_eq!(args, want);
-        let keys: Vec<&str> = vec![
-            &calls[0].keys[0],
-            &calls[2].keys[0],
-            &calls[4].keys[1],
-            &calls[5].keys[0],
-        ];
+        let key = |call: usize, quota: usize| calls[call].keys().nth(quota).unwrap();
+        let keys: Vec<&str> = vec![key(0, 0), key(2, 0), key(4, 1), key(5, 0)];
         assert_eq!(out.keys, keys);
-        assert_eq!(calls[4].keys[0], calls[2].keys[0]);
+        assert_eq!(key(4, 0), key(2, 0));
         assert_ne!(n1, n2);
     }
 

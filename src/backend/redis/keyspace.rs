@@ -14,7 +14,7 @@
 use std::fmt;
 
 use crate::key::Key;
-use crate::policy::Policy;
+use crate::policy::{Policy, Quota};
 
 /// The hash tag every key of one decision shares: `<policy>:<client key>`,
 /// written between braces in each key. Neither part can hold a brace
@@ -78,13 +78,62 @@ impl fmt::Display for HashTag<'_> {
 /// algorithm's letter. All keys of one decision share one hash tag, hence one
 /// cluster slot.
 pub(super) fn keys(prefix: &str, policy: &Policy, key: &Key) -> Vec<String> {
-    let letter = policy.algorithm_kind().spec().tag;
-    let tag = HashTag::of(policy, key);
-    policy
-        .quotas()
-        .iter()
-        .map(|quota| format!("{prefix}:{{{tag}}}:{letter}{}", quota.window().as_millis()))
-        .collect()
+    let list = KeyList::new(prefix, policy, key);
+    list.iter(policy.quotas()).map(str::to_owned).collect()
+}
+
+/// The keys of [`keys`], written one after another into one string (one
+/// allocation per decision, however many quotas): each is the common head
+/// `<prefix>:{<policy>:<key>}:<tag>` followed by its quota's window in
+/// milliseconds, so the quotas tell where each ends ([`KeyList::iter`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct KeyList {
+    text: String,
+    /// The length of the head every key starts with.
+    head: usize,
+}
+
+impl KeyList {
+    /// The keys of every quota of `policy` for `key`.
+    pub(super) fn new(prefix: &str, policy: &Policy, key: &Key) -> Self {
+        let letter = policy.algorithm_kind().spec().tag;
+        let (name, key) = (policy.name(), key.as_str());
+        // `<prefix>:{<name>:<key>}:<letter>`.
+        let head = prefix.len() + name.len() + key.len() + 5 + letter.len_utf8();
+        let quotas = policy.quotas();
+        let mut text = String::with_capacity(quotas.len() * (head + 20));
+        let mut digits = itoa::Buffer::new();
+        for quota in quotas {
+            for part in [prefix, ":{", name, ":", key, "}:"] {
+                text.push_str(part);
+            }
+            text.push(letter);
+            text.push_str(digits.format(quota.window().as_millis()));
+        }
+        Self { text, head }
+    }
+
+    /// The keys, in the order of `quotas` (the quotas of the policy they
+    /// were made for).
+    pub(super) fn iter<'a>(&'a self, quotas: &'a [Quota]) -> impl Iterator<Item = &'a str> + 'a {
+        let mut rest = self.text.as_str();
+        quotas.iter().map(move |quota| {
+            let len = self.head + decimal_digits(quota.window().as_millis());
+            let (key, tail) = rest.split_at(len);
+            rest = tail;
+            key
+        })
+    }
+
+    /// Every key, one after another.
+    pub(super) fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// How many decimal digits `n` has.
+fn decimal_digits(n: u128) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
 /// The key of a fleet's instances: `<prefix>:{instances}`. The limiter's
@@ -191,6 +240,26 @@ mod tests {
         assert_eq!(keys("rl", &gcra, &key), ["rl:{pay:203.0.113.9}:g1000"]);
         assert!(keys("rl", &Policy::new("none"), &key).is_empty());
         assert_eq!(HashTag::of(&gcra, &key).to_string(), "pay:203.0.113.9");
+    }
+
+    #[test]
+    fn a_key_list_holds_the_keys_one_after_another() {
+        let key = Key::new("203.0.113.9");
+        let policy = Policy::new("p")
+            .quota(Quota::per_second(1))
+            .quota(Quota::new(1, Duration::from_millis(9)))
+            .quota(Quota::new(1, Duration::from_millis(10)))
+            .quota(Quota::per_hour(2));
+        let list = KeyList::new("rl", &policy, &key);
+        let want: Vec<String> = (policy.quotas().iter())
+            .map(|q| format!("rl:{{p:203.0.113.9}}:c{}", q.window().as_millis()))
+            .collect();
+        let got: Vec<&str> = list.iter(policy.quotas()).collect();
+        assert_eq!(got, want);
+        assert_eq!(list.as_str(), want.concat());
+        for n in [0u128, 1, 9, 10, 99, 100, 12_345, u128::from(u64::MAX)] {
+            assert_eq!(decimal_digits(n), n.to_string().len(), "{n}");
+        }
     }
 
     #[test]

@@ -648,9 +648,9 @@ async fn lone(
     lead: Option<Lead>,
 ) -> Result<Decision, BackendError> {
     let _lead = lead;
-    let invocation = call.invocation();
+    let command = call.evalsha();
     let reply: Vec<i64> = transport
-        .send(Request::Script(&invocation))
+        .send(Request::Eval(&command, call.script()))
         .await
         .map_err(script::key_fault)?;
     call.decode(&reply)
@@ -707,12 +707,12 @@ impl Backend for RedisBackend {
 
     fn peek(&self, policy: &Policy, key: &Key) -> CheckFuture {
         let call = script::peek_call(&self.inner.prefix, policy, key);
-        let quotas = policy.quotas().to_vec();
+        let policy = policy.clone();
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let request = Request::ReadOnly(&call, &inner.read_only);
             let reply: Vec<i64> = inner.transport.send(request).await?;
-            script::decode(&reply, &quotas)
+            script::decode(&reply, policy.quotas())
         })
     }
 

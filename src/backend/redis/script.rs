@@ -21,6 +21,7 @@
 //! [`ReadOnlyCall`]). A reset is one `DEL` of every key of the client (see
 //! `super::keyspace::keys`).
 
+use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, Script, ScriptInvocation};
 
-use super::keyspace::keys;
+use super::keyspace::{KeyList, keys};
 use crate::algorithm::{Algorithm, PEEK_COST};
-use crate::decision::{Decision, Origin, QuotaStatus, Ticket};
+use crate::decision::{Decision, Origin, QuotaStatus, Statuses, Ticket};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::policy::{Policy, Quota};
@@ -75,62 +76,69 @@ pub(super) fn args(quotas: &[Quota], cost: u64, nonce: &str) -> Vec<String> {
     args
 }
 
-/// A check's script call, before it is sent alone (`invocation`) or in a
-/// batch (see `super::batch`): what goes into its keys and arguments, kept
-/// as numbers (written straight into the command, no string per argument).
+/// A check's script call, before it is sent alone ([`Call::evalsha`]) or
+/// in a batch (see `super::batch`): what goes into its keys and arguments,
+/// kept as they are written (numbers go straight into the command, no
+/// string per argument).
 #[derive(Debug)]
 pub(super) struct Call {
     pub algorithm: Algorithm,
-    pub keys: Vec<String>,
+    /// Its keys, one per quota ([`Call::keys`]).
+    pub key_list: KeyList,
     pub cost: u64,
     /// The request nonce, empty if the algorithm needs none.
-    pub nonce: String,
-    /// The policy's quotas: their limits and windows are arguments, and the
-    /// reply is read against them (`decode`).
-    pub quotas: Vec<Quota>,
+    pub nonce: Nonce,
+    /// The policy (shared, not copied): its quotas' limits and windows are
+    /// arguments, and the reply is read against them (`decode`).
+    pub policy: Policy,
 }
 
 impl Call {
-    /// The call alone: `EVALSHA` of the algorithm's script.
-    pub(super) fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut invocation = script(self.algorithm).prepare_invoke();
-        for key in &self.keys {
-            invocation.key(key);
-        }
-        self.push_args(&mut invocation);
-        invocation
+    /// The policy's quotas.
+    pub(super) fn quotas(&self) -> &[Quota] {
+        self.policy.quotas()
     }
 
-    /// The call alone as a plain `EVALSHA` of its algorithm's script, with
-    /// the same keys and arguments as [`Call::invocation`]: `NOSCRIPT` is
-    /// the caller's to handle.
+    /// The call's keys, one per quota, in quota order.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.key_list.iter(self.quotas())
+    }
+
+    /// The call alone as a plain `EVALSHA` of its algorithm's script (see
+    /// the module docs): `NOSCRIPT` is the caller's to handle, or
+    /// `Request::Eval`'s, which loads [`Call::script`] and calls again.
     pub(super) fn evalsha(&self) -> Cmd {
-        let mut command = redis::cmd("EVALSHA");
+        let quotas = self.quotas();
+        let nonce = self.nonce.as_str();
+        // EVALSHA, SHA1, key count, keys, cost, nonce, two per quota.
+        let args = 5 + 3 * quotas.len();
+        let bytes = 56 + self.key_list.as_str().len() + nonce.len() + 40 * (1 + quotas.len());
+        let mut command = Cmd::with_capacity(args, bytes);
         command
-            .arg(script(self.algorithm).get_hash())
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(self.cost)
-            .arg(&self.nonce);
-        for quota in &self.quotas {
+            .arg("EVALSHA")
+            .arg(self.script().get_hash())
+            .arg(quotas.len());
+        for key in self.keys() {
+            command.arg(key);
+        }
+        command.arg(self.cost).arg(nonce);
+        for quota in quotas {
             command.arg(quota.limit()).arg(quota.window_us());
         }
         command
     }
 
-    /// Appends the call's arguments (`ARGV`, see the module docs).
-    pub(super) fn push_args(&self, invocation: &mut ScriptInvocation<'static>) {
-        invocation.arg(self.cost).arg(&self.nonce);
-        for quota in &self.quotas {
-            invocation.arg(quota.limit()).arg(quota.window_us());
-        }
+    /// The script the call runs alone.
+    pub(super) fn script(&self) -> &'static Script {
+        script(self.algorithm)
     }
 
     /// The call's quota count and cost, then each quota's limit and window
     /// (µs), as a run of the batch script takes them (see `super::batch`).
     pub(super) fn batch_args(&self) -> impl Iterator<Item = u64> + '_ {
-        [self.quotas.len() as u64, self.cost].into_iter().chain(
-            self.quotas
+        let quotas = self.quotas();
+        [quotas.len() as u64, self.cost].into_iter().chain(
+            quotas
                 .iter()
                 .flat_map(|quota| [quota.limit(), quota.window_us()]),
         )
@@ -142,14 +150,14 @@ impl Call {
         self.algorithm == other.algorithm
             && self.cost == other.cost
             && self.nonce == other.nonce
-            && self.quotas == other.quotas
-            && self.keys == other.keys
+            && self.quotas() == other.quotas()
+            && self.key_list == other.key_list
     }
 
     /// The decision in the script's reply to this call, with its ticket
     /// when admitted (see [`Call::stamp`]).
     pub(super) fn decode(&self, reply: &[i64]) -> Result<Decision, BackendError> {
-        decode(reply, &self.quotas).map(|decision| self.stamp(decision))
+        decode(reply, self.quotas()).map(|decision| self.stamp(decision))
     }
 
     /// `decision`, received now, marked (if it admits a cost above zero)
@@ -158,7 +166,8 @@ impl Call {
         if !decision.is_allowed() || self.cost == 0 {
             return decision;
         }
-        let nonce = (!self.nonce.is_empty()).then(|| Box::from(self.nonce.as_str()));
+        let nonce = self.nonce.as_str();
+        let nonce = (!nonce.is_empty()).then(|| Box::from(nonce));
         let received = Instant::now();
         decision.stamped(self.cost, Origin::Redis { nonce, received })
     }
@@ -169,14 +178,14 @@ pub(super) fn call(prefix: &str, nonces: &Nonces, policy: &Policy, key: &Key, co
     let algorithm = policy.algorithm_kind();
     Call {
         algorithm,
-        keys: keys(prefix, policy, key),
+        key_list: KeyList::new(prefix, policy, key),
         cost,
         nonce: if algorithm.spec().nonce {
             nonces.next()
         } else {
-            String::new()
+            Nonce::NONE
         },
-        quotas: policy.quotas().to_vec(),
+        policy: policy.clone(),
     }
 }
 
@@ -326,9 +335,57 @@ impl Nonces {
         }
     }
 
-    pub(super) fn next(&self) -> String {
+    /// The next nonce: `format!("{instance:x}.{seq:x}")`, written in place.
+    pub(super) fn next(&self) -> Nonce {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:x}.{seq:x}", self.instance)
+        let mut nonce = Nonce::NONE;
+        nonce.push_hex(self.instance);
+        nonce.bytes[usize::from(nonce.len)] = b'.';
+        nonce.len += 1;
+        nonce.push_hex(seq);
+        nonce
+    }
+}
+
+/// A request nonce (see [`Nonces`]), held in place: two 64-bit numbers in
+/// hex and a dot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Nonce {
+    bytes: [u8; Nonce::MAX],
+    len: u8,
+}
+
+impl Nonce {
+    /// The longest nonce: 16 hex digits, a dot, 16 hex digits.
+    const MAX: usize = 33;
+
+    /// No nonce (an empty argument).
+    pub(super) const NONE: Nonce = Nonce {
+        bytes: [0; Nonce::MAX],
+        len: 0,
+    };
+
+    /// The nonce's text.
+    pub(super) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("hex digits and a dot")
+    }
+
+    /// Appends `n` in lowercase hex, without leading zeros (as `{:x}`).
+    fn push_hex(&mut self, n: u64) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+        let at = usize::from(self.len);
+        for (i, byte) in self.bytes[at..at + digits].iter_mut().enumerate() {
+            let shift = 4 * (digits - 1 - i);
+            *byte = HEX[((n >> shift) & 0xf) as usize];
+        }
+        self.len += digits as u8;
+    }
+}
+
+impl fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -390,14 +447,13 @@ pub(super) fn decode(reply: &[i64], quotas: &[Quota]) -> Result<Decision, Backen
                 reset_after: Duration::from_micros(non_neg(pair[1])?),
             })
         })
-        .collect::<Result<Vec<_>, BackendError>>()?;
+        .collect::<Result<Statuses, BackendError>>()?;
     match (reply[0], reply[1]) {
-        (1, 0) => Ok(Decision::allowed(statuses)),
-        (0, i) if i >= 1 && (i as usize) <= quotas.len() => Ok(Decision::denied(
-            statuses,
-            i as usize - 1,
-            Duration::from_micros(non_neg(reply[2])?),
-        )),
+        (1, 0) => Ok(Decision::new(statuses, None)),
+        (0, i) if i >= 1 && (i as usize) <= quotas.len() => {
+            let retry_after = Duration::from_micros(non_neg(reply[2])?);
+            Ok(Decision::new(statuses, Some((i as usize - 1, retry_after))))
+        }
         _ => Err(bad()),
     }
 }
@@ -511,6 +567,30 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_call_is_evalsha_of_its_keys_and_args() {
+        let [a, b] = two_quotas();
+        let nonces = Nonces::new();
+        let key = Key::new("203.0.113.9");
+        for &algorithm in Algorithm::ALL {
+            let policy = Policy::new("p").quota(a).quota(b).algorithm(algorithm);
+            let call = call("rl", &nonces, &policy, &key, 3);
+            let nonce = call.nonce.as_str();
+            assert_eq!(nonce.is_empty(), !algorithm.spec().nonce);
+            let keys = keys("rl", &policy, &key);
+            let mut want = redis::cmd("EVALSHA");
+            want.arg(script(algorithm).get_hash())
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(args(policy.quotas(), 3, nonce));
+            assert_eq!(
+                call.evalsha().get_packed_command(),
+                want.get_packed_command(),
+                "{algorithm:?}"
+            );
+        }
+    }
+
+    #[test]
     fn args_follow_the_documented_layout() {
         let [a, b] = two_quotas();
         assert_eq!(
@@ -523,12 +603,29 @@ mod tests {
     #[test]
     fn nonces_are_unique_and_only_for_algorithms_that_need_them() {
         let nonces = Nonces::new();
-        let seen: HashSet<String> = (0..1000).map(|_| nonces.next()).collect();
+        let seen: HashSet<String> = (0..1000)
+            .map(|_| nonces.next().as_str().to_owned())
+            .collect();
         assert_eq!(seen.len(), 1000);
         let first = Nonces::new().next();
-        let (instance, seq) = first.split_once('.').unwrap();
-        assert!(u64::from_str_radix(instance, 16).is_ok(), "{first}");
+        let (instance, seq) = first.as_str().split_once('.').unwrap();
+        assert!(u64::from_str_radix(instance, 16).is_ok(), "{first:?}");
         assert_eq!(seq, "0");
+        // Written in place as `format!` writes it.
+        for (instance, seq) in [
+            (0, 0),
+            (1, 15),
+            (16, 255),
+            (u64::MAX, u64::MAX),
+            (0xabc, 1 << 60),
+        ] {
+            let nonces = Nonces {
+                instance,
+                seq: AtomicU64::new(seq),
+            };
+            assert_eq!(nonces.next().as_str(), format!("{instance:x}.{seq:x}"));
+        }
+        assert_eq!(Nonce::NONE.as_str(), "");
         assert!(Algorithm::SlidingLog.spec().nonce);
         assert!(!Algorithm::SlidingWindow.spec().nonce);
         assert!(!Algorithm::Gcra.spec().nonce);

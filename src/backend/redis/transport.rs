@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{
-    Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation,
+    Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ScriptInvocation,
     ServerErrorKind,
 };
 
@@ -90,9 +90,14 @@ pub(super) fn failure(error: RedisError) -> BackendError {
 
 /// What to send.
 pub(super) enum Request<'a> {
-    /// A decision script: `EVALSHA`; after a `NOSCRIPT` reply, redis-rs loads
-    /// the script and calls again.
+    /// A script invocation: `EVALSHA`; after a `NOSCRIPT` reply, redis-rs
+    /// loads the script and calls again.
     Script(&'a ScriptInvocation<'static>),
+    /// A decision script's `EVALSHA`, written by the caller, and its
+    /// script: after a `NOSCRIPT` reply the script is loaded and the same
+    /// command sent again, as redis-rs does for a [`Request::Script`]
+    /// (without copying every key and argument into an invocation first).
+    Eval(&'a Cmd, &'static Script),
     /// A read-only script, as `EVALSHA_RO` while the flag says the server
     /// takes it (cleared for good by the first refusal), else as `EVALSHA`.
     /// After a `NOSCRIPT` reply the script is loaded and called again.
@@ -109,6 +114,13 @@ impl Request<'_> {
     {
         match self {
             Request::Script(invocation) => invocation.invoke_async(conn).await,
+            Request::Eval(command, script) => match command.query_async(conn).await {
+                Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load_async(conn).await?;
+                    command.query_async(conn).await
+                }
+                reply => reply,
+            },
             Request::ReadOnly(call, read_only) => read_only_call(call, read_only, conn).await,
             Request::Command(cmd) => cmd.query_async(conn).await,
         }
