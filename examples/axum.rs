@@ -8,6 +8,10 @@
 //!
 //! - `GET /api/hello`: `Policy::default_api()` (100 per minute per client IP)
 //! - `POST /auth/login`: `Policy::auth()` (5 per minute per client IP, exact)
+//! - `POST /auth/session`: 200 with the header `x-password: letmein`, else
+//!   401; policy "session": 3 failed attempts per minute per client IP
+//!   (exact; a successful login is refunded after its response, so only
+//!   failures count)
 //! - `GET /health`: exempt
 //! - `GET /metrics`: exempt; the limiter's metrics in Prometheus' text format
 //!   (with the `metrics` feature; without it the page has none of them)
@@ -25,10 +29,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use http::Method;
+use http::{HeaderMap, Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tower_redis_ratelimit::metrics::BACKEND_DURATION_SECONDS;
-use tower_redis_ratelimit::{Policy, RateLimitLayer};
+use tower_redis_ratelimit::{Algorithm, Policy, Quota, RateLimitLayer};
 
 #[path = "common/config.rs"]
 mod config;
@@ -65,6 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let defaults = RateLimitLayer::builder()
         .default_policy(Policy::default_api())
         .route_method(Method::POST, "/auth/login", Policy::auth())
+        .route_method(Method::POST, "/auth/session", session_policy())
         .exempt("/health")
         .exempt("/metrics");
     let (limits, description) = config::limits(defaults)?;
@@ -73,6 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/api/hello", get(|| async { "hello\n" }))
         .route("/auth/login", post(|| async { "welcome\n" }))
+        .route("/auth/session", post(session))
         .route("/health", get(|| async { "ok\n" }))
         .route(
             "/metrics",
@@ -92,4 +98,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     Ok(())
+}
+
+/// Brute-force protection that counts failures, not logins: 3 failed
+/// attempts per minute per client IP; a response other than 401 gives its
+/// unit back (concurrent attempts are still bounded by 3: each counts until
+/// its response).
+fn session_policy() -> Policy {
+    Policy::new("session")
+        .quota(Quota::per_minute(3))
+        .algorithm(Algorithm::SlidingLog)
+        .count_only_status([401])
+}
+
+/// A stand-in for a password check.
+async fn session(headers: HeaderMap) -> (StatusCode, &'static str) {
+    if headers.get("x-password").is_some_and(|p| p == "letmein") {
+        (StatusCode::OK, "session started\n")
+    } else {
+        (StatusCode::UNAUTHORIZED, "wrong password\n")
+    }
 }

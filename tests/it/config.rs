@@ -163,7 +163,7 @@ async fn the_example_file_limits_as_it_says() {
     assert!(config.redis().is_none(), "the examples run without Redis");
     assert_eq!(
         config.policy_names().collect::<Vec<_>>(),
-        ["api", "auth", "partner"]
+        ["api", "auth", "partner", "session"]
     );
     let layer = config.build().unwrap();
     let api = send(&layer, Method::GET, "/api/hello", "192.0.2.1").await;
@@ -1077,7 +1077,7 @@ async fn the_examples_read_config_and_let_the_environment_choose_the_backend() {
     assert_eq!(
         shown,
         format!(
-            "limits: {file} (policies: api, auth, partner); backend: in-memory (set REDIS_URL, \
+            "limits: {file} (policies: api, auth, partner, session); backend: in-memory (set REDIS_URL, \
              REDIS_CLUSTER or REDIS_SENTINEL to share limits through Redis)"
         )
     );

@@ -280,6 +280,36 @@ async fn axum_example_with_the_example_config_serves_its_metrics() {
     .await;
 }
 
+/// `POST /auth/session` counts failed attempts only (issue 20): 50
+/// successful logins, then exactly 3 failures answered 401, then 429 for
+/// every attempt, right password or not, until the window allows.
+#[tokio::test]
+async fn axum_example_counts_only_failed_sessions() {
+    for config in [
+        None,
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/limits.toml")),
+    ] {
+        let client = client();
+        let (_server, url) = axum_example(config);
+        let session = format!("{url}/auth/session");
+        let right = [("x-password", "letmein")];
+        let wrong = [("x-password", "guess")];
+        for i in 0..50 {
+            let sent = send_with(&client, Method::POST, &session, &right).await;
+            assert_eq!(sent.status, StatusCode::OK, "{config:?}: login {i}");
+        }
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let sent = send_with(&client, Method::POST, &session, &wrong).await;
+            failures.push(sent.status.as_u16());
+        }
+        assert_eq!(failures, [401, 401, 401, 429, 429], "{config:?}");
+        let sent = send_with(&client, Method::POST, &session, &right).await;
+        assert_eq!(sent.status, StatusCode::TOO_MANY_REQUESTS, "{config:?}");
+        assert!(sent.headers.contains_key("retry-after"), "{config:?}");
+    }
+}
+
 async fn serves_its_metrics(config: Option<&str>) {
     let client = client();
     let (_server, url) = axum_example(config);
