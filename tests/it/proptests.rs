@@ -179,6 +179,48 @@ fn steps() -> impl Strategy<Value = Vec<(u64, u64)>> {
 
 static CASE: AtomicU64 = AtomicU64::new(0);
 
+/// One generated case's parts: the policy of `quotas`, its Redis keys
+/// (unique to the case), the memory backend on a fake clock at `start`, a
+/// runtime to drive it, and the client key.
+struct Case {
+    /// The case's number (its keys' and nonces' prefix).
+    case: u64,
+    policy: Policy,
+    keys: Vec<String>,
+    clock: FakeClock,
+    memory: MemoryBackend,
+    runtime: tokio::runtime::Runtime,
+    key: Key,
+}
+
+impl Case {
+    fn new(algorithm: Algorithm, quotas: &[Quota], start: u64, name: &str, tag: char) -> Self {
+        let case = CASE.fetch_add(1, Ordering::Relaxed);
+        let policy = quotas
+            .iter()
+            .fold(Policy::new("prop").algorithm(algorithm), |p, &q| p.quota(q));
+        // Keys by quota index: policies never have two quotas of one window
+        // (a configuration error), but the generated ones may.
+        let keys = (0..quotas.len())
+            .map(|i| format!("{name}{case}:{{k}}:{tag}{i}"))
+            .collect();
+        let clock = FakeClock::new(start);
+        let memory = MemoryBackend::with_clock(clock.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        Self {
+            case,
+            policy,
+            keys,
+            clock,
+            memory,
+            runtime,
+            key: Key::new("k"),
+        }
+    }
+}
+
 /// Runs `steps` through the memory backend (the model, on a fake clock) and
 /// through the scripts in Redis (on the same instants): a peek, then a
 /// check, at every step; every reply must be the model's decision.
@@ -191,21 +233,15 @@ fn scripts_agree(
 ) -> Result<(), TestCaseError> {
     let (check, peek, tag) = crate::support::scripts::shipped(algorithm);
     let (check, peek) = (on_test_clock(check), on_test_clock(peek));
-    let case = CASE.fetch_add(1, Ordering::Relaxed);
-    let policy = quotas
-        .iter()
-        .fold(Policy::new("prop").algorithm(algorithm), |p, &q| p.quota(q));
-    // Keys by quota index: policies never have two quotas of one window (a
-    // configuration error), but the generated ones may.
-    let keys: Vec<String> = (0..quotas.len())
-        .map(|i| format!("prop{case}:{{k}}:{tag}{i}"))
-        .collect();
-    let clock = FakeClock::new(start);
-    let memory = MemoryBackend::with_clock(clock.clone());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let key = Key::new("k");
+    let Case {
+        case,
+        policy,
+        keys,
+        clock,
+        memory,
+        runtime,
+        key,
+    } = Case::new(algorithm, quotas, start, "prop", tag);
     for (n, &(advance, cost)) in steps.iter().enumerate() {
         clock.advance(Duration::from_micros(advance));
         let now = clock.now_micros();
@@ -314,19 +350,15 @@ fn refund_scripts_agree(
     let (check, peek, tag) = crate::support::scripts::shipped(algorithm);
     let refund = on_test_clock(crate::support::scripts::shipped_refund(algorithm));
     let (check, peek) = (on_test_clock(check), on_test_clock(peek));
-    let case = CASE.fetch_add(1, Ordering::Relaxed);
-    let policy = quotas
-        .iter()
-        .fold(Policy::new("prop").algorithm(algorithm), |p, &q| p.quota(q));
-    let keys: Vec<String> = (0..quotas.len())
-        .map(|i| format!("prop-refund{case}:{{k}}:{tag}{i}"))
-        .collect();
-    let clock = FakeClock::new(start);
-    let memory = MemoryBackend::with_clock(clock.clone());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let key = Key::new("k");
+    let Case {
+        case,
+        policy,
+        keys,
+        clock,
+        memory,
+        runtime,
+        key,
+    } = Case::new(algorithm, quotas, start, "prop-refund", tag);
     let mut open: Vec<Admitted> = Vec::new();
     for (n, &(advance, cost, refunding)) in steps.iter().enumerate() {
         clock.advance(Duration::from_micros(advance));
