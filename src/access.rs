@@ -10,22 +10,39 @@ use http::request::Parts;
 use ipnet::IpNet;
 
 use crate::error::ConfigError;
-use crate::key::{Key, KeyExtractor, canonical, normalize_network, parse_network};
+use crate::key::{Key, KeyExtractor, PeerIp, canonical, normalize_network, parse_network};
 
 /// A set of clients, by IP network and by exact key: a policy's
 /// [allow-list](crate::Policy::allow) or [deny-list](crate::Policy::deny).
 ///
-/// - **Networks** are matched against the client IP as the policy's key
-///   extractor establishes it ([`KeyExtractor::client_ip`]): the peer
-///   address for [`PeerIp`](crate::key::PeerIp), the client behind the
-///   trusted proxies for [`ClientIp`](crate::key::ClientIp). Never a raw
+/// - **Networks** are matched against the client IP, whatever extractor
+///   made the request's key: the client behind the trusted proxies when the
+///   policy's key extractor has a [`ClientIp`](crate::key::ClientIp)
+///   (anywhere in an [`.or()`](crate::key::Or) chain), else the
+///   connection's peer address ([`KeyExtractor::client_ip`]). So under
+///   `Header::new("x-api-key").or(PeerIp::new())` a request carrying an API
+///   key from an allow-listed office network is allow-listed. Never a raw
 ///   forwarding header, so a client cannot list itself by writing
-///   `X-Forwarded-For: 10.0.0.1`. An IPv4-mapped address (`::ffff:10.0.0.1`)
-///   is its IPv4 address. A policy keyed by something else (an API-key
-///   header) has no client IP: its networks match nothing, only its keys.
-/// - **Keys** are matched exactly against the client's [`Key`] (sanitised as
-///   the key extractor makes it: an API key as sent, an IPv4 address as
-///   written, an IPv6 client as its /64 such as `2001:db8:1:2::/64`).
+///   `X-Forwarded-For: 10.0.0.1`; and a request whose
+///   [`ClientIp`](crate::key::ClientIp) finds no address matches no network
+///   (it is not matched by its proxy's address). An IPv4-mapped address
+///   (`::ffff:10.0.0.1`) is its IPv4 address.
+/// - **Keys** are matched exactly against the key as the user writes it:
+///   the key of whichever extractor of an `.or()` chain made it, without the
+///   `1:`/`2:` tags that keep the chain's buckets apart (and without the
+///   route of a [`PerRoute`](crate::key::PerRoute) key), sanitised as
+///   [`Key::new`] sanitises it.
+/// - **An entry of [`keys`](Self::keys) spelled as an IP address or network**
+///   (`10.0.0.5`, `2001:db8:1:2::/64`, as [`networks`](Self::networks)
+///   reads them) is an address: it is added to the networks and matches the
+///   client IP only, never a key. A client sending `x-api-key: 10.0.0.5`
+///   is not allow-listed by an entry meant for the host `10.0.0.5` (an
+///   API key spelled like an address cannot be listed by key).
+/// - Any other key matches the same text from every extractor of the
+///   chain that is not an address extractor: with
+///   `Header::new("x-api-key").or(Header::new("x-client-id"))`, a listed
+///   `batch-job` matches either header. List only keys that are secrets
+///   for every such extractor, or give the policy a single key header.
 ///
 /// A network that does not parse is reported by the layer's
 /// [`build`](crate::RateLimitLayerBuilder::build), with every other
@@ -117,14 +134,25 @@ impl AccessList {
     }
 
     /// Adds client keys, each sanitised by [`Key::new`] as the built-in
-    /// key extractors sanitise them.
+    /// key extractors sanitise them. A key spelled as an IP address or
+    /// network is added to the [`networks`](Self::networks) instead: it
+    /// matches the client IP, never a key a client sends (see the type's
+    /// docs).
     #[must_use]
     pub fn keys<I, S>(mut self, keys: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<[u8]>,
     {
-        self.keys.extend(keys.into_iter().map(Key::new));
+        for key in keys {
+            let key = key.as_ref();
+            match std::str::from_utf8(key).ok().and_then(as_network) {
+                Some(network) => self.add(network),
+                None => {
+                    self.keys.insert(Key::new(key));
+                }
+            }
+        }
         self
     }
 
@@ -144,8 +172,15 @@ impl AccessList {
     }
 
     /// Whether the list names this key, or a network holding this address.
+    /// `key` is the key as written (see [`KeyExtractor::access_key`]), `ip`
+    /// the client IP.
     pub fn contains(&self, key: &Key, ip: Option<IpAddr>) -> bool {
-        if self.keys.contains(key) {
+        self.matches(Some(key), ip)
+    }
+
+    /// [`contains`](Self::contains) for a request that may have no key.
+    fn matches(&self, key: Option<&Key>, ip: Option<IpAddr>) -> bool {
+        if key.is_some_and(|key| self.keys.contains(key)) {
             return true;
         }
         match ip {
@@ -155,6 +190,25 @@ impl AccessList {
             }
             _ => false,
         }
+    }
+}
+
+/// A key entry spelled as an IP address or network, as that network (or
+/// the error the build reports for it); `None` for any other text.
+fn as_network(text: &str) -> Option<Result<IpNet, ConfigError>> {
+    let trimmed = text.trim();
+    let looks_like = trimmed.parse::<IpNet>().is_ok() || trimmed.parse::<IpAddr>().is_ok();
+    looks_like.then(|| parse_network(trimmed))
+}
+
+/// The client IP networks are matched against: the extractor's own when it
+/// keys by address (none if it found none), else the connection's peer.
+fn client_ip(extractor: &dyn KeyExtractor, parts: &Parts) -> Option<IpAddr> {
+    let ip = extractor.client_ip(parts);
+    if ip.is_some() || extractor.keys_by_address() {
+        ip
+    } else {
+        PeerIp::peer_addr(parts).map(|addr| addr.ip())
     }
 }
 
@@ -182,25 +236,27 @@ impl AccessLists {
         self.allow.is_empty() && self.deny.is_empty()
     }
 
-    /// Where `key` stands. The deny-list wins: a client on both is refused.
-    /// The client IP is derived (once) only if some list has networks.
-    pub(crate) fn classify(
-        &self,
-        extractor: &dyn KeyExtractor,
-        parts: &Parts,
-        key: &Key,
-    ) -> Access {
+    /// Where the client of `parts` stands. The deny-list wins: a client on
+    /// both is refused. The key as written and the client IP are derived
+    /// (once) only if some list has keys, networks.
+    pub(crate) fn classify(&self, extractor: &dyn KeyExtractor, parts: &Parts) -> Access {
         if self.is_empty() {
             return Access::Unlisted;
         }
+        let key = if self.allow.keys.is_empty() && self.deny.keys.is_empty() {
+            None
+        } else {
+            extractor.access_key(parts)
+        };
         let ip = if self.allow.networks.is_empty() && self.deny.networks.is_empty() {
             None
         } else {
-            extractor.client_ip(parts)
+            client_ip(extractor, parts)
         };
-        if self.deny.contains(key, ip) {
+        let key = key.as_ref();
+        if self.deny.matches(key, ip) {
             Access::Denied
-        } else if self.allow.contains(key, ip) {
+        } else if self.allow.matches(key, ip) {
             Access::Allowed
         } else {
             Access::Unlisted
@@ -238,10 +294,7 @@ mod tests {
             AccessList::new().networks(["10.6.6.6"]),
         );
         let peer = PeerIp::new();
-        let check = |p: &str| {
-            let parts = req(p, &[]);
-            l.classify(&peer, &parts, &peer.extract(&parts).unwrap())
-        };
+        let check = |p: &str| l.classify(&peer, &req(p, &[]));
         assert_eq!(check("10.1.2.3:1"), Access::Allowed);
         assert_eq!(check("[::ffff:10.1.2.3]:1"), Access::Allowed, "mapped");
         assert_eq!(check("[2001:db8::7]:1"), Access::Allowed);
@@ -249,15 +302,136 @@ mod tests {
         assert_eq!(check("11.0.0.1:1"), Access::Unlisted);
         // By key, with a key extractor that knows no IP.
         let header = Header::new("x-api-key");
-        let parts = req("10.1.2.3:1", &[("x-api-key", "batch")]);
-        let key = header.extract(&parts).unwrap();
-        assert_eq!(l.classify(&header, &parts, &key), Access::Allowed);
+        let parts = req("11.1.2.3:1", &[("x-api-key", "batch")]);
+        assert_eq!(l.classify(&header, &parts), Access::Allowed);
+        let parts = req("11.1.2.3:1", &[("x-api-key", "other")]);
+        assert_eq!(l.classify(&header, &parts), Access::Unlisted);
+        // Its networks match the peer's address.
         let parts = req("10.1.2.3:1", &[("x-api-key", "other")]);
-        let key = header.extract(&parts).unwrap();
+        assert_eq!(l.classify(&header, &parts), Access::Allowed);
+        let parts = req("10.6.6.6:1", &[("x-api-key", "batch")]);
+        assert_eq!(l.classify(&header, &parts), Access::Denied);
+    }
+
+    #[test]
+    fn keys_as_written_under_or() {
+        let l = lists(
+            AccessList::new().keys(["batch-job", "u@example.com"]),
+            AccessList::new().keys(["banned-key"]),
+        );
+        let chain = Header::new("x-api-key").or(PeerIp::new());
+        let check = |headers: &[(&str, &str)]| l.classify(&chain, &req("11.0.0.1:1", headers));
+        assert_eq!(check(&[("x-api-key", "batch-job")]), Access::Allowed);
+        assert_eq!(check(&[("x-api-key", "u@example.com")]), Access::Allowed);
+        assert_eq!(check(&[("x-api-key", "banned-key")]), Access::Denied);
         assert_eq!(
-            l.classify(&header, &parts, &key),
+            check(&[("x-api-key", "1:batch-job")]),
             Access::Unlisted,
-            "an API-key policy has no client IP: networks never match"
+            "tags are not keys"
+        );
+        assert_eq!(check(&[]), Access::Unlisted);
+        // The second extractor of a chain, and chains that nest.
+        let nested = Header::new("x-a").or(Header::new("x-b")).or(PeerIp::new());
+        let parts = req("11.0.0.1:1", &[("x-b", "batch-job")]);
+        assert_eq!(l.classify(&nested, &parts), Access::Allowed);
+        // A key long enough that its tagged form is hashed still matches.
+        let long = "k".repeat(63);
+        let l = lists(AccessList::new().keys([&long]), AccessList::new());
+        let parts = req("11.0.0.1:1", &[("x-api-key", &long)]);
+        assert!(chain.extract(&parts).unwrap().as_str().starts_with('#'));
+        assert_eq!(l.classify(&chain, &parts), Access::Allowed);
+        // PerRoute lists the inner key, not the route.
+        let per_route = crate::key::PerRoute::new(Header::new("x-api-key"));
+        assert_eq!(l.classify(&per_route, &parts), Access::Allowed);
+    }
+
+    #[test]
+    fn address_shaped_keys_match_the_client_ip_never_a_header() {
+        // The user lists the host 198.51.100.77 and the IPv6 client
+        // 2001:db8:1:2::/64 as keys (as the PeerIp fallback writes them).
+        let l = lists(
+            AccessList::new().keys(["198.51.100.77", "2001:db8:1:2::/64"]),
+            AccessList::new().keys(["203.0.113.9"]),
+        );
+        assert_eq!(l.allow.keys.len(), 0, "addresses are networks");
+        let chain = Header::new("x-api-key").or(PeerIp::new());
+        let check = |peer: &str, headers: &[(&str, &str)]| l.classify(&chain, &req(peer, headers));
+        // Hostile: an API key spelled as the listed address.
+        assert_eq!(
+            check("11.0.0.1:1", &[("x-api-key", "198.51.100.77")]),
+            Access::Unlisted
+        );
+        assert_eq!(
+            check("11.0.0.1:1", &[("x-api-key", "2001:db8:1:2::/64")]),
+            Access::Unlisted
+        );
+        // ...nor escape the deny-list by sending its own address as a key.
+        assert_eq!(
+            check("203.0.113.9:1", &[("x-api-key", "mine")]),
+            Access::Denied
+        );
+        // The listed hosts themselves, with or without an API key.
+        assert_eq!(check("198.51.100.77:1", &[]), Access::Allowed);
+        assert_eq!(
+            check("198.51.100.77:1", &[("x-api-key", "k")]),
+            Access::Allowed
+        );
+        assert_eq!(check("[2001:db8:1:2::9]:1", &[]), Access::Allowed);
+        assert_eq!(check("[2001:db8:1:3::9]:1", &[]), Access::Unlisted);
+        // A forwarding header naming the address does not list a client.
+        let spoof = [("x-forwarded-for", "198.51.100.77")];
+        assert_eq!(check("11.0.0.1:1", &spoof), Access::Unlisted);
+        // An invalid address-shaped entry is a build error, as a network.
+        assert!(matches!(
+            AccessList::new().keys(["::ffff:0:0/95"]).error(),
+            Some(ConfigError::MappedNetworkTooWide { .. })
+        ));
+    }
+
+    #[test]
+    fn networks_match_the_client_ip_whatever_made_the_key() {
+        let l = lists(
+            AccessList::new().networks(["192.0.2.0/24"]),
+            AccessList::new().networks(["203.0.113.0/24"]),
+        );
+        let key = [("x-api-key", "k-1")];
+        // Keyed by API key, falling back to the peer: the peer's address.
+        let chain = Header::new("x-api-key").or(PeerIp::new());
+        assert_eq!(
+            l.classify(&chain, &req("192.0.2.5:1", &key)),
+            Access::Allowed
+        );
+        assert_eq!(
+            l.classify(&chain, &req("203.0.113.5:1", &key)),
+            Access::Denied
+        );
+        assert_eq!(
+            l.classify(&chain, &req("198.51.100.7:1", &key)),
+            Access::Unlisted
+        );
+        // Spoofed X-Forwarded-For from an untrusted peer counts for nothing.
+        let spoofed = [("x-api-key", "k-1"), ("x-forwarded-for", "192.0.2.5")];
+        let peer = "198.51.100.7:1";
+        assert_eq!(l.classify(&chain, &req(peer, &spoofed)), Access::Unlisted);
+        let proxied = Header::new("x-api-key").or(ClientIp::new().trust_proxies(["127.0.0.1"]));
+        assert_eq!(l.classify(&proxied, &req(peer, &spoofed)), Access::Unlisted);
+        // Behind the trusted proxy, the client it names (the proxy is not).
+        assert_eq!(
+            l.classify(&proxied, &req("127.0.0.1:1", &spoofed)),
+            Access::Allowed
+        );
+        let denied = [("x-api-key", "k-1"), ("x-forwarded-for", "203.0.113.5")];
+        assert_eq!(
+            l.classify(&proxied, &req("127.0.0.1:1", &denied)),
+            Access::Denied
+        );
+        // The ClientIp may come first too.
+        let first = ClientIp::new()
+            .trust_proxies(["127.0.0.1"])
+            .or(Header::new("x-api-key"));
+        assert_eq!(
+            l.classify(&first, &req("127.0.0.1:1", &spoofed)),
+            Access::Allowed
         );
     }
 
@@ -271,22 +445,18 @@ mod tests {
         // No trusted proxy: the header is the client's own word.
         let peer = PeerIp::new();
         let parts = req("198.51.100.7:1", &spoof);
-        let key = peer.extract(&parts).unwrap();
-        assert_eq!(l.classify(&peer, &parts, &key), Access::Unlisted);
+        assert_eq!(l.classify(&peer, &parts), Access::Unlisted);
         let direct = ClientIp::new().trust_proxies(["127.0.0.1"]);
-        let key = direct.extract(&parts).unwrap();
-        assert_eq!(l.classify(&direct, &parts, &key), Access::Unlisted);
+        assert_eq!(l.classify(&direct, &parts), Access::Unlisted);
         // Behind the trusted proxy, the proxy's entry is the client.
         let proxied = req("127.0.0.1:1", &spoof);
-        let key = direct.extract(&proxied).unwrap();
-        assert_eq!(l.classify(&direct, &proxied, &key), Access::Allowed);
+        assert_eq!(l.classify(&direct, &proxied), Access::Allowed);
         // A client prepending a listed address through the proxy is not listed.
         let prepended = req(
             "127.0.0.1:1",
             &[("x-forwarded-for", "192.0.2.1, 198.51.100.7")],
         );
-        let key = direct.extract(&prepended).unwrap();
-        assert_eq!(l.classify(&direct, &prepended, &key), Access::Unlisted);
+        assert_eq!(l.classify(&direct, &prepended), Access::Unlisted);
     }
 
     #[test]

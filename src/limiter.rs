@@ -225,7 +225,7 @@ impl Limiter {
         }
         // Allow- and deny-lists: decided here, without a backend call, for
         // the policy as a whole (before its tier).
-        match policy.access().classify(policy.extractor(), parts, &key) {
+        match policy.access().classify(policy.extractor(), parts) {
             Access::Unlisted => {}
             Access::Denied => {
                 let verdict = Verdict::Deny(id, RejectReason::DenyListed, None);

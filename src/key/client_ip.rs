@@ -189,6 +189,10 @@ impl KeyExtractor for ClientIp {
         self.client_addr(request)
     }
 
+    fn keys_by_address(&self) -> bool {
+        true
+    }
+
     fn missing_key_hint(&self, request: &Parts) -> Option<String> {
         super::peer::missing_peer_hint(request)
     }

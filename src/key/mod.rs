@@ -144,12 +144,36 @@ pub trait KeyExtractor: Send + Sync + 'static {
     ///
     /// [`PeerIp`] returns the connection's address and [`ClientIp`] the
     /// client behind its trusted proxies (never an address a client could
-    /// write in a header itself); [`PerRoute`] its inner extractor's. The
-    /// default is `None`: extractors that do not key by address (an API-key
-    /// [`Header`], [`Global`], closures) match no network, only listed keys.
+    /// write in a header itself); [`PerRoute`] its inner extractor's; [`Or`]
+    /// that of the first extractor of its chain that
+    /// [keys by address](Self::keys_by_address), whichever made the key.
+    /// The default is `None`: for an extractor that does not key by address
+    /// (an API-key [`Header`], [`Global`], closures), access lists match
+    /// networks against the connection's peer address instead.
     fn client_ip(&self, request: &Parts) -> Option<std::net::IpAddr> {
         let _ = request;
         None
+    }
+
+    /// Whether this extractor establishes the client IP itself
+    /// ([`client_ip`](Self::client_ip)): `true` for [`PeerIp`] and
+    /// [`ClientIp`], and for [`Or`] and [`PerRoute`] holding one. Then a
+    /// request it finds no address for (a malformed forwarding header from a
+    /// trusted proxy, say) matches no network of an access list; it is
+    /// never matched by the address of the proxy it came through. When
+    /// `false` (the default), networks match the connection's peer address
+    /// ([`PeerIp::peer_addr`]) if `client_ip` gives none. A custom extractor
+    /// that implements `client_ip` should return `true` here.
+    fn keys_by_address(&self) -> bool {
+        false
+    }
+
+    /// The key as a user writes it in an access list's
+    /// [`keys`](crate::AccessList::keys): the key of the extractor that made
+    /// it, without the tags [`Or`] adds to keep buckets apart nor the route
+    /// [`PerRoute`] adds. The default is [`extract`](Self::extract).
+    fn access_key(&self, request: &Parts) -> Option<Key> {
+        self.extract(request)
     }
 
     /// Why `request` has no key and how to fix it, when the likely cause is
@@ -196,6 +220,11 @@ pub trait KeyExtractor: Send + Sync + 'static {
 /// client's IP address and spend that client's quota. Chains nest:
 /// `a.or(b).or(c)`.
 ///
+/// The tags are for buckets only: a policy's [access lists](crate::AccessList)
+/// match keys as written (`"batch-job"`, not `"1:batch-job"`) whichever
+/// extractor made the key, and networks match the client IP whatever made
+/// the key (see [`AccessList`](crate::AccessList) for the exact rule).
+///
 /// ```
 /// use tower_redis_ratelimit::key::{Header, KeyExtractor, PeerIp};
 /// use tower_redis_ratelimit::{Policy, Quota};
@@ -231,15 +260,31 @@ impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for Or<A, B> {
         self.fallback.validate()
     }
 
-    /// The client IP of the extractor that made the key: an access list's
-    /// networks match a client keyed by its API key only if that extractor
-    /// itself keys by address.
+    /// The client IP of the first extractor of the chain that keys by
+    /// address, whichever extractor made the key: a client keyed by its API
+    /// key still has its address (behind the trusted proxies of a
+    /// [`ClientIp`] in the chain), for an access list's networks.
     fn client_ip(&self, request: &Parts) -> Option<std::net::IpAddr> {
-        if self.first.extract(request).is_some() {
+        if self.first.keys_by_address() {
             self.first.client_ip(request)
-        } else {
+        } else if self.fallback.keys_by_address() {
             self.fallback.client_ip(request)
+        } else {
+            self.first
+                .client_ip(request)
+                .or_else(|| self.fallback.client_ip(request))
         }
+    }
+
+    fn keys_by_address(&self) -> bool {
+        self.first.keys_by_address() || self.fallback.keys_by_address()
+    }
+
+    /// The key of the extractor that made it, untagged.
+    fn access_key(&self, request: &Parts) -> Option<Key> {
+        self.first
+            .access_key(request)
+            .or_else(|| self.fallback.access_key(request))
     }
 }
 

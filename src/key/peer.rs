@@ -229,6 +229,10 @@ impl KeyExtractor for PeerIp {
         Self::peer_addr(request).map(|addr| addr.ip())
     }
 
+    fn keys_by_address(&self) -> bool {
+        true
+    }
+
     fn missing_key_hint(&self, request: &Parts) -> Option<String> {
         missing_peer_hint(request)
     }

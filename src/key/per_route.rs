@@ -102,6 +102,15 @@ impl<K: KeyExtractor> KeyExtractor for PerRoute<K> {
         self.inner.client_ip(request)
     }
 
+    fn keys_by_address(&self) -> bool {
+        self.inner.keys_by_address()
+    }
+
+    /// The inner extractor's key, without the route.
+    fn access_key(&self, request: &Parts) -> Option<Key> {
+        self.inner.access_key(request)
+    }
+
     fn missing_key_hint(&self, request: &Parts) -> Option<String> {
         self.inner.missing_key_hint(request)
     }

@@ -2,8 +2,11 @@
 //! the in-memory backend and on a real Redis: listed clients are decided without
 //! a backend call (no script runs, no key is written), deny-listed ones get
 //! a 403 without `Retry-After` (gRPC `PERMISSION_DENIED`), allow-listed ones
-//! are never limited; networks match the client IP as the key extractor
-//! establishes it (a client cannot list itself with `X-Forwarded-For`).
+//! are never limited; networks match the client IP (behind the trusted
+//! proxies when the key extractor has a `ClientIp`, else the peer's) whatever
+//! extractor made the key (a client cannot list itself with
+//! `X-Forwarded-For`); keys match as written under `.or()`, and a key
+//! spelled as an address matches that client's IP, never an API key.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,7 +34,11 @@ use crate::support;
 ///   203.0.113.0/24 and 192.0.2.66 (also allowed: the deny-list wins);
 /// - `/direct` ("direct"): per peer IP, 127.0.0.0/8 denied;
 /// - `/keyed` ("keyed"): per API key, the key `batch` allowed; the network
-///   127.0.0.0/8 allowed too, but an API-key policy has no client IP.
+///   192.0.2.0/24 allowed too, matched against the peer (127.0.0.1: never,
+///   whatever X-Forwarded-For says);
+/// - `/or` ("or"): per API key, else per client behind the trusted proxy;
+///   allow-list the key `batch-job`, the client 198.51.100.77 (written as a
+///   key) and 192.0.2.0/24, deny-list 203.0.113.0/24.
 fn layer(backend: Arc<dyn Backend>) -> RateLimitLayer {
     let proxied = Policy::new("proxied")
         .quota(Quota::per_minute(2))
@@ -49,12 +56,22 @@ fn layer(backend: Arc<dyn Backend>) -> RateLimitLayer {
     let keyed = Policy::new("keyed")
         .quota(Quota::per_minute(2))
         .key(Header::new("x-api-key"))
-        .allow(AccessList::new().keys(["batch"]).networks(["127.0.0.0/8"]));
+        .allow(AccessList::new().keys(["batch"]).networks(["192.0.2.0/24"]));
+    let or = Policy::new("or")
+        .quota(Quota::per_minute(2))
+        .key(Header::new("x-api-key").or(ClientIp::new().trust_proxies(["127.0.0.1"])))
+        .allow(
+            AccessList::new()
+                .keys(["batch-job", "198.51.100.77"])
+                .networks(["192.0.2.0/24"]),
+        )
+        .deny(AccessList::new().networks(["203.0.113.0/24"]));
     RateLimitLayer::builder()
         .backend(backend)
         .default_policy(proxied)
         .route("/direct", direct)
         .route("/keyed", keyed)
+        .route("/or", or)
         .deadline(Duration::from_secs(2))
         .build()
         .unwrap()
@@ -65,6 +82,7 @@ fn router(layer: RateLimitLayer) -> Router {
         .route("/", get(|| async { "ok" }))
         .route("/direct", get(|| async { "ok" }))
         .route("/keyed", get(|| async { "ok" }))
+        .route("/or", get(|| async { "ok" }))
         .layer(layer)
 }
 
@@ -130,6 +148,30 @@ async fn scenario(app: &Router, listed_done: impl AsyncFnOnce()) {
             &get_with(app, "/direct", &xff("192.0.2.5")).await,
             "denied peer",
         );
+        // Under `.or()`: the key as written, whichever extractor made it...
+        let key_from =
+            |key: &'static str, ip: &'static str| [("x-api-key", key), ("x-forwarded-for", ip)];
+        assert_unlimited(
+            &get_with(app, "/or", &key_from("batch-job", "198.51.100.1")).await,
+            "allowed key under or",
+        );
+        assert_unlimited(
+            &get_with(app, "/or", &xff("198.51.100.77")).await,
+            "allowed address (written as a key) under or",
+        );
+        // ...and networks match the client IP even when an API key made the key.
+        assert_unlimited(
+            &get_with(app, "/or", &key_from("k-1", "192.0.2.5")).await,
+            "API key from an allowed network",
+        );
+        assert_unlimited(
+            &get_with(app, "/or", &key_from("k-1", "198.51.100.77")).await,
+            "API key from an allowed address",
+        );
+        assert_deny_listed(
+            &get_with(app, "/or", &key_from("batch-job", "203.0.113.9")).await,
+            "allowed key from a denied network",
+        );
     }
     listed_done().await;
     // Unlisted clients are limited as usual.
@@ -143,8 +185,47 @@ async fn scenario(app: &Router, listed_done: impl AsyncFnOnce()) {
         2,
     )
     .await;
-    // The keyed policy's networks never match: it knows no client IP.
-    assert_limited(app, "/keyed", &[("x-api-key", "other")], 2).await;
+    // The keyed policy's networks match the peer, never X-Forwarded-For.
+    assert_limited(
+        app,
+        "/keyed",
+        &[("x-api-key", "other"), ("x-forwarded-for", "192.0.2.5")],
+        2,
+    )
+    .await;
+    // Hostile keys under `.or()`: an API key spelled as the listed address,
+    // or as the bucket's tagged key, lists nobody.
+    assert_limited(
+        app,
+        "/or",
+        &[
+            ("x-api-key", "198.51.100.77"),
+            ("x-forwarded-for", "198.51.100.3"),
+        ],
+        2,
+    )
+    .await;
+    assert_limited(
+        app,
+        "/or",
+        &[
+            ("x-api-key", "1:batch-job"),
+            ("x-forwarded-for", "198.51.100.3"),
+        ],
+        2,
+    )
+    .await;
+    // A listed network prepended through the proxy does not list an API key.
+    assert_limited(
+        app,
+        "/or",
+        &[
+            ("x-api-key", "k-2"),
+            ("x-forwarded-for", "192.0.2.5, 198.51.100.4"),
+        ],
+        2,
+    )
+    .await;
 }
 
 #[tokio::test]
