@@ -93,8 +93,12 @@
 //! `"1000/day"`, and the window may start with a number of units: `"3/15m"`,
 //! `"20/90s"`, `"2/1h30m"`. Units, for windows and durations alike: `ms`;
 //! `s`, `sec`, `second`; `m`, `min`, `minute`; `h`, `hour`; `d`, `day` (and
-//! their plurals). Windows are at most 365 days: `"365d"`, not `"year"`
-//! (365.25 days). Unknown keys are errors.
+//! their plurals). Windows are at most 365 days. Months and years (`month`,
+//! `M`, `year`, `y` and their plurals) are refused with an error, in
+//! windows and durations alike: they have no fixed length, and a window of
+//! `"5/month"` would be neither a calendar month nor 30 days (it would be
+//! 30.44 days, sliding, not reset on the 1st). Write the days you mean:
+//! `"5/30d"`, `"1000/365d"`. Unknown keys are errors.
 //!
 //! # Example
 //!
@@ -230,9 +234,17 @@ struct AccessConfig {
 }
 
 impl AccessConfig {
-    fn list(&self) -> AccessList {
+    /// The list, its keys checked: a key spelled as an address is a network
+    /// (see [`AccessList`]), and a network that cannot be used is an error
+    /// at `<path>.keys[i]`.
+    fn list(&self, path: &str) -> Result<AccessList, ConfigError> {
+        for (i, key) in self.keys.0.iter().enumerate() {
+            if let Some(error) = AccessList::new().keys([key]).error() {
+                return Err(at(format!("{path}.keys[{i}]"), error.clone()));
+            }
+        }
         let networks = self.networks.iter().map(|Parsed(n)| n.0.as_str());
-        AccessList::new().networks(networks).keys(&self.keys.0)
+        Ok(AccessList::new().networks(networks).keys(&self.keys.0))
     }
 }
 
@@ -642,10 +654,10 @@ impl PolicyConfig {
             policy = policy.count_only_status(statuses.iter().copied());
         }
         if let Some(Table(allow)) = &self.allow {
-            policy = policy.allow(allow.list());
+            policy = policy.allow(allow.list(&format!("{path}.allow"))?);
         }
         if let Some(Table(deny)) = &self.deny {
-            policy = policy.deny(deny.list());
+            policy = policy.deny(deny.list(&format!("{path}.deny"))?);
         }
         for (i, (tier, quotas)) in self.tiers.iter().enumerate() {
             let path = format!("{path}.tiers.{tier}");

@@ -52,8 +52,31 @@ impl<'de, T: Text> Deserialize<'de> for Parsed<T> {
 }
 
 /// The units accepted in durations and windows, for error messages
-/// (humantime accepts a few more: weeks, months, years, `us`, `ns`).
+/// (humantime accepts a few more: weeks, `us`, `ns`; months and years are
+/// refused, see [`CALENDAR_UNITS`]).
 const UNITS: &str = "ms, s, m, h or d (or sec, min, hour, day...)";
+
+/// The units humantime reads as a month (30.44 days) or a year (365.25
+/// days): refused, as a window of "5/month" that is neither a calendar month
+/// nor 30 days would surprise whoever wrote it.
+const CALENDAR_UNITS: &[&str] = &["M", "month", "months", "y", "year", "years"];
+
+/// Why `text` (a duration or a window) names a month or a year, if it does.
+fn calendar_unit(text: &str) -> Option<String> {
+    let unit = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .find(|unit| CALENDAR_UNITS.contains(unit))?;
+    let what = if unit.starts_with(['M', 'm']) {
+        "months"
+    } else {
+        "years"
+    };
+    Some(format!(
+        "{what} have no fixed length (\"{unit}\" is not a calendar {}): write it in \
+         days, e.g. \"30d\" or \"365d\"",
+        &what[..what.len() - 1]
+    ))
+}
 
 /// The problem with a duration, for messages that quote the value themselves.
 fn duration_problem(error: &humantime::DurationError) -> String {
@@ -75,6 +98,9 @@ impl Text for Duration {
     const EXPECTING: &'static str = "a duration such as \"50ms\" or \"2s\"";
 
     fn parse(text: &str) -> Result<Self, String> {
+        if let Some(problem) = calendar_unit(text) {
+            return Err(format!("{text:?} is not a duration: {problem}"));
+        }
         humantime::parse_duration(text.trim()).map_err(|e| {
             format!(
                 "{text:?} is not a duration: {}, e.g. \"50ms\" or \"2s\"",
@@ -118,6 +144,9 @@ impl Text for Quota {
             return Err(fail(
                 "expected a window after \"/\", e.g. \"5/min\" or \"5/15m\"".to_owned(),
             ));
+        }
+        if let Some(problem) = calendar_unit(window) {
+            return Err(fail(format!("the window {window:?} is refused: {problem}")));
         }
         // `min` is one minute: humantime wants a number first.
         let duration = if window.starts_with(|c: char| c.is_ascii_digit()) {

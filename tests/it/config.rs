@@ -487,6 +487,27 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
              min, hour, day...)",
         ),
         (
+            "a month has no fixed length",
+            policy("5/month"),
+            "policies.auth.quotas[0]: \"5/month\" is not a quota: the window \"month\" is \
+             refused: months have no fixed length (\"month\" is not a calendar month): write \
+             it in days, e.g. \"30d\" or \"365d\"",
+        ),
+        (
+            "months, after a number",
+            "[policies.auth]\nquotas = [\"5/min\", \"100/2months\"]".to_owned(),
+            "policies.auth.quotas[1]: \"100/2months\" is not a quota: the window \"2months\" \
+             is refused: months have no fixed length (\"months\" is not a calendar month): \
+             write it in days, e.g. \"30d\" or \"365d\"",
+        ),
+        (
+            "nor a year",
+            policy("1000/1y"),
+            "policies.auth.quotas[0]: \"1000/1y\" is not a quota: the window \"1y\" is \
+             refused: years have no fixed length (\"y\" is not a calendar year): write it in \
+             days, e.g. \"30d\" or \"365d\"",
+        ),
+        (
             "quota not a string",
             "[policies.auth]\nquotas = [5]".to_owned(),
             "policies.auth.quotas[0]: invalid type: integer `5`, expected a quota such as \
@@ -509,6 +530,13 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
             "deadline = \"50mss\"".to_owned(),
             "deadline: \"50mss\" is not a duration: unknown unit \"mss\", expected ms, s, m, h \
              or d (or sec, min, hour, day...), e.g. \"50ms\" or \"2s\"",
+        ),
+        (
+            "a duration in months",
+            "blocked_cache_max_age = \"1M\"".to_owned(),
+            "blocked_cache_max_age: \"1M\" is not a duration: months have no fixed length \
+             (\"M\" is not a calendar month): write it in days, e.g. \"30d\" or \
+             \"365d\"",
         ),
         (
             "duration not a string",
@@ -890,6 +918,16 @@ fn builder_errors_keep_their_field_and_their_error() {
                 first: "a policy named `api.pro`".to_owned(),
                 second: "a tier of policy `api`".to_owned(),
             }),
+        ),
+        (
+            "an allow-listed key spelled as an unusable network",
+            "[policies.api]\nquotas = [\"3/s\"]\n\
+             [policies.api.allow]\nkeys = [\"batch-job\", \"::ffff:0:0/95\"]"
+                .to_owned(),
+            "policies.api.allow.keys[1]",
+            ConfigError::MappedNetworkTooWide {
+                network: "::ffff:0:0/95".to_owned(),
+            },
         ),
         (
             "no policy for any request",
