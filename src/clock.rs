@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 #[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use self::fake::FakeClock;
 
 /// A source of the current time in microseconds since some fixed origin.

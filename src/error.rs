@@ -36,8 +36,14 @@ pub enum ConfigError {
     /// A route pattern cannot be used: see [`RouteError`].
     #[error(transparent)]
     Route(#[from] RouteError),
-    /// A field of a configuration read with serde ([`crate::Config`],
+    /// A field of a configuration read with serde ([`Config`][config],
     /// feature `serde`) cannot be used: see [`FileError`].
+    ///
+    #[cfg_attr(feature = "serde", doc = "[config]: crate::Config")]
+    #[cfg_attr(
+        not(feature = "serde"),
+        doc = "[config]: https://docs.rs/tower-redis-ratelimit/latest/tower_redis_ratelimit/config/struct.Config.html"
+    )]
     #[error(transparent)]
     File(#[from] FileError),
     /// The builder has no default policy and no route policy, so the layer
@@ -383,7 +389,7 @@ impl RouteError {
     }
 }
 
-/// A field of a configuration read with serde ([`crate::Config`], feature
+/// A field of a configuration read with serde ([`Config`][config], feature
 /// `serde`) that cannot be used ([`ConfigError::File`]): where it is
 /// ([`path`](Self::path): `policies.auth.quotas[0]`, `routes[1].path`,
 /// `redis.ca_cert`, or `.` for the whole configuration) and what is wrong.
@@ -397,6 +403,12 @@ impl RouteError {
 /// `Display` is `<path>: <what is wrong>`, the source's message included.
 /// Neither `Display` nor `Debug` shows a password or an API key: an error
 /// whose text would show one is kept as a message, with the secret masked.
+///
+#[cfg_attr(feature = "serde", doc = "[config]: crate::Config")]
+#[cfg_attr(
+    not(feature = "serde"),
+    doc = "[config]: https://docs.rs/tower-redis-ratelimit/latest/tower_redis_ratelimit/config/struct.Config.html"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileError {
     path: String,

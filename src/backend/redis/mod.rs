@@ -111,23 +111,48 @@ mod transport;
 /// never blocks or fails because Redis is down. The connection is multiplexed
 /// (concurrent checks are pipelined on it) and re-established automatically.
 ///
-/// With the `cluster` feature, [`RedisBackend::cluster`] talks to a Redis
+/// With the `cluster` feature, [`RedisBackend::cluster`][cluster] talks to a Redis
 /// Cluster: the one-hash-tag key layout sends every decision to the node that
 /// owns its slot, and the script is loaded on every primary when missing.
 ///
-/// With the `sentinel` feature, [`RedisBackend::sentinel`] talks to the
+/// With the `sentinel` feature, [`RedisBackend::sentinel`][sentinel] talks to the
 /// primary of a primary/replica deployment watched by Redis Sentinel, and
 /// follows it through failovers.
 ///
 /// TLS (feature `tls`): `rediss://` URLs, verified against the system's
 /// root certificates, plus a private CA if given
-/// ([`RedisBackendBuilder::tls_ca_pem`]); a client certificate for mutual
-/// TLS with [`RedisBackendBuilder::tls_client_pem`]. ACL users: put the
+/// ([`RedisBackendBuilder::tls_ca_pem`][tls_ca_pem]); a client certificate for mutual
+/// TLS with [`RedisBackendBuilder::tls_client_pem`][tls_client_pem]. ACL users: put the
 /// user name and password in the URL (`rediss://limiter:secret@host:6380`).
 ///
 /// When a decision times out, the log line names the backend's last error
 /// ([`Backend::last_error`]): a refused connection, `WRONGPASS`, a
 /// certificate that is not trusted...
+///
+// The feature-gated methods are linked to docs.rs in builds without them.
+#[cfg_attr(feature = "cluster", doc = "[cluster]: RedisBackend::cluster")]
+#[cfg_attr(
+    not(feature = "cluster"),
+    doc = "[cluster]: https://docs.rs/tower-redis-ratelimit/latest/tower_redis_ratelimit/backend/struct.RedisBackend.html#method.cluster"
+)]
+#[cfg_attr(feature = "sentinel", doc = "[sentinel]: RedisBackend::sentinel")]
+#[cfg_attr(
+    not(feature = "sentinel"),
+    doc = "[sentinel]: https://docs.rs/tower-redis-ratelimit/latest/tower_redis_ratelimit/backend/struct.RedisBackend.html#method.sentinel"
+)]
+#[cfg_attr(feature = "tls", doc = "[tls_ca_pem]: RedisBackendBuilder::tls_ca_pem")]
+#[cfg_attr(
+    not(feature = "tls"),
+    doc = "[tls_ca_pem]: https://docs.rs/tower-redis-ratelimit/latest/tower_redis_ratelimit/backend/struct.RedisBackendBuilder.html#method.tls_ca_pem"
+)]
+#[cfg_attr(
+    feature = "tls",
+    doc = "[tls_client_pem]: RedisBackendBuilder::tls_client_pem"
+)]
+#[cfg_attr(
+    not(feature = "tls"),
+    doc = "[tls_client_pem]: https://docs.rs/tower-redis-ratelimit/latest/tower_redis_ratelimit/backend/struct.RedisBackendBuilder.html#method.tls_client_pem"
+)]
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
