@@ -70,7 +70,7 @@
 //! max_cost = 100                    # optional
 //! shadow = false                    # optional: decide and report, never deny
 //! # count_only_status = [401, 403]  # optional: refund every other response's cost
-//! allow = { networks = ["10.0.0.0/8"], keys = ["batch-job"] }  # optional: never limited
+//! allow = { networks = ["10.0.0.0/8"], keys = ["batch-job"] }  # optional: never limited (see AccessList)
 //! deny = { networks = ["203.0.113.0/24"] }                      # optional: always 403
 //! tier_header = "x-plan"            # optional: the tier of a request (set by a trusted gateway)
 //! # tier_keys = { "key-123" = "pro" } # or: the tier of each client key
