@@ -361,3 +361,93 @@ async fn listed_decisions_have_their_outcome_labels() {
         ])
     );
 }
+
+/// Issue 21: under `Header::new("x-api-key").or(PeerIp::new())` (and with
+/// a `ClientIp` fallback), an office network is allow-listed for requests
+/// carrying an API key too, a denied network stays denied with one, and an
+/// untrusted peer cannot borrow a listed address through X-Forwarded-For.
+/// On a real Redis: listed requests write nothing.
+#[tokio::test]
+async fn networks_match_requests_keyed_by_api_key_on_redis() {
+    let server = support::RedisServer::start();
+    let backend = support::redis_backend(&server.url(), "access-or");
+    let lists = |policy: Policy| {
+        policy
+            .quota(Quota::per_minute(2))
+            .allow(
+                AccessList::new()
+                    .networks(["127.0.0.8/29"])
+                    .keys(["batch-job"]),
+            )
+            .deny(AccessList::new().networks(["127.0.0.16/29"]))
+    };
+    let peer = lists(Policy::new("peer")).key(Header::new("x-api-key").or(PeerIp::new()));
+    let proxied = lists(Policy::new("proxied"))
+        .key(Header::new("x-api-key").or(ClientIp::new().trust_proxies(["127.0.0.1"])));
+    let layer = RateLimitLayer::builder()
+        .backend(backend)
+        .route("/peer", peer)
+        .route("/proxied", proxied)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/peer", get(|| async { "ok" }))
+        .route("/proxied", get(|| async { "ok" }))
+        .layer(layer);
+    let call = async |path: &str, peer: u8, headers: &[(&str, &str)]| {
+        web::call(&app, Method::GET, path, web::peer(peer), headers).await
+    };
+    let key = [("x-api-key", "k-1")];
+    for _ in 0..4 {
+        assert_unlimited(&call("/peer", 9, &key).await, "API key, office peer");
+        assert_unlimited(
+            &call("/peer", 2, &[("x-api-key", "batch-job")]).await,
+            "listed key",
+        );
+        assert_deny_listed(&call("/peer", 17, &key).await, "API key, denied peer");
+        assert_deny_listed(
+            &call("/peer", 17, &[("x-api-key", "batch-job")]).await,
+            "listed key, denied peer: the deny-list wins",
+        );
+        // Through the trusted proxy, the client it names.
+        let office = [("x-api-key", "k-1"), ("x-forwarded-for", "127.0.0.9")];
+        assert_unlimited(
+            &call("/proxied", 1, &office).await,
+            "API key, office client",
+        );
+        let denied = [("x-api-key", "k-1"), ("x-forwarded-for", "127.0.0.17")];
+        assert_deny_listed(
+            &call("/proxied", 1, &denied).await,
+            "API key, denied client",
+        );
+    }
+    let mut conn = server.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(keys.is_empty(), "listed requests write nothing: {keys:?}");
+    // Spoofed X-Forwarded-For from an untrusted peer (127.0.0.2) counts for
+    // nothing, whichever fallback the key has; nor does a key spelled as
+    // the office address.
+    let spoofed = [("x-api-key", "k-2"), ("x-forwarded-for", "127.0.0.9")];
+    let spelled = [("x-api-key", "127.0.0.9")];
+    for (path, headers) in [
+        ("/peer", &spoofed[..]),
+        ("/proxied", &spoofed[..]),
+        ("/peer", &spelled[..]),
+    ] {
+        for i in 0..2 {
+            let sent = call(path, 2, headers).await;
+            assert_eq!(
+                sent.status,
+                StatusCode::OK,
+                "{path} {headers:?} request {i}"
+            );
+            assert!(sent.headers.contains_key("ratelimit-policy"));
+        }
+        let sent = call(path, 2, headers).await;
+        assert_eq!(
+            sent.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{path} {headers:?}"
+        );
+    }
+}
