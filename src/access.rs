@@ -35,7 +35,9 @@ use crate::key::{Key, KeyExtractor, PeerIp, canonical, normalize_network, parse_
 /// - **An entry of [`keys`](Self::keys) spelled as an IP address or network**
 ///   (`10.0.0.5`, `2001:db8:1:2::/64`, as [`networks`](Self::networks)
 ///   reads them) is an address: it is added to the networks and matches the
-///   client IP only, never a key. A client sending `x-api-key: 10.0.0.5`
+///   client IP only, never a key. An address with a port or in brackets
+///   (`10.0.0.5:443`, `[2001:db8::1]`) is a build error
+///   ([`ConfigError::InvalidNetwork`]). A client sending `x-api-key: 10.0.0.5`
 ///   is not allow-listed by an entry meant for the host `10.0.0.5` (an
 ///   API key spelled like an address cannot be listed by key).
 /// - Any other key matches the same text from every extractor of the
@@ -137,7 +139,9 @@ impl AccessList {
     /// key extractors sanitise them. A key spelled as an IP address or
     /// network is added to the [`networks`](Self::networks) instead: it
     /// matches the client IP, never a key a client sends (see the type's
-    /// docs).
+    /// docs); an address with a port or in brackets makes the layer's
+    /// [`build`](crate::RateLimitLayerBuilder::build) fail with
+    /// [`ConfigError::InvalidNetwork`].
     #[must_use]
     pub fn keys<I, S>(mut self, keys: I) -> Self
     where
@@ -194,11 +198,24 @@ impl AccessList {
 }
 
 /// A key entry spelled as an IP address or network, as that network (or
-/// the error the build reports for it); `None` for any other text.
+/// the error the build reports for it); `None` for any other text. An
+/// address with a port (`10.0.0.5:443`, `[2001:db8::1]:443`) or in brackets
+/// (`[2001:db8::1]`) is an error: no extractor makes such a key, so as a key
+/// it would match only a client sending that text.
 fn as_network(text: &str) -> Option<Result<IpNet, ConfigError>> {
     let trimmed = text.trim();
-    let looks_like = trimmed.parse::<IpNet>().is_ok() || trimmed.parse::<IpAddr>().is_ok();
-    looks_like.then(|| parse_network(trimmed))
+    if trimmed.parse::<IpNet>().is_ok() || trimmed.parse::<IpAddr>().is_ok() {
+        return Some(parse_network(trimmed));
+    }
+    let bracketed = trimmed
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .is_some_and(|inner| inner.parse::<IpAddr>().is_ok());
+    (bracketed || trimmed.parse::<std::net::SocketAddr>().is_ok()).then(|| {
+        Err(ConfigError::InvalidNetwork {
+            network: trimmed.to_owned(),
+        })
+    })
 }
 
 /// The client IP networks are matched against: the extractor's own when it
@@ -381,6 +398,19 @@ mod tests {
         // A forwarding header naming the address does not list a client.
         let spoof = [("x-forwarded-for", "198.51.100.77")];
         assert_eq!(check("11.0.0.1:1", &spoof), Access::Unlisted);
+        // An address with a port, or bracketed, is no key: a build error.
+        for entry in ["198.51.100.77:443", "[2001:db8::1]:443", "[2001:db8::1]"] {
+            assert_eq!(
+                AccessList::new().keys([entry]).error(),
+                Some(&ConfigError::InvalidNetwork {
+                    network: entry.to_owned()
+                }),
+                "{entry}"
+            );
+        }
+        // Keys that merely contain colons or digits are keys.
+        let list = AccessList::new().keys(["k:443", "1:batch-job", "v1.2.3"]);
+        assert_eq!((list.error(), list.keys.len()), (None, 3));
         // An invalid address-shaped entry is a build error, as a network.
         assert!(matches!(
             AccessList::new().keys(["::ffff:0:0/95"]).error(),

@@ -458,9 +458,10 @@ impl Policy {
             .is_some_and(|refund| refund(status, headers))
     }
 
-    /// Clients this policy never limits: requests whose client IP (as the
-    /// key extractor establishes it) is in one of the list's networks, or
-    /// whose key is one of its keys, pass without a backend call and without
+    /// Clients this policy never limits: requests whose client IP (behind
+    /// the trusted proxies of a [`ClientIp`](crate::key::ClientIp) key, else
+    /// the peer's; whatever extractor made the key) is in one of the list's
+    /// networks, or whose key as written is one of its keys, pass without a backend call and without
     /// rate-limit headers. Counted as `allow_listed` in the metrics and the
     /// decision's span. Adds to the lists given before.
     ///
