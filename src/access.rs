@@ -41,7 +41,7 @@ use crate::key::{Key, KeyExtractor, PeerIp, canonical, normalize_network, parse_
 ///   is not allow-listed by an entry meant for the host `10.0.0.5` (an
 ///   API key spelled like an address cannot be listed by key).
 /// - Any other key matches the same text from every extractor of the
-///   chain that is not an address extractor: with
+///   chain (address extractors never make such a key): with
 ///   `Header::new("x-api-key").or(Header::new("x-client-id"))`, a listed
 ///   `batch-job` matches either header. List only keys that are secrets
 ///   for every such extractor, or give the policy a single key header.
@@ -51,10 +51,15 @@ use crate::key::{Key, KeyExtractor, PeerIp, canonical, normalize_network, parse_
 /// configuration mistake, not where it is added.
 ///
 /// ```
-/// use tower_redis_ratelimit::{AccessList, Policy};
+/// use tower_redis_ratelimit::key::{Header, KeyExtractor, PeerIp};
+/// use tower_redis_ratelimit::{AccessList, Policy, Quota};
 ///
-/// let policy = Policy::default_api()
-///     // Our monitoring and the batch job's key are never limited...
+/// let policy = Policy::new("api")
+///     .quota(Quota::per_minute(100))
+///     // Per API key, else per IP address...
+///     .key(Header::new("x-api-key").or(PeerIp::new()))
+///     // ...but the office (with or without an API key) and the batch
+///     // job's key, as written, are never limited...
 ///     .allow(AccessList::new().networks(["10.20.0.0/16"]).keys(["batch-job"]))
 ///     // ...and this network is always refused (403), without asking Redis.
 ///     .deny(AccessList::new().networks(["203.0.113.0/24", "2001:db8:bad::/48"]));
