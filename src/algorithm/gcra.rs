@@ -135,6 +135,15 @@ impl Model for Tat {
             self.0 = self.0.saturating_sub(back).max(now);
         }
     }
+
+    /// `TAT = max(TAT, now) + cost × T`, the level at most
+    /// `MAX_DEBT_WINDOWS × τ`.
+    fn charge(&mut self, now: u64, limit: u64, window: u64, cost: u64) {
+        let t = interval(limit, window);
+        let most = super::MAX_DEBT_WINDOWS * limit * t;
+        let level = self.level(now).saturating_add(cost.saturating_mul(t));
+        self.0 = now + level.min(most.max(self.level(now)));
+    }
 }
 
 /// GCRA by definition, in the closed form of the leaky bucket: the level at

@@ -159,6 +159,13 @@ impl Model for Log {
         }
         self.units -= back;
     }
+
+    /// One entry of `cost` at `now` (never before the newest entry), as an
+    /// admission would add, after dropping what has left the window.
+    fn charge(&mut self, now: u64, limit: u64, window: u64, cost: u64) {
+        self.trim(now, window);
+        self.commit(now, limit, window, cost, true);
+    }
 }
 
 /// The sliding log by definition: the units admitted in `(at - W, at]`.

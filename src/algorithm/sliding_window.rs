@@ -159,6 +159,15 @@ impl Model for Counter {
         }
         *self = rolled;
     }
+
+    /// The current fixed window's count grows by `cost`, at most to
+    /// `MAX_DEBT_WINDOWS × limit`.
+    fn charge(&mut self, now: u64, limit: u64, window: u64, cost: u64) {
+        let (mut rolled, _) = roll(*self, now, window);
+        let most = super::MAX_DEBT_WINDOWS.saturating_mul(limit);
+        rolled.cur = rolled.cur.saturating_add(cost).min(most.max(rolled.cur));
+        *self = rolled;
+    }
 }
 
 /// The sliding window counter by definition: fixed windows `[kW, (k+1)W)`
