@@ -49,6 +49,7 @@ pub(super) const SPEC: Spec = Spec {
     lua: concat!(include_str!("gcra.lua"), include_str!("state_main.lua")),
     peek_lua: include_str!("gcra_peek.lua"),
     refund_lua: include_str!("gcra_refund.lua"),
+    charge_lua: concat!(include_str!("gcra.lua"), include_str!("gcra_charge.lua")),
     nonce: false,
     max_limit: Quota::MAX_LIMIT,
     // Same work whatever the cost.

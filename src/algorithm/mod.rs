@@ -123,6 +123,11 @@ pub(crate) struct Spec {
     /// its own keys and arguments (see `backend/redis/script.rs`), one call
     /// per refund, and a reply of 1.
     pub refund_lua: &'static str,
+    /// The Lua script counting a charge (see [`charge`]): called with the
+    /// check's keys and arguments (the nonce: one of its own), one call
+    /// per charge, and a reply of 1. Its cap of 100 is
+    /// [`MAX_DEBT_WINDOWS`].
+    pub charge_lua: &'static str,
     /// Whether the script needs a per-request nonce, unique across instances.
     pub nonce: bool,
     /// The largest limit a quota may have.

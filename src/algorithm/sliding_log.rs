@@ -30,6 +30,10 @@ pub(super) const SPEC: Spec = Spec {
         include_str!("sliding_log_read.lua"),
         include_str!("sliding_log_refund.lua")
     ),
+    charge_lua: concat!(
+        include_str!("sliding_log_read.lua"),
+        include_str!("sliding_log_charge.lua")
+    ),
     max_limit: Quota::MAX_LOG_LIMIT,
     max_cost_cap: Some(quota::DEFAULT_MAX_LOG_COST),
 };

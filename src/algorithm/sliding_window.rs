@@ -24,6 +24,10 @@ pub(super) const SPEC: Spec = Spec {
         include_str!("sliding_window.lua"),
         include_str!("sliding_window_refund.lua")
     ),
+    charge_lua: concat!(
+        include_str!("sliding_window.lua"),
+        include_str!("sliding_window_charge.lua")
+    ),
     nonce: false,
     max_limit: Quota::MAX_LIMIT,
     // The counter does the same work whatever the cost.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
-use super::{Backend, CheckFuture, RefundFuture, ResetFuture};
+use super::{Backend, ChargeFuture, CheckFuture, RefundFuture, ResetFuture};
 use crate::algorithm::{self, QuotaState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Origin, Ticket};
@@ -417,6 +417,30 @@ impl MemoryBackend {
     /// The decision, synchronously: the [`Backend`] impl wraps this, and
     /// [`FailureMode::Local`](crate::FailureMode::Local) decides with it.
     pub(crate) fn decide_now(&self, policy: &Policy, key: &Key, cost: u64) -> crate::Decision {
+        self.update_now(policy, key, |states, quotas, now| {
+            algorithm::check(states, quotas, now, cost)
+        })
+    }
+
+    /// A charge, synchronously: counts `cost` more units in the entry of
+    /// `policy` and `key`, created if need be, admitted or not (see
+    /// `algorithm::charge`).
+    pub(crate) fn charge_now(&self, policy: &Policy, key: &Key, cost: u64) {
+        self.update_now(policy, key, |states, quotas, now| {
+            ((), algorithm::charge(states, quotas, now, cost))
+        });
+    }
+
+    /// Runs `update` on the quotas of `policy`'s entry for `key` (fresh
+    /// ones if there is none, or it is stale), at `now`; `update` returns
+    /// its result and how long the entry must be kept (zero: it is dropped).
+    #[inline]
+    fn update_now<T>(
+        &self,
+        policy: &Policy,
+        key: &Key,
+        update: impl FnOnce(&mut [QuotaState], &[crate::Quota], u64) -> (T, u64),
+    ) -> T {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
         let (name, text) = (policy.name(), key.as_str());
@@ -447,7 +471,7 @@ impl MemoryBackend {
                 if stale {
                     entry.quotas = fresh_quotas();
                 }
-                let (decision, keep) = algorithm::check(&mut entry.quotas, quotas, now, cost);
+                let (decision, keep) = update(&mut entry.quotas, quotas, now);
                 if keep > 0 {
                     entry.expires_at = now.saturating_add(keep);
                     // Accounted after every decision: a log grows when a
@@ -472,7 +496,7 @@ impl MemoryBackend {
                     quotas: fresh_quotas(),
                     expires_at: 0,
                 };
-                let (decision, keep) = algorithm::check(&mut entry.quotas, quotas, now, cost);
+                let (decision, keep) = update(&mut entry.quotas, quotas, now);
                 if keep > 0 {
                     entry.expires_at = now.saturating_add(keep);
                     let bytes = entry.bytes();
@@ -645,6 +669,11 @@ impl Backend for MemoryBackend {
 
     fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
         self.refund_now(policy, key, cost, ticket);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn charge(&self, policy: &Policy, key: &Key, cost: u64) -> ChargeFuture {
+        self.charge_now(policy, key, cost);
         Box::pin(std::future::ready(Ok(())))
     }
 
