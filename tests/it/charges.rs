@@ -1,0 +1,219 @@
+//! Charges (`Backend::charge`) on real `redis-server`s and the memory
+//! backend, looking at the keys and at a large debt (the outcomes of
+//! charges mixed into check sequences are `tests/it/conformance.rs`'
+//! `charge*` scenarios, on memory, Redis and a cluster):
+//!
+//! - a charge of 5 000 units against 1 000 per minute: every key has a TTL
+//!   covering the debt, the next check is denied with each algorithm's
+//!   retry-after, and (on a fake clock) that retry-after in whole seconds,
+//!   as `Retry-After` says it, admits, a second less does not;
+//! - a key of the wrong type fails the charge alone, with the key fault a
+//!   check gives (`BackendError::Key`), and the charge writes nothing;
+//! - a flushed script cache is reloaded; a charge of 0 changes nothing.
+
+use std::time::Duration;
+
+use redis::Commands;
+use tower_redis_ratelimit::clock::FakeClock;
+use tower_redis_ratelimit::{
+    Algorithm, Backend, BackendError, Decision, Key, MemoryBackend, Policy, Quota, RedisBackend,
+};
+
+use crate::support;
+
+const SEC: u64 = 1_000_000;
+const MINUTE: u64 = 60 * SEC;
+
+const ALGORITHMS: [Algorithm; 3] = [
+    Algorithm::SlidingLog,
+    Algorithm::SlidingWindow,
+    Algorithm::Gcra,
+];
+
+/// 1 000 tokens per minute.
+fn tokens(algorithm: Algorithm) -> Policy {
+    Policy::new(format!("tokens-{algorithm:?}"))
+        .algorithm(algorithm)
+        .quota(Quota::per_minute(1_000))
+}
+
+/// 5 per minute and 8 per hour.
+fn two(algorithm: Algorithm) -> Policy {
+    Policy::new(format!("charge-{algorithm:?}"))
+        .algorithm(algorithm)
+        .quota(Quota::per_minute(5))
+        .quota(Quota::per_hour(8))
+}
+
+fn remaining(d: &Decision) -> Vec<u64> {
+    d.quotas().iter().map(|q| q.remaining).collect()
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap()
+}
+
+/// Redis' clock, in µs.
+fn redis_now(conn: &mut redis::Connection) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query(conn).unwrap();
+    s * SEC + us
+}
+
+/// When a unit fits again after a charge of 5 000 at `charged` against
+/// 1 000 per minute (see `Backend::charge`).
+fn fits_at(algorithm: Algorithm, charged: u64) -> u64 {
+    match algorithm {
+        // 4 000 units over the limit at 60 ms each, then one interval.
+        Algorithm::Gcra => charged + 4 * MINUTE + 60_000,
+        // The entry of 5 000 leaves the window whole.
+        Algorithm::SlidingLog => charged + MINUTE,
+        // The next fixed window, once 5 000 × its overlap is at most 999:
+        // 48 s into it (plus the 2 µs of the estimate's rounding guard).
+        _ => charged - charged % MINUTE + MINUTE + 48 * SEC + 2,
+    }
+}
+
+#[tokio::test]
+async fn a_debt_on_redis_keeps_its_keys_and_denies_until_it_has_drained() {
+    let url = support::redis_url();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for algorithm in ALGORITHMS {
+        let backend = support::redis_backend(&url, "charge-debt");
+        let p = tokens(algorithm);
+        let key = Key::new("203.0.113.9");
+        // Charge and check in one fixed window of a minute.
+        let now = redis_now(&mut conn);
+        if MINUTE - now % MINUTE < 2 * SEC {
+            tokio::time::sleep(Duration::from_micros(MINUTE - now % MINUTE + 1_000)).await;
+        }
+        let a = redis_now(&mut conn);
+        backend.charge(&p, &key, 5_000).await.unwrap();
+        let b = redis_now(&mut conn);
+        // The key's TTL covers the debt, no longer than it matters.
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&backend.redis_keys(&p, &key)[0])
+            .query(&mut conn)
+            .unwrap();
+        let ttl = u64::try_from(ttl).unwrap_or_else(|_| panic!("{algorithm:?}: no TTL: {ttl}"));
+        let (lo, hi) = match algorithm {
+            Algorithm::Gcra => (5 * 60_000 - 1_000, 5 * 60_000),
+            Algorithm::SlidingLog => (60_000 - 1_000, 60_000),
+            _ => (60_000, 120_000),
+        };
+        assert!((lo..=hi).contains(&ttl), "{algorithm:?}: TTL {ttl} ms");
+        let c = redis_now(&mut conn);
+        let d = backend.check(&p, &key, 1).await.unwrap();
+        let e = redis_now(&mut conn);
+        assert!(!d.is_allowed(), "{algorithm:?}: {d:?}");
+        assert_eq!(remaining(&d), [0], "{algorithm:?}");
+        let retry = micros(d.retry_after().unwrap());
+        let (lo, hi) = (fits_at(algorithm, a) - e, fits_at(algorithm, b) - c);
+        assert!(
+            (lo..=hi).contains(&retry),
+            "{algorithm:?}: retry-after {retry} not in [{lo}, {hi}]"
+        );
+        // A peek says the same, and consumes nothing.
+        let seen = backend.peek(&p, &key).await.unwrap();
+        assert!(!seen.is_allowed(), "{algorithm:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_debt_honoured_to_the_second_admits_on_the_model() {
+    for algorithm in ALGORITHMS {
+        // 10 s into a minute.
+        let clock = FakeClock::new(86_400 * SEC * 1_000 + 10 * SEC);
+        let backend = MemoryBackend::with_clock(clock.clone());
+        let p = tokens(algorithm);
+        let key = Key::new("k");
+        backend.charge(&p, &key, 5_000).await.unwrap();
+        let d = backend.check(&p, &key, 1).await.unwrap();
+        assert!(!d.is_allowed(), "{algorithm:?}");
+        let retry = micros(d.retry_after().unwrap());
+        // The retry-after is exact (the counter's at most 1 µs late).
+        let start = 86_400 * SEC * 1_000 + 10 * SEC;
+        let exact = fits_at(algorithm, start) - start;
+        assert!(
+            (exact..=exact + 1).contains(&retry),
+            "{algorithm:?}: {retry}, {exact}"
+        );
+        // `Retry-After` in whole seconds, rounded up: a second less is
+        // still denied, that many seconds admit.
+        let seconds = retry.div_ceil(SEC);
+        let probe = backend.clone();
+        clock.advance(Duration::from_secs(seconds - 1));
+        assert!(
+            !probe.peek(&p, &key).await.unwrap().is_allowed(),
+            "{algorithm:?}: a second early"
+        );
+        clock.advance(Duration::from_secs(1));
+        let d = backend.check(&p, &key, 1).await.unwrap();
+        assert!(d.is_allowed(), "{algorithm:?}: {d:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_charge_of_a_key_of_another_type_fails_alone_and_writes_nothing() {
+    let url = support::redis_url();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for algorithm in ALGORITHMS {
+        let backend = support::redis_backend(&url, "charge-fault");
+        let p = two(algorithm);
+        let (a, b) = (Key::new("a"), Key::new("b"));
+        // A's hour key is a list: of another type for every algorithm.
+        let keys = backend.redis_keys(&p, &a);
+        let _: () = conn.rpush(&keys[1], "not ours").unwrap();
+        let check = backend.check(&p, &a, 1).await;
+        assert!(
+            matches!(&check, Err(BackendError::Key(e)) if e.contains("WRONGTYPE")),
+            "{algorithm:?}: {check:?}"
+        );
+        let charge = backend.charge(&p, &a, 3).await;
+        assert!(
+            matches!(&charge, Err(BackendError::Key(e)) if e.contains("WRONGTYPE")),
+            "{algorithm:?}: {charge:?}"
+        );
+        // Nothing written: a's minute key does not exist.
+        let minute: i64 = conn.exists(&keys[0]).unwrap();
+        assert_eq!(minute, 0, "{algorithm:?}");
+        // B is not affected.
+        backend.charge(&p, &b, 3).await.unwrap();
+        let seen = backend.peek(&p, &b).await.unwrap();
+        assert_eq!(remaining(&seen), [2, 5], "{algorithm:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_charge_reloads_a_flushed_script_cache_and_a_charge_of_nothing_is_nothing() {
+    let server = support::RedisServer::start();
+    let backend = RedisBackend::new(&server.url()).unwrap();
+    let mut conn = server.conn();
+    for algorithm in ALGORITHMS {
+        let p = two(algorithm);
+        let key = Key::new("flushed");
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
+        backend.charge(&p, &key, 2).await.unwrap();
+        assert_eq!(
+            remaining(&backend.peek(&p, &key).await.unwrap()),
+            [3, 6],
+            "{algorithm:?}"
+        );
+        backend.charge(&p, &key, 0).await.unwrap();
+        assert_eq!(
+            remaining(&backend.peek(&p, &key).await.unwrap()),
+            [3, 6],
+            "{algorithm:?}"
+        );
+        // Past the limits: in debt in both quotas.
+        backend.charge(&p, &key, 7).await.unwrap();
+        let seen = backend.peek(&p, &key).await.unwrap();
+        assert_eq!(remaining(&seen), [0, 0], "{algorithm:?}");
+        assert!(!seen.is_allowed(), "{algorithm:?}");
+    }
+}
