@@ -9,17 +9,31 @@
 //!   as `Retry-After` says it, admits, a second less does not;
 //! - a key of the wrong type fails the charge alone, with the key fault a
 //!   check gives (`BackendError::Key`), and the charge writes nothing;
-//! - a flushed script cache is reloaded; a charge of 0 changes nothing.
+//! - a flushed script cache is reloaded; a charge of 0 changes nothing;
+//! - through a layer (`Policy::charge_from_header`): a response reporting
+//!   5 000 tokens against 1 000 per minute is answered as usual, and the
+//!   next request is refused with an honest `Retry-After` (to the second on
+//!   a fake clock, within the second on Redis); a missing, invalid or 0
+//!   header charges nothing; admission needs only that the client is not
+//!   past its limit.
 
 use std::time::Duration;
 
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
 use redis::Commands;
+use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::clock::FakeClock;
+use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{
-    Algorithm, Backend, BackendError, Decision, Key, MemoryBackend, Policy, Quota, RedisBackend,
+    Algorithm, Backend, BackendError, Decision, Key, MemoryBackend, Policy, Quota, RateLimitLayer,
+    RedisBackend,
 };
 
 use crate::support;
+use crate::support::headers;
 
 const SEC: u64 = 1_000_000;
 const MINUTE: u64 = 60 * SEC;
@@ -215,5 +229,162 @@ async fn a_charge_reloads_a_flushed_script_cache_and_a_charge_of_nothing_is_noth
         let seen = backend.peek(&p, &key).await.unwrap();
         assert_eq!(remaining(&seen), [0, 0], "{algorithm:?}");
         assert!(!seen.is_allowed(), "{algorithm:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Through a layer: charged from the response
+// ---------------------------------------------------------------------------
+
+/// 1 000 tokens per minute per `x-client`, charged from `x-tokens-used`.
+fn charged_tokens(algorithm: Algorithm) -> Policy {
+    tokens(algorithm)
+        .key(Header::new("x-client"))
+        .charge_from_header("x-tokens-used")
+}
+
+/// A request of client `client` whose response reports `tokens` (as the
+/// handler answers: the request's `x-tokens` header, `x-tokens-used` unset
+/// without it), through `layer`: the status, remaining units and
+/// `Retry-After` (seconds) of the response.
+async fn generate(
+    layer: &RateLimitLayer,
+    client: &str,
+    tokens: Option<&str>,
+) -> (StatusCode, Option<u64>, Option<u64>) {
+    let service = layer.layer(tower::service_fn(|req: Request<String>| async move {
+        let mut response = Response::new(String::new());
+        if let Some(used) = req.headers().get("x-tokens") {
+            response.headers_mut().insert("x-tokens-used", used.clone());
+        }
+        Ok::<_, Infallible>(response)
+    }));
+    let mut request = Request::post("/api/generate").header("x-client", client);
+    if let Some(tokens) = tokens {
+        request = request.header("x-tokens", tokens);
+    }
+    let response = service
+        .oneshot(request.body(String::new()).unwrap())
+        .await
+        .unwrap();
+    let retry = response
+        .headers()
+        .contains_key(http::header::RETRY_AFTER)
+        .then(|| headers::retry_after(response.headers()));
+    (
+        response.status(),
+        headers::remaining(response.headers()),
+        retry,
+    )
+}
+
+/// When a request charged from its response (admitted at cost 0: while the
+/// client is not past its limit) fits again after a charge of 5 000 at
+/// `charged` against 1 000 per minute.
+fn admitted_again_at(algorithm: Algorithm, charged: u64) -> u64 {
+    match algorithm {
+        // The level is back at the limit: 4 000 units at 60 ms each.
+        Algorithm::Gcra => charged + 4 * MINUTE,
+        Algorithm::SlidingLog => charged + MINUTE,
+        // The next fixed window, once 5 000 × its overlap is at most 1 000:
+        // an overlap below 1 001 / 5 000 of it (plus the 2 µs guard).
+        _ => charged - charged % MINUTE + MINUTE + MINUTE - 12_012_000 + 2,
+    }
+}
+
+fn layer_on(backend: Arc<dyn Backend>, policy: Policy) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .backend(backend)
+        .default_policy(policy)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_response_reporting_5000_tokens_refuses_the_next_request_to_the_second() {
+    for algorithm in ALGORITHMS {
+        let start = 86_400 * SEC * 1_000 + 10 * SEC;
+        let clock = FakeClock::new(start);
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::with_clock(clock.clone()));
+        let layer = layer_on(Arc::clone(&backend), charged_tokens(algorithm));
+        // Nothing charged: no header, an invalid one, 0.
+        for tokens in [None, Some("many"), Some("-5"), Some("0"), Some("")] {
+            let (status, remaining, _) = generate(&layer, "a", tokens).await;
+            assert_eq!(status, StatusCode::OK, "{algorithm:?} {tokens:?}");
+            assert_eq!(remaining, Some(1_000), "{algorithm:?} {tokens:?}");
+        }
+        // Admitted at cost 0 (the headers show the quota as decided), then
+        // charged 5 000: into debt.
+        let (status, remaining, _) = generate(&layer, "a", Some("5000")).await;
+        assert_eq!((status, remaining), (StatusCode::OK, Some(1_000)));
+        let (status, remaining, retry) = generate(&layer, "a", Some("1")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{algorithm:?}");
+        assert_eq!(remaining, Some(0), "{algorithm:?}");
+        // Honest: the exact wait, rounded up to whole seconds.
+        let exact = admitted_again_at(algorithm, start) - start;
+        let retry = retry.expect("a refusal has a Retry-After");
+        assert_eq!(retry, exact.div_ceil(SEC), "{algorithm:?}");
+        // Another client is not touched.
+        assert_eq!(generate(&layer, "b", None).await.0, StatusCode::OK);
+        // A second early: still refused. (Fresh layers on the backend: the
+        // blocked-client cache runs on real time, not the fake clock.)
+        clock.advance(Duration::from_secs(retry - 1));
+        let fresh = || layer_on(Arc::clone(&backend), charged_tokens(algorithm));
+        assert_eq!(
+            generate(&fresh(), "a", None).await.0,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{algorithm:?}: a second early"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            generate(&fresh(), "a", None).await.0,
+            StatusCode::OK,
+            "{algorithm:?}: the Retry-After honoured"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_response_reporting_5000_tokens_on_redis_refuses_the_next_request_honestly() {
+    let url = support::redis_url();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for algorithm in ALGORITHMS {
+        let backend: Arc<dyn Backend> = Arc::new(support::redis_backend(&url, "charge-layer"));
+        let layer = layer_on(Arc::clone(&backend), charged_tokens(algorithm));
+        let now = redis_now(&mut conn);
+        if MINUTE - now % MINUTE < 3 * SEC {
+            tokio::time::sleep(Duration::from_micros(MINUTE - now % MINUTE + 1_000)).await;
+        }
+        let a = redis_now(&mut conn);
+        let (status, _, _) = generate(&layer, "a", Some("5000")).await;
+        assert_eq!(status, StatusCode::OK, "{algorithm:?}");
+        // The charge runs after the response: a moment later on Redis.
+        let admin = layer.admin();
+        let client = Key::new("a");
+        let name = format!("tokens-{algorithm:?}");
+        for _ in 0..1_000 {
+            if !admin.peek(&name, &client).await.unwrap().is_allowed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (status, remaining, retry) = generate(&layer, "a", None).await;
+        let e = redis_now(&mut conn);
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{algorithm:?}");
+        assert_eq!(remaining, Some(0), "{algorithm:?}");
+        // Honest: when the request fits, rounded up to whole seconds, from
+        // some instant between the charge and the refusal.
+        let retry = retry.expect("a refusal has a Retry-After");
+        let (lo, hi) = (
+            (admitted_again_at(algorithm, a) - e).div_ceil(SEC),
+            (admitted_again_at(algorithm, e) - a).div_ceil(SEC),
+        );
+        assert!(
+            (lo..=hi).contains(&retry),
+            "{algorithm:?}: Retry-After {retry} not in [{lo}, {hi}]"
+        );
     }
 }

@@ -277,6 +277,69 @@ fn backends_name_their_metrics_label() {
     );
 }
 
+/// `ratelimit_adjustments_total`: a charge from the response
+/// (`Policy::charge_from_header`) is counted as `kind = charge`: `ok`, or
+/// `failed` when the backend fails it (the response unaffected); a response
+/// reporting nothing charges nothing, and counts nothing.
+#[tokio::test]
+async fn charges_after_the_response_are_counted() {
+    use std::sync::Arc;
+    use tower_redis_ratelimit::metrics::ADJUSTMENTS_TOTAL;
+    use tower_redis_ratelimit::{Backend, BackendError, ChargeFuture, CheckFuture, Key};
+
+    /// The memory backend, whose charges fail.
+    struct Failing(MemoryBackend);
+    impl Backend for Failing {
+        fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
+            self.0.check(policy, key, cost)
+        }
+        fn charge(&self, _: &Policy, _: &Key, _: u64) -> ChargeFuture {
+            Box::pin(async { Err(BackendError::Protocol("charges fail here".to_owned())) })
+        }
+    }
+
+    let mut recorded = Recorded::install();
+    for (name, backend, outcome) in [
+        (
+            "tokens",
+            Arc::new(MemoryBackend::new()) as Arc<dyn Backend>,
+            "ok",
+        ),
+        (
+            "tokens-failing",
+            Arc::new(Failing(MemoryBackend::new())),
+            "failed",
+        ),
+    ] {
+        let layer = RateLimitLayer::builder()
+            .backend(backend)
+            .default_policy(policy(name, 10).charge_from_header("x-tokens-used"))
+            .build()
+            .unwrap();
+        let service = layer.layer(tower::service_fn(|req: Request<String>| async move {
+            let mut response = Response::new(String::new());
+            if let Some(used) = req.headers().get("x-tokens") {
+                response.headers_mut().insert("x-tokens-used", used.clone());
+            }
+            Ok::<_, Infallible>(response)
+        }));
+        let send = |tokens: Option<&'static str>| {
+            let mut request = Request::post("/generate").header("x-client", "a");
+            if let Some(tokens) = tokens {
+                request = request.header("x-tokens", tokens);
+            }
+            service
+                .clone()
+                .oneshot(request.body(String::new()).unwrap())
+        };
+        assert_eq!(send(None).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(send(Some("4")).await.unwrap().status(), StatusCode::OK);
+        let counters = recorded.counters();
+        let key = format!("{ADJUSTMENTS_TOTAL}{{policy={name},kind=charge,outcome={outcome}}}");
+        assert_eq!(counters.get(&key), Some(&1), "{counters:?}");
+    }
+}
+
 /// `ratelimit_adjustments_total`: a request the inner layer refuses is
 /// refunded to the outer one (`ok`), and a refund the backend fails is
 /// counted as `failed`, the response unaffected.
