@@ -481,7 +481,9 @@ impl Policy {
     /// charge. Not charged: requests admitted by the
     /// [`FailureMode::Local`] fallback (or passed while the backend was
     /// down), a response an inner rate-limit layer made to refuse the
-    /// request, and an error of the inner service (not a response).
+    /// request, a response the policy refunds
+    /// ([`refund_when`](Self::refund_when)), and an error of the inner
+    /// service (not a response).
     ///
     /// ```
     /// use tower_redis_ratelimit::{Algorithm, Policy, Quota};
