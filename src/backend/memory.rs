@@ -865,9 +865,10 @@ mod tests {
     }
 
     /// Several policies (every algorithm, one to three quotas, two of equal
-    /// windows) and clients on one backend, random request sequences: every
-    /// decision, and a peek before it, agrees with the reference model of its
-    /// (policy, client), and both outcomes occur often.
+    /// windows) and clients on one backend, random request sequences with
+    /// charges (into debt) mixed in: every decision, and a peek before it,
+    /// agrees with the reference model of its (policy, client), and both
+    /// outcomes occur often.
     #[test]
     fn matches_the_reference_models() {
         const MS: u64 = 1_000;
@@ -896,6 +897,7 @@ mod tests {
             0..policies.len(),
             0..keys.len(),
             strategy::cost(),
+            proptest::bool::weighted(0.1),
         );
         let tally = Cell::new((0_u32, 0_u32));
         let mut runner = TestRunner::new(ProptestConfig {
@@ -907,7 +909,10 @@ mod tests {
             let clock = FakeClock::new(START);
             let backend = MemoryBackend::with_clock(clock.clone());
             let mut models: HashMap<(usize, usize), Reference> = HashMap::new();
-            for (n, &(advance, pi, ki, cost)) in steps.iter().enumerate() {
+            // Below the caps the reference does not model: at most 20
+            // charges, each of at most the policy's smallest limit.
+            let mut charges = 0;
+            for (n, &(advance, pi, ki, cost, charging)) in steps.iter().enumerate() {
                 clock.advance(Duration::from_micros(advance));
                 let now = clock.now_micros();
                 let policy = &policies[pi];
@@ -926,6 +931,14 @@ mod tests {
                     return Err(TestCaseError::fail(format!(
                         "step {n}: a peek changed the map"
                     )));
+                }
+                if charging && charges < 20 {
+                    charges += 1;
+                    let smallest = policy.quotas().iter().map(Quota::limit).min();
+                    let cost = cost.min(smallest.unwrap_or(0));
+                    backend.charge_now(policy, &keys[ki], cost);
+                    model.charge(now, cost);
+                    continue;
                 }
                 let got = backend.decide_now(policy, &keys[ki], cost);
                 model
