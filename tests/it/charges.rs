@@ -15,7 +15,9 @@
 //!   next request is refused with an honest `Retry-After` (to the second on
 //!   a fake clock, within the second on Redis); a missing, invalid or 0
 //!   header charges nothing; admission needs only that the client is not
-//!   past its limit.
+//!   past its limit;
+//! - two instances on one Redis: concurrent requests admit at most the
+//!   budget plus the costs in flight, and every charge lands.
 
 use std::time::Duration;
 
@@ -385,6 +387,100 @@ async fn a_response_reporting_5000_tokens_on_redis_refuses_the_next_request_hone
         assert!(
             (lo..=hi).contains(&retry),
             "{algorithm:?}: Retry-After {retry} not in [{lo}, {hi}]"
+        );
+    }
+}
+
+/// The token target across two instances sharing one Redis: 10
+/// concurrent requests, each reporting 300 tokens against 1 000 per minute
+/// (GCRA). Admission needs only that the budget is not spent, so requests
+/// in flight together are all admitted (never more than the budget plus
+/// the costs in flight: 10 × 300 <= 1 000 + 9 × 300); every charge lands,
+/// from both instances, and the next requests on either are refused with
+/// the `Retry-After` of the whole debt (for 10, 3 000 tokens: 2 minutes
+/// until the level is back at the budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_on_two_instances_are_all_charged() {
+    let url = support::redis_url();
+    let prefix = support::unique_prefix("tokens-two");
+    let instance = || {
+        let backend: Arc<dyn Backend> = Arc::new(
+            RedisBackend::builder(url.as_str())
+                .prefix(prefix.as_str())
+                .build()
+                .unwrap(),
+        );
+        layer_on(backend, charged_tokens(Algorithm::Gcra))
+    };
+    let (one, two) = (instance(), instance());
+    let send = |layer: RateLimitLayer| async move {
+        let service = layer.layer(tower::service_fn(|_: Request<String>| async {
+            // Slow enough that the requests overlap.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let mut response = Response::new(String::new());
+            response
+                .headers_mut()
+                .insert("x-tokens-used", http::HeaderValue::from_static("300"));
+            Ok::<_, Infallible>(response)
+        }));
+        let request = Request::post("/api/generate")
+            .header("x-client", "a")
+            .body(String::new())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        let retry = response
+            .headers()
+            .contains_key(http::header::RETRY_AFTER)
+            .then(|| headers::retry_after(response.headers()));
+        (response.status(), retry)
+    };
+    let wave = |n: usize| {
+        (0..n)
+            .map(|i| {
+                let layer = if i % 2 == 0 { one.clone() } else { two.clone() };
+                tokio::spawn(send(layer))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut admitted = 0;
+    for request in wave(10) {
+        let (status, _) = request.await.unwrap();
+        if status == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    // All, usually (they are in flight together); on a slow machine, a
+    // request admitted after 4 charges have landed is refused. Never more
+    // than the budget plus the costs in flight, and at least until the
+    // budget is spent.
+    assert!(admitted * 300 <= 1_000 + 9 * 300, "{admitted} admitted");
+    assert!(admitted >= 4, "{admitted} admitted");
+    // Every charge lands (after the responses: a moment later).
+    let admin = one.admin();
+    let client = Key::new("a");
+    let debt = Duration::from_millis(admitted * 300 * 60);
+    let mut level = Duration::ZERO;
+    for _ in 0..1_000 {
+        let seen = admin.peek("tokens-Gcra", &client).await.unwrap();
+        level = seen.quotas()[0].reset_after;
+        if level + Duration::from_secs(10) > debt {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // 300 tokens at 60 ms each per admitted request, less the moments since.
+    assert!(
+        level + Duration::from_secs(10) > debt,
+        "{level:?}, {debt:?}"
+    );
+    let wait = (debt - Duration::from_secs(60)).as_secs();
+    for request in wave(4) {
+        let (status, retry) = request.await.unwrap();
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        let retry = retry.expect("a refusal has a Retry-After");
+        assert!(
+            (wait - 10..=wait).contains(&retry),
+            "Retry-After {retry}, {wait}"
         );
     }
 }
