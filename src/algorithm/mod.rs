@@ -13,16 +13,18 @@
 //!
 //! This module holds what they share: the [`Algorithm`] enum, the dispatch
 //! from it to each algorithm, [`check`], the all-or-nothing driver over
-//! the quotas of a policy, and [`peek`], its read-only twin (each algorithm
-//! has a second, read-only script for it). The in-process backend runs this code, the Redis
+//! the quotas of a policy, [`refund`] and [`charge`] (a cost counted
+//! unconditionally, into debt), and [`peek`], the read-only twin of check
+//! (each algorithm has a second, read-only script for it). The in-process backend runs this code, the Redis
 //! backend the scripts; the tests below check every model against its naive
 //! definition (`reference.rs`), and the conformance suite in `tests/` runs the same
 //! scenarios against both backends.
 //!
 //! Adding an algorithm: a variant of [`Algorithm`] (listed in
 //! [`Algorithm::ALL`]), its file (model with its read-only `peek`, [`Spec`],
-//! and for the tests its naive `Definition`), its two scripts (check and
-//! peek), and one arm in each `match` of this module. Backends and tests find it through [`Algorithm::ALL`] and
+//! and for the tests its naive `Definition`), its scripts (check, peek,
+//! refund and charge: see [`Spec`]), and one arm in each `match` of this
+//! module. Backends and tests find it through [`Algorithm::ALL`] and
 //! [`Algorithm::spec`].
 //!
 //! Time is in microseconds. A window of length `W` ending at `now` is
