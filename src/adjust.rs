@@ -1,7 +1,9 @@
 //! Adjustments after the response: a request this layer admitted is given
 //! back to its policy when an inner rate-limit layer refused it (stacked
 //! layers: one refusal spends one quota), or when the policy says so from
-//! the response's head ([`Policy::refund_when`]).
+//! the response's head ([`Policy::refund_when`]); and a request is charged
+//! the cost its response reports ([`Policy::charge_from_header`], with
+//! [`Backend::charge`]), into debt if need be.
 //!
 //! Every rejection a layer makes carries a [`Refused`] marker in its
 //! response's extensions; a layer above it that admitted the request finds
@@ -11,6 +13,8 @@
 //! in the background (bounded in time and in number), and a failed refund
 //! is logged, never the response's concern.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -20,29 +24,49 @@ use http::Response;
 
 use crate::backend::Backend;
 use crate::decision::Decision;
+use crate::error::BackendError;
 use crate::policy::Policy;
 
-/// The most refunds one layer runs in the background at once; more are
-/// dropped (and logged): a flood of refusals cannot pile up tasks.
+/// The most adjustments (refunds and charges) one layer runs in the
+/// background at once; more are dropped (and logged): a flood of refusals
+/// or charges cannot pile up tasks.
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 
 /// The shortest time a background refund may take before it is given up
 /// (the layer's deadline, if longer).
 const MIN_TIME_LIMIT: Duration = Duration::from_secs(1);
 
-/// Counts one refund's `outcome` (`ok`, `failed`, `dropped`) for `policy`
-/// in `ratelimit_adjustments_total` (feature `metrics`).
-fn count(policy: &str, outcome: &'static str) {
+/// What an adjustment does: the `kind` label of its metric.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Gives back what an admission took ([`Backend::refund`]).
+    Refund,
+    /// Counts a cost reported by the response ([`Backend::charge`]).
+    Charge,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Refund => "refund",
+            Kind::Charge => "charge",
+        }
+    }
+}
+
+/// Counts one adjustment's `outcome` (`ok`, `failed`, `dropped`) for
+/// `policy` in `ratelimit_adjustments_total` (feature `metrics`).
+fn count(policy: &str, kind: Kind, outcome: &'static str) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(
         crate::metrics::ADJUSTMENTS_TOTAL,
         "policy" => policy.to_owned(),
-        "kind" => "refund",
+        "kind" => kind.label(),
         "outcome" => outcome,
     )
     .increment(1);
     #[cfg(not(feature = "metrics"))]
-    let _ = (policy, outcome);
+    let _ = (policy, kind, outcome);
 }
 
 /// The mark of a response a rate-limit layer made to refuse a request (in
@@ -95,46 +119,88 @@ impl Adjustments {
         let (Some(ticket), Some(client)) = (decision.ticket(), decision.client()) else {
             return;
         };
-        let name = policy.name().to_owned();
-        // A slot first: a refund beyond the bound is never even started.
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(policy = %name, "refund after the response dropped: too many in flight");
-            count(&name, "dropped");
+        self.run_later(Kind::Refund, policy, deadline, || {
+            backend.refund(policy, client, ticket.cost(), &ticket)
+        });
+    }
+
+    /// Counts `cost` more units of `policy` for the client `decision` was
+    /// made for, in `backend`, off the response's path (see
+    /// [`Backend::charge`]): nothing if the decision carries no client (the
+    /// backend did not admit it) or `cost` is 0. Run, bounded and counted
+    /// as [`refund_later`](Self::refund_later) runs a refund.
+    pub(crate) fn charge_later(
+        &self,
+        backend: &Arc<dyn Backend>,
+        policy: &Policy,
+        decision: &Decision,
+        cost: u64,
+        deadline: Duration,
+    ) {
+        let Some(client) = decision.client() else {
+            return;
+        };
+        if cost == 0 {
             return;
         }
-        let mut refund = backend.refund(policy, client, ticket.cost(), &ticket);
+        self.run_later(Kind::Charge, policy, deadline, || {
+            backend.charge(policy, client, cost)
+        });
+    }
+
+    /// Runs the adjustment `start` makes, off the response's path: at once
+    /// if it is ready at once (in-process backends), else in a background
+    /// task given up after `deadline` (at least a second). Outside a Tokio
+    /// runtime, or with [`MAX_IN_FLIGHT`] adjustments running, it is
+    /// dropped (never started) and logged.
+    fn run_later(
+        &self,
+        kind: Kind,
+        policy: &Policy,
+        deadline: Duration,
+        start: impl FnOnce() -> Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>,
+    ) {
+        let name = policy.name().to_owned();
+        let what = kind.label();
+        // A slot first: an adjustment beyond the bound is never even started.
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(policy = %name, "{what} after the response dropped: too many in flight");
+            count(&name, kind, "dropped");
+            return;
+        }
+        let mut adjustment = start();
         // In-process backends are done at once: no task.
         let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(result) = refund.as_mut().poll(&mut cx) {
+        if let Poll::Ready(result) = adjustment.as_mut().poll(&mut cx) {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             match result {
-                Ok(()) => count(&name, "ok"),
+                Ok(()) => count(&name, kind, "ok"),
                 Err(error) => {
-                    tracing::debug!(policy = %name, %error, "refund after the response failed");
-                    count(&name, "failed");
+                    tracing::debug!(policy = %name, %error, "{what} after the response failed");
+                    count(&name, kind, "failed");
                 }
             }
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(policy = %name, "refund after the response dropped: no Tokio runtime");
-            count(&name, "dropped");
+            tracing::debug!(policy = %name, "{what} after the response dropped: no Tokio runtime");
+            count(&name, kind, "dropped");
             return;
         };
         let in_flight = Arc::clone(&self.in_flight);
         let limit = deadline.max(MIN_TIME_LIMIT);
         runtime.spawn(async move {
-            match tokio::time::timeout(limit, refund).await {
-                Ok(Ok(())) => count(&name, "ok"),
+            match tokio::time::timeout(limit, adjustment).await {
+                Ok(Ok(())) => count(&name, kind, "ok"),
                 Ok(Err(error)) => {
-                    tracing::debug!(policy = %name, %error, "refund after the response failed");
-                    count(&name, "failed");
+                    tracing::debug!(policy = %name, %error, "{what} after the response failed");
+                    count(&name, kind, "failed");
                 }
                 Err(_) => {
-                    tracing::debug!(policy = %name, "refund after the response timed out");
-                    count(&name, "failed");
+                    tracing::debug!(policy = %name, "{what} after the response timed out");
+                    count(&name, kind, "failed");
                 }
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -147,7 +213,7 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     use super::*;
-    use crate::backend::{CheckFuture, RefundFuture};
+    use crate::backend::{ChargeFuture, CheckFuture, RefundFuture};
     use crate::decision::{Origin, QuotaStatus, Ticket};
     use crate::key::Key;
     use crate::quota::Quota;
@@ -161,6 +227,11 @@ mod tests {
         }
 
         fn refund(&self, _: &Policy, _: &Key, _: u64, _: &Ticket) -> RefundFuture {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::pending())
+        }
+
+        fn charge(&self, _: &Policy, _: &Key, _: u64) -> ChargeFuture {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(std::future::pending())
         }
@@ -208,6 +279,53 @@ mod tests {
         assert_eq!(adjust.in_flight.load(Ordering::SeqCst), 0);
         adjust.refund_later(&backend, &policy, &decision, deadline);
         assert_eq!(adjust.in_flight.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_charges_share_the_bound() {
+        let stalled = Arc::new(Stalled(AtomicU64::new(0)));
+        let backend: Arc<dyn Backend> = stalled.clone();
+        let policy = Policy::new("p").quota(Quota::per_minute(5));
+        let adjust = Adjustments::new(true);
+        let deadline = Duration::from_millis(50);
+        // Nothing to charge without a client, or for a cost of 0.
+        adjust.charge_later(&backend, &policy, &admitted(None), 5, deadline);
+        // A cost-0 admission keeps its client for the charge.
+        let zero = Decision::allowed(Vec::new()).keep_client(Key::new("203.0.113.9"));
+        adjust.charge_later(&backend, &policy, &zero, 0, deadline);
+        assert_eq!(stalled.0.load(Ordering::SeqCst), 0);
+        for _ in 0..MAX_IN_FLIGHT + 10 {
+            adjust.charge_later(&backend, &policy, &zero, 5, deadline);
+        }
+        // Refunds and charges share one bound.
+        adjust.refund_later(&backend, &policy, &admitted(Some("a")), deadline);
+        assert_eq!(adjust.in_flight.load(Ordering::SeqCst), MAX_IN_FLIGHT);
+        assert_eq!(stalled.0.load(Ordering::SeqCst), MAX_IN_FLIGHT as u64);
+        tokio::time::sleep(MIN_TIME_LIMIT + Duration::from_millis(1)).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(adjust.in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_charge_is_the_response_header_as_a_positive_integer() {
+        let policy = Policy::new("p")
+            .quota(Quota::per_minute(5))
+            .charge_from_header("X-Tokens-Used");
+        assert!(policy.charges());
+        let charge = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-tokens-used", value.parse().unwrap());
+            policy.charge_for(&headers)
+        };
+        assert_eq!(charge("5000"), Some(5_000));
+        assert_eq!(charge(" 12 "), Some(12));
+        for nothing in ["0", "", "-3", "1.5", "many", "18446744073709551616"] {
+            assert_eq!(charge(nothing), None, "{nothing:?}");
+        }
+        assert_eq!(policy.charge_for(&http::HeaderMap::new()), None);
+        assert!(!Policy::new("q").charges());
     }
 
     #[test]

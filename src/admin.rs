@@ -1,5 +1,5 @@
 //! [`Admin`]: a layer's policies, reachable without a request — check,
-//! refund, peek at and reset a client's quotas from jobs, websocket
+//! refund, charge, peek at and reset a client's quotas from jobs, websocket
 //! handlers, queue consumers or an operator's tool.
 
 use std::fmt;
@@ -52,6 +52,17 @@ use crate::policy::Policy;
 /// admin.refund("api", &client, 1, &ticket).await?;
 /// assert_eq!(admin.peek("api", &client).await?.quotas()[0].remaining, 100);
 /// admin.check("api", &client, 1).await?;
+///
+/// // A job's cost is known when it ends: charged whatever the quota (into
+/// // debt if need be); a charge of 150 against 100 per minute refuses the
+/// // client until the debt has drained.
+/// let job = Key::new("198.51.100.4");
+/// admin.charge("api", &job, 150).await?;
+/// let refused = admin.peek("api", &job).await?;
+/// assert!(!refused.is_allowed());
+/// assert!(refused.retry_after().is_some());
+/// // Past the limit, even a check of cost 0 is refused.
+/// assert!(!admin.check("api", &job, 0).await?.is_allowed());
 ///
 /// // Looking consumes nothing.
 /// for _ in 0..3 {
@@ -187,6 +198,32 @@ impl Admin {
             .await?;
         // After the backend, as for a reset.
         compiled.blocked.remove(key);
+        Ok(())
+    }
+
+    /// Counts `cost` more units of policy `policy` for `key`, in the
+    /// backend, unconditionally: no admission check and no max cost, so
+    /// the client may go past its limit, into debt, and its later requests
+    /// are refused until the debt has drained, each with an exact
+    /// `Retry-After`. For costs known only once work that ends outside a
+    /// request is done (the tokens a job used, a websocket session's
+    /// length): admit the work with a [`check`](Self::check) of cost 0
+    /// (refused only while the client is past its limit, in debt) or a
+    /// [`peek`](Self::peek), then charge what it cost. What each
+    /// algorithm counts, and how its debt drains (gradually for GCRA and
+    /// the counter, all at once after the window for the sliding log):
+    /// [`Backend::charge`](crate::Backend::charge). A cost of 0 changes
+    /// nothing.
+    ///
+    /// This instance's blocked-client cache is left as it is (a charge
+    /// only adds to the counts; the client's next request asks the
+    /// backend unless the cache already blocks it).
+    pub async fn charge(&self, policy: &str, key: &Key, cost: u64) -> Result<(), AdminError> {
+        let compiled = self.find(policy)?;
+        self.limiter
+            .backend
+            .charge(&compiled.policy, key, cost)
+            .await?;
         Ok(())
     }
 

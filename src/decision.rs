@@ -195,7 +195,15 @@ impl Decision {
         self
     }
 
-    /// The client kept by [`Decision::with_client`].
+    /// This decision with the client it was made for, kept whatever it
+    /// took: what a charge after the response needs.
+    pub(crate) fn keep_client(mut self, key: Key) -> Self {
+        self.client = Some(key);
+        self
+    }
+
+    /// The client kept by [`Decision::with_client`] or
+    /// [`Decision::keep_client`].
     pub(crate) fn client(&self) -> Option<&Key> {
         self.client.as_ref()
     }

@@ -190,6 +190,16 @@ where
                                 &decision,
                                 limiter.deadline,
                             );
+                        } else if let Some(cost) = policy.charge_for(response.headers()) {
+                            // The cost the response reports, charged off
+                            // the response's path (into debt if need be).
+                            limiter.adjust.charge_later(
+                                &limiter.backend,
+                                policy,
+                                &decision,
+                                cost,
+                                limiter.deadline,
+                            );
                         }
                         limiter.decorate(&mut response, id, &decision);
                     }

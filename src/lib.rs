@@ -133,8 +133,8 @@ mod sharded;
 pub use crate::access::AccessList;
 pub use crate::admin::{Admin, AdminError};
 pub use crate::backend::{
-    Backend, CheckFuture, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
-    RefundFuture, ResetFuture,
+    Backend, ChargeFuture, CheckFuture, MemoryBackend, MemoryBackendBuilder, RedisBackend,
+    RedisBackendBuilder, RefundFuture, ResetFuture,
 };
 pub use crate::breaker::CircuitBreaker;
 #[cfg(feature = "serde")]

@@ -311,12 +311,14 @@ impl Limiter {
         let compiled = self.policy(id);
         let (verdict, source) = match outcome {
             Outcome::Decided(decision) if decision.is_allowed() => {
-                // The client goes with the decision, for a refund after the
-                // response (moved: no copy).
-                (
-                    Verdict::Allow(id, decision.with_client(key)),
-                    Source::Backend,
-                )
+                // The client goes with the decision, for a refund or a
+                // charge after the response (moved: no copy).
+                let decision = if compiled.policy.charges() {
+                    decision.keep_client(key)
+                } else {
+                    decision.with_client(key)
+                };
+                (Verdict::Allow(id, decision), Source::Backend)
             }
             Outcome::Decided(decision) => {
                 // Only the backend's denials are remembered: a local

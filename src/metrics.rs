@@ -14,7 +14,7 @@
 //! | `ratelimit_blocked_cache_hits_total` | counter | `policy` | denials answered from the blocked-client cache |
 //! | `ratelimit_backend_duration_seconds` | histogram | `backend` | backend calls that ended (decided, failed or timed out) |
 //! | `ratelimit_breaker_open` | gauge | `backend` | how many of the backend's partitions have their circuit breaker open: 1 while the breaker is open, else 0, for a single-node backend |
-//! | `ratelimit_adjustments_total` | counter | `policy`, `kind`, `outcome` | adjustments after the response: `kind` is `refund` (a request an inner layer refused, or [`Policy::refund_when`](crate::Policy::refund_when)); `outcome` is `ok` (the backend gave back), `failed` (it failed or took too long) or `dropped` (too many in flight, or no Tokio runtime) |
+//! | `ratelimit_adjustments_total` | counter | `policy`, `kind`, `outcome` | adjustments after the response: `kind` is `refund` (a request an inner layer refused, or [`Policy::refund_when`](crate::Policy::refund_when)) or `charge` (the cost a response reported, [`Policy::charge_from_header`](crate::Policy::charge_from_header)); `outcome` is `ok` (the backend gave back or counted), `failed` (it failed or took too long) or `dropped` (too many in flight, or no Tokio runtime) |
 //!
 //! `outcome` is one of:
 //!
@@ -96,7 +96,7 @@ pub const BACKEND_DURATION_SECONDS: &str = "ratelimit_backend_duration_seconds";
 /// circuit breaker open (a single-node backend: 1 while open, else 0).
 pub const BREAKER_OPEN: &str = "ratelimit_breaker_open";
 /// Counter of adjustments after the response, labelled `policy`, `kind`
-/// (`refund`) and `outcome` (`ok`, `failed`, `dropped`).
+/// (`refund`, `charge`) and `outcome` (`ok`, `failed`, `dropped`).
 pub const ADJUSTMENTS_TOTAL: &str = "ratelimit_adjustments_total";
 
 /// How a verdict was reached: with the verdict, enough to name its outcome.
@@ -229,7 +229,7 @@ mod recording {
         );
         ::metrics::describe_counter!(
             ADJUSTMENTS_TOTAL,
-            "Rate-limit adjustments after the response (refunds) by policy, kind and outcome"
+            "Rate-limit adjustments after the response (refunds, charges) by policy, kind and outcome"
         );
         ::metrics::describe_gauge!(
             BREAKER_OPEN,

@@ -84,6 +84,9 @@ struct PolicyInner {
     /// Refunds an admitted request after its response (see
     /// [`Policy::refund_when`]).
     refund: Option<Arc<RefundFn>>,
+    /// Charges an admitted request the integer value of this response
+    /// header (see [`Policy::charge_from_header`]).
+    charge_header: Option<HeaderName>,
 }
 
 /// A named rate-limit policy: one or more quotas, an algorithm, a key extractor,
@@ -131,6 +134,7 @@ impl fmt::Debug for Policy {
             .field("deny", &self.inner.access.deny)
             .field("tiers", &self.inner.tiers)
             .field("refund_when", &self.inner.refund.is_some())
+            .field("charge_from_header", &self.inner.charge_header)
             .finish_non_exhaustive()
     }
 }
@@ -172,6 +176,7 @@ impl Policy {
                 tiers: Vec::new(),
                 tier_selector: None,
                 refund: None,
+                charge_header: None,
             }),
         }
     }
@@ -447,6 +452,75 @@ impl Policy {
     pub fn count_only_status(self, statuses: impl IntoIterator<Item = u16>) -> Self {
         let counted: Vec<u16> = statuses.into_iter().collect();
         self.refund_when(move |status, _| !counted.contains(&status.as_u16()))
+    }
+
+    /// Charges each admitted request, after its response, the cost the
+    /// response reports in header `name` (e.g. `x-tokens-used`, set by the
+    /// handler): for costs known only once the work is done, such as the
+    /// tokens a language model used. The value is a decimal integer (ASCII
+    /// whitespace around it allowed); a missing, empty, negative or
+    /// otherwise invalid value, or 0, charges nothing.
+    ///
+    /// Admission happens before the handler at cost 0: a request is
+    /// refused only while the client is past its limit (in debt), not for
+    /// what it may cost. The charge
+    /// ([`Backend::charge`](crate::Backend::charge)) counts the reported
+    /// cost unconditionally, so it may take the client into debt: its later
+    /// requests are refused until the debt has drained, each with an exact
+    /// `Retry-After` (how each algorithm's debt drains:
+    /// [`Backend::charge`](crate::Backend::charge); the sliding log's drains
+    /// all at once, a window after the charge). So concurrent requests are
+    /// bounded by the budget plus the costs in flight. The cost and
+    /// [max cost](Self::max_cost) set on the policy are not used for such
+    /// requests; a charge counts at most 100 times a quota's limit.
+    ///
+    /// The charge runs after the response is handed back, never delaying
+    /// it, bounded in number as refunds are, and is counted as `kind =
+    /// "charge"` in `ratelimit_adjustments_total` (feature `metrics`). The
+    /// response's rate-limit headers show the quota as decided, before the
+    /// charge. Not charged: requests admitted by the
+    /// [`FailureMode::Local`] fallback (or passed while the backend was
+    /// down), a response an inner rate-limit layer made to refuse the
+    /// request, a response the policy refunds
+    /// ([`refund_when`](Self::refund_when)), and an error of the inner
+    /// service (not a response).
+    ///
+    /// ```
+    /// use tower_redis_ratelimit::{Algorithm, Policy, Quota};
+    ///
+    /// // 1 000 tokens per minute per client, as the responses report them.
+    /// let tokens = Policy::new("tokens")
+    ///     .quota(Quota::per_minute(1_000))
+    ///     .algorithm(Algorithm::Gcra)
+    ///     .charge_from_header("x-tokens-used");
+    /// # let _ = tokens;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid header name.
+    #[must_use]
+    pub fn charge_from_header(mut self, name: &str) -> Self {
+        let name = HeaderName::try_from(name)
+            .unwrap_or_else(|_| panic!("charge_from_header: {name:?} is not a valid header name"));
+        self.edit().charge_header = Some(name);
+        self
+    }
+
+    /// Whether the policy charges from the response (see
+    /// [`Policy::charge_from_header`]): its requests are admitted at cost 0.
+    pub(crate) fn charges(&self) -> bool {
+        self.inner.charge_header.is_some()
+    }
+
+    /// The cost a response with `headers` reports (see
+    /// [`Policy::charge_from_header`]): `None` if the policy does not
+    /// charge, or the header is missing, invalid or 0.
+    pub(crate) fn charge_for(&self, headers: &HeaderMap) -> Option<u64> {
+        let name = self.inner.charge_header.as_ref()?;
+        let value = headers.get(name)?.to_str().ok()?;
+        let cost: u64 = value.trim_ascii().parse().ok()?;
+        (cost > 0).then_some(cost)
     }
 
     /// Whether an admitted request answered with `status` and `headers` is
@@ -739,8 +813,13 @@ impl Policy {
     }
 
     /// The cost of a request: a cost function's 0 is 1 unless the policy
-    /// [allows zero-cost checks](Policy::allow_zero_cost).
+    /// [allows zero-cost checks](Policy::allow_zero_cost); 0 for a policy
+    /// that [charges from the response](Policy::charge_from_header).
     pub(crate) fn cost_for(&self, parts: &Parts) -> u64 {
+        // Charged after the response: admitted at cost 0.
+        if self.charges() {
+            return 0;
+        }
         match &self.inner.cost {
             Cost::Fixed(c) => *c,
             Cost::PerRequest(f) => match f(parts) {

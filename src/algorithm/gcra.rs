@@ -49,6 +49,7 @@ pub(super) const SPEC: Spec = Spec {
     lua: concat!(include_str!("gcra.lua"), include_str!("state_main.lua")),
     peek_lua: include_str!("gcra_peek.lua"),
     refund_lua: include_str!("gcra_refund.lua"),
+    charge_lua: concat!(include_str!("gcra.lua"), include_str!("gcra_charge.lua")),
     nonce: false,
     max_limit: Quota::MAX_LIMIT,
     // Same work whatever the cost.
@@ -134,6 +135,15 @@ impl Model for Tat {
             let back = cost.saturating_mul(interval(limit, window));
             self.0 = self.0.saturating_sub(back).max(now);
         }
+    }
+
+    /// `TAT = max(TAT, now) + cost × T`, the level at most
+    /// `MAX_DEBT_WINDOWS × τ`.
+    fn charge(&mut self, now: u64, limit: u64, window: u64, cost: u64) {
+        let t = interval(limit, window);
+        let most = super::MAX_DEBT_WINDOWS * limit * t;
+        let level = self.level(now).saturating_add(cost.saturating_mul(t));
+        self.0 = now + level.min(most.max(self.level(now)));
     }
 }
 

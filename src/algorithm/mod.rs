@@ -13,16 +13,18 @@
 //!
 //! This module holds what they share: the [`Algorithm`] enum, the dispatch
 //! from it to each algorithm, [`check`], the all-or-nothing driver over
-//! the quotas of a policy, and [`peek`], its read-only twin (each algorithm
-//! has a second, read-only script for it). The in-process backend runs this code, the Redis
+//! the quotas of a policy, [`refund`] and [`charge`] (a cost counted
+//! unconditionally, into debt), and [`peek`], the read-only twin of check
+//! (each algorithm has a second, read-only script for it). The in-process backend runs this code, the Redis
 //! backend the scripts; the tests below check every model against its naive
 //! definition (`reference.rs`), and the conformance suite in `tests/` runs the same
 //! scenarios against both backends.
 //!
 //! Adding an algorithm: a variant of [`Algorithm`] (listed in
 //! [`Algorithm::ALL`]), its file (model with its read-only `peek`, [`Spec`],
-//! and for the tests its naive `Definition`), its two scripts (check and
-//! peek), and one arm in each `match` of this module. Backends and tests find it through [`Algorithm::ALL`] and
+//! and for the tests its naive `Definition`), its scripts (check, peek,
+//! refund and charge: see [`Spec`]), and one arm in each `match` of this
+//! module. Backends and tests find it through [`Algorithm::ALL`] and
 //! [`Algorithm::spec`].
 //!
 //! Time is in microseconds. A window of length `W` ending at `now` is
@@ -123,6 +125,11 @@ pub(crate) struct Spec {
     /// its own keys and arguments (see `backend/redis/script.rs`), one call
     /// per refund, and a reply of 1.
     pub refund_lua: &'static str,
+    /// The Lua script counting a charge (see [`charge`]): called with the
+    /// check's keys and arguments (the nonce: one of its own), one call
+    /// per charge, and a reply of 1. Its cap of 100 is
+    /// [`MAX_DEBT_WINDOWS`].
+    pub charge_lua: &'static str,
     /// Whether the script needs a per-request nonce, unique across instances.
     pub nonce: bool,
     /// The largest limit a quota may have.
@@ -163,6 +170,10 @@ pub(crate) trait Model {
     /// Gives back, at `now`, `cost` units (at most `admitted`) of the
     /// request admitted at `at` for `admitted` units (see [`refund`]).
     fn refund(&mut self, refund: Refund, limit: u64, window: u64);
+
+    /// Counts `cost` more units at `now` (at most [`charged`]'s), admitted
+    /// or not: the state may go past the limit, into debt (see [`charge`]).
+    fn charge(&mut self, now: u64, limit: u64, window: u64, cost: u64);
 }
 
 /// One refund, as every quota's model takes it: at `now`, give back
@@ -328,6 +339,48 @@ pub(crate) fn refund(states: &mut [QuotaState], quotas: &[Quota], refund: Refund
             state.model().refund(refund, limit, window);
         }
         let (_, usage) = state.model_ref().peek(refund.now, limit, window, 0);
+        keep = keep.max(usage.reset);
+    }
+    keep
+}
+
+/// The most debt a quota holds, in windows' worth of its limit: one charge
+/// counts at most `MAX_DEBT_WINDOWS × limit` units, and GCRA's level and the
+/// counter's current count stop there too (a debt drains in about that
+/// many windows at most), so that every stored number stays exact (below
+/// 2^53 in Redis' Lua).
+pub(crate) const MAX_DEBT_WINDOWS: u64 = 100;
+
+/// The units one charge of `cost` counts in a quota of `limit`: `cost`, at
+/// most [`MAX_DEBT_WINDOWS`] × `limit`.
+pub(crate) fn charged(cost: u64, limit: u64) -> u64 {
+    cost.min(limit.saturating_mul(MAX_DEBT_WINDOWS))
+}
+
+/// Counts `cost` more units in every quota at `now`, unconditionally (no
+/// admission check): the quotas may go past their limits, into debt, and
+/// checks are denied until the debt has drained. Exactly what an admission
+/// of `cost` would count (see [`charged`] for the cap):
+///
+/// - sliding log: one entry of `cost` at `now` (never before the newest
+///   entry), which leaves the window whole after one window;
+/// - sliding window counter: the current fixed window's count grows by
+///   `cost` (the estimate drains as the window slides on), at most to
+///   `MAX_DEBT_WINDOWS × limit`;
+/// - GCRA: `TAT = max(TAT, now) + cost × T`, at most `now +
+///   MAX_DEBT_WINDOWS × τ`.
+///
+/// Returns how long the state must be kept now (zero: nothing is counted).
+pub(crate) fn charge(states: &mut [QuotaState], quotas: &[Quota], now: u64, cost: u64) -> u64 {
+    debug_assert_eq!(states.len(), quotas.len());
+    let mut keep = 0;
+    for (state, quota) in states.iter_mut().zip(quotas) {
+        let (limit, window) = (quota.limit(), quota.window_us());
+        let model = state.model();
+        if cost > 0 {
+            model.charge(now, limit, window, charged(cost, limit));
+        }
+        let (_, usage) = model.peek(now, limit, window, 0);
         keep = keep.max(usage.reset);
     }
     keep
@@ -694,6 +747,98 @@ mod tests {
         Ok(())
     }
 
+    /// Runs `steps` from `start` through [`check`], [`charge`] and the
+    /// reference model: a step is a request, or (flagged) a charge of its
+    /// cost; every decision, and every peek after a
+    /// charge, must agree, and a charge must keep the state as long as the
+    /// reference still counts something.
+    fn charges_agree_with_the_reference(
+        algorithm: Algorithm,
+        quotas: &[Quota],
+        start: u64,
+        steps: &[(u64, u64, bool)],
+    ) -> Result<(), TestCaseError> {
+        let mut states = states(algorithm, quotas.len());
+        let mut reference = Reference::new(algorithm, quotas);
+        let mut now = start;
+        // Below the caps the reference does not model: at most 20 charges,
+        // each of at most the smallest limit.
+        let smallest = quotas.iter().map(Quota::limit).min().unwrap_or(0);
+        let mut charges = 0;
+        for (step, &(advance, cost, charging)) in steps.iter().enumerate() {
+            now += advance;
+            let charging = charging && charges < 20;
+            let cost = if charging { cost.min(smallest) } else { cost };
+            let what = format!("step {step}, +{} us, cost {cost}", now - start);
+            if charging {
+                charges += 1;
+                let keep = charge(&mut states, quotas, now, cost);
+                reference.charge(now, cost);
+                let what = format!("{what}, charge");
+                peek_agrees(&states, quotas, now, &reference, algorithm)
+                    .map_err(|e| TestCaseError::fail(format!("{what}, peek: {e}")))?;
+                let longest = reference
+                    .peek(now, 0)
+                    .statuses
+                    .iter()
+                    .map(|q| q.reset_after)
+                    .max();
+                prop_assert_eq!(Some(Duration::from_micros(keep)), longest, "{}", what);
+            } else {
+                let (got, _) = check(&mut states, quotas, now, cost);
+                reference
+                    .check(now, cost)
+                    .agrees(&got, algorithm)
+                    .map_err(|e| TestCaseError::fail(format!("{what}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_charge_into_debt_denies_until_it_has_drained() {
+        let q = [Quota::per_minute(1_000)];
+        let w = 60 * SEC;
+        let t0 = 600 * SEC;
+        for &algorithm in Algorithm::ALL {
+            let mut s = states(algorithm, 1);
+            let keep = charge(&mut s, &q, t0 + SEC, 5_000);
+            assert!(keep > 0, "{algorithm:?}");
+            let (denied, _) = check(&mut s.clone(), &q, t0 + SEC, 1);
+            assert!(!denied.is_allowed(), "{algorithm:?}");
+            assert_eq!(denied.quotas()[0].remaining, 0, "{algorithm:?}");
+            let retry = denied.retry_after().unwrap().as_micros() as u64;
+            // Exact (the counter: at most 1 µs late): just before, denied;
+            // then admitted.
+            let (early, _) = check(&mut s.clone(), &q, t0 + SEC + retry - 2, 1);
+            assert!(!early.is_allowed(), "{algorithm:?}");
+            let (then, _) = check(&mut s.clone(), &q, t0 + SEC + retry, 1);
+            assert!(then.is_allowed(), "{algorithm:?}");
+            let expected = match algorithm {
+                // The debt of 4 000 units over the limit drains at 1 000 per
+                // minute, plus the emission interval of the next unit.
+                Algorithm::Gcra => 4 * w + w / 1_000,
+                // The entry leaves the window whole.
+                Algorithm::SlidingLog => w,
+                // The next window, once 5 000 × overlap is at most 999.
+                _ => retry,
+            };
+            assert_eq!(retry, expected, "{algorithm:?}");
+        }
+        // The counter: next window from t0 + 60 s, 4/5 of it in.
+        let mut s = states(Algorithm::SlidingWindow, 1);
+        charge(&mut s, &q, t0 + SEC, 5_000);
+        let (denied, _) = check(&mut s, &q, t0 + SEC, 1);
+        let retry = denied.retry_after().unwrap().as_micros() as u64;
+        assert!((w - SEC + w * 4 / 5..=w - SEC + w * 4 / 5 + 2).contains(&retry));
+        // A charge is capped at 100 windows' worth.
+        let mut s = states(Algorithm::Gcra, 1);
+        let keep = charge(&mut s, &q, t0, u64::MAX);
+        assert_eq!(keep, MAX_DEBT_WINDOWS * w);
+        let keep = charge(&mut s, &q, t0, 1);
+        assert_eq!(keep, MAX_DEBT_WINDOWS * w);
+    }
+
     #[test]
     fn refunds_give_back_what_the_request_took() {
         let q = [Quota::per_second(3)];
@@ -842,6 +987,20 @@ mod tests {
             steps in vec((strategy::advance(), strategy::cost(), strategy::refund()), 1..200),
         ) {
             refunds_agree_with_the_reference(algorithm, &quotas, start, &steps)?;
+        }
+
+        /// Charges (unconditional, possibly into debt) mixed into request
+        /// sequences: every algorithm's checks, peeks and how long the state
+        /// is kept agree with the naive definition, whose history simply
+        /// gains the charged units.
+        #[test]
+        fn charges_agree_with_the_definitions(
+            algorithm in prop::sample::select(Algorithm::ALL),
+            quotas in strategy::quotas(),
+            start in strategy::start(),
+            steps in vec((strategy::advance(), strategy::cost(), prop::bool::weighted(0.2)), 1..200),
+        ) {
+            charges_agree_with_the_reference(algorithm, &quotas, start, &steps)?;
         }
     }
 }

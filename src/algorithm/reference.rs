@@ -125,6 +125,18 @@ impl Reference {
         }
     }
 
+    /// Counts `cost` units at `now` (never before the previous request)
+    /// unconditionally, admitted or not: by definition, the history gains
+    /// the request, which may take the quotas past their limits. (Below
+    /// the charge's caps, `algorithm::MAX_DEBT_WINDOWS`, which this
+    /// reference does not model.)
+    pub(crate) fn charge(&mut self, now: u64, cost: u64) {
+        debug_assert!(self.history.last().is_none_or(|&(t, _)| t <= now));
+        if cost > 0 {
+            self.history.push((now, cost));
+        }
+    }
+
     /// What a peek at `now` (never before the last request) reports: the
     /// statuses of a request of cost 0 and whether one of `cost` would be
     /// admitted. Records nothing.

@@ -30,6 +30,10 @@ pub(super) const SPEC: Spec = Spec {
         include_str!("sliding_log_read.lua"),
         include_str!("sliding_log_refund.lua")
     ),
+    charge_lua: concat!(
+        include_str!("sliding_log_read.lua"),
+        include_str!("sliding_log_charge.lua")
+    ),
     max_limit: Quota::MAX_LOG_LIMIT,
     max_cost_cap: Some(quota::DEFAULT_MAX_LOG_COST),
 };
@@ -158,6 +162,13 @@ impl Model for Log {
             self.entries[index].1 -= back;
         }
         self.units -= back;
+    }
+
+    /// One entry of `cost` at `now` (never before the newest entry), as an
+    /// admission would add, after dropping what has left the window.
+    fn charge(&mut self, now: u64, limit: u64, window: u64, cost: u64) {
+        self.trim(now, window);
+        self.commit(now, limit, window, cost, true);
     }
 }
 

@@ -24,6 +24,10 @@ pub(super) const SPEC: Spec = Spec {
         include_str!("sliding_window.lua"),
         include_str!("sliding_window_refund.lua")
     ),
+    charge_lua: concat!(
+        include_str!("sliding_window.lua"),
+        include_str!("sliding_window_charge.lua")
+    ),
     nonce: false,
     max_limit: Quota::MAX_LIMIT,
     // The counter does the same work whatever the cost.
@@ -157,6 +161,15 @@ impl Model for Counter {
         } else {
             return;
         }
+        *self = rolled;
+    }
+
+    /// The current fixed window's count grows by `cost`, at most to
+    /// `MAX_DEBT_WINDOWS × limit`.
+    fn charge(&mut self, now: u64, limit: u64, window: u64, cost: u64) {
+        let (mut rolled, _) = roll(*self, now, window);
+        let most = super::MAX_DEBT_WINDOWS.saturating_mul(limit);
+        rolled.cur = rolled.cur.saturating_add(cost).min(most.max(rolled.cur));
         *self = rolled;
     }
 }

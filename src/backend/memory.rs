@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
-use super::{Backend, CheckFuture, RefundFuture, ResetFuture};
+use super::{Backend, ChargeFuture, CheckFuture, RefundFuture, ResetFuture};
 use crate::algorithm::{self, QuotaState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Origin, Ticket};
@@ -417,6 +417,30 @@ impl MemoryBackend {
     /// The decision, synchronously: the [`Backend`] impl wraps this, and
     /// [`FailureMode::Local`](crate::FailureMode::Local) decides with it.
     pub(crate) fn decide_now(&self, policy: &Policy, key: &Key, cost: u64) -> crate::Decision {
+        self.update_now(policy, key, |states, quotas, now| {
+            algorithm::check(states, quotas, now, cost)
+        })
+    }
+
+    /// A charge, synchronously: counts `cost` more units in the entry of
+    /// `policy` and `key`, created if need be, admitted or not (see
+    /// `algorithm::charge`).
+    pub(crate) fn charge_now(&self, policy: &Policy, key: &Key, cost: u64) {
+        self.update_now(policy, key, |states, quotas, now| {
+            ((), algorithm::charge(states, quotas, now, cost))
+        });
+    }
+
+    /// Runs `update` on the quotas of `policy`'s entry for `key` (fresh
+    /// ones if there is none, or it is stale), at `now`; `update` returns
+    /// its result and how long the entry must be kept (zero: it is dropped).
+    #[inline]
+    fn update_now<T>(
+        &self,
+        policy: &Policy,
+        key: &Key,
+        update: impl FnOnce(&mut [QuotaState], &[crate::Quota], u64) -> (T, u64),
+    ) -> T {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
         let (name, text) = (policy.name(), key.as_str());
@@ -447,7 +471,7 @@ impl MemoryBackend {
                 if stale {
                     entry.quotas = fresh_quotas();
                 }
-                let (decision, keep) = algorithm::check(&mut entry.quotas, quotas, now, cost);
+                let (decision, keep) = update(&mut entry.quotas, quotas, now);
                 if keep > 0 {
                     entry.expires_at = now.saturating_add(keep);
                     // Accounted after every decision: a log grows when a
@@ -472,7 +496,7 @@ impl MemoryBackend {
                     quotas: fresh_quotas(),
                     expires_at: 0,
                 };
-                let (decision, keep) = algorithm::check(&mut entry.quotas, quotas, now, cost);
+                let (decision, keep) = update(&mut entry.quotas, quotas, now);
                 if keep > 0 {
                     entry.expires_at = now.saturating_add(keep);
                     let bytes = entry.bytes();
@@ -645,6 +669,11 @@ impl Backend for MemoryBackend {
 
     fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
         self.refund_now(policy, key, cost, ticket);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn charge(&self, policy: &Policy, key: &Key, cost: u64) -> ChargeFuture {
+        self.charge_now(policy, key, cost);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -836,9 +865,10 @@ mod tests {
     }
 
     /// Several policies (every algorithm, one to three quotas, two of equal
-    /// windows) and clients on one backend, random request sequences: every
-    /// decision, and a peek before it, agrees with the reference model of its
-    /// (policy, client), and both outcomes occur often.
+    /// windows) and clients on one backend, random request sequences with
+    /// charges (into debt) mixed in: every decision, and a peek before it,
+    /// agrees with the reference model of its (policy, client), and both
+    /// outcomes occur often.
     #[test]
     fn matches_the_reference_models() {
         const MS: u64 = 1_000;
@@ -867,6 +897,7 @@ mod tests {
             0..policies.len(),
             0..keys.len(),
             strategy::cost(),
+            proptest::bool::weighted(0.1),
         );
         let tally = Cell::new((0_u32, 0_u32));
         let mut runner = TestRunner::new(ProptestConfig {
@@ -878,7 +909,10 @@ mod tests {
             let clock = FakeClock::new(START);
             let backend = MemoryBackend::with_clock(clock.clone());
             let mut models: HashMap<(usize, usize), Reference> = HashMap::new();
-            for (n, &(advance, pi, ki, cost)) in steps.iter().enumerate() {
+            // Below the caps the reference does not model: at most 20
+            // charges, each of at most the policy's smallest limit.
+            let mut charges = 0;
+            for (n, &(advance, pi, ki, cost, charging)) in steps.iter().enumerate() {
                 clock.advance(Duration::from_micros(advance));
                 let now = clock.now_micros();
                 let policy = &policies[pi];
@@ -897,6 +931,14 @@ mod tests {
                     return Err(TestCaseError::fail(format!(
                         "step {n}: a peek changed the map"
                     )));
+                }
+                if charging && charges < 20 {
+                    charges += 1;
+                    let smallest = policy.quotas().iter().map(Quota::limit).min();
+                    let cost = cost.min(smallest.unwrap_or(0));
+                    backend.charge_now(policy, &keys[ki], cost);
+                    model.charge(now, cost);
+                    continue;
                 }
                 let got = backend.decide_now(policy, &keys[ki], cost);
                 model

@@ -7,7 +7,8 @@
 //!
 //! Besides deciding ([`Backend::check`]), both backends give back what an
 //! admitted request took ([`Backend::refund`], with the decision's
-//! [`Ticket`]), and answer the administration calls behind
+//! [`Ticket`]), count costs known only afterwards, into debt if need be
+//! ([`Backend::charge`]), and answer the administration calls behind
 //! [`Admin`](crate::Admin): [`Backend::peek`] (read a client's quotas,
 //! consuming nothing) and [`Backend::reset`] (forget a client's counts).
 
@@ -41,6 +42,9 @@ pub type ResetFuture = Pin<Box<dyn Future<Output = Result<(), BackendError>> + S
 
 /// The future returned by [`Backend::refund`].
 pub type RefundFuture = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>;
+
+/// The future returned by [`Backend::charge`].
+pub type ChargeFuture = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>;
 
 /// Stores counters and makes decisions.
 ///
@@ -211,6 +215,51 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (policy, key, cost, ticket);
         unsupported("refund")
     }
+
+    // Charges: costs known after the response, counted whatever the quota.
+
+    /// Counts `cost` more units in every quota of `policy` for `key`,
+    /// unconditionally: no admission check, so a charge may take the
+    /// client past its limit, *into debt*. Later checks are then denied
+    /// until the debt has drained, each with the exact retry-after a check
+    /// reports (when the request would fit, if nothing else were counted).
+    /// For costs known only after the work is done (tokens a response
+    /// reports, a job's duration). Atomic per (policy, key), as a check
+    /// is; on [`RedisBackend`], one script call on Redis' clock, not
+    /// batched. A cost of 0 changes nothing.
+    ///
+    /// What each algorithm counts:
+    ///
+    /// - [`Gcra`](crate::Algorithm::Gcra): the theoretical arrival time
+    ///   becomes `max(TAT, now) + cost × T` (`T = window / limit`): the
+    ///   debt drains at the quota's rate, and a request of cost `c` fits
+    ///   again once `TAT - now + c × T <= limit × T`.
+    /// - [`SlidingWindow`](crate::Algorithm::SlidingWindow): the current
+    ///   fixed window's count grows by `cost`. The estimate then drains as
+    ///   the window slides on: through the next fixed window, the charged
+    ///   window's count weighs less and less, and nothing of it is left by
+    ///   that window's end (at most two windows after the charge).
+    /// - [`SlidingLog`](crate::Algorithm::SlidingLog): one entry of weight
+    ///   `cost` at now (never before the newest entry). It leaves the
+    ///   window whole, one window later: a log's debt drains **all at
+    ///   once** after the window, not gradually (and holds one entry per
+    ///   charge, however costly, as an admission does).
+    ///
+    /// The debt is bounded: one charge counts at most 100 × the limit in
+    /// a quota (a larger cost counts that much), and GCRA's and the
+    /// counter's state stop at 100 windows' worth of debt, so every stored
+    /// number stays exact.
+    ///
+    /// Keys keep a TTL long enough to cover the debt (until nothing counts
+    /// any more), as after a check. A key holding a value of another type
+    /// fails alone, with [`BackendError::Key`], as a check does; nothing is
+    /// written then.
+    ///
+    /// The default implementation fails with [`BackendError::Unsupported`].
+    fn charge(&self, policy: &Policy, key: &Key, cost: u64) -> ChargeFuture {
+        let _ = (policy, key, cost);
+        unsupported("charge")
+    }
 }
 
 /// The future of an administration call a backend does not implement.
@@ -246,6 +295,10 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
         (**self).refund(policy, key, cost, ticket)
+    }
+
+    fn charge(&self, policy: &Policy, key: &Key, cost: u64) -> ChargeFuture {
+        (**self).charge(policy, key, cost)
     }
 
     fn metrics_label(&self) -> &'static str {

@@ -12,7 +12,8 @@
 //!   (renamed away, as on Redis 6) or an ACL user without it gets `EVALSHA`
 //!   after one refusal; a flushed script cache is reloaded;
 //! - clear errors: an unknown policy, a cost above the max cost, a custom
-//!   backend without peek, reset or refund.
+//!   backend without peek, reset, refund or charge;
+//! - a charge counts whatever the quota: the client in debt is refused.
 //!
 //! `tests/it/conformance.rs` runs peek and reset scenarios on memory, Redis and
 //! a Redis Cluster too.
@@ -29,8 +30,8 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_redis_ratelimit::key::Header;
 use tower_redis_ratelimit::{
-    AdminError, Algorithm, Backend, BackendError, CheckFuture, Decision, Key, MemoryBackend,
-    Policy, Quota, RateLimitLayer, RedisBackend, RefundFuture, ResetFuture, Ticket,
+    AdminError, Algorithm, Backend, BackendError, ChargeFuture, CheckFuture, Decision, Key,
+    MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend, RefundFuture, ResetFuture, Ticket,
 };
 
 use crate::support::headers;
@@ -74,6 +75,10 @@ impl Backend for Counting {
 
     fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
         self.inner.refund(policy, key, cost, ticket)
+    }
+
+    fn charge(&self, policy: &Policy, key: &Key, cost: u64) -> ChargeFuture {
+        self.inner.charge(policy, key, cost)
     }
 }
 
@@ -278,6 +283,62 @@ async fn redis_refund_through_a_layer() {
         tokio::time::sleep(Duration::from_secs(to_boundary + 1)).await;
     }
     refund_through_a_layer(|test| Arc::new(support::redis_backend(&url, test))).await;
+}
+
+/// Through a layer on `backend`, for every algorithm: `admin.charge`
+/// counts whatever the quota (into debt: 5 against 3 per hour), so the
+/// client's next request is refused with a `Retry-After`, a peek says
+/// denied, other clients are not touched, a charge of 0 changes nothing,
+/// and an unknown policy is an error.
+async fn charge_through_a_layer(backend: impl Fn(&str) -> Arc<dyn Backend>) {
+    for algorithm in [
+        Algorithm::SlidingLog,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ] {
+        let p = policy(algorithm);
+        let layer = layer(backend(&format!("charge-{algorithm:?}")), &p);
+        let admin = layer.admin();
+        let (a, b) = (Key::new("a"), Key::new("b"));
+        let name = p.name();
+        let remaining = |d: Decision| d.quotas()[0].remaining;
+
+        admin.charge(name, &a, 0).await.unwrap();
+        assert_eq!(remaining(admin.peek(name, &a).await.unwrap()), 3);
+        admin.charge(name, &a, 1).await.unwrap();
+        assert_eq!(send(&layer, "a").await, (StatusCode::OK, Some(1)));
+        // Past the limit: into debt.
+        admin.charge(name, &a, 5).await.unwrap();
+        let seen = admin.peek(name, &a).await.unwrap();
+        assert!(!seen.is_allowed(), "{algorithm:?}: {seen:?}");
+        assert_eq!(remaining(seen.clone()), 0);
+        let retry = seen.retry_after().expect("a denial has a retry-after");
+        assert!(retry > Duration::ZERO, "{algorithm:?}");
+        assert_eq!(
+            send(&layer, "a").await.0,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{algorithm:?}"
+        );
+        // The other client was not touched.
+        assert_eq!(send(&layer, "b").await, (StatusCode::OK, Some(2)));
+        assert_eq!(remaining(admin.peek(name, &b).await.unwrap()), 2);
+
+        let err = admin.charge("nope", &a, 1).await.unwrap_err();
+        assert!(matches!(err, AdminError::UnknownPolicy { .. }), "{err:?}");
+    }
+}
+
+#[cfg(feature = "test-util")]
+#[tokio::test]
+async fn memory_charge_through_a_layer() {
+    let clock = tower_redis_ratelimit::clock::FakeClock::new(86_400_000_000_000);
+    charge_through_a_layer(|_| Arc::new(MemoryBackend::with_clock(clock.clone()))).await;
+}
+
+#[tokio::test]
+async fn redis_charge_through_a_layer() {
+    let url = support::redis_url();
+    charge_through_a_layer(|test| Arc::new(support::redis_backend(&url, test))).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -583,7 +644,7 @@ async fn peek_falls_back_to_evalsha_for_an_acl_user_without_evalsha_ro() {
 // Errors
 // ---------------------------------------------------------------------------
 
-/// A backend with `check` only: peek, reset and refund use the default
+/// A backend with `check` only: peek, reset, refund and charge use the default
 /// methods.
 struct CheckOnly(MemoryBackend);
 
@@ -651,6 +712,7 @@ async fn admin_errors_are_clear() {
         (admin.peek("auth", &key).await.map(drop), "peek"),
         (admin.reset("auth", &key).await, "reset"),
         (admin.refund("api", &key, 1, &ticket).await, "refund"),
+        (admin.charge("api", &key, 1).await, "charge"),
     ] {
         let err = result.unwrap_err();
         assert!(

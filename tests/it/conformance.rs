@@ -18,6 +18,10 @@
 //! exactly as the model decides them, and the timing of each algorithm's
 //! refund rule (the counter's previous window, entries that have left the
 //! window); `tests/it/refunds.rs` looks at the keys (TTLs, key faults).
+//! Charges likewise (`charge*`): sequences of checks with charges into
+//! debt mixed in, decided as the model decides them, and each algorithm's
+//! debt in time (its retry-after, honoured); `tests/it/charges.rs` looks at
+//! the keys.
 //!
 //! The models themselves are compared with naive reference models by
 //! property tests inside the crate: `algorithm::check` for every algorithm in
@@ -217,6 +221,13 @@ impl Harness {
             .refund(policy, key, cost, ticket)
             .await
             .unwrap_or_else(|e| panic!("backend error on refund: {e}"));
+    }
+
+    async fn charge(&self, policy: &Policy, key: &Key, cost: u64) {
+        self.backend
+            .charge(policy, key, cost)
+            .await
+            .unwrap_or_else(|e| panic!("backend error on charge: {e}"));
     }
 
     /// The decision and the clock just before and just after it: the backend
@@ -1083,6 +1094,115 @@ async fn refunds_match_the_model(h: &Harness, alg: Algorithm) {
     );
 }
 
+/// Charges (`Backend::charge`) mixed into check sequences decide exactly as
+/// the model ([`MemoryBackend`] on a fake clock) does: same admissions,
+/// denying quotas and remaining units, and the same remaining units in a
+/// peek after every charge. Charges often past the limit (into debt: every
+/// later check denied, for the windows of an hour or two), resets now and
+/// then so that clients are admitted again, several clients, a policy of
+/// one quota and one of two.
+async fn charges_match_the_model(h: &Harness, alg: Algorithm) {
+    let model = MemoryBackend::with_clock(FakeClock::new(FAKE_START));
+    let policies = [
+        policy("charge-one", alg).quota(Quota::per_hour(5)),
+        policy("charge-two", alg)
+            .quota(Quota::per_hour(6))
+            .quota(Quota::new(4, Duration::from_secs(7200))),
+    ];
+    // Away from the boundaries of the counters' fixed windows.
+    h.avoid_boundary(7200 * SEC, 30 * SEC).await;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ alg as u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let summary = |d: &Decision| -> (bool, Option<usize>, Vec<u64>) {
+        (d.is_allowed(), d.denied_by(), remaining(d))
+    };
+    let (mut charges, mut admissions, mut denials) = (0, 0, 0);
+    for step in 0..240 {
+        let r = next();
+        let p = (r >> 4) as usize % policies.len();
+        let key = Key::new(format!("c{}", (r >> 12) % 3));
+        let what = format!("{alg:?} step {step}: {} {key:?}", policies[p].name());
+        if r % 11 == 0 {
+            h.reset(&policies[p], &key).await;
+            model.reset(&policies[p], &key).await.unwrap();
+        } else if r % 3 == 0 {
+            let cost = [1, 2, 3, 7, 12][(r >> 20) as usize % 5];
+            h.charge(&policies[p], &key, cost).await;
+            model.charge(&policies[p], &key, cost).await.unwrap();
+            charges += 1;
+            let got = h.peek(&policies[p], &key).await;
+            let want = model.peek(&policies[p], &key).await.unwrap();
+            assert_eq!(
+                summary(&got),
+                summary(&want),
+                "{what}: peek after a charge of {cost}"
+            );
+        } else {
+            let cost = [1, 1, 1, 2, 3][(r >> 20) as usize % 5];
+            let got = h.check(&policies[p], &key, cost).await;
+            let want = model.check(&policies[p], &key, cost).await.unwrap();
+            assert_eq!(summary(&got), summary(&want), "{what}: cost {cost}");
+            if got.is_allowed() {
+                admissions += 1;
+            } else {
+                denials += 1;
+            }
+        }
+    }
+    assert!(
+        charges > 40 && admissions > 20 && denials > 20,
+        "{charges} charges, {admissions} admissions, {denials} denials"
+    );
+}
+
+/// A charge into debt in time, one quota of 4 per window: a charge of 10
+/// makes the next check denied, with the retry-after of each algorithm's
+/// rule, and honouring it admits:
+///
+/// - GCRA: the level is 10 intervals (T = W / 4), and a unit fits once it is
+///   at most 3: 7 T after the charge;
+/// - sliding log: the entry of 10 leaves the window whole, W after it;
+/// - counter: the next fixed window, once 10 × its overlap weighs at most
+///   3: 0.6 W into it (plus the 2 µs of `decayed_by`).
+async fn charge_debt_in_time(h: &Harness, alg: Algorithm) {
+    let p = policy("charge-time", alg).quota(quota(4, W));
+    let key = Key::new("indebted");
+    let m = h.margin();
+    // Charge and check in one fixed window.
+    h.avoid_boundary(W, 300 * MS).await;
+    let a = h.now().await;
+    h.charge(&p, &key, 10).await;
+    let b = h.now().await;
+    let fits_at = |charged: u64| match alg {
+        Algorithm::Gcra => charged + 7 * (W / 4),
+        Algorithm::SlidingLog => charged + W,
+        _ => charged - charged % W + W + 3 * W / 5 + 2,
+    };
+    assert_eq!(remaining(&h.peek(&p, &key).await), [0]);
+    let (d, c, e) = h.check_timed(&p, &key, 1).await;
+    assert_denied(&d, 0, "in debt");
+    let retry = retry_us(&d);
+    assert_between(
+        retry,
+        fits_at(a).saturating_sub(e),
+        fits_at(b).saturating_sub(c),
+        "the debt's retry-after",
+    );
+    if h.exact() {
+        // Not a microsecond early (the counter's retry-after may be 1 µs
+        // late).
+        h.sleep_until(e + retry - 2).await;
+        assert_denied(&h.check(&p, &key, 1).await, 0, "just before");
+    }
+    h.sleep_until(e + retry + m).await;
+    assert_allowed(&h.check(&p, &key, 1).await, "the retry-after honoured");
+}
+
 /// Each algorithm's refund rule in time, one quota of 4 per window:
 ///
 /// - sliding log: the request's own entry leaves (the oldest one left then
@@ -1247,6 +1367,8 @@ scenarios! {
     gcra_denials_are_free_and_quotas_all_or_nothing: [Gcra];
     refunds_match_the_model: [SlidingLog, SlidingWindow, Gcra];
     refund_rules_in_time: [SlidingLog, SlidingWindow, Gcra];
+    charges_match_the_model: [SlidingLog, SlidingWindow, Gcra];
+    charge_debt_in_time: [SlidingLog, SlidingWindow, Gcra];
 }
 
 /// Batching (Redis, one node): checks made at once go out as a few batch

@@ -10,6 +10,8 @@
 //! under `under_load`, which sorts last so that they run after the light
 //! tests (libtest starts tests in name order).
 
+#[cfg(feature = "test-util")]
+mod charges;
 mod support;
 
 #[cfg(feature = "metrics")]

@@ -277,6 +277,123 @@ fn backends_name_their_metrics_label() {
     );
 }
 
+/// `ratelimit_adjustments_total`: a charge from the response
+/// (`Policy::charge_from_header`) is counted as `kind = charge`: `ok`, or
+/// `failed` when the backend fails it (the response unaffected); a response
+/// reporting nothing charges nothing, and counts nothing.
+#[tokio::test]
+async fn charges_after_the_response_are_counted() {
+    use std::sync::Arc;
+    use tower_redis_ratelimit::metrics::ADJUSTMENTS_TOTAL;
+    use tower_redis_ratelimit::{Backend, BackendError, ChargeFuture, CheckFuture, Key};
+
+    /// The memory backend, whose charges fail.
+    struct Failing(MemoryBackend);
+    impl Backend for Failing {
+        fn check(&self, policy: &Policy, key: &Key, cost: u64) -> CheckFuture {
+            self.0.check(policy, key, cost)
+        }
+        fn charge(&self, _: &Policy, _: &Key, _: u64) -> ChargeFuture {
+            Box::pin(async { Err(BackendError::Protocol("charges fail here".to_owned())) })
+        }
+    }
+
+    let mut recorded = Recorded::install();
+    for (name, backend, outcome) in [
+        (
+            "tokens",
+            Arc::new(MemoryBackend::new()) as Arc<dyn Backend>,
+            "ok",
+        ),
+        (
+            "tokens-failing",
+            Arc::new(Failing(MemoryBackend::new())),
+            "failed",
+        ),
+    ] {
+        let layer = RateLimitLayer::builder()
+            .backend(backend)
+            .default_policy(policy(name, 10).charge_from_header("x-tokens-used"))
+            .build()
+            .unwrap();
+        let service = layer.layer(tower::service_fn(|req: Request<String>| async move {
+            let mut response = Response::new(String::new());
+            if let Some(used) = req.headers().get("x-tokens") {
+                response.headers_mut().insert("x-tokens-used", used.clone());
+            }
+            Ok::<_, Infallible>(response)
+        }));
+        let send = |tokens: Option<&'static str>| {
+            let mut request = Request::post("/generate").header("x-client", "a");
+            if let Some(tokens) = tokens {
+                request = request.header("x-tokens", tokens);
+            }
+            service
+                .clone()
+                .oneshot(request.body(String::new()).unwrap())
+        };
+        assert_eq!(send(None).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(send(Some("4")).await.unwrap().status(), StatusCode::OK);
+        let counters = recorded.counters();
+        let key = format!("{ADJUSTMENTS_TOTAL}{{policy={name},kind=charge,outcome={outcome}}}");
+        assert_eq!(counters.get(&key), Some(&1), "{counters:?}");
+    }
+}
+
+/// A charge after the response while Redis is down (it died while the
+/// handler ran): the response is handed back at once, unaffected, and the
+/// failed charge is counted (`kind = charge, outcome = failed`) once given
+/// up.
+#[tokio::test]
+async fn a_charge_while_redis_is_down_never_delays_the_response() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    use tower_redis_ratelimit::metrics::ADJUSTMENTS_TOTAL;
+
+    let mut recorded = Recorded::install();
+    let server = Arc::new(Mutex::new(support::RedisServer::start()));
+    let backend = support::redis_backend(&server.lock().unwrap().url(), "charge-down");
+    let deadline = Duration::from_millis(300);
+    let layer = RateLimitLayer::builder()
+        .backend(backend)
+        .default_policy(policy("tokens-down", 1_000).charge_from_header("x-tokens-used"))
+        .deadline(deadline)
+        .build()
+        .unwrap();
+    let dying = Arc::clone(&server);
+    let service = layer.layer(tower::service_fn(move |_: Request<String>| {
+        let dying = Arc::clone(&dying);
+        async move {
+            // Admitted; Redis dies before the charge.
+            dying.lock().unwrap().kill();
+            let mut response = Response::new("done".to_owned());
+            response
+                .headers_mut()
+                .insert("x-tokens-used", http::HeaderValue::from_static("500"));
+            Ok::<_, Infallible>(response)
+        }
+    }));
+    let request = Request::post("/generate")
+        .header("x-client", "a")
+        .body(String::new())
+        .unwrap();
+    let started = Instant::now();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), "done");
+    assert!(started.elapsed() < deadline, "{:?}", started.elapsed());
+    // Given up within a second or so (at least a second: MIN_TIME_LIMIT).
+    let key = format!("{ADJUSTMENTS_TOTAL}{{policy=tokens-down,kind=charge,outcome=failed}}");
+    for _ in 0..400 {
+        if recorded.counters().get(&key) == Some(&1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let counters = recorded.counters();
+    assert_eq!(counters.get(&key), Some(&1), "{counters:?}");
+}
+
 /// `ratelimit_adjustments_total`: a request the inner layer refuses is
 /// refunded to the outer one (`ok`), and a refund the backend fails is
 /// counted as `failed`, the response unaffected.

@@ -461,3 +461,109 @@ proptest! {
         refund_scripts_agree(&mut conn, algorithm, &quotas, start, &steps)?;
     }
 }
+
+/// A step: clock advance, a cost, and whether it is charged (else checked).
+type ChargeStep = (u64, u64, bool);
+
+/// Steps with charges mixed in (see [`ChargeStep`]): charges of a few
+/// units, past most limits, and now and then far past the cap of 100
+/// windows' worth.
+fn charge_steps() -> impl Strategy<Value = Vec<ChargeStep>> {
+    let advance = prop_oneof![
+        20 => Just(0_u64),
+        60 => (0_u64..7).prop_map(|k| k * 10_000),
+        18 => 0_u64..60_000,
+        2 => 0_u64..9_000_000,
+    ];
+    let cost = prop_oneof![1 => Just(0_u64), 12 => Just(1), 6 => 1_u64..=4, 2 => 18_u64..=40, 1 => Just(100_000)];
+    prop::collection::vec((advance, cost, prop::bool::weighted(0.25)), 1..120)
+}
+
+/// Runs `steps` through the memory backend (the model, on a fake clock) and
+/// the scripts in Redis (on the same instants): checks as in
+/// [`scripts_agree`], and charges, each followed by a peek, whose reply
+/// must be the model's.
+fn charge_scripts_agree(
+    conn: &mut redis::Connection,
+    algorithm: Algorithm,
+    quotas: &[Quota],
+    start: u64,
+    steps: &[ChargeStep],
+) -> Result<(), TestCaseError> {
+    let (check, peek, tag) = crate::support::scripts::shipped(algorithm);
+    let charge = on_test_clock(crate::support::scripts::shipped_charge(algorithm));
+    let (check, peek) = (on_test_clock(check), on_test_clock(peek));
+    let Case {
+        case,
+        policy,
+        keys,
+        clock,
+        memory,
+        runtime,
+        key,
+    } = Case::new(algorithm, quotas, start, "prop-charge", tag);
+    for (n, &(advance, cost, charging)) in steps.iter().enumerate() {
+        clock.advance(Duration::from_micros(advance));
+        let now = clock.now_micros();
+        let what = format!("{algorithm:?} step {n} at +{} us, cost {cost}", now - start);
+        let run = |script: &str, cost: u64, nonce: &str| {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(script)
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(cost)
+                .arg(nonce);
+            for q in quotas {
+                cmd.arg(q.limit()).arg(q.window().as_micros() as u64);
+            }
+            cmd.arg(now / 1_000_000).arg(now % 1_000_000);
+            cmd
+        };
+        let nonce = format!("{case}.{n}");
+        if charging {
+            runtime
+                .block_on(memory.charge(&policy, &key, cost))
+                .unwrap();
+            let replied: i64 = run(&charge, cost, &nonce)
+                .query(conn)
+                .map_err(|e| TestCaseError::fail(format!("{what}, charge: redis error {e}")))?;
+            prop_assert_eq!(replied, 1, "{}, charge", what);
+            let expected = as_reply(&runtime.block_on(memory.peek(&policy, &key)).unwrap());
+            let got: Vec<i64> = run(&peek, 1, "")
+                .query(conn)
+                .map_err(|e| TestCaseError::fail(format!("{what}, peek: redis error {e}")))?;
+            prop_assert_eq!(&got, &expected, "{}, peek after a charge", what);
+        } else {
+            let expected = as_reply(&runtime.block_on(memory.check(&policy, &key, cost)).unwrap());
+            let got: Vec<i64> = run(&check, cost, &nonce)
+                .query(conn)
+                .map_err(|e| TestCaseError::fail(format!("{what}: redis error {e}")))?;
+            prop_assert_eq!(&got, &expected, "{}", what);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// The charge scripts are exact translations of the model: after any
+    /// charge (into debt, up to the cap), the scripts' state reads as the
+    /// model's, and later checks decide as the model does.
+    #[test]
+    fn charge_scripts_count_what_the_model_does(
+        algorithm in prop::sample::select(vec![
+            Algorithm::SlidingLog,
+            Algorithm::SlidingWindow,
+            Algorithm::Gcra,
+        ]),
+        quotas in quotas(),
+        offset in 0_u64..20_000_000,
+        steps in charge_steps(),
+    ) {
+        let url = support::redis_url();
+        let mut conn = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+        let start = 1_798_761_600_000_000 + offset;
+        charge_scripts_agree(&mut conn, algorithm, &quotas, start, &steps)?;
+    }
+}

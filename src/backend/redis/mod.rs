@@ -36,7 +36,7 @@ use self::script::{Call, Nonces};
 #[cfg(all(feature = "serde", feature = "tls"))]
 pub(crate) use self::tls::{check_ca, check_client_cert, check_client_key};
 use self::transport::{Request, Transport};
-use super::{Backend, CheckFuture, RefundFuture, ResetFuture};
+use super::{Backend, ChargeFuture, CheckFuture, RefundFuture, ResetFuture};
 use crate::decision::{Decision, Ticket};
 use crate::error::{BackendError, ConfigError};
 use crate::failure::FailureMode;
@@ -94,6 +94,10 @@ mod transport;
 /// Refunds ([`Backend::refund`]): one call of a third script per algorithm,
 /// never batched, on Redis' clock; it reads every key before it writes, so a
 /// key of another type fails the refund whole (a key fault, as for a check).
+///
+/// Charges ([`Backend::charge`]): one call of a fourth script per
+/// algorithm, likewise never batched, on Redis' clock, every key read
+/// before any is written, each key's TTL set to cover the debt.
 ///
 /// Batching: a lone check is sent at once; while calls are in flight,
 /// further checks queue, and go out together as one call of a batch script
@@ -756,6 +760,22 @@ impl Backend for RedisBackend {
 
     fn refund(&self, policy: &Policy, key: &Key, cost: u64, ticket: &Ticket) -> RefundFuture {
         let call = script::refund_call(&self.inner.prefix, policy, key, cost, ticket);
+        let transport = Arc::clone(&self.inner.transport);
+        Box::pin(async move {
+            if let Some(invocation) = call {
+                let _: i64 = transport
+                    .send(Request::Script(&invocation))
+                    .await
+                    .map_err(script::key_fault)?;
+            }
+            Ok(())
+        })
+    }
+
+    // Charges: one call of the algorithm's charge script, never batched.
+
+    fn charge(&self, policy: &Policy, key: &Key, cost: u64) -> ChargeFuture {
+        let call = script::charge_call(&self.inner.prefix, &self.inner.nonces, policy, key, cost);
         let transport = Arc::clone(&self.inner.transport);
         Box::pin(async move {
             if let Some(invocation) = call {

@@ -304,6 +304,53 @@ pub(super) fn refund_call(
     Some(invocation)
 }
 
+/// Every algorithm's charge script, in the order of `Algorithm::ALL`.
+static CHARGE_SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
+    Algorithm::ALL
+        .iter()
+        .map(|algorithm| Script::new(algorithm.spec().charge_lua))
+        .collect()
+});
+
+/// The charge script of `algorithm`.
+pub(super) fn charge_script(algorithm: Algorithm) -> &'static Script {
+    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
+    &CHARGE_SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
+}
+
+/// The charge script call counting `cost` more units, unconditionally, in
+/// every quota of `policy` for `key`: the keys and arguments of a check
+/// (see the module docs), a nonce of its own if the algorithm needs one,
+/// and the script replies 1. `None` if there is nothing to send: a cost of
+/// 0, or a policy without a quota.
+pub(super) fn charge_call(
+    prefix: &str,
+    nonces: &Nonces,
+    policy: &Policy,
+    key: &Key,
+    cost: u64,
+) -> Option<ScriptInvocation<'static>> {
+    let keys = keys(prefix, policy, key);
+    if cost == 0 || keys.is_empty() {
+        return None;
+    }
+    let algorithm = policy.algorithm_kind();
+    let nonce = if algorithm.spec().nonce {
+        nonces.next()
+    } else {
+        Nonce::NONE
+    };
+    let mut invocation = charge_script(algorithm).prepare_invoke();
+    for key in &keys {
+        invocation.key(key);
+    }
+    invocation.arg(cost).arg(nonce.as_str());
+    for quota in policy.quotas() {
+        invocation.arg(quota.limit()).arg(quota.window_us());
+    }
+    Some(invocation)
+}
+
 /// Whether `error` says that the server does not know, or does not let this
 /// user run, `EVALSHA_RO` (Redis before 7.0, the command renamed away, or an
 /// ACL allowing `EVALSHA` only): then `EVALSHA` is used instead.
@@ -790,6 +837,32 @@ mod tests {
                 .ticket()
                 .unwrap();
             assert!(refund_call("rl", &policy, &key, 2, &memory).is_none());
+        }
+    }
+
+    #[test]
+    fn charges_have_their_own_scripts_and_send_something_to_count() {
+        let mut hashes = HashSet::new();
+        for &algorithm in Algorithm::ALL {
+            let charge = charge_script(algorithm).get_hash();
+            assert_ne!(charge, script(algorithm).get_hash(), "{algorithm:?}");
+            assert_ne!(charge, peek_script(algorithm).get_hash(), "{algorithm:?}");
+            assert_ne!(charge, refund_script(algorithm).get_hash(), "{algorithm:?}");
+            assert!(hashes.insert(charge), "{algorithm:?}");
+            // The cap the Lua spells out is the model's.
+            let cap = format!("{} * limit", crate::algorithm::MAX_DEBT_WINDOWS);
+            assert!(algorithm.spec().charge_lua.contains(&cap), "{algorithm:?}");
+        }
+        let key = Key::new("203.0.113.9");
+        let nonces = Nonces::new();
+        for &algorithm in Algorithm::ALL {
+            let policy = Policy::new("p")
+                .algorithm(algorithm)
+                .quota(Quota::per_minute(10));
+            assert!(charge_call("rl", &nonces, &policy, &key, 5_000).is_some());
+            // Nothing to count: nothing sent.
+            assert!(charge_call("rl", &nonces, &policy, &key, 0).is_none());
+            assert!(charge_call("rl", &nonces, &Policy::new("none"), &key, 1).is_none());
         }
     }
 

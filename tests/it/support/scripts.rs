@@ -54,3 +54,22 @@ pub fn shipped_refund(algorithm: Algorithm) -> &'static str {
         other => panic!("no refund script listed for {other:?}"),
     }
 }
+
+/// Each algorithm's charge script, as shipped.
+pub fn shipped_charge(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::SlidingLog => concat!(
+            include_str!("../../../src/algorithm/sliding_log_read.lua"),
+            include_str!("../../../src/algorithm/sliding_log_charge.lua")
+        ),
+        Algorithm::SlidingWindow => concat!(
+            include_str!("../../../src/algorithm/sliding_window.lua"),
+            include_str!("../../../src/algorithm/sliding_window_charge.lua")
+        ),
+        Algorithm::Gcra => concat!(
+            include_str!("../../../src/algorithm/gcra.lua"),
+            include_str!("../../../src/algorithm/gcra_charge.lua")
+        ),
+        other => panic!("no charge script listed for {other:?}"),
+    }
+}
