@@ -12,6 +12,11 @@
 //!   401; policy "session": 3 failed attempts per minute per client IP
 //!   (exact; a successful login is refunded after its response, so only
 //!   failures count)
+//! - `POST /api/generate`: answers with `x-tokens-used` set to the request's
+//!   `x-tokens` header (default 100); policy "tokens": 1 000 tokens per
+//!   minute per client IP, charged from that response header (a request is
+//!   admitted while the client is within its budget; a large answer takes
+//!   it into debt, and later requests wait, with an exact `Retry-After`)
 //! - `GET /health`: exempt
 //! - `GET /metrics`: exempt; the limiter's metrics in Prometheus' text format
 //!   (with the `metrics` feature; without it the page has none of them)
@@ -29,7 +34,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tower_redis_ratelimit::metrics::BACKEND_DURATION_SECONDS;
 use tower_redis_ratelimit::{Algorithm, Policy, Quota, RateLimitLayer};
@@ -70,6 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .default_policy(Policy::default_api())
         .route_method(Method::POST, "/auth/login", Policy::auth())
         .route_method(Method::POST, "/auth/session", session_policy())
+        .route_method(Method::POST, "/api/generate", tokens_policy())
         .exempt("/health")
         .exempt("/metrics");
     let (limits, description) = config::limits(defaults)?;
@@ -79,6 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/api/hello", get(|| async { "hello\n" }))
         .route("/auth/login", post(|| async { "welcome\n" }))
         .route("/auth/session", post(session))
+        .route("/api/generate", post(generate))
         .route("/health", get(|| async { "ok\n" }))
         .route(
             "/metrics",
@@ -118,4 +125,26 @@ async fn session(headers: HeaderMap) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::UNAUTHORIZED, "wrong password\n")
     }
+}
+
+/// A token budget: 1 000 tokens per minute per client IP, charged after
+/// the response from its `x-tokens-used` header.
+fn tokens_policy() -> Policy {
+    Policy::new("tokens")
+        .quota(Quota::per_minute(1_000))
+        .algorithm(Algorithm::Gcra)
+        .charge_from_header(HeaderName::from_static("x-tokens-used"))
+}
+
+/// A stand-in for a language model: reports as many tokens used as the
+/// request's `x-tokens` header asks (default 100).
+async fn generate(headers: HeaderMap) -> (HeaderMap, &'static str) {
+    let tokens = headers
+        .get("x-tokens")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    let mut answer = HeaderMap::new();
+    answer.insert("x-tokens-used", HeaderValue::from(tokens));
+    (answer, "generated\n")
 }

@@ -312,7 +312,7 @@ mod tests {
     fn a_charge_is_the_response_header_as_a_positive_integer() {
         let policy = Policy::new("p")
             .quota(Quota::per_minute(5))
-            .charge_from_header("X-Tokens-Used");
+            .charge_from_header(http::HeaderName::from_static("x-tokens-used"));
         assert!(policy.charges());
         let charge = |value: &str| {
             let mut headers = http::HeaderMap::new();

@@ -486,23 +486,18 @@ impl Policy {
     /// service (not a response).
     ///
     /// ```
+    /// use http::HeaderName;
     /// use tower_redis_ratelimit::{Algorithm, Policy, Quota};
     ///
     /// // 1 000 tokens per minute per client, as the responses report them.
     /// let tokens = Policy::new("tokens")
     ///     .quota(Quota::per_minute(1_000))
     ///     .algorithm(Algorithm::Gcra)
-    ///     .charge_from_header("x-tokens-used");
+    ///     .charge_from_header(HeaderName::from_static("x-tokens-used"));
     /// # let _ = tokens;
     /// ```
-    ///
-    /// # Panics
-    ///
-    /// If `name` is not a valid header name.
     #[must_use]
-    pub fn charge_from_header(mut self, name: &str) -> Self {
-        let name = HeaderName::try_from(name)
-            .unwrap_or_else(|_| panic!("charge_from_header: {name:?} is not a valid header name"));
+    pub fn charge_from_header(mut self, name: HeaderName) -> Self {
         self.edit().charge_header = Some(name);
         self
     }

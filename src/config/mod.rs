@@ -70,6 +70,8 @@
 //! max_cost = 100                    # optional
 //! shadow = false                    # optional: decide and report, never deny
 //! # count_only_status = [401, 403]  # optional: refund every other response's cost
+//! # charge_from_header = "x-tokens-used"  # optional: admit at cost 0 while within the
+//!                                   # limit, then charge the response header's value
 //! allow = { networks = ["10.0.0.0/8"], keys = ["batch-job"] }  # optional: never limited (see AccessList)
 //! deny = { networks = ["203.0.113.0/24"] }                      # optional: always 403
 //! tier_header = "x-plan"            # optional: the tier of a request (set by a trusted gateway)
@@ -215,6 +217,7 @@ struct PolicyConfig {
     #[serde(default)]
     shadow: bool,
     count_only_status: Option<Vec<u16>>,
+    charge_from_header: Option<Parsed<HeaderName>>,
     allow: Option<Table<AccessConfig>>,
     deny: Option<Table<AccessConfig>>,
     #[serde(default)]
@@ -642,6 +645,9 @@ impl PolicyConfig {
                 .map_err(|e| at(format!("{path}.cost"), e))?;
         }
         policy = policy.shadow(self.shadow);
+        if let Some(header) = &self.charge_from_header {
+            policy = policy.charge_from_header(header.0.clone());
+        }
         if let Some(statuses) = &self.count_only_status {
             for (i, &status) in statuses.iter().enumerate() {
                 if !(100..=599).contains(&status) {

@@ -242,7 +242,7 @@ async fn a_charge_reloads_a_flushed_script_cache_and_a_charge_of_nothing_is_noth
 fn charged_tokens(algorithm: Algorithm) -> Policy {
     tokens(algorithm)
         .key(Header::new("x-client"))
-        .charge_from_header("x-tokens-used")
+        .charge_from_header(http::HeaderName::from_static("x-tokens-used"))
 }
 
 /// A request of client `client` whose response reports `tokens` (as the

@@ -163,7 +163,7 @@ async fn the_example_file_limits_as_it_says() {
     assert!(config.redis().is_none(), "the examples run without Redis");
     assert_eq!(
         config.policy_names().collect::<Vec<_>>(),
-        ["api", "auth", "partner", "session"]
+        ["api", "auth", "partner", "session", "tokens"]
     );
     let layer = config.build().unwrap();
     let api = send(&layer, Method::GET, "/api/hello", "192.0.2.1").await;
@@ -607,7 +607,13 @@ fn invalid_configurations_name_the_field_the_value_and_what_was_expected() {
             "[policies.api]\nquotas = [\"1/s\"]\nquota = \"1/s\"".to_owned(),
             "policies.api.quota: unknown field `quota`, expected one of `quotas`, `algorithm`, \
              `key`, `failure_mode`, `missing_key`, `cost`, `max_cost`, `shadow`, \
-             `count_only_status`, `allow`, `deny`, `tiers`, `tier_header`, `tier_keys`",
+             `count_only_status`, `charge_from_header`, `allow`, `deny`, `tiers`, \
+             `tier_header`, `tier_keys`",
+        ),
+        (
+            "charge header that is not a header name",
+            "[policies.api]\nquotas = [\"1/s\"]\ncharge_from_header = \"x tokens\"".to_owned(),
+            "policies.api.charge_from_header: \"x tokens\" is not an HTTP header name",
         ),
         (
             "unknown route field",
@@ -1115,7 +1121,7 @@ async fn the_examples_read_config_and_let_the_environment_choose_the_backend() {
     assert_eq!(
         shown,
         format!(
-            "limits: {file} (policies: api, auth, partner, session); backend: in-memory (set REDIS_URL, \
+            "limits: {file} (policies: api, auth, partner, session, tokens); backend: in-memory (set REDIS_URL, \
              REDIS_CLUSTER or REDIS_SENTINEL to share limits through Redis)"
         )
     );

@@ -310,6 +310,54 @@ async fn axum_example_counts_only_failed_sessions() {
     }
 }
 
+/// `POST /api/generate` charges the tokens its response reports (issue
+/// 20): 5 000 against 1 000 per minute is admitted (the budget was not
+/// spent), then the next request is refused with a Retry-After.
+#[tokio::test]
+async fn axum_example_charges_the_tokens_a_response_reports() {
+    for config in [
+        None,
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/limits.toml")),
+    ] {
+        let client = client();
+        let (_server, url) = axum_example(config);
+        let generate = format!("{url}/api/generate");
+        let sent = send_with(&client, Method::POST, &generate, &[("x-tokens", "5000")]).await;
+        assert_eq!(sent.status, StatusCode::OK, "{config:?}");
+        assert_eq!(
+            sent.headers
+                .get("x-tokens-used")
+                .map(|v| v.to_str().unwrap()),
+            Some("5000"),
+            "{config:?}"
+        );
+        // The charge runs after the response: give it a moment.
+        let mut status = StatusCode::OK;
+        let mut sent = None;
+        for _ in 0..50 {
+            let next = send_with(&client, Method::POST, &generate, &[]).await;
+            status = next.status;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                sent = Some(next);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{config:?}");
+        let refused = sent.unwrap();
+        let retry: u64 = refused.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // GCRA: 5 000 tokens at 1 000 per minute drain in about 4 minutes.
+        assert!(
+            (200..=300).contains(&retry),
+            "{config:?}: retry-after {retry}"
+        );
+    }
+}
+
 async fn serves_its_metrics(config: Option<&str>) {
     let client = client();
     let (_server, url) = axum_example(config);

@@ -313,7 +313,9 @@ async fn charges_after_the_response_are_counted() {
     ] {
         let layer = RateLimitLayer::builder()
             .backend(backend)
-            .default_policy(policy(name, 10).charge_from_header("x-tokens-used"))
+            .default_policy(
+                policy(name, 10).charge_from_header(http::HeaderName::from_static("x-tokens-used")),
+            )
             .build()
             .unwrap();
         let service = layer.layer(tower::service_fn(|req: Request<String>| async move {
@@ -356,7 +358,10 @@ async fn a_charge_while_redis_is_down_never_delays_the_response() {
     let deadline = Duration::from_millis(300);
     let layer = RateLimitLayer::builder()
         .backend(backend)
-        .default_policy(policy("tokens-down", 1_000).charge_from_header("x-tokens-used"))
+        .default_policy(
+            policy("tokens-down", 1_000)
+                .charge_from_header(http::HeaderName::from_static("x-tokens-used")),
+        )
         .deadline(deadline)
         .build()
         .unwrap();
