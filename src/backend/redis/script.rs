@@ -30,38 +30,41 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, Script, ScriptInvocation};
 
 use super::keyspace::{KeyList, keys};
-use crate::algorithm::{Algorithm, PEEK_COST};
+use crate::algorithm::{Algorithm, PEEK_COST, Spec};
 use crate::decision::{Decision, Origin, QuotaStatus, Statuses, Ticket};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::policy::{Policy, Quota};
 
-/// Every algorithm's script, in the order of `Algorithm::ALL`.
-static SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
+/// One script per algorithm, in the order of `Algorithm::ALL`: the Lua
+/// `part` of each algorithm's `Spec`.
+fn per_algorithm(part: fn(&'static Spec) -> &'static str) -> Vec<Script> {
     Algorithm::ALL
         .iter()
-        .map(|algorithm| Script::new(algorithm.spec().lua))
+        .map(|algorithm| Script::new(part(algorithm.spec())))
         .collect()
-});
+}
+
+/// `algorithm`'s script in `table` (made by [`per_algorithm`]).
+fn of(table: &'static [Script], algorithm: Algorithm) -> &'static Script {
+    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
+    &table[index.expect("every algorithm is in Algorithm::ALL")]
+}
+
+/// Every algorithm's script, in the order of `Algorithm::ALL`.
+static SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| per_algorithm(|spec| spec.lua));
 
 /// The script of `algorithm`.
 pub(super) fn script(algorithm: Algorithm) -> &'static Script {
-    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
-    &SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
+    of(&SCRIPTS, algorithm)
 }
 
 /// Every algorithm's read-only peek script, in the order of `Algorithm::ALL`.
-static PEEK_SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
-    Algorithm::ALL
-        .iter()
-        .map(|algorithm| Script::new(algorithm.spec().peek_lua))
-        .collect()
-});
+static PEEK_SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| per_algorithm(|spec| spec.peek_lua));
 
 /// The read-only peek script of `algorithm`.
 pub(super) fn peek_script(algorithm: Algorithm) -> &'static Script {
-    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
-    &PEEK_SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
+    of(&PEEK_SCRIPTS, algorithm)
 }
 
 /// The arguments (`ARGV`) of a check of `cost` units against `quotas`.
@@ -241,17 +244,12 @@ pub(super) fn reset_command(prefix: &str, policy: &Policy, key: &Key) -> Option<
 }
 
 /// Every algorithm's refund script, in the order of `Algorithm::ALL`.
-static REFUND_SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
-    Algorithm::ALL
-        .iter()
-        .map(|algorithm| Script::new(algorithm.spec().refund_lua))
-        .collect()
-});
+static REFUND_SCRIPTS: LazyLock<Vec<Script>> =
+    LazyLock::new(|| per_algorithm(|spec| spec.refund_lua));
 
 /// The refund script of `algorithm`.
 pub(super) fn refund_script(algorithm: Algorithm) -> &'static Script {
-    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
-    &REFUND_SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
+    of(&REFUND_SCRIPTS, algorithm)
 }
 
 /// The refund script call giving back `cost` units (at most the ticket's)
@@ -305,17 +303,12 @@ pub(super) fn refund_call(
 }
 
 /// Every algorithm's charge script, in the order of `Algorithm::ALL`.
-static CHARGE_SCRIPTS: LazyLock<Vec<Script>> = LazyLock::new(|| {
-    Algorithm::ALL
-        .iter()
-        .map(|algorithm| Script::new(algorithm.spec().charge_lua))
-        .collect()
-});
+static CHARGE_SCRIPTS: LazyLock<Vec<Script>> =
+    LazyLock::new(|| per_algorithm(|spec| spec.charge_lua));
 
 /// The charge script of `algorithm`.
 pub(super) fn charge_script(algorithm: Algorithm) -> &'static Script {
-    let index = Algorithm::ALL.iter().position(|&a| a == algorithm);
-    &CHARGE_SCRIPTS[index.expect("every algorithm is in Algorithm::ALL")]
+    of(&CHARGE_SCRIPTS, algorithm)
 }
 
 /// The charge script call counting `cost` more units, unconditionally, in
