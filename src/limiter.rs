@@ -61,6 +61,50 @@ pub(crate) struct CompiledPolicy {
     pub(crate) tiers: Vec<PolicyId>,
     /// Its share of the fleet's limit, for `FailureMode::Local`.
     pub(crate) share: Share,
+    /// Whether its tier selector picks tiers at all (policies with tiers).
+    pub(crate) tier_watch: TierWatch,
+}
+
+/// Watches a policy with tiers for a selector that never picks one: after
+/// [`TierWatch::REQUESTS`] requests without a tier and none with one, one
+/// `WARN` naming the likely cause ([`Policy::no_tier_hint`]; typically an
+/// app's auth middleware placed inside the limiter, so that `tier_fn` never
+/// sees what it sets). One relaxed atomic add per request until a tier is
+/// seen or the warning is logged, then one load.
+#[derive(Debug, Default)]
+pub(crate) struct TierWatch {
+    /// Requests without a tier so far; [`TierWatch::DONE`] once a tier was
+    /// picked or the warning logged.
+    untiered: std::sync::atomic::AtomicU32,
+}
+
+impl TierWatch {
+    /// How many requests without a tier make the warning.
+    pub(crate) const REQUESTS: u32 = 1_000;
+    const DONE: u32 = u32::MAX;
+
+    /// A request of `policy` got tier `tier`.
+    fn saw(&self, policy: &Policy, tier: Option<usize>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.untiered.load(Relaxed) == Self::DONE {
+            return;
+        }
+        if tier.is_some() {
+            self.untiered.store(Self::DONE, Relaxed);
+            return;
+        }
+        if self.untiered.fetch_add(1, Relaxed) + 1 != Self::REQUESTS {
+            return;
+        }
+        self.untiered.store(Self::DONE, Relaxed);
+        if let Some(hint) = policy.no_tier_hint() {
+            tracing::warn!(
+                policy = policy.name(),
+                requests = Self::REQUESTS,
+                "rate limit policy with tiers picked no tier for its first requests: {hint}"
+            );
+        }
+    }
 }
 
 impl CompiledPolicy {
@@ -72,6 +116,7 @@ impl CompiledPolicy {
             metrics: PolicyMetrics::new(policy.name()),
             tiers: Vec::new(),
             share: Share::default(),
+            tier_watch: TierWatch::default(),
             policy,
         }
     }
@@ -239,7 +284,11 @@ impl Limiter {
         }
         // The client's tier, if the policy has tiers: from here on the
         // request belongs to the tier's compiled policy.
-        let (id, compiled) = match policy.tier_for(parts, &key) {
+        let tier = policy.tier_for(parts, &key);
+        if !compiled.tiers.is_empty() {
+            compiled.tier_watch.saw(policy, tier);
+        }
+        let (id, compiled) = match tier {
             Some(tier) => {
                 let tier_id = compiled.tiers[tier];
                 if !span.is_disabled() {

@@ -643,6 +643,13 @@ impl Policy {
     /// keep it fast and non-blocking (an in-memory map, a value an earlier
     /// middleware put in the request's extensions).
     ///
+    /// A value your own middleware inserts is only there if that
+    /// middleware runs before the limiter: in axum the last `.layer(..)`
+    /// call is the outermost, so write `.layer(limits).layer(auth)` (or put
+    /// both in one `ServiceBuilder`, auth first). If a policy with tiers
+    /// picks none for its first 1 000 requests, the layer logs one `WARN`
+    /// saying so and naming the likely cause.
+    ///
     /// ```
     /// use tower_redis_ratelimit::{Policy, Quota};
     /// use tower_redis_ratelimit::key::Header;
@@ -670,6 +677,30 @@ impl Policy {
     /// the policy itself).
     pub fn tier_names(&self) -> impl Iterator<Item = &str> {
         self.inner.tiers.iter().map(|t| &*t.name)
+    }
+
+    /// Why a policy with tiers may have picked none for its first requests,
+    /// for the one warning the layer logs (see `TierWatch` in
+    /// `limiter.rs`); `None` without tiers.
+    pub(crate) fn no_tier_hint(&self) -> Option<String> {
+        let inner = &*self.inner;
+        if inner.tiers.is_empty() {
+            return None;
+        }
+        Some(match inner.tier_selector.as_ref()? {
+            TierSelector::Header(header) => format!(
+                "no request carried the tier header `{header}`: is the gateway that sets it in \
+                 front of this service, and is the header name right?"
+            ),
+            TierSelector::Keys(_) => "no client key was in `tier_keys`: are the keys written as \
+                 the policy's key extractor makes them?"
+                .to_owned(),
+            TierSelector::Fn(_) => "`tier_fn` chose none: if it reads something your own \
+                 middleware puts in the request (an authenticated plan in its extensions), that \
+                 middleware must run before the rate limiter, i.e. be the outer layer (axum: \
+                 `.layer(limits).layer(auth)`, the last `.layer` call runs first)"
+                .to_owned(),
+        })
     }
 
     /// The index of this request's tier in [`Policy::tier_names`] order, or

@@ -323,3 +323,77 @@ fn tier_mistakes_are_config_errors_at_build() {
         Err(ConfigError::Policy(PolicyError::InvalidName { .. }))
     ));
 }
+
+/// A plan the app's auth middleware would insert in the request's
+/// extensions.
+#[derive(Clone)]
+struct Plan(&'static str);
+
+/// The app's auth middleware: inserts the client's plan.
+async fn auth(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    request.extensions_mut().insert(Plan("pro"));
+    next.run(request).await
+}
+
+/// A `tier_fn` that never sees a tier (the auth middleware placed inside
+/// the limiter) is reported once, after 1 000 requests, with the likely
+/// cause; with the middleware outside, tiers are picked and nothing is
+/// reported.
+#[tokio::test]
+async fn a_tier_selector_that_never_picks_a_tier_is_reported_once() {
+    let logs = crate::support::logs::capture_logs();
+    let limits = |name: &str| {
+        RateLimitLayer::builder()
+            .default_policy(
+                Policy::new(name)
+                    .key(Header::new("x-api-key"))
+                    .quota(Quota::per_minute(1_000_000))
+                    .tier("pro", [Quota::per_minute(2_000_000)])
+                    .tier_fn(|parts, _key| parts.extensions.get::<Plan>().map(|p| p.0.to_owned())),
+            )
+            .build()
+            .unwrap()
+    };
+    let route = || Router::new().route("/", get(|| async { "ok" }));
+    // `.layer(auth).layer(limits)`: the limiter runs first, before auth.
+    let inside = route()
+        .layer(axum::middleware::from_fn(auth))
+        .layer(limits("inside"));
+    // `.layer(limits).layer(auth)`: auth runs first.
+    let outside = route()
+        .layer(limits("outside"))
+        .layer(axum::middleware::from_fn(auth));
+    for (app, policy) in [(&inside, "inside"), (&outside, "outside.pro")] {
+        for i in 0..1_100 {
+            let key = format!("k{}", i % 7);
+            let sent = get_with(app, &[("x-api-key", &key)]).await;
+            assert_eq!(sent.status, StatusCode::OK);
+            let limit = if policy == "inside" {
+                1_000_000
+            } else {
+                2_000_000
+            };
+            assert_eq!(
+                header(&sent, "ratelimit-policy"),
+                format!("\"{policy}\";q={limit};w=60")
+            );
+        }
+    }
+    let warned = "picked no tier for its first requests";
+    assert_eq!(logs.lines(warned), 1, "{}", logs.text());
+    assert_eq!(
+        logs.lines("policy=\"inside\" requests=1000"),
+        1,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(
+        logs.lines(".layer(limits).layer(auth)"),
+        1,
+        "{}",
+        logs.text()
+    );
+}
