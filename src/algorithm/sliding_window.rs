@@ -213,9 +213,12 @@ impl super::reference::Definition for Definition {
         Some(2 * window)
     }
 
-    /// The retry-after is never shorter than the real wait and at most 1 µs
-    /// longer.
+    /// The retry-after is never shorter than the real wait and at most 2 µs
+    /// longer: 1 µs from rounding the overlap up, and 1 µs more for a
+    /// client in debt (a charge put the current window's count past the
+    /// limit), whose wait runs into the window after next (found by
+    /// proptest: 424 446 µs against 424 444 µs).
     fn retry_slack(&self) -> u64 {
-        1
+        2
     }
 }
