@@ -223,6 +223,13 @@ fn as_network(text: &str) -> Option<Result<IpNet, ConfigError>> {
     })
 }
 
+/// Whether a key entry is spelled as an IP address or network (with or
+/// without a port or brackets): such an entry names a network, never a key
+/// a client may send.
+pub(crate) fn address_shaped(text: &str) -> bool {
+    as_network(text).is_some()
+}
+
 /// The client IP networks are matched against: the extractor's own when it
 /// keys by address (none if it found none), else the connection's peer.
 fn client_ip(extractor: &dyn KeyExtractor, parts: &Parts) -> Option<IpAddr> {

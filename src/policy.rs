@@ -715,7 +715,21 @@ impl Policy {
             TierSelector::Header(header) => {
                 find(parts.headers.get(header)?.as_bytes().trim_ascii())
             }
-            TierSelector::Keys(table) => find(table.get(key)?.as_bytes()),
+            TierSelector::Keys(table) => {
+                // The key as made (one extractor, or an IP under `.or()`'s
+                // tag), else as the user wrote it: the untagged key of the
+                // `.or()` extractor that made it, as allow-lists match. Not
+                // an address-shaped one: under `.or()` a client could send
+                // it in a header and claim an IP's tier.
+                let tier = table.get(key).or_else(|| {
+                    let written = self.extractor().access_key(parts)?;
+                    if crate::access::address_shaped(written.as_str()) {
+                        return None;
+                    }
+                    table.get(&written)
+                })?;
+                find(tier.as_bytes())
+            }
             TierSelector::Fn(f) => find(f(parts, key)?.as_bytes()),
         }
     }

@@ -397,3 +397,28 @@ async fn a_tier_selector_that_never_picks_a_tier_is_reported_once() {
         logs.text()
     );
 }
+
+/// `tier_keys` under `.or()` match the key as written, whichever extractor
+/// made it (as allow-lists do); an address-shaped entry is never claimed
+/// by a client sending that text in the header.
+#[tokio::test]
+async fn tier_keys_under_or_match_the_key_as_written() {
+    use tower_redis_ratelimit::MemoryBackend;
+    use tower_redis_ratelimit::key::{KeyExtractor, PeerIp};
+    let policy = Policy::new("chain")
+        .key(Header::new("x-api-key").or(PeerIp::new()))
+        .quota(Quota::per_minute(10))
+        .tier("pro", [Quota::per_minute(20)])
+        .tier_keys([("k-paying", "pro"), ("10.0.0.5", "pro")]);
+    let (app, _) = router(Arc::new(MemoryBackend::new()), policy);
+    let sent = get_with(&app, &[("x-api-key", "k-paying")]).await;
+    assert_eq!(header(&sent, "ratelimit-policy"), "\"chain.pro\";q=20;w=60");
+    for spoof in ["10.0.0.5", " 10.0.0.5", "k-other"] {
+        let sent = get_with(&app, &[("x-api-key", spoof)]).await;
+        assert_eq!(
+            header(&sent, "ratelimit-policy"),
+            "\"chain\";q=10;w=60",
+            "{spoof:?}"
+        );
+    }
+}
