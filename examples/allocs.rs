@@ -34,43 +34,12 @@ use tower_redis_ratelimit::{
     Algorithm, Backend, Key, MemoryBackend, Policy, Quota, RateLimitLayer, RedisBackend,
 };
 
-/// A throwaway `redis-server` on a free loopback port, killed on drop.
-struct RedisServer(std::process::Child, u16);
+// The tests' throwaway `redis-server` (free loopback port, killed on
+// drop, a clear message when it is not installed).
+#[path = "../tests/it/support/mod.rs"]
+mod support;
 
-impl RedisServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH");
-        // Killed and waited for on drop, even if it never listens.
-        let server = Self(child, port);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.1)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::RedisServer;
 
 /// Counts allocations (and reallocations), then lets the system allocator
 /// do them.
