@@ -73,9 +73,58 @@ pub(crate) enum Origin {
     /// it), and when the decision was received (to find, on Redis' clock,
     /// the fixed window a counter counted it in).
     Redis {
-        nonce: Option<Box<str>>,
+        nonce: Option<Nonce>,
         received: Instant,
     },
+}
+
+/// A Redis request nonce (made by the Redis backend: `<instance>.<sequence>`
+/// in hex), held in place: two 64-bit numbers in hex and a dot. Kept in a
+/// sliding-log admission's ticket, which a refund finds its entry by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Nonce {
+    bytes: [u8; Nonce::MAX],
+    len: u8,
+}
+
+impl Nonce {
+    /// The longest nonce: 16 hex digits, a dot, 16 hex digits.
+    const MAX: usize = 33;
+
+    /// No nonce (an empty argument).
+    pub(crate) const NONE: Nonce = Nonce {
+        bytes: [0; Nonce::MAX],
+        len: 0,
+    };
+
+    /// The nonce's text.
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("hex digits and a dot")
+    }
+
+    /// Appends `n` in lowercase hex, without leading zeros (as `{:x}`).
+    pub(crate) fn push_hex(&mut self, n: u64) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+        let at = usize::from(self.len);
+        for (i, byte) in self.bytes[at..at + digits].iter_mut().enumerate() {
+            let shift = 4 * (digits - 1 - i);
+            *byte = HEX[((n >> shift) & 0xf) as usize];
+        }
+        self.len += digits as u8;
+    }
+
+    /// Appends one byte (the dot).
+    pub(crate) fn push(&mut self, byte: u8) {
+        self.bytes[usize::from(self.len)] = byte;
+        self.len += 1;
+    }
+}
+
+impl fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// What a refund needs to give back an admitted request's cost

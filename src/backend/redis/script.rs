@@ -21,7 +21,6 @@
 //! [`ReadOnlyCall`]). A reset is one `DEL` of every key of the client (see
 //! `super::keyspace::keys`).
 
-use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +30,7 @@ use redis::{Cmd, Script, ScriptInvocation};
 
 use super::keyspace::{KeyList, keys};
 use crate::algorithm::{Algorithm, PEEK_COST, Spec};
-use crate::decision::{Decision, Origin, QuotaStatus, Statuses, Ticket};
+use crate::decision::{Decision, Nonce, Origin, QuotaStatus, Statuses, Ticket};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::policy::{Policy, Quota};
@@ -169,8 +168,8 @@ impl Call {
         if !decision.is_allowed() || self.cost == 0 {
             return decision;
         }
-        let nonce = self.nonce.as_str();
-        let nonce = (!nonce.is_empty()).then(|| Box::from(nonce));
+        // In place: no allocation per admission.
+        let nonce = (!self.nonce.as_str().is_empty()).then_some(self.nonce);
         let received = Instant::now();
         decision.stamped(self.cost, Origin::Redis { nonce, received })
     }
@@ -290,7 +289,7 @@ pub(super) fn refund_call(
     let age = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
     invocation
         .arg(cost)
-        .arg(nonce.as_deref().unwrap_or(""))
+        .arg(nonce.as_ref().map_or("", Nonce::as_str))
         .arg(age);
     for (i, quota) in policy.quotas().iter().enumerate() {
         let reset = ticket.resets.get(i).copied().unwrap_or(0);
@@ -380,52 +379,9 @@ impl Nonces {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut nonce = Nonce::NONE;
         nonce.push_hex(self.instance);
-        nonce.bytes[usize::from(nonce.len)] = b'.';
-        nonce.len += 1;
+        nonce.push(b'.');
         nonce.push_hex(seq);
         nonce
-    }
-}
-
-/// A request nonce (see [`Nonces`]), held in place: two 64-bit numbers in
-/// hex and a dot.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) struct Nonce {
-    bytes: [u8; Nonce::MAX],
-    len: u8,
-}
-
-impl Nonce {
-    /// The longest nonce: 16 hex digits, a dot, 16 hex digits.
-    const MAX: usize = 33;
-
-    /// No nonce (an empty argument).
-    pub(super) const NONE: Nonce = Nonce {
-        bytes: [0; Nonce::MAX],
-        len: 0,
-    };
-
-    /// The nonce's text.
-    pub(super) fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("hex digits and a dot")
-    }
-
-    /// Appends `n` in lowercase hex, without leading zeros (as `{:x}`).
-    fn push_hex(&mut self, n: u64) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let digits = (16 - n.leading_zeros() as usize / 4).max(1);
-        let at = usize::from(self.len);
-        for (i, byte) in self.bytes[at..at + digits].iter_mut().enumerate() {
-            let shift = 4 * (digits - 1 - i);
-            *byte = HEX[((n >> shift) & 0xf) as usize];
-        }
-        self.len += digits as u8;
-    }
-}
-
-impl fmt::Debug for Nonce {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -812,7 +768,7 @@ mod tests {
             match &ticket.stamp.origin {
                 Origin::Redis { nonce, .. } => {
                     assert_eq!(
-                        nonce.as_deref(),
+                        nonce.as_ref().map(Nonce::as_str),
                         Some(call.nonce.as_str()).filter(|n| !n.is_empty())
                     );
                 }
