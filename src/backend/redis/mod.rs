@@ -685,6 +685,13 @@ async fn lone(
     call.decode(&reply)
 }
 
+/// Sends a refund's or a charge's script call (it replies 1); a script
+/// error is the client key's fault, as a check's.
+async fn adjust(transport: &Transport, request: Request<'_>) -> Result<(), BackendError> {
+    let _: i64 = transport.send(request).await.map_err(script::key_fault)?;
+    Ok(())
+}
+
 /// A check queued on a busy lane: its share of a batch call's reply.
 fn queued(reply: oneshot::Receiver<batch::Reply>) -> CheckFuture {
     Box::pin(batch::wait(reply))
@@ -762,13 +769,10 @@ impl Backend for RedisBackend {
         let call = script::refund_call(&self.inner.prefix, policy, key, cost, ticket);
         let transport = Arc::clone(&self.inner.transport);
         Box::pin(async move {
-            if let Some(invocation) = call {
-                let _: i64 = transport
-                    .send(Request::Script(&invocation))
-                    .await
-                    .map_err(script::key_fault)?;
+            match call {
+                Some(invocation) => adjust(&transport, Request::Script(&invocation)).await,
+                None => Ok(()),
             }
-            Ok(())
         })
     }
 
@@ -778,13 +782,11 @@ impl Backend for RedisBackend {
         let call = script::charge_call(&self.inner.prefix, &self.inner.nonces, policy, key, cost);
         let transport = Arc::clone(&self.inner.transport);
         Box::pin(async move {
-            if let Some(invocation) = call {
-                let _: i64 = transport
-                    .send(Request::Script(&invocation))
-                    .await
-                    .map_err(script::key_fault)?;
-            }
-            Ok(())
+            let Some(call) = call else {
+                return Ok(());
+            };
+            let script = script::charge_script(call.algorithm);
+            adjust(&transport, Request::Eval(&call.evalsha_of(script), script)).await
         })
     }
 

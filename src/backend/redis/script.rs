@@ -110,6 +110,12 @@ impl Call {
     /// the module docs): `NOSCRIPT` is the caller's to handle, or
     /// `Request::Eval`'s, which loads [`Call::script`] and calls again.
     pub(super) fn evalsha(&self) -> Cmd {
+        self.evalsha_of(self.script())
+    }
+
+    /// The call's keys and arguments as a plain `EVALSHA` of `script`: its
+    /// own, or its algorithm's charge script, which takes a check's.
+    pub(super) fn evalsha_of(&self, script: &Script) -> Cmd {
         let quotas = self.quotas();
         let nonce = self.nonce.as_str();
         // EVALSHA, SHA1, key count, keys, cost, nonce, two per quota.
@@ -118,7 +124,7 @@ impl Call {
         let mut command = Cmd::with_capacity(args, bytes);
         command
             .arg("EVALSHA")
-            .arg(self.script().get_hash())
+            .arg(script.get_hash())
             .arg(quotas.len());
         for key in self.keys() {
             command.arg(key);
@@ -310,37 +316,19 @@ pub(super) fn charge_script(algorithm: Algorithm) -> &'static Script {
     of(&CHARGE_SCRIPTS, algorithm)
 }
 
-/// The charge script call counting `cost` more units, unconditionally, in
-/// every quota of `policy` for `key`: the keys and arguments of a check
-/// (see the module docs), a nonce of its own if the algorithm needs one,
-/// and the script replies 1. `None` if there is nothing to send: a cost of
-/// 0, or a policy without a quota.
+/// The charge call counting `cost` more units, unconditionally, in every
+/// quota of `policy` for `key`: a check's call (keys, arguments, a nonce of
+/// its own if the algorithm needs one), sent as an `EVALSHA` of the charge
+/// script ([`Call::evalsha_of`]), which replies 1. `None` if there is
+/// nothing to send: a cost of 0, or a policy without a quota.
 pub(super) fn charge_call(
     prefix: &str,
     nonces: &Nonces,
     policy: &Policy,
     key: &Key,
     cost: u64,
-) -> Option<ScriptInvocation<'static>> {
-    let keys = keys(prefix, policy, key);
-    if cost == 0 || keys.is_empty() {
-        return None;
-    }
-    let algorithm = policy.algorithm_kind();
-    let nonce = if algorithm.spec().nonce {
-        nonces.next()
-    } else {
-        Nonce::NONE
-    };
-    let mut invocation = charge_script(algorithm).prepare_invoke();
-    for key in &keys {
-        invocation.key(key);
-    }
-    invocation.arg(cost).arg(nonce.as_str());
-    for quota in policy.quotas() {
-        invocation.arg(quota.limit()).arg(quota.window_us());
-    }
-    Some(invocation)
+) -> Option<Call> {
+    (cost > 0 && !policy.quotas().is_empty()).then(|| call(prefix, nonces, policy, key, cost))
 }
 
 /// Whether `error` says that the server does not know, or does not let this
