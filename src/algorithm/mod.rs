@@ -681,6 +681,30 @@ mod tests {
         Ok(())
     }
 
+    /// After a refund or a charge at `now`: a peek agrees with the
+    /// reference ([`peek_agrees`]), and the state is kept (`keep`, µs) as
+    /// long as the reference's longest reset.
+    fn adjusted_agrees(
+        states: &[QuotaState],
+        quotas: &[Quota],
+        now: u64,
+        reference: &Reference,
+        algorithm: Algorithm,
+        keep: u64,
+        what: &str,
+    ) -> Result<(), TestCaseError> {
+        peek_agrees(states, quotas, now, reference, algorithm)
+            .map_err(|e| TestCaseError::fail(format!("{what}, peek: {e}")))?;
+        let longest = reference
+            .peek(now, 0)
+            .statuses
+            .iter()
+            .map(|q| q.reset_after)
+            .max();
+        prop_assert_eq!(Some(Duration::from_micros(keep)), longest, "{}", what);
+        Ok(())
+    }
+
     /// A step of a sequence with refunds: clock advance, the request's cost,
     /// and (instead of the request) a refund (see `strategy::refund`).
     type RefundStep = (u64, u64, Option<(usize, u64)>);
@@ -719,15 +743,7 @@ mod tests {
                     );
                     reference.refund(at, took, part);
                     let what = format!("{what}, refund of {part} of {took} at +{}", at - start);
-                    peek_agrees(&states, quotas, now, &reference, algorithm)
-                        .map_err(|e| TestCaseError::fail(format!("{what}, peek: {e}")))?;
-                    let longest = reference
-                        .peek(now, 0)
-                        .statuses
-                        .iter()
-                        .map(|q| q.reset_after)
-                        .max();
-                    prop_assert_eq!(Some(Duration::from_micros(keep)), longest, "{}", what);
+                    adjusted_agrees(&states, quotas, now, &reference, algorithm, keep, &what)?;
                 }
                 _ => {
                     let (got, _) = check(&mut states, quotas, now, cost);
@@ -775,15 +791,7 @@ mod tests {
                 let keep = charge(&mut states, quotas, now, cost);
                 reference.charge(now, cost);
                 let what = format!("{what}, charge");
-                peek_agrees(&states, quotas, now, &reference, algorithm)
-                    .map_err(|e| TestCaseError::fail(format!("{what}, peek: {e}")))?;
-                let longest = reference
-                    .peek(now, 0)
-                    .statuses
-                    .iter()
-                    .map(|q| q.reset_after)
-                    .max();
-                prop_assert_eq!(Some(Duration::from_micros(keep)), longest, "{}", what);
+                adjusted_agrees(&states, quotas, now, &reference, algorithm, keep, &what)?;
             } else {
                 let (got, _) = check(&mut states, quotas, now, cost);
                 reference
